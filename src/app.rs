@@ -1,0 +1,357 @@
+//! The composition root: the only place that wires config, store, listeners and background
+//! tasks together. [`Application::build`] opens and migrates the database and binds both
+//! listeners (port 0 works, tests read the real ports); [`Application::run_until_stopped`] runs
+//! everything until [`Shutdown`] says stop, then drains within the grace period.
+//!
+//! Owns no tables. Invariants: nothing is announced ready (`READY=1`) before both listeners
+//! accept; on shutdown the public listener and background work stop first, the admin listener
+//! last, so `/readyz` reports `shutting_down` while work drains; the grace period bounds the
+//! whole drain and a second signal cuts it short.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::health::TaskHealth;
+use crate::http::{self, admin::AdminState};
+use crate::instance::{self, Instance};
+use crate::store::{Store, StoreError};
+use crate::systemd::Notifier;
+
+/// How long closing the database may take after the drain.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Tells a running application to stop; cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Shutdown {
+    stop: CancellationToken,
+    force: CancellationToken,
+}
+
+impl Shutdown {
+    /// A fresh, untriggered shutdown signal.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Begin a graceful stop.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// Stop waiting for in-flight work (a second SIGTERM/SIGINT).
+    pub fn force(&self) {
+        self.force.cancel();
+    }
+
+    /// Whether a stop was requested.
+    pub fn is_stopping(&self) -> bool {
+        self.stop.is_cancelled()
+    }
+}
+
+/// Why the application could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The database could not be opened or migrated.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A listener address could not be bound.
+    #[error("cannot listen on {address} ({key}): {reason}")]
+    Bind {
+        /// The config key naming the address.
+        key: &'static str,
+        /// The address.
+        address: SocketAddr,
+        /// The OS error.
+        reason: String,
+    },
+    /// A listener stopped accepting connections on its own.
+    #[error("the {listener} listener failed: {reason}")]
+    Listener {
+        /// `admin` or `public`.
+        listener: &'static str,
+        /// The I/O error.
+        reason: String,
+    },
+}
+
+/// A built, not yet running daemon.
+pub struct Application {
+    config: Config,
+    store: Store,
+    instance: Instance,
+    admin: TcpListener,
+    public: TcpListener,
+    notifier: Notifier,
+    tasks: TaskHealth,
+    metrics: PrometheusHandle,
+}
+
+async fn bind(key: &'static str, address: SocketAddr) -> Result<TcpListener, AppError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|err| AppError::Bind {
+            key,
+            address,
+            reason: err.to_string(),
+        })
+}
+
+impl Application {
+    /// Opens and migrates the database, registers this instance and binds both listeners.
+    ///
+    /// # Errors
+    /// [`AppError`] when the database or a listener address is unusable.
+    pub async fn build(config: Config, notifier: Notifier) -> Result<Self, AppError> {
+        let metrics = crate::metrics::recorder();
+        let store = Store::connect(&config.database).await?;
+        let applied = store.migrate().await?;
+        if !applied.is_empty() {
+            tracing::info!(migrations = ?applied, "applied database migrations");
+        }
+        let admin = bind("admin.bind", config.admin.bind).await?;
+        let public = bind("listener.bind", config.listener.bind).await?;
+        let instance = Instance::register(&store).await?;
+        Ok(Self {
+            config,
+            store,
+            instance,
+            admin,
+            public,
+            notifier,
+            tasks: TaskHealth::default(),
+            metrics,
+        })
+    }
+
+    /// The admin listener's bound address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    /// The public listener's bound address.
+    pub fn public_addr(&self) -> SocketAddr {
+        self.public
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    /// The database.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// This process's instance id.
+    pub fn instance_id(&self) -> &str {
+        self.instance.id()
+    }
+
+    /// Runs until `shutdown` stops it or a listener fails, then drains.
+    ///
+    /// # Errors
+    /// [`AppError::Listener`] when a listener failed on its own; a requested stop is `Ok`.
+    pub async fn run_until_stopped(self, shutdown: Shutdown) -> Result<(), AppError> {
+        let (admin_addr, public_addr) = (self.admin_addr(), self.public_addr());
+        let Self {
+            config,
+            store,
+            instance,
+            admin,
+            public,
+            notifier,
+            tasks,
+            metrics,
+        } = self;
+        let stopping = Arc::new(AtomicBool::new(false));
+        let work = TaskTracker::new();
+        let work_stop = CancellationToken::new();
+        let admin_stop = CancellationToken::new();
+        let (failed_tx, mut failed_rx) = mpsc::channel::<AppError>(2);
+
+        let admin_state = AdminState {
+            store: store.clone(),
+            tasks: tasks.clone(),
+            metrics: metrics.clone(),
+            stopping: stopping.clone(),
+        };
+        let admin_task = tokio::spawn(serve_listener(
+            "admin",
+            admin,
+            http::admin::router(admin_state),
+            admin_stop.clone(),
+            failed_tx.clone(),
+        ));
+        work.spawn(serve_listener(
+            "public",
+            public,
+            http::public::router(),
+            work_stop.clone(),
+            failed_tx,
+        ));
+        work.spawn(metrics_upkeep(metrics, tasks.clone(), work_stop.clone()));
+        work.spawn(instance_heartbeat(
+            instance.clone(),
+            tasks.clone(),
+            work_stop.clone(),
+        ));
+        if let Some(interval) = notifier.watchdog_interval() {
+            tracing::info!(
+                interval_ms = interval.as_millis() as u64,
+                "systemd watchdog enabled"
+            );
+        }
+        let notifier = Arc::new(notifier);
+        let watchdog = notifier.watchdog_interval().map(|interval| {
+            tokio::spawn(watchdog_pings(
+                notifier.clone(),
+                tasks.clone(),
+                interval,
+                admin_stop.clone(),
+            ))
+        });
+
+        tracing::info!(
+            admin.addr = %admin_addr,
+            public.addr = %public_addr,
+            database.backend = store.backend().name(),
+            instance.id = instance.id(),
+            version = env!("CARGO_PKG_VERSION"),
+            "tenantd is running"
+        );
+        notifier.ready(&format!(
+            "listening: public {public_addr}, admin {admin_addr}"
+        ));
+
+        let outcome = tokio::select! {
+            () = shutdown.stop.cancelled() => Ok(()),
+            Some(err) = failed_rx.recv() => Err(err),
+        };
+
+        let grace = config.shutdown.grace();
+        tracing::info!(
+            grace_seconds = grace.as_secs(),
+            "shutting down: no new work, draining"
+        );
+        stopping.store(true, Ordering::Relaxed);
+        notifier.stopping("draining in-flight work");
+        work_stop.cancel();
+        work.close();
+        tokio::select! {
+            () = work.wait() => tracing::info!("in-flight work finished"),
+            () = tokio::time::sleep(grace) => tracing::warn!(
+                tasks.left = work.len(),
+                "grace period over; exiting with work still running"
+            ),
+            () = shutdown.force.cancelled() => tracing::warn!(
+                tasks.left = work.len(),
+                "second stop signal; exiting now"
+            ),
+        }
+
+        admin_stop.cancel();
+        // The admin listener has nothing long-running; give it a moment, not the whole grace.
+        let _ = tokio::time::timeout(Duration::from_secs(1), admin_task).await;
+        if let Some(watchdog) = watchdog {
+            watchdog.abort();
+        }
+        if let Err(err) = instance.mark_stopped().await {
+            tracing::warn!(error = %err, reason = err.reason_code(), "could not record the stop");
+        }
+        if tokio::time::timeout(CLOSE_TIMEOUT, store.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("database connections did not close in time");
+        }
+        tracing::info!("stopped");
+        outcome
+    }
+}
+
+async fn serve_listener(
+    listener_name: &'static str,
+    listener: TcpListener,
+    router: axum::Router,
+    stop: CancellationToken,
+    failed: mpsc::Sender<AppError>,
+) {
+    if let Err(err) = http::serve(listener, router, stop).await {
+        let _ = failed
+            .send(AppError::Listener {
+                listener: listener_name,
+                reason: err.to_string(),
+            })
+            .await;
+    }
+}
+
+/// Compacts histograms on a timer, as the Prometheus exporter requires.
+async fn metrics_upkeep(handle: PrometheusHandle, tasks: TaskHealth, stop: CancellationToken) {
+    let interval = crate::metrics::UPKEEP_INTERVAL;
+    let heartbeat = tasks.register("metrics_upkeep", interval * 3);
+    let mut ticker = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            _ = ticker.tick() => {
+                handle.run_upkeep();
+                heartbeat.beat();
+            }
+        }
+    }
+}
+
+/// Keeps this instance's `last_seen_at` fresh. A failed write is logged, not fatal: the
+/// database problem shows in `/readyz` on its own.
+async fn instance_heartbeat(instance: Instance, tasks: TaskHealth, stop: CancellationToken) {
+    let interval = instance::HEARTBEAT_INTERVAL;
+    let heartbeat = tasks.register("instance_heartbeat", interval * 3);
+    let mut ticker = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            _ = ticker.tick() => {
+                if let Err(err) = instance.touch().await {
+                    tracing::warn!(error = %err, reason = err.reason_code(), "instance heartbeat failed");
+                }
+                heartbeat.beat();
+            }
+        }
+    }
+}
+
+/// Pings the systemd watchdog while every background task is alive. A database outage does not
+/// stop the pings (a restart would not fix it; `/readyz` reports it); a stalled or dead task
+/// does, so systemd restarts a daemon that is stuck.
+async fn watchdog_pings(
+    notifier: Arc<Notifier>,
+    tasks: TaskHealth,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            _ = ticker.tick() => {
+                let problems = tasks.problems();
+                if problems.is_empty() {
+                    notifier.watchdog_ping();
+                } else {
+                    tracing::error!(problems = ?problems, "background tasks unhealthy; withholding watchdog ping");
+                }
+            }
+        }
+    }
+}

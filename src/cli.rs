@@ -1,0 +1,378 @@
+//! The command line: parses arguments, loads the configuration, installs logging and signal
+//! handling, and runs one command. The only module (with `main`) that knows about processes:
+//! exit codes, signals, the environment of the service manager.
+//!
+//! Owns no tables. Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::app::{Application, Shutdown};
+use crate::config::{self, FlagOverride, LoadedConfig};
+use crate::store::Store;
+use crate::systemd::Notifier;
+use crate::telemetry::{self, LogLevelHandle};
+
+/// Success.
+pub const EXIT_OK: i32 = 0;
+/// The command ran and failed (database down, daemon not ready, listener failed).
+pub const EXIT_FAILURE: i32 = 1;
+/// Bad arguments or configuration; running again unchanged will not help.
+pub const EXIT_USAGE: i32 = 2;
+
+/// tenantd keeps Microsoft 365 tenants connected, alive and in sync through Microsoft Graph.
+#[derive(Debug, Parser)]
+#[command(name = "tenantd", version, about, long_about = None)]
+#[command(
+    after_help = "Configuration layers, later wins: defaults < TOML file < TENANTD_<SECTION>__<KEY> \
+environment variables < flags. Exit codes: 0 ok, 1 runtime failure, 2 usage or config error."
+)]
+pub struct Cli {
+    /// TOML configuration file [default: config/tenantd.toml when it exists]
+    #[arg(long, global = true, env = "TENANTD_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Override database.url (visible in `ps`; prefer database.url_file for passwords)
+    #[arg(long, global = true, value_name = "URL")]
+    database_url: Option<String>,
+    /// Override admin.bind, e.g. 127.0.0.1:9090
+    #[arg(long, global = true, value_name = "ADDR")]
+    admin_bind: Option<String>,
+    /// Override listener.bind, e.g. 0.0.0.0:8080
+    #[arg(long, global = true, value_name = "ADDR")]
+    listener_bind: Option<String>,
+    /// Override log.level, e.g. debug or "info,tenantd::store=debug"
+    #[arg(long, global = true, value_name = "FILTER")]
+    log_level: Option<String>,
+    /// Override log.format: pretty or json
+    #[arg(long, global = true, value_name = "FORMAT")]
+    log_format: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon: webhook listener, admin listener (health, readiness, metrics) and
+    /// background work, until SIGTERM or SIGINT. SIGHUP reloads the log level.
+    Run,
+    /// Apply pending database migrations and exit (`run` also applies them at start).
+    Migrate,
+    /// Validate the configuration and print the effective values, secrets redacted.
+    CheckConfig,
+    /// Ask a running daemon's /readyz: exit 0 when ready, 1 otherwise (container health checks).
+    Healthcheck {
+        /// Readiness URL [default: http://<admin.bind>/readyz, loopback for 0.0.0.0]
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        /// Give up after this many seconds
+        #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+        timeout_seconds: u64,
+    },
+}
+
+impl Cli {
+    fn flag_overrides(&self) -> Vec<FlagOverride> {
+        [
+            ("database.url", "--database-url", &self.database_url),
+            ("admin.bind", "--admin-bind", &self.admin_bind),
+            ("listener.bind", "--listener-bind", &self.listener_bind),
+            ("log.level", "--log-level", &self.log_level),
+            ("log.format", "--log-format", &self.log_format),
+        ]
+        .into_iter()
+        .filter_map(|(key, flag, value)| {
+            value.clone().map(|value| FlagOverride { key, flag, value })
+        })
+        .collect()
+    }
+
+    fn load_config(&self) -> Result<LoadedConfig, config::ConfigError> {
+        config::load(self.config.as_deref(), &self.flag_overrides())
+    }
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return err.exit_code();
+        }
+    };
+    let loaded = match cli.load_config() {
+        Ok(loaded) => loaded,
+        Err(err) => {
+            eprintln!("tenantd: configuration error:\n  {err}");
+            return EXIT_USAGE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("tenantd: cannot start the async runtime: {err}");
+            return EXIT_FAILURE;
+        }
+    };
+    match &cli.command {
+        Command::Run => run(&cli, loaded, &runtime),
+        Command::Migrate => {
+            print_warnings(&loaded);
+            runtime.block_on(migrate(loaded))
+        }
+        Command::CheckConfig => {
+            print_warnings(&loaded);
+            check_config(&loaded)
+        }
+        Command::Healthcheck {
+            url,
+            timeout_seconds,
+        } => runtime.block_on(healthcheck(&loaded, url.as_deref(), *timeout_seconds)),
+    }
+}
+
+fn print_warnings(loaded: &LoadedConfig) {
+    for warning in &loaded.warnings {
+        eprintln!("tenantd: warning: {warning}");
+    }
+}
+
+fn check_config(loaded: &LoadedConfig) -> i32 {
+    match &loaded.file {
+        Some(file) => println!("# configuration valid; file: {}", file.display()),
+        None => println!("# configuration valid; no file (defaults, environment, flags)"),
+    }
+    println!("# effective values, secrets redacted\n");
+    print!("{}", loaded.config.to_redacted_toml());
+    EXIT_OK
+}
+
+async fn migrate(loaded: LoadedConfig) -> i32 {
+    let url = loaded.config.database.url.redacted();
+    let result = async {
+        let store = Store::connect(&loaded.config.database).await?;
+        let applied = store.migrate().await;
+        let known = store.known_migrations().len();
+        store.close().await;
+        applied.map(|applied| (applied, known))
+    }
+    .await;
+    match result {
+        Ok((applied, known)) if applied.is_empty() => {
+            println!("{url}: up to date ({known} migrations)");
+            EXIT_OK
+        }
+        Ok((applied, _)) => {
+            println!("{url}: applied migrations {applied:?}");
+            EXIT_OK
+        }
+        Err(err) => {
+            eprintln!("tenantd: migrate failed ({}): {err}", err.reason_code());
+            EXIT_FAILURE
+        }
+    }
+}
+
+async fn healthcheck(loaded: &LoadedConfig, url: Option<&str>, timeout_seconds: u64) -> i32 {
+    let url = url.map_or_else(
+        || {
+            let mut address = loaded.config.admin.bind;
+            if address.ip().is_unspecified() {
+                address.set_ip(if address.is_ipv4() {
+                    std::net::Ipv4Addr::LOCALHOST.into()
+                } else {
+                    std::net::Ipv6Addr::LOCALHOST.into()
+                });
+            }
+            format!("http://{address}/readyz")
+        },
+        str::to_string,
+    );
+    // The admin port is local: proxies from the environment must not get in the way.
+    let client = match reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(timeout_seconds))
+        .build()
+    {
+        Ok(client) => client,
+        Err(err) => {
+            eprintln!("tenantd: healthcheck: {err}");
+            return EXIT_FAILURE;
+        }
+    };
+    match client.get(&url).send().await {
+        Ok(response) if response.status().is_success() => {
+            println!("ready ({url})");
+            EXIT_OK
+        }
+        Ok(response) => {
+            let status = response.status();
+            let body = response.text().await.unwrap_or_default();
+            println!("not ready ({url}): {status} {body}");
+            EXIT_FAILURE
+        }
+        Err(err) => {
+            println!("not reachable ({url}): {err}");
+            EXIT_FAILURE
+        }
+    }
+}
+
+fn run(cli: &Cli, loaded: LoadedConfig, runtime: &tokio::runtime::Runtime) -> i32 {
+    // Signals first: a SIGTERM during start-up must stop us cleanly, not kill us.
+    let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+        Ok(signals) => signals,
+        Err(err) => {
+            eprintln!("tenantd: cannot install signal handlers: {err}");
+            return EXIT_FAILURE;
+        }
+    };
+    let log = match telemetry::init(loaded.config.log.format, &loaded.config.log.level) {
+        Ok(handle) => handle,
+        Err(err) => {
+            eprintln!("tenantd: {err}");
+            return EXIT_FAILURE;
+        }
+    };
+    for warning in &loaded.warnings {
+        tracing::warn!("{warning}");
+    }
+    if let Some(file) = &loaded.file {
+        tracing::info!(config.file = %file.display(), "configuration loaded");
+    }
+
+    let shutdown = Shutdown::new();
+    let (signal_tx, signal_rx) = tokio::sync::mpsc::unbounded_channel();
+    let signals_handle = signals.handle();
+    let forwarder = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if signal_tx.send(signal).is_err() {
+                    break;
+                }
+            }
+        });
+    if let Err(err) = forwarder {
+        eprintln!("tenantd: cannot start the signal thread: {err}");
+        return EXIT_FAILURE;
+    }
+
+    let result = runtime.block_on(async {
+        let reload = Reload {
+            config: cli.config.clone(),
+            flags: cli.flag_overrides(),
+            log,
+        };
+        tokio::spawn(handle_signals(signal_rx, shutdown.clone(), reload));
+        let app = Application::build(loaded.config, Notifier::from_env()).await?;
+        app.run_until_stopped(shutdown).await
+    });
+    signals_handle.close();
+    match result {
+        Ok(()) => EXIT_OK,
+        Err(err) => {
+            tracing::error!(error = %err, "tenantd stopped on an error");
+            eprintln!("tenantd: {err}");
+            EXIT_FAILURE
+        }
+    }
+}
+
+/// What SIGHUP re-reads and where it applies the result.
+struct Reload {
+    config: Option<PathBuf>,
+    flags: Vec<FlagOverride>,
+    log: LogLevelHandle,
+}
+
+impl Reload {
+    fn apply(&self) {
+        match config::load(self.config.as_deref(), &self.flags) {
+            Ok(loaded) => match self.log.set_level(&loaded.config.log.level) {
+                Ok(()) => tracing::info!(
+                    log.level = %loaded.config.log.level,
+                    "configuration reloaded; log level applied (other keys need a restart)"
+                ),
+                Err(err) => tracing::error!(error = %err, "reload: log level not applied"),
+            },
+            Err(err) => tracing::error!(
+                error = %err,
+                "reload failed; keeping the running configuration"
+            ),
+        }
+    }
+}
+
+async fn handle_signals(
+    mut signals: tokio::sync::mpsc::UnboundedReceiver<i32>,
+    shutdown: Shutdown,
+    reload: Reload,
+) {
+    while let Some(signal) = signals.recv().await {
+        let name = match signal {
+            SIGHUP => {
+                reload.apply();
+                continue;
+            }
+            SIGTERM => "SIGTERM",
+            _ => "SIGINT",
+        };
+        if shutdown.is_stopping() {
+            tracing::warn!(
+                signal = name,
+                "second stop signal: not waiting for in-flight work"
+            );
+            shutdown.force();
+        } else {
+            tracing::info!(signal = name, "stop requested");
+            shutdown.stop();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_become_overrides_for_their_keys() {
+        let cli = Cli::try_parse_from([
+            "tenantd",
+            "--log-level",
+            "debug",
+            "--admin-bind",
+            "127.0.0.1:0",
+            "check-config",
+        ])
+        .unwrap();
+        let overrides = cli.flag_overrides();
+        let pairs: Vec<(&str, &str)> = overrides
+            .iter()
+            .map(|o| (o.key, o.value.as_str()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [("admin.bind", "127.0.0.1:0"), ("log.level", "debug")]
+        );
+    }
+
+    #[test]
+    fn a_missing_subcommand_is_a_usage_error() {
+        let err = Cli::try_parse_from(["tenantd"]).unwrap_err();
+        assert_eq!(err.exit_code(), EXIT_USAGE);
+    }
+}

@@ -1,0 +1,957 @@
+//! Configuration: typed settings layered from built-in defaults, a TOML file, `TENANTD_…`
+//! environment variables and command-line flags (figment), validated before anything starts.
+//!
+//! Owns no tables. Invariants: a [`Config`] returned by [`load`] is valid; every error names the
+//! key, where the value came from and how to fix it, and never prints a secret value; secrets
+//! are held in [`Secret`] types and may come from `<key>_file` paths (systemd credentials).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::error::Kind;
+use figment::providers::{Env, Format, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider, Source};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use url::Url;
+
+use crate::secret::{Secret, REDACTED};
+
+/// Prefix of environment variables that set configuration keys: `TENANTD_<SECTION>__<KEY>`.
+pub const ENV_PREFIX: &str = "TENANTD_";
+/// Config file read when `--config` is not given, if it exists (relative to the working directory).
+pub const DEFAULT_CONFIG_PATH: &str = "config/tenantd.toml";
+/// Environment variables with the prefix that are not configuration keys (no warning for them).
+const NON_KEY_ENV_VARS: &[&str] = &[
+    "TENANTD_CONFIG",
+    "TENANTD_TEST_POSTGRES_URL",
+    "TENANTD_REQUIRE_POSTGRES",
+];
+/// Keys whose values are secrets: their values never appear in error messages.
+const SECRET_KEYS: &[&str] = &["database.url"];
+
+/// The whole configuration. Every section has defaults, so an empty file is a valid config.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where tenantd keeps its state.
+    pub database: DatabaseConfig,
+    /// The public listener Microsoft Graph posts notifications to.
+    pub listener: ListenerConfig,
+    /// The loopback admin listener: health, readiness, metrics.
+    pub admin: AdminConfig,
+    /// Microsoft Graph.
+    pub graph: GraphConfig,
+    /// The Microsoft identity platform (token endpoints).
+    pub identity: IdentityConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Graceful shutdown.
+    pub shutdown: ShutdownConfig,
+}
+
+/// `[database]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://PATH` (embedded default; file and folder are created) or
+    /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DB` (several instances sharing one queue).
+    pub url: DatabaseUrl,
+    /// Read `url` from this file instead; a relative path is looked up in
+    /// `$CREDENTIALS_DIRECTORY` when systemd provides one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url_file: Option<PathBuf>,
+    /// Largest number of pooled connections.
+    pub max_connections: u32,
+    /// How long a caller waits for a pooled connection before failing.
+    pub acquire_timeout_seconds: u64,
+    /// SQLite only: how long a writer waits for the database lock.
+    pub busy_timeout_seconds: u64,
+    /// PostgreSQL only: statements running longer than this are cancelled by the server.
+    pub statement_timeout_seconds: u64,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: DatabaseUrl::new("sqlite://data/tenantd.db"),
+            url_file: None,
+            max_connections: 8,
+            acquire_timeout_seconds: 5,
+            busy_timeout_seconds: 5,
+            statement_timeout_seconds: 30,
+        }
+    }
+}
+
+/// `[listener]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Address the public webhook listener binds.
+    pub bind: SocketAddr,
+    /// The https base URL Microsoft Graph reaches the listener at (behind a proxy or tunnel).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<Url>,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            public_url: None,
+        }
+    }
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of the admin listener (`/healthz`, `/readyz`, `/metrics`). Loopback by default:
+    /// it is meant for the local supervisor and Prometheus, not the internet.
+    pub bind: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 9090)),
+        }
+    }
+}
+
+/// `[graph]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GraphConfig {
+    /// Graph API base, including the version. National clouds and the emulator change this.
+    pub base_url: Url,
+}
+
+impl Default for GraphConfig {
+    fn default() -> Self {
+        Self {
+            base_url: Url::parse("https://graph.microsoft.com/v1.0").expect("valid default URL"),
+        }
+    }
+}
+
+/// `[identity]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// Identity platform authority; token URLs are `{authority}/{tenant}/oauth2/v2.0/token`.
+    pub authority: Url,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        Self {
+            authority: Url::parse("https://login.microsoftonline.com").expect("valid default URL"),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines for terminals.
+    #[default]
+    Pretty,
+    /// One JSON object per line, for journald and container log collectors.
+    Json,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `pretty` or `json`.
+    pub format: LogFormat,
+    /// A level (`info`) or filter directives (`info,tenantd::store=debug`). Reloaded on SIGHUP.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Pretty,
+            level: "info".into(),
+        }
+    }
+}
+
+/// `[shutdown]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// After SIGTERM, how long in-flight work may take before the process exits anyway.
+    pub grace_seconds: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self { grace_seconds: 30 }
+    }
+}
+
+impl ShutdownConfig {
+    /// The grace period as a duration.
+    pub fn grace(&self) -> Duration {
+        Duration::from_secs(self.grace_seconds)
+    }
+}
+
+/// A database URL. It may carry a password, so it prints with the password replaced.
+#[derive(Clone)]
+pub struct DatabaseUrl(Secret<String>);
+
+impl DatabaseUrl {
+    /// Wraps a URL.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(Secret::new(url.into()))
+    }
+
+    /// The full URL, password included: only for opening connections.
+    pub fn expose(&self) -> &str {
+        self.0.expose()
+    }
+
+    /// The scheme before `:` (`sqlite`, `postgres`, …), lowercased.
+    pub fn scheme(&self) -> Option<String> {
+        self.expose()
+            .split_once(':')
+            .map(|(scheme, _)| scheme.to_ascii_lowercase())
+    }
+
+    /// The URL with any password (in the user info or a `password=` parameter) replaced.
+    pub fn redacted(&self) -> String {
+        redact_url(self.expose())
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl Serialize for DatabaseUrl {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.redacted())
+    }
+}
+
+impl<'de> Deserialize<'de> for DatabaseUrl {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Self::new)
+    }
+}
+
+/// Replaces the password in `scheme://user:password@host/…` and in `password=` parameters.
+fn redact_url(raw: &str) -> String {
+    let Some(scheme_end) = raw.find("://") else {
+        // `sqlite:path` and similar cannot carry a password in user info.
+        return redact_query(raw);
+    };
+    let (scheme, rest) = raw.split_at(scheme_end + 3);
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{user}:{REDACTED}@{host}"),
+            None => authority.to_string(),
+        },
+        None => authority.to_string(),
+    };
+    redact_query(&format!("{scheme}{authority}{tail}"))
+}
+
+fn redact_query(url: &str) -> String {
+    let Some((base, query)) = url.split_once('?') else {
+        return url.to_string();
+    };
+    let params: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if key.to_ascii_lowercase().contains("password") => {
+                format!("{key}={REDACTED}")
+            }
+            _ => pair.to_string(),
+        })
+        .collect();
+    format!("{base}?{}", params.join("&"))
+}
+
+/// A command-line flag that sets a configuration key; it wins over every other layer.
+#[derive(Debug, Clone)]
+pub struct FlagOverride {
+    /// Dotted key, e.g. `log.level`.
+    pub key: &'static str,
+    /// The flag as typed, for error messages, e.g. `--log-level`.
+    pub flag: &'static str,
+    /// The value given.
+    pub value: String,
+}
+
+impl Provider for FlagOverride {
+    fn metadata(&self) -> Metadata {
+        let flag = self.flag;
+        Metadata::named(format!("the {flag} flag"))
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let dict = figment::util::nest(self.key, Value::from(self.value.clone()))
+            .into_dict()
+            .expect("nest returns a dict");
+        Ok(Profile::Default.collect(dict))
+    }
+}
+
+/// A loaded, validated configuration and what the operator should hear about it.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    /// The configuration.
+    pub config: Config,
+    /// The TOML file read, if any.
+    pub file: Option<PathBuf>,
+    /// Things that are not errors but probably mistakes (e.g. an env var that sets nothing).
+    pub warnings: Vec<String>,
+}
+
+/// One thing wrong with the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// Dotted key, e.g. `database.url`.
+    pub key: String,
+    /// Where the value came from: a file, an environment variable, a flag.
+    pub origin: Option<String>,
+    /// What is wrong, without the secret value.
+    pub problem: String,
+    /// How to fix it.
+    pub fix: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}`", self.key)?;
+        if let Some(origin) = &self.origin {
+            write!(f, " (from {origin})")?;
+        }
+        write!(f, ": {}\n    fix: {}", self.problem, self.fix)
+    }
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// `--config` named a file that is not there.
+    #[error("config file {} does not exist\n    fix: create it (config/tenantd.example.toml documents every key) or pass another --config", .path.display())]
+    FileNotFound {
+        /// The missing path.
+        path: PathBuf,
+    },
+    /// A `<key>_file` could not be read.
+    #[error("`{key}` = {}: cannot read the file: {reason}\n    fix: point it at a readable file holding only the value", .path.display())]
+    SecretFile {
+        /// The `_file` key.
+        key: String,
+        /// The resolved path.
+        path: PathBuf,
+        /// The I/O error (no contents).
+        reason: String,
+    },
+    /// One or more keys are wrong.
+    #[error("{}", render_problems(.0))]
+    Invalid(Vec<ConfigProblem>),
+}
+
+fn render_problems(problems: &[ConfigProblem]) -> String {
+    let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    lines.join("\n")
+}
+
+impl ConfigError {
+    /// The problems, when the error is about keys (for tests and tooling).
+    pub fn problems(&self) -> &[ConfigProblem] {
+        match self {
+            Self::Invalid(problems) => problems,
+            _ => &[],
+        }
+    }
+}
+
+/// Loads the configuration: defaults, then the TOML file (`file`, or
+/// [`DEFAULT_CONFIG_PATH`] when present), then `TENANTD_<SECTION>__<KEY>` environment variables,
+/// then `flags`; reads `<key>_file` secrets; validates.
+///
+/// # Errors
+/// [`ConfigError`] naming each bad key, its origin and the fix.
+pub fn load(file: Option<&Path>, flags: &[FlagOverride]) -> Result<LoadedConfig, ConfigError> {
+    let file = match file {
+        Some(path) if !path.is_file() => {
+            return Err(ConfigError::FileNotFound {
+                path: path.to_path_buf(),
+            })
+        }
+        Some(path) => Some(path.to_path_buf()),
+        None => Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.is_file()),
+    };
+
+    let mut figment = Figment::new();
+    if let Some(path) = &file {
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    // Only `PREFIX_SECTION__KEY` names are keys; `TENANTD_CONFIG` and test switches are not.
+    figment = figment.merge(
+        Env::prefixed(ENV_PREFIX)
+            .filter(|key| key.as_str().contains("__"))
+            .split("__"),
+    );
+    for flag in flags {
+        figment = figment.merge(flag.clone());
+    }
+
+    let mut config: Config = figment.extract().map_err(|err| {
+        ConfigError::Invalid(
+            err.into_iter()
+                .map(|e| describe_figment_error(&e))
+                .collect(),
+        )
+    })?;
+    resolve_secret_files(&figment, &mut config)?;
+
+    let problems = validate(&config, &figment);
+    if !problems.is_empty() {
+        return Err(ConfigError::Invalid(problems));
+    }
+
+    Ok(LoadedConfig {
+        config,
+        file,
+        warnings: env_warnings(std::env::vars().map(|(name, _)| name)),
+    })
+}
+
+/// Reads `database.url_file` (and future `<key>_file` secrets) into their keys.
+fn resolve_secret_files(figment: &Figment, config: &mut Config) -> Result<(), ConfigError> {
+    let Some(path) = config.database.url_file.clone() else {
+        return Ok(());
+    };
+    if figment.find_value("database.url").is_ok() {
+        return Err(ConfigError::Invalid(vec![ConfigProblem {
+            key: "database.url_file".into(),
+            origin: origin_of(figment, "database.url_file"),
+            problem: "both `database.url` and `database.url_file` are set".into(),
+            fix: "keep only one of them".into(),
+        }]));
+    }
+    let value = read_secret_file("database.url_file", &path)?;
+    config.database.url = DatabaseUrl::new(value);
+    Ok(())
+}
+
+/// Reads a secret from a file; a relative path is resolved in `$CREDENTIALS_DIRECTORY` when
+/// systemd set one (`LoadCredential=`). Trailing newlines are not part of the secret.
+fn read_secret_file(key: &str, path: &Path) -> Result<String, ConfigError> {
+    let resolved = match std::env::var_os("CREDENTIALS_DIRECTORY") {
+        Some(dir) if path.is_relative() => Path::new(&dir).join(path),
+        _ => path.to_path_buf(),
+    };
+    let contents = std::fs::read_to_string(&resolved).map_err(|err| ConfigError::SecretFile {
+        key: key.into(),
+        path: resolved.clone(),
+        reason: err.kind().to_string(),
+    })?;
+    Ok(contents.trim_end_matches(['\n', '\r']).to_string())
+}
+
+/// Checks the values serde cannot: schemes, ranges, filter syntax.
+fn validate(config: &Config, figment: &Figment) -> Vec<ConfigProblem> {
+    let mut problems = Vec::new();
+    let mut problem = |key: &str, problem: String, fix: &str| {
+        problems.push(ConfigProblem {
+            key: key.into(),
+            origin: origin_of(figment, key),
+            problem,
+            fix: fix.into(),
+        });
+    };
+
+    match config.database.url.scheme().as_deref() {
+        Some("sqlite" | "postgres" | "postgresql") => {}
+        Some(other) => problem(
+            "database.url",
+            format!("unsupported database `{other}`"),
+            FIX_DATABASE_URL,
+        ),
+        None => problem(
+            "database.url",
+            "not a URL (no scheme)".into(),
+            FIX_DATABASE_URL,
+        ),
+    }
+    if config.database.max_connections == 0 {
+        problem(
+            "database.max_connections",
+            "must be at least 1".into(),
+            "use a whole number such as 8",
+        );
+    }
+    if config.database.acquire_timeout_seconds == 0 {
+        problem(
+            "database.acquire_timeout_seconds",
+            "must be at least 1".into(),
+            "use a whole number of seconds such as 5",
+        );
+    }
+    if let Err(err) = tracing_subscriber::EnvFilter::builder().parse(&config.log.level) {
+        problem(
+            "log.level",
+            format!("not a log filter: {err}"),
+            FIX_LOG_LEVEL,
+        );
+    }
+    for (key, url) in [
+        ("graph.base_url", Some(&config.graph.base_url)),
+        ("identity.authority", Some(&config.identity.authority)),
+        ("listener.public_url", config.listener.public_url.as_ref()),
+    ] {
+        if let Some(url) = url {
+            if !matches!(url.scheme(), "https" | "http") {
+                problem(
+                    key,
+                    format!("scheme `{}` is not http(s)", url.scheme()),
+                    "use an absolute https:// URL",
+                );
+            }
+        }
+    }
+    if config.admin.bind == config.listener.bind && config.admin.bind.port() != 0 {
+        problem(
+            "admin.bind",
+            format!("same address as listener.bind ({})", config.listener.bind),
+            "give the admin and public listeners different ports",
+        );
+    }
+    if config.shutdown.grace_seconds > 3600 {
+        problem(
+            "shutdown.grace_seconds",
+            "more than an hour".into(),
+            "use a value systemd's TimeoutStopSec can cover, such as 30",
+        );
+    }
+    problems
+}
+
+const FIX_DATABASE_URL: &str = "use sqlite://PATH (embedded) or postgres://USER@HOST:PORT/DATABASE";
+const FIX_LOG_LEVEL: &str =
+    "use error, warn, info, debug or trace, or directives such as \"info,tenantd=debug\"";
+
+/// Where a key's value came from, for messages.
+fn origin_of(figment: &Figment, key: &str) -> Option<String> {
+    figment.find_metadata(key).map(|metadata| {
+        let path: Vec<String> = key.split('.').map(String::from).collect();
+        describe_origin(metadata, &path)
+    })
+}
+
+fn describe_origin(metadata: &Metadata, path: &[String]) -> String {
+    match &metadata.source {
+        Some(Source::File(file)) => file.display().to_string(),
+        // figment cannot invert `split("__")`, so rebuild the variable name from the key path.
+        _ if metadata.name.contains("environment") => format!(
+            "environment variable {ENV_PREFIX}{}",
+            path.join("__").to_ascii_uppercase()
+        ),
+        _ => metadata.name.to_string(),
+    }
+}
+
+/// Turns one figment/serde error into a problem with a fix, without echoing secret values.
+fn describe_figment_error(err: &figment::Error) -> ConfigProblem {
+    let key = err.path.join(".");
+    let origin = err
+        .metadata
+        .as_ref()
+        .map(|metadata| describe_origin(metadata, &err.path));
+    let secret = SECRET_KEYS.contains(&key.as_str());
+    let (problem, fix) = match &err.kind {
+        Kind::UnknownField(field, expected) => {
+            let suggestion = expected
+                .iter()
+                .map(|candidate| (strsim::levenshtein(field, candidate), *candidate))
+                .filter(|(distance, _)| *distance <= 3)
+                .min()
+                .map(|(_, candidate)| format!("did you mean `{candidate}`? "))
+                .unwrap_or_default();
+            (
+                "unknown key".to_string(),
+                format!(
+                    "{suggestion}remove it or use one of: {}",
+                    expected.join(", ")
+                ),
+            )
+        }
+        Kind::InvalidType(actual, expected) => {
+            let found = if secret {
+                "a value of another type".to_string()
+            } else {
+                actual.to_string()
+            };
+            (format!("expected {expected}, found {found}"), fix_for(&key))
+        }
+        Kind::InvalidValue(actual, expected) => {
+            let found = if secret {
+                REDACTED.to_string()
+            } else {
+                actual.to_string()
+            };
+            (
+                format!("invalid value {found}: expected {expected}"),
+                fix_for(&key),
+            )
+        }
+        Kind::UnknownVariant(variant, expected) => (
+            format!("unknown value `{variant}`"),
+            format!("use one of: {}", expected.join(", ")),
+        ),
+        Kind::Message(message) if !secret => (message.clone(), fix_for(&key)),
+        other if !secret => (other.to_string(), fix_for(&key)),
+        _ => ("invalid value".to_string(), fix_for(&key)),
+    };
+    ConfigProblem {
+        key,
+        origin,
+        problem,
+        fix,
+    }
+}
+
+fn fix_for(key: &str) -> String {
+    let fix = match key {
+        "admin.bind" => "use HOST:PORT such as \"127.0.0.1:9090\"",
+        "listener.bind" => "use HOST:PORT such as \"0.0.0.0:8080\"",
+        "database.url" => FIX_DATABASE_URL,
+        "log.level" => FIX_LOG_LEVEL,
+        "log.format" => "use \"pretty\" or \"json\"",
+        "graph.base_url" | "identity.authority" | "listener.public_url" => {
+            "use an absolute https:// URL"
+        }
+        "database.url_file" => "use a path to a file holding only the URL",
+        _ if key.ends_with("_seconds") || key.ends_with("max_connections") => "use a whole number",
+        _ => "see config/tenantd.example.toml for the accepted values",
+    };
+    fix.to_string()
+}
+
+/// Warnings for `TENANTD_*` variables that set nothing, such as `TENANTD_LOG_LEVEL` written
+/// with one underscore where two are needed.
+fn env_warnings(names: impl Iterator<Item = String>) -> Vec<String> {
+    names
+        .filter(|name| name.starts_with(ENV_PREFIX))
+        .filter(|name| !name.contains("__") && !NON_KEY_ENV_VARS.contains(&name.as_str()))
+        .map(|name| {
+            format!(
+                "environment variable {name} sets no configuration key; \
+                 keys are TENANTD_<SECTION>__<KEY> with two underscores, e.g. TENANTD_LOG__LEVEL"
+            )
+        })
+        .collect()
+}
+
+impl Config {
+    /// The effective configuration as TOML, secrets redacted (for `check-config`).
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serializes to TOML")
+    }
+}
+
+#[cfg(test)]
+#[expect(
+    clippy::result_large_err,
+    reason = "figment::Jail fixes the closure's error type"
+)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    fn flag(key: &'static str, flag: &'static str, value: &str) -> FlagOverride {
+        FlagOverride {
+            key,
+            flag,
+            value: value.into(),
+        }
+    }
+
+    #[test]
+    fn defaults_apply_when_nothing_is_configured() {
+        Jail::expect_with(|_jail| {
+            let loaded = load(None, &[]).expect("defaults are valid");
+            let config = loaded.config;
+            assert_eq!(config.database.url.expose(), "sqlite://data/tenantd.db");
+            assert_eq!(config.admin.bind.to_string(), "127.0.0.1:9090");
+            assert_eq!(config.listener.bind.to_string(), "0.0.0.0:8080");
+            assert_eq!(
+                config.graph.base_url.as_str(),
+                "https://graph.microsoft.com/v1.0"
+            );
+            assert_eq!(
+                config.identity.authority.as_str(),
+                "https://login.microsoftonline.com/"
+            );
+            assert_eq!(config.log.format, LogFormat::Pretty);
+            assert_eq!(config.shutdown.grace_seconds, 30);
+            assert!(loaded.file.is_none());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn layers_override_in_order_file_then_env_then_flags() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "tenantd.toml",
+                "[log]\nlevel = \"debug\"\nformat = \"json\"\n[admin]\nbind = \"127.0.0.1:1111\"\n",
+            )?;
+            jail.set_env("TENANTD_ADMIN__BIND", "127.0.0.1:2222");
+            jail.set_env("TENANTD_DATABASE__MAX_CONNECTIONS", "3");
+            let flags = [flag("log.level", "--log-level", "warn")];
+            let config = load(Some(Path::new("tenantd.toml")), &flags)
+                .unwrap()
+                .config;
+            assert_eq!(config.log.format, LogFormat::Json, "file beats default");
+            assert_eq!(config.admin.bind.port(), 2222, "env beats file");
+            assert_eq!(config.database.max_connections, 3);
+            assert_eq!(config.log.level, "warn", "flag beats file");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_default_config_file_is_read_when_present() {
+        Jail::expect_with(|jail| {
+            jail.create_dir("config")?;
+            jail.create_file(DEFAULT_CONFIG_PATH, "[shutdown]\ngrace_seconds = 7\n")?;
+            let loaded = load(None, &[]).unwrap();
+            assert_eq!(loaded.config.shutdown.grace_seconds, 7);
+            assert_eq!(loaded.file.as_deref(), Some(Path::new(DEFAULT_CONFIG_PATH)));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_explicit_missing_config_file_is_an_error() {
+        Jail::expect_with(|_jail| {
+            let err = load(Some(Path::new("nope.toml")), &[]).unwrap_err();
+            assert!(matches!(err, ConfigError::FileNotFound { .. }), "{err}");
+            assert!(err.to_string().contains("nope.toml"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_unknown_key_in_the_file_is_named_with_a_suggestion() {
+        Jail::expect_with(|jail| {
+            jail.create_file("t.toml", "[database]\nurll = \"sqlite://x.db\"\n")?;
+            let err = load(Some(Path::new("t.toml")), &[]).unwrap_err();
+            let problem = &err.problems()[0];
+            assert_eq!(problem.key, "database.urll");
+            assert_eq!(problem.problem, "unknown key");
+            assert!(
+                problem.fix.contains("did you mean `url`"),
+                "{}",
+                problem.fix
+            );
+            assert!(problem.origin.as_deref().unwrap().contains("t.toml"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_unknown_section_is_named() {
+        Jail::expect_with(|jail| {
+            jail.create_file("t.toml", "[databse]\nurl = \"sqlite://x.db\"\n")?;
+            let err = load(Some(Path::new("t.toml")), &[]).unwrap_err();
+            assert_eq!(err.problems()[0].key, "databse");
+            assert!(err.problems()[0].fix.contains("did you mean `database`"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_unknown_key_from_the_environment_names_the_variable() {
+        Jail::expect_with(|jail| {
+            jail.set_env("TENANTD_LOG__LEVLE", "debug");
+            let err = load(None, &[]).unwrap_err();
+            let problem = &err.problems()[0];
+            assert_eq!(problem.key, "log.levle");
+            let origin = problem.origin.as_deref().unwrap();
+            assert!(origin.contains("TENANTD_LOG__LEVLE"), "{origin}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_wrong_type_names_the_key_and_the_fix() {
+        Jail::expect_with(|jail| {
+            jail.create_file("t.toml", "[admin]\nbind = \"not-an-address\"\n")?;
+            let err = load(Some(Path::new("t.toml")), &[]).unwrap_err();
+            let problem = &err.problems()[0];
+            assert_eq!(problem.key, "admin.bind");
+            assert!(problem.fix.contains("HOST:PORT"), "{}", problem.fix);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_bad_log_format_lists_the_choices() {
+        Jail::expect_with(|_jail| {
+            let err = load(None, &[flag("log.format", "--log-format", "xml")]).unwrap_err();
+            let problem = &err.problems()[0];
+            assert_eq!(problem.key, "log.format");
+            assert!(problem.fix.contains("pretty") && problem.fix.contains("json"));
+            assert_eq!(problem.origin.as_deref(), Some("the --log-format flag"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn validation_rejects_an_unsupported_database_and_a_bad_filter() {
+        Jail::expect_with(|jail| {
+            jail.set_env("TENANTD_DATABASE__URL", "mysql://root:hunter2@db/x");
+            jail.set_env("TENANTD_LOG__LEVEL", "info,[[[");
+            let err = load(None, &[]).unwrap_err();
+            let keys: Vec<&str> = err.problems().iter().map(|p| p.key.as_str()).collect();
+            assert_eq!(keys, ["database.url", "log.level"]);
+            assert!(!err.to_string().contains("hunter2"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_secret_of_the_wrong_type_is_not_echoed() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "t.toml",
+                "[database]\nurl = [\"postgres://u:hunter2@h/d\"]\n",
+            )?;
+            let err = load(Some(Path::new("t.toml")), &[]).unwrap_err();
+            assert_eq!(err.problems()[0].key, "database.url");
+            assert!(!err.to_string().contains("hunter2"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn url_file_reads_the_secret_and_honours_the_credentials_directory() {
+        Jail::expect_with(|jail| {
+            jail.create_dir("creds")?;
+            jail.create_file("creds/db-url", "postgres://tenantd:hunter2@db/tenantd\n")?;
+            let creds = jail.directory().join("creds");
+            jail.set_env("CREDENTIALS_DIRECTORY", creds.display());
+            jail.set_env("TENANTD_DATABASE__URL_FILE", "db-url");
+            let config = load(None, &[]).unwrap().config;
+            assert_eq!(
+                config.database.url.expose(),
+                "postgres://tenantd:hunter2@db/tenantd"
+            );
+            assert!(!format!("{config:?}").contains("hunter2"));
+            assert!(!config.to_redacted_toml().contains("hunter2"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn url_and_url_file_together_are_refused() {
+        Jail::expect_with(|jail| {
+            jail.create_file("url", "sqlite://a.db")?;
+            jail.set_env("TENANTD_DATABASE__URL", "sqlite://b.db");
+            jail.set_env("TENANTD_DATABASE__URL_FILE", "url");
+            let err = load(None, &[]).unwrap_err();
+            assert_eq!(err.problems()[0].key, "database.url_file");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_unreadable_url_file_names_the_key() {
+        Jail::expect_with(|jail| {
+            jail.set_env("TENANTD_DATABASE__URL_FILE", "/nonexistent/db-url");
+            let err = load(None, &[]).unwrap_err();
+            assert!(matches!(err, ConfigError::SecretFile { .. }));
+            assert!(err.to_string().contains("database.url_file"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn single_underscore_env_vars_are_warned_about() {
+        let names = [
+            "TENANTD_LOG_LEVEL",
+            "TENANTD_LOG__LEVEL",
+            "TENANTD_CONFIG",
+            "PATH",
+        ]
+        .map(String::from);
+        let warnings = env_warnings(names.into_iter());
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("TENANTD_LOG_LEVEL"));
+    }
+
+    #[test]
+    fn database_urls_print_without_passwords() {
+        for (raw, shown) in [
+            ("sqlite://data/tenantd.db", "sqlite://data/tenantd.db"),
+            (
+                "postgres://u:hunter2@db:5432/x",
+                "postgres://u:[redacted]@db:5432/x",
+            ),
+            (
+                "postgres://u@db/x?sslmode=require",
+                "postgres://u@db/x?sslmode=require",
+            ),
+            (
+                "postgres://db/x?user=u&password=hunter2",
+                "postgres://db/x?user=u&password=[redacted]",
+            ),
+            (
+                "postgres://u:p@ss:w@rd@db/x",
+                "postgres://u:[redacted]@db/x",
+            ),
+        ] {
+            let url = DatabaseUrl::new(raw);
+            assert_eq!(url.redacted(), shown);
+            assert_eq!(format!("{url:?}"), shown);
+            assert_eq!(url.to_string(), shown);
+        }
+    }
+
+    #[test]
+    fn the_example_file_documents_every_key_with_its_default() {
+        let example = include_str!("../config/tenantd.example.toml");
+        let parsed: Config = toml::from_str(example).expect("example parses with no unknown keys");
+        assert_eq!(
+            parsed.to_redacted_toml(),
+            Config::default().to_redacted_toml(),
+            "the example's values are the defaults"
+        );
+        // Optional keys have no default, so the example shows them commented out.
+        for optional in ["url_file", "public_url"] {
+            assert!(
+                example.contains(&format!("# {optional} = ")),
+                "{optional} undocumented"
+            );
+        }
+    }
+}

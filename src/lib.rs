@@ -1,0 +1,21 @@
+//! tenantd keeps Microsoft 365 tenants connected, alive and in sync through Microsoft Graph.
+//!
+//! Data flows one way: [`config`] → [`store`] (SQLite or PostgreSQL, migrations) → vault
+//! (tokens) → Graph client (the only path to Graph) → queue and workers → jobs. The HTTP
+//! listeners ([`http`]) and the scheduler only read state or enqueue. [`app`] is the only place
+//! that wires the parts together; [`cli`] (with `main`) is the only one that knows about
+//! processes, signals and exit codes. See docs/ARCHITECTURE.md.
+
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod health;
+pub mod http;
+pub mod instance;
+pub mod metrics;
+pub mod secret;
+pub mod store;
+pub mod systemd;
+pub mod telemetry;

@@ -1,0 +1,243 @@
+//! Prometheus metrics: the process-wide recorder, the list of metric names dashboards rely on,
+//! build info, process metrics read from `/proc`, and per-request HTTP metrics.
+//!
+//! Owns no tables. Invariants: metric names live only in [`names`]; labels are bounded (routes
+//! are the matched pattern or `unmatched`, never a raw path); no secret or personal data is
+//! ever a label value.
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Metric names, one list for code and dashboards.
+pub mod names {
+    /// Gauge, always 1, labelled with `version` and `commit`.
+    pub const BUILD_INFO: &str = "tenantd_build_info";
+    /// Counter of HTTP requests by `listener`, `route`, `method`, `status`.
+    pub const HTTP_REQUESTS: &str = "tenantd_http_requests_total";
+    /// Histogram of HTTP request durations by `listener` and `route`.
+    pub const HTTP_REQUEST_DURATION: &str = "tenantd_http_request_duration_seconds";
+    /// Gauge: 1 while `/readyz` would answer 200.
+    pub const READY: &str = "tenantd_ready";
+}
+
+/// How often histogram buckets are compacted; the exporter needs this on a timer.
+pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Buckets for request durations: webhook answers must stay far below Graph's 3 s limit.
+const DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The process-wide recorder's handle, installing it on first use. Several in-process daemons
+/// (tests) share it: a process has one global recorder.
+pub fn recorder() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), DURATION_BUCKETS)
+                .expect("static buckets are non-empty")
+                .install_recorder()
+                .expect("no other metrics recorder is installed in this process");
+            describe();
+            metrics::gauge!(
+                names::BUILD_INFO,
+                "version" => env!("CARGO_PKG_VERSION"),
+                "commit" => env!("TENANTD_GIT_COMMIT"),
+            )
+            .set(1.0);
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    metrics::describe_gauge!(names::BUILD_INFO, "tenantd version and commit; always 1.");
+    metrics::describe_counter!(names::HTTP_REQUESTS, "HTTP requests answered.");
+    metrics::describe_histogram!(
+        names::HTTP_REQUEST_DURATION,
+        metrics::Unit::Seconds,
+        "Time from request to response."
+    );
+    metrics::describe_gauge!(names::READY, "1 while /readyz answers 200.");
+}
+
+/// The full scrape: recorded metrics followed by process metrics.
+pub fn render(handle: &PrometheusHandle) -> String {
+    let mut text = handle.render();
+    process::render_into(&mut text);
+    text
+}
+
+/// Records one HTTP request on `listener` (`admin` or `public`).
+pub async fn track_http(listener: &'static str, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |path| path.as_str().to_string());
+    let method = request.method().as_str().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    tracing::debug!(
+        http.listener = listener,
+        http.route = %route,
+        http.method = %method,
+        http.status = status,
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        "request served"
+    );
+    metrics::counter!(
+        names::HTTP_REQUESTS,
+        "listener" => listener,
+        "route" => route.clone(),
+        "method" => method,
+        "status" => status.to_string(),
+    )
+    .increment(1);
+    metrics::histogram!(names::HTTP_REQUEST_DURATION, "listener" => listener, "route" => route)
+        .record(elapsed.as_secs_f64());
+    response
+}
+
+/// The standard `process_*` metrics (as the Prometheus client libraries name them), read from
+/// `/proc/self` at scrape time. Outside Linux nothing is added.
+mod process {
+    use std::fmt::Write as _;
+
+    /// `/proc/[pid]/stat` times are in USER_HZ, which the Linux ABI fixes at 100.
+    const TICKS_PER_SECOND: f64 = 100.0;
+
+    pub(super) fn render_into(text: &mut String) {
+        let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+            return;
+        };
+        // Fields after the parenthesised command name, which may itself contain spaces.
+        let Some(fields) = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect::<Vec<_>>())
+        else {
+            return;
+        };
+        // Indexes are field numbers from proc(5) minus 3 (pid and comm precede `rest`).
+        let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<f64>().ok());
+        let mut metric = |name: &str, kind: &str, help: &str, value: Option<f64>| {
+            if let Some(value) = value {
+                let _ = writeln!(
+                    text,
+                    "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+                );
+            }
+        };
+        let cpu = field(14)
+            .zip(field(15))
+            .map(|(user, system)| (user + system) / TICKS_PER_SECOND);
+        metric(
+            "process_cpu_seconds_total",
+            "counter",
+            "Total user and system CPU time spent in seconds.",
+            cpu,
+        );
+        let boot_time = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+            s.lines()
+                .find_map(|line| line.strip_prefix("btime "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        });
+        let start = field(22)
+            .zip(boot_time)
+            .map(|(ticks, boot)| boot + ticks / TICKS_PER_SECOND);
+        metric(
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since unix epoch in seconds.",
+            start,
+        );
+        metric(
+            "process_threads",
+            "gauge",
+            "Number of OS threads in the process.",
+            field(20),
+        );
+        metric(
+            "process_virtual_memory_bytes",
+            "gauge",
+            "Virtual memory size in bytes.",
+            field(23),
+        );
+        let rss_kib = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|line| line.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            });
+        metric(
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+            rss_kib.map(|k| k * 1024.0),
+        );
+        let open_fds = std::fs::read_dir("/proc/self/fd")
+            .ok()
+            .map(|dir| dir.count() as f64);
+        metric(
+            "process_open_fds",
+            "gauge",
+            "Number of open file descriptors.",
+            open_fds,
+        );
+        let max_fds = std::fs::read_to_string("/proc/self/limits")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|line| line.starts_with("Max open files"))
+                    .and_then(|line| line.split_whitespace().nth(3))
+                    .and_then(|v| v.parse::<f64>().ok())
+            });
+        metric(
+            "process_max_fds",
+            "gauge",
+            "Maximum number of open file descriptors.",
+            max_fds,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn process_metrics_are_read_from_proc() {
+        let mut text = String::new();
+        process::render_into(&mut text);
+        for name in [
+            "process_cpu_seconds_total",
+            "process_start_time_seconds",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_threads",
+        ] {
+            let line = text
+                .lines()
+                .find(|line| line.starts_with(&format!("{name} ")))
+                .unwrap_or_else(|| panic!("{name} missing from:\n{text}"));
+            let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+            assert!(value >= 0.0, "{line}");
+        }
+        let rss = text
+            .lines()
+            .find(|l| l.starts_with("process_resident_memory_bytes "))
+            .unwrap();
+        assert!(
+            rss.rsplit(' ').next().unwrap().parse::<f64>().unwrap() > 1_000_000.0,
+            "{rss}"
+        );
+    }
+}
