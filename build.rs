@@ -97,8 +97,15 @@ fn main() {
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=TENANTD_GIT_COMMIT={commit}");
-    let head = root.join(".git/HEAD");
-    if head.exists() {
-        println!("cargo:rerun-if-changed={}", head.display());
+    // Rebuild the label when HEAD moves: HEAD itself, the branch it points at, packed refs.
+    let git = root.join(".git");
+    let mut watched = vec![git.join("HEAD"), git.join("packed-refs")];
+    if let Ok(head) = fs::read_to_string(git.join("HEAD")) {
+        if let Some(reference) = head.trim().strip_prefix("ref: ") {
+            watched.push(git.join(reference));
+        }
+    }
+    for path in watched.iter().filter(|p| p.exists()) {
+        println!("cargo:rerun-if-changed={}", path.display());
     }
 }

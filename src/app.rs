@@ -355,3 +355,67 @@ async fn watchdog_pings(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixDatagram;
+
+    fn drain(socket: &UnixDatagram) -> usize {
+        let mut buf = [0u8; 64];
+        let mut pings = 0;
+        while let Ok(n) = socket.recv(&mut buf) {
+            assert_eq!(&buf[..n], b"WATCHDOG=1");
+            pings += 1;
+        }
+        pings
+    }
+
+    /// Moves paused time forward in 100 ms steps, letting the watchdog task run at each.
+    async fn advance(by: Duration) {
+        let step = Duration::from_millis(100);
+        let mut left = by;
+        while !left.is_zero() {
+            tokio::task::yield_now().await;
+            let now = step.min(left);
+            tokio::time::advance(now).await;
+            left -= now;
+        }
+        tokio::task::yield_now().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_watchdog_pings_while_tasks_are_alive_and_stops_when_one_stalls() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let socket = UnixDatagram::bind(&path).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let notifier = Arc::new(Notifier::for_socket(&path, Some(Duration::from_secs(1))));
+        let tasks = TaskHealth::default();
+        let beat = tasks.register("worker", Duration::from_secs(2));
+        let stop = CancellationToken::new();
+        let interval = notifier.watchdog_interval().unwrap();
+        assert_eq!(interval, Duration::from_millis(500));
+        tokio::spawn(watchdog_pings(
+            notifier,
+            tasks.clone(),
+            interval,
+            stop.clone(),
+        ));
+
+        advance(Duration::from_millis(1600)).await;
+        assert!(drain(&socket) >= 3, "pings while healthy");
+
+        // The task stops beating: once it is past its promise, pings stop.
+        advance(Duration::from_secs(3)).await;
+        drain(&socket);
+        advance(Duration::from_secs(3)).await;
+        assert_eq!(drain(&socket), 0, "no pings while a task is stalled");
+
+        // It recovers: pings resume.
+        beat.beat();
+        advance(Duration::from_millis(1100)).await;
+        assert!(drain(&socket) >= 1, "pings resume after recovery");
+        stop.cancel();
+    }
+}

@@ -463,6 +463,36 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn postgres_sessions_carry_the_statement_timeout() {
+        let Ok(url) = std::env::var("TENANTD_TEST_POSTGRES_URL") else {
+            assert_ne!(
+                std::env::var("TENANTD_REQUIRE_POSTGRES").as_deref(),
+                Ok("1")
+            );
+            eprintln!("skipped: set TENANTD_TEST_POSTGRES_URL to run the PostgreSQL variant");
+            return;
+        };
+        let config = DatabaseConfig {
+            url: DatabaseUrl::new(url),
+            statement_timeout_seconds: 7,
+            ..DatabaseConfig::default()
+        };
+        let store = Store::connect(&config).await.unwrap();
+        let pool = store.postgres().unwrap();
+        let timeout: String = sqlx::query_scalar("SHOW statement_timeout")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        let name: String = sqlx::query_scalar("SHOW application_name")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        assert_eq!(timeout, "7s");
+        assert_eq!(name, "tenantd");
+        store.close().await;
+    }
+
     #[test]
     fn sanitize_removes_the_password_from_driver_messages() {
         let url = DatabaseUrl::new("postgres://u:hunter2@db/x");

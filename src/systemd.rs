@@ -44,6 +44,18 @@ impl Notifier {
         Self { target, watchdog }
     }
 
+    /// A notifier that sends to the socket at `path`, for tests.
+    #[cfg(test)]
+    pub(crate) fn for_socket(path: &std::path::Path, watchdog: Option<Duration>) -> Self {
+        Self {
+            target: Some((
+                UnixDatagram::unbound().expect("unbound datagram socket"),
+                SocketAddr::from_pathname(path).expect("socket path"),
+            )),
+            watchdog,
+        }
+    }
+
     /// Whether a service manager is listening.
     pub fn is_enabled(&self) -> bool {
         self.target.is_some()
@@ -109,13 +121,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notify.sock");
         let listener = UnixDatagram::bind(&path).unwrap();
-        let notifier = Notifier {
-            target: Some((
-                UnixDatagram::unbound().unwrap(),
-                SocketAddr::from_pathname(&path).unwrap(),
-            )),
-            watchdog: Some(Duration::from_secs(10)),
-        };
+        let notifier = Notifier::for_socket(&path, Some(Duration::from_secs(10)));
         notifier.ready("listening");
         let mut buf = [0u8; 256];
         let n = listener.recv(&mut buf).unwrap();

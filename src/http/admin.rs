@@ -111,3 +111,47 @@ pub fn router(state: AdminState) -> Router {
         }))
         .with_state(state)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{DatabaseConfig, DatabaseUrl};
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_stopped_task_and_shutdown_are_named_as_problems() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&DatabaseConfig {
+            url: DatabaseUrl::new(format!("sqlite://{}/t.db", dir.path().display())),
+            ..DatabaseConfig::default()
+        })
+        .await
+        .unwrap();
+        store.migrate().await.unwrap();
+        let state = AdminState {
+            store,
+            tasks: TaskHealth::default(),
+            metrics: crate::metrics::recorder(),
+            stopping: Arc::new(AtomicBool::new(false)),
+        };
+        let heartbeat = state
+            .tasks
+            .register("instance_heartbeat", Duration::from_secs(60));
+        assert!(readiness_problems(&state).await.is_empty());
+
+        drop(heartbeat);
+        state.stopping.store(true, Ordering::Relaxed);
+        let problems = readiness_problems(&state).await;
+        let named: Vec<(&str, &str)> = problems
+            .iter()
+            .map(|p| (p.component.as_str(), p.reason.as_str()))
+            .collect();
+        assert_eq!(
+            named,
+            [
+                ("shutdown", "shutting_down"),
+                ("task:instance_heartbeat", "task_stopped")
+            ]
+        );
+    }
+}

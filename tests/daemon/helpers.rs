@@ -1,0 +1,541 @@
+//! Test harness: fresh databases on both backends, the daemon started in-process on port 0,
+//! the real binary started as a child process, and a Prometheus text-format checker.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sqlx::Connection;
+use tenantd::app::{AppError, Application, Shutdown};
+use tenantd::config::{Config, DatabaseUrl};
+use tenantd::systemd::Notifier;
+
+/// The variable that enables the PostgreSQL variant of every store test.
+pub(crate) const POSTGRES_URL_VAR: &str = "TENANTD_TEST_POSTGRES_URL";
+
+/// Generates `sqlite::NAME` and `postgres::NAME` tests from `async fn NAME(db: TestDb)`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::TestDb::sqlite()).await;
+                }
+            )+
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(db) = $crate::helpers::TestDb::postgres().await {
+                        super::$name(db).await;
+                    }
+                }
+            )+
+        }
+    };
+}
+
+/// A database used by one test only.
+pub(crate) struct TestDb {
+    url: String,
+    kind: Kind,
+}
+
+enum Kind {
+    Sqlite {
+        _dir: tempfile::TempDir,
+        file: PathBuf,
+    },
+    Postgres {
+        server_url: String,
+        name: String,
+    },
+}
+
+impl TestDb {
+    /// A new SQLite file in a temporary folder (the folder is created by the daemon).
+    pub(crate) fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("state/tenantd.db");
+        Self {
+            url: format!("sqlite://{}", file.display()),
+            kind: Kind::Sqlite { _dir: dir, file },
+        }
+    }
+
+    /// A new PostgreSQL database on the server named by `TENANTD_TEST_POSTGRES_URL`; `None`
+    /// (test skipped, said on stderr) when the variable is unset, unless
+    /// `TENANTD_REQUIRE_POSTGRES=1`, as in CI, where a missing server fails the test.
+    pub(crate) async fn postgres() -> Option<Self> {
+        let Ok(server_url) = std::env::var(POSTGRES_URL_VAR) else {
+            assert!(
+                std::env::var("TENANTD_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+                "TENANTD_REQUIRE_POSTGRES=1 but {POSTGRES_URL_VAR} is not set"
+            );
+            eprintln!("skipped: set {POSTGRES_URL_VAR} to run the PostgreSQL variant");
+            return None;
+        };
+        let name = format!("tenantd_test_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = sqlx::PgConnection::connect(&server_url)
+            .await
+            .unwrap_or_else(|err| panic!("{POSTGRES_URL_VAR}: cannot connect: {err}"));
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .execute(&mut conn)
+            .await
+            .expect("create test database");
+        conn.close().await.ok();
+        let mut url = url::Url::parse(&server_url).expect("valid postgres URL");
+        url.set_path(&format!("/{name}"));
+        Some(Self {
+            url: url.to_string(),
+            kind: Kind::Postgres { server_url, name },
+        })
+    }
+
+    /// The database URL.
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Takes the database away under a running daemon: the SQLite file is deleted, the
+    /// PostgreSQL database is dropped with its sessions terminated.
+    pub(crate) async fn make_unavailable(&self) {
+        match &self.kind {
+            Kind::Sqlite { file, .. } => std::fs::remove_file(file).expect("delete database file"),
+            Kind::Postgres { server_url, name } => drop_postgres(server_url, name).await,
+        }
+    }
+
+    /// A store on this database, for assertions.
+    pub(crate) async fn store(&self) -> tenantd::store::Store {
+        let config = tenantd::config::DatabaseConfig {
+            url: DatabaseUrl::new(self.url.clone()),
+            ..Default::default()
+        };
+        tenantd::store::Store::connect(&config)
+            .await
+            .expect("connect test store")
+    }
+}
+
+async fn drop_postgres(server_url: &str, name: &str) {
+    let mut conn = sqlx::PgConnection::connect(server_url)
+        .await
+        .expect("connect");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+    )))
+    .execute(&mut conn)
+    .await
+    .expect("drop test database");
+    conn.close().await.ok();
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Kind::Postgres { server_url, name } = &self.kind {
+            let (server_url, name) = (server_url.clone(), name.clone());
+            // Drop runs inside the test's runtime: use a thread with its own.
+            let _ = std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime")
+                    .block_on(drop_postgres(&server_url, &name));
+            })
+            .join();
+        }
+    }
+}
+
+/// Configuration for a test daemon: the given database, both listeners on port 0.
+pub(crate) fn test_config(db: &TestDb) -> Config {
+    let mut config = Config::default();
+    config.database.url = DatabaseUrl::new(db.url());
+    config.admin.bind = "127.0.0.1:0".parse().unwrap();
+    config.listener.bind = "127.0.0.1:0".parse().unwrap();
+    config.shutdown.grace_seconds = 5;
+    config
+}
+
+/// A daemon running in this process.
+pub(crate) struct TestApp {
+    pub(crate) admin: SocketAddr,
+    pub(crate) public: SocketAddr,
+    pub(crate) instance_id: String,
+    pub(crate) shutdown: Shutdown,
+    pub(crate) handle: tokio::task::JoinHandle<Result<(), AppError>>,
+    pub(crate) client: reqwest::Client,
+}
+
+impl TestApp {
+    pub(crate) async fn get_admin(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("http://{}{path}", self.admin))
+            .send()
+            .await
+            .expect("admin request")
+    }
+
+    pub(crate) async fn get_public(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("http://{}{path}", self.public))
+            .send()
+            .await
+            .expect("public request")
+    }
+
+    /// Requests a graceful stop and waits for it.
+    pub(crate) async fn stop(self) -> Result<(), AppError> {
+        self.shutdown.stop();
+        self.handle.await.expect("run_until_stopped panicked")
+    }
+}
+
+/// Builds and starts the daemon in-process on `db`.
+pub(crate) async fn spawn_app(db: &TestDb) -> TestApp {
+    spawn_app_with(test_config(db)).await
+}
+
+/// Builds and starts the daemon in-process with `config`.
+pub(crate) async fn spawn_app_with(config: Config) -> TestApp {
+    let app = Application::build(config, Notifier::disabled())
+        .await
+        .expect("application builds");
+    let (admin, public) = (app.admin_addr(), app.public_addr());
+    let instance_id = app.instance_id().to_string();
+    let shutdown = Shutdown::new();
+    let handle = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    TestApp {
+        admin,
+        public,
+        instance_id,
+        shutdown,
+        handle,
+        client: reqwest::Client::builder().no_proxy().build().unwrap(),
+    }
+}
+
+/// The real `tenantd` binary running as a child process, its stderr collected line by line.
+pub(crate) struct Daemon {
+    pub(crate) child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+/// A `tenantd` command with a clean `TENANTD_*` environment.
+pub(crate) fn tenantd_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tenantd"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("TENANTD_") || name == "NOTIFY_SOCKET" || name.starts_with("WATCHDOG_")
+        {
+            command.env_remove(name);
+        }
+    }
+    command.stdin(Stdio::null());
+    command
+}
+
+impl Daemon {
+    /// Starts `tenantd ARGS run` with JSON logs and both listeners on port 0.
+    pub(crate) fn run(mut command: Command) -> Self {
+        command
+            .args([
+                "--log-format",
+                "json",
+                "--admin-bind",
+                "127.0.0.1:0",
+                "--listener-bind",
+                "127.0.0.1:0",
+                "run",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("spawn tenantd");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// Every stderr line so far.
+    pub(crate) fn output(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// Waits for a JSON log line whose `message` contains `needle`; returns it parsed.
+    pub(crate) fn wait_for_log(&self, needle: &str, timeout: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found = self.lines.lock().unwrap().iter().find_map(|line| {
+                let value: serde_json::Value = serde_json::from_str(line).ok()?;
+                value["message"].as_str()?.contains(needle).then_some(value)
+            });
+            if let Some(found) = found {
+                return found;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {needle:?} within {timeout:?}; stderr so far:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// How many JSON log lines so far have a `message` containing `needle`.
+    pub(crate) fn count_logs(&self, needle: &str) -> usize {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|value| {
+                value["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains(needle))
+            })
+            .count()
+    }
+
+    /// Waits for "tenantd is running" and returns the admin and public addresses.
+    pub(crate) fn wait_until_running(&self) -> (SocketAddr, SocketAddr) {
+        let line = self.wait_for_log("tenantd is running", Duration::from_secs(30));
+        let admin = line["admin.addr"]
+            .as_str()
+            .expect("admin.addr field")
+            .parse()
+            .unwrap();
+        let public = line["public.addr"]
+            .as_str()
+            .expect("public.addr field")
+            .parse()
+            .unwrap();
+        (admin, public)
+    }
+
+    /// Sends a signal by name (`TERM`, `HUP`, `INT`) with kill(1).
+    pub(crate) fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits for the process to exit.
+    pub(crate) fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "tenantd did not exit within {timeout:?}; stderr:\n{}",
+                    self.output()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A blocking GET with no proxy, for subprocess tests.
+/// Runs on its own thread, so it works inside and outside a tokio runtime.
+pub(crate) fn http_get(url: &str) -> Result<(u16, String), String> {
+    let url = url.to_string();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let client = reqwest::Client::builder().no_proxy().build().unwrap();
+            let response = client.get(&url).send().await.map_err(|e| e.to_string())?;
+            let status = response.status().as_u16();
+            Ok((status, response.text().await.map_err(|e| e.to_string())?))
+        })
+    })
+    .join()
+    .expect("http thread")
+}
+
+/// One sample of a Prometheus scrape.
+#[derive(Debug)]
+pub(crate) struct Sample {
+    pub(crate) name: String,
+    pub(crate) labels: Vec<(String, String)>,
+    pub(crate) value: f64,
+}
+
+fn valid_metric_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+fn parse_labels(raw: &str) -> Result<Vec<(String, String)>, String> {
+    let mut labels = Vec::new();
+    let mut rest = raw;
+    while !rest.is_empty() {
+        let (name, after) = rest
+            .split_once("=\"")
+            .ok_or(format!("label without =\" in {raw}"))?;
+        if !valid_metric_name(name) || name.contains(':') {
+            return Err(format!("bad label name {name:?}"));
+        }
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let end = loop {
+            match chars.next() {
+                Some((_, '\\')) => match chars.next() {
+                    Some((_, 'n')) => value.push('\n'),
+                    Some((_, c @ ('\\' | '"'))) => value.push(c),
+                    other => return Err(format!("bad escape {other:?} in {raw}")),
+                },
+                Some((i, '"')) => break i,
+                Some((_, c)) => value.push(c),
+                None => return Err(format!("unterminated label value in {raw}")),
+            }
+        };
+        labels.push((name.to_string(), value));
+        rest = &after[end + 1..];
+        rest = rest.strip_prefix(',').unwrap_or(rest);
+    }
+    Ok(labels)
+}
+
+fn parse_value(raw: &str) -> Result<f64, String> {
+    match raw {
+        "+Inf" => Ok(f64::INFINITY),
+        "-Inf" => Ok(f64::NEG_INFINITY),
+        "NaN" => Ok(f64::NAN),
+        other => other
+            .parse()
+            .map_err(|_| format!("bad sample value {other:?}")),
+    }
+}
+
+/// Parses the Prometheus text exposition format (0.0.4) strictly: names, labels and values
+/// well-formed; every sample's family declared by one `# TYPE` line before it; histogram buckets
+/// cumulative and ending in `+Inf` equal to `_count`.
+pub(crate) fn parse_prometheus(text: &str) -> Result<Vec<Sample>, String> {
+    let mut types: std::collections::HashMap<String, String> = Default::default();
+    let mut samples = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        if let Some(comment) = line.strip_prefix('#') {
+            let mut parts = comment.trim_start().splitn(3, ' ');
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some("TYPE"), Some(name), Some(kind)) => {
+                    if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind) {
+                        return Err(format!("unknown type {kind} for {name}"));
+                    }
+                    if types.insert(name.to_string(), kind.to_string()).is_some() {
+                        return Err(format!("TYPE repeated for {name}"));
+                    }
+                }
+                (Some("HELP"), Some(name), _) if valid_metric_name(name) => {}
+                (Some("HELP" | "TYPE"), _, _) => return Err(format!("malformed line {line:?}")),
+                _ => {}
+            }
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .ok_or(format!("no value in {line:?}"))?;
+        let (name, labels) = match series.split_once('{') {
+            Some((name, labels)) => {
+                let labels = labels
+                    .strip_suffix('}')
+                    .ok_or(format!("unclosed labels in {line:?}"))?;
+                (name, parse_labels(labels)?)
+            }
+            None => (series, Vec::new()),
+        };
+        if !valid_metric_name(name) {
+            return Err(format!("bad metric name {name:?}"));
+        }
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| {
+                name.strip_suffix(suffix).filter(|base| {
+                    matches!(
+                        types.get(*base).map(String::as_str),
+                        Some("histogram" | "summary")
+                    )
+                })
+            })
+            .unwrap_or(name);
+        if !types.contains_key(family) {
+            return Err(format!("sample {name} has no TYPE line before it"));
+        }
+        samples.push(Sample {
+            name: name.to_string(),
+            labels,
+            value: parse_value(value)?,
+        });
+    }
+    check_histograms(&samples, &types)?;
+    Ok(samples)
+}
+
+fn check_histograms(
+    samples: &[Sample],
+    types: &std::collections::HashMap<String, String>,
+) -> Result<(), String> {
+    for (family, _) in types.iter().filter(|(_, kind)| *kind == "histogram") {
+        let bucket_name = format!("{family}_bucket");
+        let mut series: std::collections::BTreeMap<String, Vec<(f64, f64)>> = Default::default();
+        for sample in samples.iter().filter(|s| s.name == bucket_name) {
+            let le = sample
+                .labels
+                .iter()
+                .find(|(k, _)| k == "le")
+                .ok_or("bucket without le")?;
+            let others: Vec<String> = sample
+                .labels
+                .iter()
+                .filter(|(k, _)| k != "le")
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            series
+                .entry(others.join(","))
+                .or_default()
+                .push((parse_value(&le.1)?, sample.value));
+        }
+        for (labels, buckets) in series {
+            if buckets
+                .windows(2)
+                .any(|w| w[1].0 <= w[0].0 || w[1].1 < w[0].1)
+            {
+                return Err(format!("{family}{{{labels}}}: buckets not cumulative"));
+            }
+            let last = buckets.last().ok_or("empty histogram")?;
+            if last.0 != f64::INFINITY {
+                return Err(format!("{family}{{{labels}}}: no +Inf bucket"));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,7 @@
+//! Integration tests: the real daemon on port 0 against a fresh SQLite file and, when
+//! `TENANTD_TEST_POSTGRES_URL` is set, a fresh PostgreSQL database per test.
+
+mod helpers;
+
+mod listeners;
+mod process;

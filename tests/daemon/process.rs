@@ -1,0 +1,400 @@
+//! The real `tenantd` binary as a child process: signals, exit codes, systemd notifications,
+//! configuration errors and secret redaction, on both backends where a database is involved.
+
+use std::os::unix::net::UnixDatagram;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::helpers::{http_get, tenantd_command, Daemon, TestDb};
+use tenantd::instance::Instance;
+
+crate::on_both_backends!(
+    sigterm_stops_the_daemon_cleanly_with_exit_code_zero_within_the_grace_period,
+    migrate_applies_once_then_reports_up_to_date,
+    healthcheck_exits_zero_when_ready_and_one_when_not,
+);
+
+async fn sigterm_stops_the_daemon_cleanly_with_exit_code_zero_within_the_grace_period(db: TestDb) {
+    let mut command = tenantd_command();
+    command
+        .env("TENANTD_DATABASE__URL", db.url())
+        .env("TENANTD_SHUTDOWN__GRACE_SECONDS", "3");
+    let mut daemon = Daemon::run(command);
+    let (admin, _) = daemon.wait_until_running();
+    assert_eq!(http_get(&format!("http://{admin}/readyz")).unwrap().0, 200);
+
+    let sent = Instant::now();
+    daemon.signal("TERM");
+    let status = tokio::task::block_in_place(|| daemon.wait_exit(Duration::from_secs(10)));
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", daemon.output());
+    assert!(
+        sent.elapsed() < Duration::from_secs(3),
+        "exit took {:?}",
+        sent.elapsed()
+    );
+    daemon.wait_for_log("stop requested", Duration::from_secs(1));
+    daemon.wait_for_log("stopped", Duration::from_secs(1));
+    // The clean stop is recorded: no instance is left marked running.
+    let store = db.store().await;
+    assert!(Instance::running(&store).await.unwrap().is_empty());
+    store.close().await;
+}
+
+async fn migrate_applies_once_then_reports_up_to_date(db: TestDb) {
+    let run = || {
+        tenantd_command()
+            .args(["--database-url", db.url(), "migrate"])
+            .output()
+            .expect("run migrate")
+    };
+    let first = run();
+    assert_eq!(
+        first.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(String::from_utf8_lossy(&first.stdout).contains("applied migrations [1]"));
+    let second = run();
+    assert_eq!(second.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&second.stdout).contains("up to date"));
+}
+
+async fn healthcheck_exits_zero_when_ready_and_one_when_not(db: TestDb) {
+    let mut command = tenantd_command();
+    command.env("TENANTD_DATABASE__URL", db.url());
+    let daemon = Daemon::run(command);
+    let (admin, _) = daemon.wait_until_running();
+    let check = |admin: String| {
+        tenantd_command()
+            .args(["--admin-bind", &admin, "healthcheck"])
+            .output()
+            .expect("run healthcheck")
+    };
+    let ready = check(admin.to_string());
+    assert_eq!(
+        ready.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ready.stdout)
+    );
+
+    db.make_unavailable().await;
+    let not_ready = check(admin.to_string());
+    assert_eq!(not_ready.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&not_ready.stdout).contains("503"));
+
+    drop(daemon);
+    // Nothing listens on port 1 of loopback.
+    let unreachable = check("127.0.0.1:1".into());
+    assert_eq!(unreachable.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unreachable.stdout).contains("not reachable"));
+}
+
+#[test]
+fn run_on_the_defaults_creates_the_sqlite_database_under_data() {
+    let cwd = tempfile::tempdir().unwrap();
+    let mut command = tenantd_command();
+    command.current_dir(cwd.path());
+    let mut daemon = Daemon::run(command);
+    let (admin, public) = daemon.wait_until_running();
+    assert_eq!(http_get(&format!("http://{admin}/readyz")).unwrap().0, 200);
+    assert_eq!(
+        http_get(&format!("http://{public}/anything")).unwrap().0,
+        404
+    );
+    assert!(cwd.path().join("data/tenantd.db").is_file());
+    daemon.signal("INT");
+    assert_eq!(daemon.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}
+
+fn recv_until(socket: &UnixDatagram, wanted: &str, deadline: Instant) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while Instant::now() < deadline {
+        if let Ok(n) = socket.recv(&mut buf) {
+            let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let done = message.lines().any(|line| line == wanted);
+            seen.push(message);
+            if done {
+                return seen;
+            }
+        }
+    }
+    panic!("no {wanted} on the notify socket; got {seen:?}");
+}
+
+#[test]
+fn systemd_gets_ready_watchdog_and_stopping_notifications() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let db = TestDb::sqlite();
+    let mut command = tenantd_command();
+    command
+        .env("TENANTD_DATABASE__URL", db.url())
+        .env("NOTIFY_SOCKET", &socket_path)
+        // 400 ms timeout: tenantd pings every 200 ms.
+        .env("WATCHDOG_USEC", "400000");
+    let mut daemon = Daemon::run(command);
+    let deadline = Instant::now() + Duration::from_secs(30);
+
+    let before_ready = recv_until(&socket, "READY=1", deadline);
+    assert!(
+        before_ready.last().unwrap().contains("STATUS=listening"),
+        "{before_ready:?}"
+    );
+    // READY=1 is sent only once the listeners accept.
+    let (admin, _) = daemon.wait_until_running();
+    assert_eq!(http_get(&format!("http://{admin}/healthz")).unwrap().0, 200);
+
+    let mut pings = 0;
+    while pings < 3 {
+        recv_until(&socket, "WATCHDOG=1", deadline);
+        pings += 1;
+    }
+    daemon.signal("TERM");
+    let stopping = recv_until(&socket, "STOPPING=1", deadline);
+    assert!(stopping.iter().all(|m| !m.contains("READY=1")));
+    assert_eq!(daemon.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}
+
+#[test]
+fn an_abstract_notify_socket_is_supported() {
+    use std::os::linux::net::SocketAddrExt;
+    let name = format!("tenantd-test-{}", uuid::Uuid::new_v4().simple());
+    let address = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let socket = UnixDatagram::bind_addr(&address).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let db = TestDb::sqlite();
+    let mut command = tenantd_command();
+    command
+        .env("TENANTD_DATABASE__URL", db.url())
+        .env("NOTIFY_SOCKET", format!("@{name}"));
+    let mut daemon = Daemon::run(command);
+    recv_until(&socket, "READY=1", Instant::now() + Duration::from_secs(30));
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}
+
+#[test]
+fn sighup_reloads_the_log_level_from_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::sqlite();
+    let config = dir.path().join("tenantd.toml");
+    let write = |level: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[database]\nurl = \"{}\"\n[log]\nlevel = \"{level}\"\n",
+                db.url()
+            ),
+        )
+        .unwrap();
+    };
+    write("info");
+    let mut command = tenantd_command();
+    command.arg("--config").arg(&config);
+    let mut daemon = Daemon::run(command);
+    let (admin, _) = daemon.wait_until_running();
+
+    // At info, serving a request logs nothing (that line is debug).
+    assert_eq!(http_get(&format!("http://{admin}/healthz")).unwrap().0, 200);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        daemon.count_logs("request served"),
+        0,
+        "{}",
+        daemon.output()
+    );
+
+    write("debug");
+    daemon.signal("HUP");
+    daemon.wait_for_log("configuration reloaded", Duration::from_secs(10));
+    assert_eq!(http_get(&format!("http://{admin}/healthz")).unwrap().0, 200);
+    daemon.wait_for_log("request served", Duration::from_secs(10));
+
+    // A broken file on reload keeps the running configuration and the daemon.
+    std::fs::write(&config, "[log]\nlevle = \"x\"\n").unwrap();
+    daemon.signal("HUP");
+    daemon.wait_for_log("reload failed", Duration::from_secs(10));
+    assert_eq!(http_get(&format!("http://{admin}/healthz")).unwrap().0, 200);
+
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}
+
+fn config_error(args: &[&str], env: &[(&str, &str)], file: Option<&str>) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = tenantd_command();
+    command
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(contents) = file {
+        std::fs::write(dir.path().join("t.toml"), contents).unwrap();
+        command.args(["--config", "t.toml"]);
+    }
+    command.args(args).envs(env.iter().copied());
+    let output = command.output().unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn an_unknown_key_exits_2_naming_the_key_for_every_command() {
+    for command in ["run", "check-config", "migrate"] {
+        let (code, stderr) = config_error(
+            &[command],
+            &[],
+            Some("[database]\nurll = \"sqlite://x.db\"\n"),
+        );
+        assert_eq!(code, Some(2), "{command}: {stderr}");
+        assert!(stderr.contains("`database.urll`"), "{stderr}");
+        assert!(stderr.contains("did you mean `url`"), "{stderr}");
+    }
+    let (code, stderr) = config_error(&["run"], &[("TENANTD_ADMIN__BNID", "127.0.0.1:1")], None);
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("`admin.bnid`") && stderr.contains("TENANTD_ADMIN__BNID"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_bad_value_exits_2_naming_the_key_and_the_fix() {
+    let (code, stderr) = config_error(&["run"], &[], Some("[admin]\nbind = \"localhost\"\n"));
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("`admin.bind`") && stderr.contains("HOST:PORT"),
+        "{stderr}"
+    );
+
+    let (code, stderr) = config_error(
+        &["run"],
+        &[("TENANTD_DATABASE__MAX_CONNECTIONS", "many")],
+        None,
+    );
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("`database.max_connections`"), "{stderr}");
+
+    let (code, stderr) = config_error(&["--log-format", "xml", "run"], &[], None);
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("`log.format`") && stderr.contains("--log-format"),
+        "{stderr}"
+    );
+
+    let (code, stderr) = config_error(&["--config", "missing.toml", "run"], &[], None);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("missing.toml"), "{stderr}");
+}
+
+#[test]
+fn usage_errors_exit_2_and_help_exits_0() {
+    let (code, _) = config_error(&["frobnicate"], &[], None);
+    assert_eq!(code, Some(2));
+    for args in [
+        &["--help"][..],
+        &["run", "--help"],
+        &["healthcheck", "--help"],
+        &["migrate", "--help"],
+        &["check-config", "--help"],
+    ] {
+        let output = tenantd_command().args(args).output().unwrap();
+        assert_eq!(output.status.code(), Some(0), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&output.stdout).contains("Usage"),
+            "{args:?}"
+        );
+    }
+}
+
+#[test]
+fn an_unreachable_database_exits_1_without_printing_its_password() {
+    let (code, stderr) = config_error(
+        &[
+            "--database-url",
+            "postgres://tenantd:canary-hunter2@127.0.0.1:1/tenantd",
+            "run",
+        ],
+        &[("TENANTD_DATABASE__ACQUIRE_TIMEOUT_SECONDS", "2")],
+        None,
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("cannot open the database"), "{stderr}");
+    assert!(!stderr.contains("canary-hunter2"), "{stderr}");
+}
+
+#[test]
+fn check_config_prints_the_effective_config_without_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("db-url"),
+        "postgres://tenantd:canary-hunter2@db.internal/tenantd\n",
+    )
+    .unwrap();
+    for (args, env) in [
+        (
+            vec!["check-config"],
+            vec![(
+                "TENANTD_DATABASE__URL",
+                "postgres://tenantd:canary-hunter2@db/x",
+            )],
+        ),
+        (
+            vec![
+                "--database-url",
+                "postgres://u:canary-hunter2@db/x?password=canary-hunter2",
+                "check-config",
+            ],
+            vec![],
+        ),
+        (
+            vec!["check-config"],
+            vec![("TENANTD_DATABASE__URL_FILE", "db-url")],
+        ),
+    ] {
+        let output = tenantd_command()
+            .current_dir(dir.path())
+            .args(&args)
+            .envs(env.iter().copied())
+            .env("CREDENTIALS_DIRECTORY", dir.path())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(0), "{stderr}");
+        assert!(
+            !stdout.contains("canary-hunter2") && !stderr.contains("canary-hunter2"),
+            "{stdout}{stderr}"
+        );
+        assert!(stdout.contains("[redacted]"), "{stdout}");
+        assert!(
+            stdout.contains("[admin]") && stdout.contains("bind = \"127.0.0.1:9090\""),
+            "{stdout}"
+        );
+    }
+}
+
+#[test]
+fn a_single_underscore_env_var_is_warned_about() {
+    let output = tenantd_command()
+        .args(["check-config"])
+        .env("TENANTD_LOG_LEVEL", "debug")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("TENANTD_LOG_LEVEL") && stderr.contains("TENANTD_LOG__LEVEL"),
+        "{stderr}"
+    );
+}
