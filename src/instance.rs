@@ -74,16 +74,11 @@ impl Instance {
     /// # Errors
     /// [`StoreError`] when the database does not answer.
     pub async fn touch(&self) -> Result<(), StoreError> {
-        if let Some(pool) = self.store.sqlite() {
-            sqlx::query("UPDATE instances SET last_seen_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?")
-                .bind(&self.id).execute(pool).await?;
-        } else if let Some(pool) = self.store.postgres() {
-            sqlx::query("UPDATE instances SET last_seen_at = now() WHERE id = $1")
-                .bind(&self.id)
-                .execute(pool)
-                .await?;
-        }
-        Ok(())
+        self.stamp(
+            "UPDATE instances SET last_seen_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?",
+            "UPDATE instances SET last_seen_at = now() WHERE id = $1",
+        )
+        .await
     }
 
     /// Records a clean stop.
@@ -91,14 +86,19 @@ impl Instance {
     /// # Errors
     /// [`StoreError`] when the database does not answer.
     pub async fn mark_stopped(&self) -> Result<(), StoreError> {
+        self.stamp(
+            "UPDATE instances SET stopped_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?",
+            "UPDATE instances SET stopped_at = now() WHERE id = $1",
+        )
+        .await
+    }
+
+    /// Runs a one-row update of this instance, in the store's dialect.
+    async fn stamp(&self, sqlite: &'static str, postgres: &'static str) -> Result<(), StoreError> {
         if let Some(pool) = self.store.sqlite() {
-            sqlx::query("UPDATE instances SET stopped_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?")
-                .bind(&self.id).execute(pool).await?;
+            sqlx::query(sqlite).bind(&self.id).execute(pool).await?;
         } else if let Some(pool) = self.store.postgres() {
-            sqlx::query("UPDATE instances SET stopped_at = now() WHERE id = $1")
-                .bind(&self.id)
-                .execute(pool)
-                .await?;
+            sqlx::query(postgres).bind(&self.id).execute(pool).await?;
         }
         Ok(())
     }
