@@ -1,0 +1,563 @@
+//! Mail: messages in mailbox folders, and `sendMail`.
+//!
+//! Sources: https://learn.microsoft.com/graph/api/user-post-messages (a message created in a
+//! folder is a draft), MS-OXCMSG PidTagMessageFlags (`singleValueExtendedProperties` with id
+//! `Integer 0x0E07`: `mfRead` 0x1, `mfUnsent` 0x8; settable only at creation), and
+//! .../user-sendmail (`202 Accepted`; delivered to the recipients' Inbox, a copy in Sent Items
+//! unless `saveToSentItems` is false).
+//!
+//! `from` and `sender`: on a created message they are what the request gives (`sender` follows
+//! `from` when only `from` is given); on a sent message `sender` is the sending mailbox and `from`
+//! is the given `from` (send-as) or the mailbox.
+
+use std::collections::BTreeMap;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, Uri};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Map, Value};
+
+use super::{
+    context, created, json_object, mailbox_not_enabled, no_content, page, resolve_user, select,
+    tenant_of, Caller, GraphError, GraphResult, Workload,
+};
+use crate::notifications::{self, Change, ChangeTarget};
+use crate::world::{new_outlook_id, random_secret, User, World};
+use crate::{clock, AppState};
+
+const READ: [&str; 5] = [
+    "Mail.Read",
+    "Mail.ReadWrite",
+    "Mail.ReadBasic",
+    "Mail.ReadBasic.All",
+    "Mail.Read.Shared",
+];
+const WRITE: [&str; 2] = ["Mail.ReadWrite", "Mail.ReadWrite.Shared"];
+const SEND: [&str; 2] = ["Mail.Send", "Mail.Send.Shared"];
+
+/// Routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/v1.0/users/{user}/messages",
+            get(list_all).post(create_in_drafts),
+        )
+        .route(
+            "/v1.0/users/{user}/messages/{id}",
+            get(read_any).patch(update_any).delete(delete_any),
+        )
+        .route(
+            "/v1.0/users/{user}/mailFolders/{folder}/messages",
+            get(list_folder).post(create_in_folder),
+        )
+        .route(
+            "/v1.0/users/{user}/mailFolders/{folder}/messages/{id}",
+            get(read_in_folder).delete(delete_in_folder),
+        )
+        .route("/v1.0/users/{user}/sendMail", post(send_mail))
+}
+
+/// Delegated callers reach only their own mailbox unless they hold a `.Shared` scope.
+fn check_mailbox_access(caller: &Caller, user_id: &str) -> Result<(), GraphError> {
+    match &caller.user_id {
+        Some(me) if me != user_id && !caller.permissions.iter().any(|p| p.ends_with(".Shared")) => {
+            Err(GraphError::new(
+                StatusCode::FORBIDDEN,
+                "ErrorAccessDenied",
+                "Access is denied. Check credentials and try again.",
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Resolves the mailbox owner and checks access and provisioning; returns the tenant id and
+/// user id.
+pub fn open_mailbox(
+    world: &mut World,
+    caller: &Caller,
+    segment: &str,
+) -> Result<(String, String), GraphError> {
+    let tenant = tenant_of(world, caller)?;
+    let user_id = resolve_user(tenant, caller, segment, Workload::Outlook)?;
+    check_mailbox_access(caller, &user_id)?;
+    let user = tenant.users.get_mut(&user_id).expect("resolved");
+    if !user.services_ready(clock::now()) {
+        return Err(mailbox_not_enabled());
+    }
+    Ok((tenant.id.clone(), user_id))
+}
+
+fn etag() -> String {
+    format!("CQAAABYAAAD{}", random_secret(20))
+}
+
+/// A message as Graph renders it, with `isDraft` and `isRead` from the message flags.
+fn new_message(
+    input: &Map<String, Value>,
+    folder_id: &str,
+    is_draft: bool,
+    is_read: bool,
+    from: Value,
+    sender: Value,
+) -> Value {
+    let now = clock::graph(clock::now());
+    let change_key = etag();
+    let body = input
+        .get("body")
+        .cloned()
+        .unwrap_or_else(|| json!({"contentType": "text", "content": ""}));
+    let preview: String = body["content"]
+        .as_str()
+        .unwrap_or_default()
+        .chars()
+        .take(255)
+        .collect();
+    let id = new_outlook_id("AAMkAG");
+    json!({
+        "@odata.etag": format!("W/\"{change_key}\""),
+        "id": id,
+        "createdDateTime": now,
+        "lastModifiedDateTime": now,
+        "changeKey": change_key,
+        "categories": input.get("categories").cloned().unwrap_or_else(|| json!([])),
+        "receivedDateTime": now,
+        "sentDateTime": now,
+        "hasAttachments": false,
+        "internetMessageId": format!("<{}@graph-emulator>", random_secret(24)),
+        "subject": input.get("subject").cloned().unwrap_or(Value::Null),
+        "bodyPreview": preview,
+        "importance": input.get("importance").cloned().unwrap_or_else(|| json!("normal")),
+        "parentFolderId": folder_id,
+        "conversationId": new_outlook_id("AAQkAG"),
+        "isDeliveryReceiptRequested": false,
+        "isReadReceiptRequested": false,
+        "isRead": is_read,
+        "isDraft": is_draft,
+        "webLink": format!("https://outlook.office365.com/owa/?ItemID={id}&exvsurl=1&viewmodel=ReadMessageItem"),
+        "inferenceClassification": "focused",
+        "body": body,
+        "sender": sender,
+        "from": from,
+        "toRecipients": input.get("toRecipients").cloned().unwrap_or_else(|| json!([])),
+        "ccRecipients": input.get("ccRecipients").cloned().unwrap_or_else(|| json!([])),
+        "bccRecipients": input.get("bccRecipients").cloned().unwrap_or_else(|| json!([])),
+        "replyTo": input.get("replyTo").cloned().unwrap_or_else(|| json!([])),
+        "flag": {"flagStatus": "notFlagged"},
+    })
+}
+
+/// PR_MESSAGE_FLAGS from `singleValueExtendedProperties`, if given.
+fn message_flags(input: &Map<String, Value>) -> Option<i64> {
+    input
+        .get("singleValueExtendedProperties")?
+        .as_array()?
+        .iter()
+        .find(|p| {
+            p.get("id")
+                .and_then(Value::as_str)
+                .is_some_and(|id| id.eq_ignore_ascii_case("Integer 0x0E07"))
+        })
+        .and_then(|p| p.get("value"))
+        .and_then(|v| {
+            v.as_str()
+                .map(str::to_string)
+                .or_else(|| v.as_i64().map(|n| n.to_string()))
+        })
+        .and_then(|v| v.parse().ok())
+}
+
+fn message_change(
+    tenant: &str,
+    user_id: &str,
+    message: &Value,
+    change_type: &'static str,
+) -> Change {
+    let id = message["id"].as_str().unwrap_or_default();
+    Change {
+        tenant: tenant.to_string(),
+        change_type,
+        target: ChangeTarget::Message {
+            user_id: user_id.to_string(),
+            folder_id: message["parentFolderId"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        },
+        // The shape of the published Outlook sample.
+        resource: format!("users/{user_id}@{tenant}/messages/{id}"),
+        resource_data: json!({
+            "@odata.type": "#Microsoft.Graph.Message",
+            "@odata.id": format!("Users/{user_id}@{tenant}/Messages/{id}"),
+            "@odata.etag": message["@odata.etag"],
+            "id": id,
+        }),
+    }
+}
+
+fn user_mut<'w>(world: &'w mut World, tenant: &str, user_id: &str) -> &'w mut User {
+    world
+        .tenants
+        .get_mut(tenant)
+        .and_then(|t| t.users.get_mut(user_id))
+        .expect("resolved")
+}
+
+fn item_not_found() -> GraphError {
+    GraphError::not_found(
+        "ErrorItemNotFound",
+        "The specified object was not found in the store.",
+    )
+}
+
+fn folder_not_found() -> GraphError {
+    GraphError::not_found(
+        "ErrorItemNotFound",
+        "The specified folder could not be found in the store.",
+    )
+}
+
+async fn create(
+    state: AppState,
+    caller: Caller,
+    user: String,
+    folder: String,
+    body: Bytes,
+) -> GraphResult {
+    caller.require(Workload::Outlook, &WRITE)?;
+    let input = json_object(&body)?;
+    let mut world = state.world();
+    let (tenant, user_id) = open_mailbox(&mut world, &caller, &user)?;
+    let mailbox = user_mut(&mut world, &tenant, &user_id)
+        .mailbox
+        .as_mut()
+        .expect("ready");
+    let folder_id = mailbox
+        .folder(&folder)
+        .ok_or_else(folder_not_found)?
+        .id
+        .clone();
+    let (is_draft, is_read) = match message_flags(&input) {
+        Some(flags) => (flags & 0x8 != 0, flags & 0x1 != 0),
+        None => (true, true),
+    };
+    let from = input.get("from").cloned().unwrap_or(Value::Null);
+    let sender = input.get("sender").cloned().unwrap_or_else(|| from.clone());
+    let message = new_message(&input, &folder_id, is_draft, is_read, from, sender);
+    let id = message["id"].as_str().unwrap_or_default().to_string();
+    mailbox.messages.insert(id, message.clone());
+    notifications::publish(
+        &state,
+        &world,
+        message_change(&tenant, &user_id, &message, "created"),
+    );
+    let mut out = message;
+    out["@odata.context"] = json!(context(
+        &state,
+        &format!("users('{user_id}')/messages/$entity")
+    ));
+    Ok(created(out))
+}
+
+async fn create_in_drafts(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(user): Path<String>,
+    body: Bytes,
+) -> GraphResult {
+    create(state, caller, user, "drafts".into(), body).await
+}
+
+async fn create_in_folder(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((user, folder)): Path<(String, String)>,
+    body: Bytes,
+) -> GraphResult {
+    create(state, caller, user, folder, body).await
+}
+
+fn list(
+    state: &AppState,
+    caller: &Caller,
+    uri: &Uri,
+    user: &str,
+    folder: Option<&str>,
+    query: &BTreeMap<String, String>,
+) -> GraphResult {
+    caller.require(Workload::Outlook, &READ)?;
+    let mut world = state.world();
+    let (tenant, user_id) = open_mailbox(&mut world, caller, user)?;
+    let mailbox = user_mut(&mut world, &tenant, &user_id)
+        .mailbox
+        .as_ref()
+        .expect("ready");
+    let folder_id = match folder {
+        Some(folder) => Some(
+            mailbox
+                .folder(folder)
+                .ok_or_else(folder_not_found)?
+                .id
+                .clone(),
+        ),
+        None => None,
+    };
+    let mut items: Vec<Value> = mailbox
+        .messages
+        .values()
+        .filter(|m| {
+            folder_id
+                .as_deref()
+                .is_none_or(|f| m["parentFolderId"] == f)
+        })
+        .cloned()
+        .collect();
+    items.sort_by(|a, b| {
+        b["receivedDateTime"]
+            .as_str()
+            .cmp(&a["receivedDateTime"].as_str())
+    });
+    page(
+        state,
+        uri,
+        &format!("users('{user_id}')/messages"),
+        items,
+        query,
+        10,
+    )
+}
+
+async fn list_all(
+    State(state): State<AppState>,
+    caller: Caller,
+    uri: Uri,
+    Path(user): Path<String>,
+    Query(query): Query<BTreeMap<String, String>>,
+) -> GraphResult {
+    list(&state, &caller, &uri, &user, None, &query)
+}
+
+async fn list_folder(
+    State(state): State<AppState>,
+    caller: Caller,
+    uri: Uri,
+    Path((user, folder)): Path<(String, String)>,
+    Query(query): Query<BTreeMap<String, String>>,
+) -> GraphResult {
+    list(&state, &caller, &uri, &user, Some(&folder), &query)
+}
+
+fn read(
+    state: &AppState,
+    caller: &Caller,
+    user: &str,
+    id: &str,
+    query: &BTreeMap<String, String>,
+) -> GraphResult {
+    caller.require(Workload::Outlook, &READ)?;
+    let mut world = state.world();
+    let (tenant, user_id) = open_mailbox(&mut world, caller, user)?;
+    let mailbox = user_mut(&mut world, &tenant, &user_id)
+        .mailbox
+        .as_ref()
+        .expect("ready");
+    let message = mailbox.messages.get(id).ok_or_else(item_not_found)?;
+    let mut out = select(message, query);
+    out["@odata.context"] = json!(context(
+        state,
+        &format!("users('{user_id}')/messages/$entity")
+    ));
+    Ok(Json(out).into_response())
+}
+
+async fn read_any(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((user, id)): Path<(String, String)>,
+    Query(query): Query<BTreeMap<String, String>>,
+) -> GraphResult {
+    read(&state, &caller, &user, &id, &query)
+}
+
+async fn read_in_folder(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((user, _folder, id)): Path<(String, String, String)>,
+    Query(query): Query<BTreeMap<String, String>>,
+) -> GraphResult {
+    read(&state, &caller, &user, &id, &query)
+}
+
+async fn update_any(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((user, id)): Path<(String, String)>,
+    body: Bytes,
+) -> GraphResult {
+    caller.require(Workload::Outlook, &WRITE)?;
+    let input = json_object(&body)?;
+    let mut world = state.world();
+    let (tenant, user_id) = open_mailbox(&mut world, &caller, &user)?;
+    let mailbox = user_mut(&mut world, &tenant, &user_id)
+        .mailbox
+        .as_mut()
+        .expect("ready");
+    let message = mailbox.messages.get_mut(&id).ok_or_else(item_not_found)?;
+    let is_draft = message["isDraft"].as_bool().unwrap_or(false);
+    for (key, value) in input {
+        let editable = matches!(
+            key.as_str(),
+            "isRead" | "categories" | "importance" | "flag" | "inferenceClassification"
+        ) || (is_draft
+            && matches!(
+                key.as_str(),
+                "subject"
+                    | "body"
+                    | "toRecipients"
+                    | "ccRecipients"
+                    | "bccRecipients"
+                    | "from"
+                    | "replyTo"
+            ));
+        if !editable {
+            return Err(GraphError::bad_request(
+                "ErrorInvalidPropertyUpdateSentMessage",
+                format!("Update operation is not allowed on property '{key}' for this message."),
+            ));
+        }
+        message[key.as_str()] = value;
+    }
+    let change_key = etag();
+    message["changeKey"] = json!(change_key);
+    message["@odata.etag"] = json!(format!("W/\"{change_key}\""));
+    message["lastModifiedDateTime"] = json!(clock::graph(clock::now()));
+    let out = message.clone();
+    notifications::publish(
+        &state,
+        &world,
+        message_change(&tenant, &user_id, &out, "updated"),
+    );
+    Ok(Json(out).into_response())
+}
+
+fn delete(state: &AppState, caller: &Caller, user: &str, id: &str) -> GraphResult {
+    caller.require(Workload::Outlook, &WRITE)?;
+    let mut world = state.world();
+    let (tenant, user_id) = open_mailbox(&mut world, caller, user)?;
+    let mailbox = user_mut(&mut world, &tenant, &user_id)
+        .mailbox
+        .as_mut()
+        .expect("ready");
+    let message = mailbox.messages.remove(id).ok_or_else(item_not_found)?;
+    notifications::publish(
+        state,
+        &world,
+        message_change(&tenant, &user_id, &message, "deleted"),
+    );
+    Ok(no_content())
+}
+
+async fn delete_any(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((user, id)): Path<(String, String)>,
+) -> GraphResult {
+    delete(&state, &caller, &user, &id)
+}
+
+async fn delete_in_folder(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((user, _folder, id)): Path<(String, String, String)>,
+) -> GraphResult {
+    delete(&state, &caller, &user, &id)
+}
+
+fn addresses(message: &Map<String, Value>) -> Vec<String> {
+    ["toRecipients", "ccRecipients", "bccRecipients"]
+        .iter()
+        .filter_map(|key| message.get(*key).and_then(Value::as_array))
+        .flatten()
+        .filter_map(|r| r["emailAddress"]["address"].as_str().map(str::to_string))
+        .collect()
+}
+
+async fn send_mail(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(user): Path<String>,
+    body: Bytes,
+) -> GraphResult {
+    caller.require(Workload::Outlook, &SEND)?;
+    let input = json_object(&body)?;
+    let Some(Value::Object(message)) = input.get("message") else {
+        return Err(GraphError::bad_request(
+            "ErrorInvalidParameter",
+            "The value of the parameter 'Message' is empty.",
+        ));
+    };
+    let recipients = addresses(message);
+    if recipients.is_empty() {
+        return Err(GraphError::bad_request("ErrorInvalidRecipients", "At least one recipient isn't valid., A message can't be sent because it contains no recipients."));
+    }
+    let save = input
+        .get("saveToSentItems")
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
+    let mut world = state.world();
+    let (tenant, user_id) = open_mailbox(&mut world, &caller, &user)?;
+    let owner = user_mut(&mut world, &tenant, &user_id).email_address();
+    let from = message
+        .get("from")
+        .cloned()
+        .unwrap_or_else(|| owner.clone());
+    let mut changes = Vec::new();
+    if save {
+        let mailbox = user_mut(&mut world, &tenant, &user_id)
+            .mailbox
+            .as_mut()
+            .expect("ready");
+        let folder = mailbox.folder("sentitems").expect("provisioned").id.clone();
+        let copy = new_message(message, &folder, false, true, from.clone(), owner.clone());
+        mailbox.messages.insert(
+            copy["id"].as_str().unwrap_or_default().to_string(),
+            copy.clone(),
+        );
+        changes.push(message_change(&tenant, &user_id, &copy, "created"));
+    }
+    let now = clock::now();
+    for address in recipients {
+        let found = world
+            .tenants
+            .iter()
+            .find_map(|(tid, t)| t.user_by_address(&address).map(|u| (tid.clone(), u)));
+        let Some((recipient_tenant, recipient_id)) = found else {
+            continue; // External recipients leave the emulated cloud.
+        };
+        let recipient = user_mut(&mut world, &recipient_tenant, &recipient_id);
+        if !recipient.services_ready(now) {
+            continue;
+        }
+        let mailbox = recipient.mailbox.as_mut().expect("ready");
+        let inbox = mailbox.folder("inbox").expect("provisioned").id.clone();
+        let copy = new_message(message, &inbox, false, false, from.clone(), owner.clone());
+        mailbox.messages.insert(
+            copy["id"].as_str().unwrap_or_default().to_string(),
+            copy.clone(),
+        );
+        changes.push(message_change(
+            &recipient_tenant,
+            &recipient_id,
+            &copy,
+            "created",
+        ));
+    }
+    for change in changes {
+        notifications::publish(&state, &world, change);
+    }
+    state.count("mail_sent");
+    Ok(StatusCode::ACCEPTED.into_response())
+}

@@ -1,0 +1,422 @@
+//! Subscriptions and notifications: the validation handshake and its failures, lifetimes,
+//! renewal, change notifications, redelivery and lifecycle events.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::helpers::{assert_conforms, Env, Handshake, Receiver, DOMAIN};
+
+fn in_minutes(minutes: i64) -> String {
+    graph_emulator::clock::graph(graph_emulator::clock::now() + time::Duration::minutes(minutes))
+}
+
+async fn subscribe(env: &Env, token: &str, body: Value) -> crate::helpers::Answer {
+    env.post("/subscriptions", token, body).await
+}
+
+#[tokio::test]
+async fn creating_a_subscription_validates_both_urls_and_answers_like_graph() {
+    let env = Env::standard().await;
+    let adele = env.user("adele", true).await;
+    let token = env.app_token().await;
+    let receiver = Receiver::start(Handshake::Correct).await;
+    let created = subscribe(
+        &env,
+        &token,
+        json!({
+            "changeType": "created,updated",
+            "notificationUrl": receiver.url(),
+            "lifecycleNotificationUrl": receiver.lifecycle_url(),
+            "resource": format!("/users/{adele}/messages"),
+            "expirationDateTime": in_minutes(600),
+            "clientState": "secretClientValue",
+        }),
+    )
+    .await
+    .assert_status(201);
+    assert_conforms("11-subscription-create-response.json", &created.json);
+    assert_eq!(created.json["applicationId"], env.client_id.as_str());
+    assert_eq!(created.json["clientState"], "secretClientValue");
+    let validations = receiver.validations();
+    assert_eq!(
+        validations.len(),
+        2,
+        "notificationUrl and lifecycleNotificationUrl are both validated"
+    );
+    for (token, content_type) in validations {
+        assert!(
+            token.starts_with("Validation: Testing client application reachability"),
+            "decoded token: {token}"
+        );
+        assert_eq!(content_type, "text/plain; charset=utf-8");
+    }
+}
+
+#[tokio::test]
+async fn a_failed_handshake_refuses_the_subscription_with_graphs_error() {
+    let env = Env::standard().await;
+    let adele = env.user("adele", true).await;
+    let token = env.app_token().await;
+    let mut settings = env.control_get("/settings").await;
+    settings["handshakeTimeoutMs"] = json!(300);
+    env.control_put("/settings", settings)
+        .await
+        .assert_status(204);
+    let cases = [
+        (
+            Handshake::WrongBody,
+            "Response must exactly match validationToken",
+        ),
+        (
+            Handshake::WrongContentType,
+            "content type must be text/plain",
+        ),
+        (Handshake::Slow(Duration::from_millis(1500)), "timed out"),
+    ];
+    for (handshake, words) in cases {
+        let receiver = Receiver::start(handshake).await;
+        let refused = subscribe(&env, &token, json!({"changeType": "created", "notificationUrl": receiver.url(), "resource": format!("users/{adele}/messages"), "expirationDateTime": in_minutes(60)})).await.assert_status(400);
+        assert!(
+            refused.json["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(words),
+            "{handshake:?}: {}",
+            refused.text
+        );
+    }
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("http://{}/hook", closed.local_addr().unwrap());
+    drop(closed);
+    subscribe(&env, &token, json!({"changeType": "created", "notificationUrl": dead_url, "resource": format!("users/{adele}/messages"), "expirationDateTime": in_minutes(60)})).await.assert_status(400);
+    subscribe(&env, &token, json!({"changeType": "created", "notificationUrl": "http://hooks.example.com/x", "resource": format!("users/{adele}/messages"), "expirationDateTime": in_minutes(60)})).await.assert_status(400);
+    assert_eq!(
+        env.control_get("/subscriptions").await,
+        json!([]),
+        "nothing was created"
+    );
+}
+
+#[tokio::test]
+async fn lifetimes_are_enforced_per_resource() {
+    let env = Env::standard().await;
+    let adele = env.user("adele", true).await;
+    let token = env.app_token().await;
+    let receiver = Receiver::start(Handshake::Correct).await;
+    let body = |resource: String, minutes: i64| json!({"changeType": "created", "notificationUrl": receiver.url(), "resource": resource, "expirationDateTime": in_minutes(minutes)});
+    let too_long = subscribe(
+        &env,
+        &token,
+        body(format!("users/{adele}/messages"), 10_081),
+    )
+    .await
+    .assert_status(400);
+    assert!(too_long.json["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("10080 minutes"));
+    subscribe(&env, &token, body("users".into(), 41_760 - 1))
+        .await
+        .assert_status(201);
+    subscribe(
+        &env,
+        &token,
+        body(format!("users/{adele}/drive/root"), 42_300 + 5),
+    )
+    .await
+    .assert_status(400);
+    let short = subscribe(&env, &token, body(format!("users/{adele}/events"), 5))
+        .await
+        .assert_status(201);
+    let expiry =
+        graph_emulator::clock::parse(short.json["expirationDateTime"].as_str().unwrap()).unwrap();
+    assert!(
+        expiry >= graph_emulator::clock::now() + time::Duration::minutes(44),
+        "raised to 45 minutes"
+    );
+    subscribe(&env, &token, body(format!("users/{adele}/messages"), -5))
+        .await
+        .assert_status(400);
+    env.post(
+        "/subscriptions",
+        &token,
+        json!({"changeType": "created", "resource": "users"}),
+    )
+    .await
+    .assert_status(400);
+    subscribe(&env, &token, json!({"changeType": "created", "notificationUrl": receiver.url(), "resource": "users", "expirationDateTime": in_minutes(60), "clientState": "x".repeat(129)})).await.assert_status(400);
+}
+
+#[tokio::test]
+async fn teams_subscriptions_beyond_an_hour_need_a_lifecycle_url() {
+    let env = Env::standard().await;
+    let token = env.app_token().await;
+    let receiver = Receiver::start(Handshake::Correct).await;
+    let refused = subscribe(&env, &token, json!({"changeType": "created", "notificationUrl": receiver.url(), "resource": "chats/getAllMessages", "expirationDateTime": in_minutes(120)})).await.assert_status(400);
+    assert!(refused.json["error"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("lifecycleNotificationUrl is required"));
+    subscribe(&env, &token, json!({"changeType": "created", "notificationUrl": receiver.url(), "lifecycleNotificationUrl": receiver.lifecycle_url(), "resource": "chats/getAllMessages", "expirationDateTime": in_minutes(4_320)})).await.assert_status(201);
+}
+
+#[tokio::test]
+async fn renew_reauthorize_and_delete_and_404_for_unknown_ids() {
+    let env = Env::standard().await;
+    let token = env.app_token().await;
+    let receiver = Receiver::start(Handshake::Correct).await;
+    let created = subscribe(&env, &token, json!({"changeType": "updated", "notificationUrl": receiver.url(), "resource": "users", "expirationDateTime": in_minutes(60), "clientState": "s"})).await.assert_status(201);
+    let id = created.json["id"].as_str().unwrap();
+    let renewed = env
+        .graph(
+            Method::PATCH,
+            &format!("/subscriptions/{id}"),
+            &token,
+            Some(json!({"expirationDateTime": in_minutes(2_000)})),
+        )
+        .await
+        .assert_status(200);
+    assert_conforms("12-subscription-renew-response.json", &renewed.json);
+    assert_ne!(
+        renewed.json["expirationDateTime"],
+        created.json["expirationDateTime"]
+    );
+    env.graph(
+        Method::PATCH,
+        &format!("/subscriptions/{id}"),
+        &token,
+        Some(json!({"lifecycleNotificationUrl": receiver.lifecycle_url()})),
+    )
+    .await
+    .assert_status(400);
+    env.graph(
+        Method::PATCH,
+        &format!("/subscriptions/{id}"),
+        &token,
+        Some(json!({"expirationDateTime": in_minutes(50_000)})),
+    )
+    .await
+    .assert_status(400);
+    env.post(
+        &format!("/subscriptions/{id}/reauthorize"),
+        &token,
+        json!({}),
+    )
+    .await
+    .assert_status(204);
+    assert_eq!(
+        env.get("/subscriptions", &token).await.json["value"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    env.graph(
+        Method::DELETE,
+        &format!("/subscriptions/{id}"),
+        &token,
+        None,
+    )
+    .await
+    .assert_status(204);
+    env.get(&format!("/subscriptions/{id}"), &token)
+        .await
+        .assert_status(404);
+    env.graph(
+        Method::PATCH,
+        &format!("/subscriptions/{id}"),
+        &token,
+        Some(json!({"expirationDateTime": in_minutes(100)})),
+    )
+    .await
+    .assert_status(404);
+}
+
+#[tokio::test]
+async fn changes_are_notified_like_the_published_sample_and_only_for_subscribed_types() {
+    let env = Env::standard().await;
+    let adele = env.user("adele", true).await;
+    let token = env.app_token().await;
+    let receiver = Receiver::start(Handshake::Correct).await;
+    let subscription = subscribe(&env, &token, json!({"changeType": "created", "notificationUrl": receiver.url(), "resource": format!("users/{adele}/mailFolders('Inbox')/messages"), "expirationDateTime": in_minutes(600), "clientState": "secretClientValue"})).await.assert_status(201);
+    let created = env
+        .post(
+            &format!("/users/{adele}/mailFolders/inbox/messages"),
+            &token,
+            json!({"subject": "hello"}),
+        )
+        .await
+        .assert_status(201);
+    let body = receiver.next().await;
+    assert_conforms("01-basic-notification-message-created.json", &body);
+    let item = &body["value"][0];
+    assert_eq!(item["subscriptionId"], subscription.json["id"]);
+    assert_eq!(item["clientState"], "secretClientValue");
+    assert_eq!(item["changeType"], "created");
+    assert_eq!(item["resourceData"]["id"], created.json["id"]);
+    assert_eq!(item["tenantId"], crate::helpers::TENANT);
+    // A draft in another folder and an update are not subscribed.
+    env.post(
+        &format!("/users/{adele}/messages"),
+        &token,
+        json!({"subject": "draft"}),
+    )
+    .await
+    .assert_status(201);
+    let id = created.json["id"].as_str().unwrap();
+    env.graph(
+        Method::PATCH,
+        &format!("/users/{adele}/messages/{id}"),
+        &token,
+        Some(json!({"isRead": true})),
+    )
+    .await
+    .assert_status(200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.pending(), 0);
+}
+
+#[tokio::test]
+async fn failed_deliveries_are_retried_then_recorded_as_failed() {
+    let env = Env::standard().await;
+    let adele = env.user("adele", true).await;
+    let token = env.app_token().await;
+    let mut settings = env.control_get("/settings").await;
+    settings["deliveryRetryBaseMs"] = json!(20);
+    settings["deliveryRetries"] = json!(3);
+    env.control_put("/settings", settings)
+        .await
+        .assert_status(204);
+    let receiver = Receiver::start(Handshake::Correct).await;
+    subscribe(&env, &token, json!({"changeType": "created", "notificationUrl": receiver.url(), "resource": format!("users/{adele}/messages"), "expirationDateTime": in_minutes(600)})).await.assert_status(201);
+    receiver.fail_next(2);
+    env.post(
+        &format!("/users/{adele}/messages"),
+        &token,
+        json!({"subject": "one"}),
+    )
+    .await
+    .assert_status(201);
+    receiver.next().await;
+    receiver.fail_next(100);
+    env.post(
+        &format!("/users/{adele}/messages"),
+        &token,
+        json!({"subject": "two"}),
+    )
+    .await
+    .assert_status(201);
+    let mut records = Value::Null;
+    for _ in 0..100 {
+        records = env.control_get("/deliveries").await;
+        if records.as_array().unwrap().len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let records = records.as_array().unwrap();
+    assert_eq!(records[0]["outcome"], "delivered");
+    assert_eq!(records[0]["attempts"], 3);
+    assert_eq!(records[1]["outcome"], "failed");
+    assert_eq!(records[1]["attempts"], 4);
+    assert_eq!(records[1]["lastStatus"], 503);
+}
+
+#[tokio::test]
+async fn lifecycle_events_are_sent_like_the_published_samples() {
+    let env = Env::standard().await;
+    let adele = env.user("adele", true).await;
+    let token = env.app_token().await;
+    let receiver = Receiver::start(Handshake::Correct).await;
+    let created = subscribe(&env, &token, json!({"changeType": "created", "notificationUrl": receiver.url(), "lifecycleNotificationUrl": receiver.lifecycle_url(), "resource": format!("users/{adele}/messages"), "expirationDateTime": in_minutes(600), "clientState": "s3cret"})).await.assert_status(201);
+    let id = created.json["id"].as_str().unwrap();
+    for (event, sample) in [
+        (
+            "reauthorizationRequired",
+            "05-lifecycle-reauthorizationRequired.json",
+        ),
+        ("missed", "07-lifecycle-missed.json"),
+        (
+            "subscriptionRemoved",
+            "06-lifecycle-subscriptionRemoved.json",
+        ),
+    ] {
+        env.control_post(
+            &format!("/subscriptions/{id}/lifecycle"),
+            json!({"event": event}),
+        )
+        .await
+        .assert_status(202);
+        let body = receiver.next().await;
+        assert_conforms(sample, &body);
+        assert_eq!(body["value"][0]["lifecycleEvent"], event);
+        assert_eq!(body["value"][0]["clientState"], "s3cret");
+    }
+    env.get(&format!("/subscriptions/{id}"), &token)
+        .await
+        .assert_status(404);
+    env.control_post(
+        &format!("/subscriptions/{id}/lifecycle"),
+        json!({"event": "missed"}),
+    )
+    .await
+    .assert_status(404);
+}
+
+#[tokio::test]
+async fn chat_and_user_changes_are_notified() {
+    let env = Env::standard().await;
+    let adele = env.user("adele", true).await;
+    env.user("alex", true).await;
+    let token = env.app_token().await;
+    let receiver = Receiver::start(Handshake::Correct).await;
+    let members = json!([
+        {"roles": ["owner"], "user@odata.bind": format!("https://graph.microsoft.com/v1.0/users('{adele}')")},
+        {"roles": ["owner"], "user@odata.bind": format!("https://graph.microsoft.com/v1.0/users('alex@{DOMAIN}')")},
+    ]);
+    let chat = env
+        .post(
+            "/chats",
+            &token,
+            json!({"chatType": "oneOnOne", "members": members}),
+        )
+        .await
+        .assert_status(201);
+    let chat_id = chat.json["id"].as_str().unwrap();
+    subscribe(&env, &token, json!({"changeType": "created", "notificationUrl": receiver.url(), "lifecycleNotificationUrl": receiver.lifecycle_url(), "resource": format!("chats/{chat_id}/messages"), "expirationDateTime": in_minutes(600), "clientState": "c"})).await.assert_status(201);
+    let tokens = env
+        .delegated(&format!("adele@{DOMAIN}"), "ChatMessage.Send")
+        .await;
+    env.post(
+        &format!("/chats/{chat_id}/messages"),
+        tokens["access_token"].as_str().unwrap(),
+        json!({"body": {"content": "hi"}}),
+    )
+    .await
+    .assert_status(201);
+    let mut body = receiver.next().await;
+    // The rich sample minus what only rich notifications carry (not emulated).
+    let mut sample = crate::helpers::sample("02-rich-notification-chatmessage-encrypted.json");
+    sample["value"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("encryptedContent");
+    sample.as_object_mut().unwrap().remove("validationTokens");
+    let problems = crate::helpers::mismatches(&sample, &body, "$");
+    assert!(problems.is_empty(), "{problems:?}");
+    assert!(body["value"][0]["resource"]
+        .as_str()
+        .unwrap()
+        .starts_with(&format!("chats('{chat_id}')/messages('")));
+
+    subscribe(&env, &token, json!({"changeType": "updated", "notificationUrl": receiver.url(), "resource": "users", "expirationDateTime": in_minutes(600)})).await.assert_status(201);
+    env.post("/users", &token, json!({"accountEnabled": true, "displayName": "N", "mailNickname": "n", "userPrincipalName": format!("n@{DOMAIN}"), "passwordProfile": {"password": "x1!Aaaaaaaa"}})).await.assert_status(201);
+    body = receiver.next().await;
+    assert_eq!(body["value"][0]["changeType"], "updated");
+    assert_eq!(
+        body["value"][0]["resourceData"]["@odata.type"],
+        "#Microsoft.Graph.User"
+    );
+}
