@@ -59,6 +59,13 @@ enum Command {
     /// Run the daemon: webhook listener, admin listener (health, readiness, metrics) and
     /// background work, until SIGTERM or SIGINT. SIGHUP reloads the log level.
     Run,
+    /// Run the whole daemon against the built-in Graph emulator with a demo tenant: no Microsoft
+    /// account needed. Uses its own database, sqlite://data/demo/tenantd.db.
+    Demo {
+        /// Address of the in-process Graph emulator (port 0 picks a free one)
+        #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
+        emulator_bind: std::net::SocketAddr,
+    },
     /// Apply pending database migrations and exit (`run` also applies them at start).
     Migrate,
     /// Validate the configuration and print the effective values, secrets redacted.
@@ -104,13 +111,6 @@ pub fn main() -> i32 {
             return err.exit_code();
         }
     };
-    let loaded = match cli.load_config() {
-        Ok(loaded) => loaded,
-        Err(err) => {
-            eprintln!("tenantd: configuration error:\n  {err}");
-            return EXIT_USAGE;
-        }
-    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -121,8 +121,19 @@ pub fn main() -> i32 {
             return EXIT_FAILURE;
         }
     };
+    if let Command::Demo { emulator_bind } = &cli.command {
+        return demo(&cli, *emulator_bind, &runtime);
+    }
+    let loaded = match cli.load_config() {
+        Ok(loaded) => loaded,
+        Err(err) => {
+            eprintln!("tenantd: configuration error:\n  {err}");
+            return EXIT_USAGE;
+        }
+    };
     match &cli.command {
-        Command::Run => run(&cli, loaded, &runtime),
+        Command::Run => run(&cli, loaded, cli.flag_overrides(), &runtime, None),
+        Command::Demo { .. } => unreachable!("handled above"),
         Command::Migrate => {
             print_warnings(&loaded);
             runtime.block_on(migrate(loaded))
@@ -225,7 +236,38 @@ async fn healthcheck(loaded: &LoadedConfig, url: Option<&str>, timeout_seconds: 
     }
 }
 
-fn run(cli: &Cli, loaded: LoadedConfig, runtime: &tokio::runtime::Runtime) -> i32 {
+/// `tenantd demo`: starts the emulator, then runs the daemon pointed at it.
+fn demo(cli: &Cli, emulator_bind: std::net::SocketAddr, runtime: &tokio::runtime::Runtime) -> i32 {
+    // The emulator's tasks keep running on the runtime's workers after this block_on.
+    let demo = match runtime.block_on(crate::demo::Demo::start(emulator_bind)) {
+        Ok(demo) => demo,
+        Err(err) => {
+            eprintln!("tenantd: {err}");
+            return EXIT_FAILURE;
+        }
+    };
+    // Demo settings first, then the user's flags, which still win.
+    let mut flags = demo.overrides();
+    flags.extend(cli.flag_overrides());
+    let loaded = match config::load(cli.config.as_deref(), &flags) {
+        Ok(loaded) => loaded,
+        Err(err) => {
+            eprintln!("tenantd: configuration error:\n  {err}");
+            return EXIT_USAGE;
+        }
+    };
+    let code = run(cli, loaded, flags, runtime, Some(&demo));
+    demo.emulator.stop();
+    code
+}
+
+fn run(
+    cli: &Cli,
+    loaded: LoadedConfig,
+    flags: Vec<FlagOverride>,
+    runtime: &tokio::runtime::Runtime,
+    demo: Option<&crate::demo::Demo>,
+) -> i32 {
     // Signals first: a SIGTERM during start-up must stop us cleanly, not kill us.
     let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(signals) => signals,
@@ -268,11 +310,19 @@ fn run(cli: &Cli, loaded: LoadedConfig, runtime: &tokio::runtime::Runtime) -> i3
     let result = runtime.block_on(async {
         let reload = Reload {
             config: cli.config.clone(),
-            flags: cli.flag_overrides(),
+            flags,
             log,
         };
         tokio::spawn(handle_signals(signal_rx, shutdown.clone(), reload));
         let app = Application::build(loaded.config, Notifier::from_env()).await?;
+        if let Some(demo) = demo {
+            tracing::info!(
+                emulator.url = %demo.emulator.base_url(),
+                tenant.id = %demo.tenant.tenant_id,
+                "demo: pointed at the built-in Graph emulator"
+            );
+            println!("{}", demo.banner(app.admin_addr(), app.public_addr()));
+        }
         app.run_until_stopped(shutdown).await
     });
     signals_handle.close();

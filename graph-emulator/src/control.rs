@@ -61,6 +61,17 @@ fn problem(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({"error": message.into()}))).into_response()
 }
 
+/// The tenant a path names (id or domain), or why there is none.
+fn tenant_of<'w>(
+    world: &'w mut crate::world::World,
+    tenant: &str,
+) -> Result<&'w mut crate::world::Tenant, String> {
+    let id = world
+        .tenant_id(tenant)
+        .ok_or_else(|| format!("unknown tenant `{tenant}`"))?;
+    Ok(world.tenants.get_mut(&id).expect("resolved"))
+}
+
 fn seed_problem(error: &SeedError) -> Response {
     let status = match error {
         SeedError::UnknownTenant(_) => StatusCode::NOT_FOUND,
@@ -124,14 +135,11 @@ async fn revoke_grant(
     Path((tenant, client_id)): Path<(String, String)>,
 ) -> Response {
     let mut world = state.world();
-    let Some(id) = world.tenant_id(&tenant) else {
-        return problem(StatusCode::NOT_FOUND, format!("unknown tenant `{tenant}`"));
+    let tenant = match tenant_of(&mut world, &tenant) {
+        Ok(tenant) => tenant,
+        Err(message) => return problem(StatusCode::NOT_FOUND, message),
     };
-    match world
-        .tenants
-        .get_mut(&id)
-        .and_then(|t| t.grants.remove(&client_id))
-    {
+    match tenant.grants.remove(&client_id) {
         Some(_) => StatusCode::NO_CONTENT.into_response(),
         None => problem(StatusCode::NOT_FOUND, "the app has no grant in this tenant"),
     }
@@ -160,10 +168,10 @@ async fn update_user(
     Json(changes): Json<serde_json::Map<String, Value>>,
 ) -> Response {
     let mut world = state.world();
-    let Some(id) = world.tenant_id(&tenant) else {
-        return problem(StatusCode::NOT_FOUND, format!("unknown tenant `{tenant}`"));
+    let tenant = match tenant_of(&mut world, &tenant) {
+        Ok(tenant) => tenant,
+        Err(message) => return problem(StatusCode::NOT_FOUND, message),
     };
-    let tenant = world.tenants.get_mut(&id).expect("resolved");
     let Some(key) = tenant.user_key(&user) else {
         return problem(StatusCode::NOT_FOUND, format!("unknown user `{user}`"));
     };
@@ -186,14 +194,11 @@ async fn set_consent(
     Json(body): Json<ConsentBody>,
 ) -> Response {
     let mut world = state.world();
-    let Some(id) = world.tenant_id(&tenant) else {
-        return problem(StatusCode::NOT_FOUND, format!("unknown tenant `{tenant}`"));
+    let tenant = match tenant_of(&mut world, &tenant) {
+        Ok(tenant) => tenant,
+        Err(message) => return problem(StatusCode::NOT_FOUND, message),
     };
-    world
-        .tenants
-        .get_mut(&id)
-        .expect("resolved")
-        .consent_outcome = body.outcome;
+    tenant.consent_outcome = body.outcome;
     StatusCode::NO_CONTENT.into_response()
 }
 
@@ -209,14 +214,11 @@ async fn set_sideloading(
     Json(body): Json<SideloadingBody>,
 ) -> Response {
     let mut world = state.world();
-    let Some(id) = world.tenant_id(&tenant) else {
-        return problem(StatusCode::NOT_FOUND, format!("unknown tenant `{tenant}`"));
+    let tenant = match tenant_of(&mut world, &tenant) {
+        Ok(tenant) => tenant,
+        Err(message) => return problem(StatusCode::NOT_FOUND, message),
     };
-    world
-        .tenants
-        .get_mut(&id)
-        .expect("resolved")
-        .sideloading_allowed = body.allowed;
+    tenant.sideloading_allowed = body.allowed;
     StatusCode::NO_CONTENT.into_response()
 }
 

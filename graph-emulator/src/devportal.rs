@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 
 use crate::graph::{authenticate, Caller, GraphError};
 use crate::package::{png_size, read_zip};
-use crate::world::{guid, Resource};
+use crate::world::{guid, Resource, Tenant};
 use crate::{clock, AppState};
 
 /// Routes.
@@ -43,6 +43,45 @@ pub fn router() -> Router<AppState> {
         )
         .route("/devportal/api/usersettings/mtUserAppPolicy", get(policy))
         .layer(axum::extract::DefaultBodyLimit::max(16 * 1024 * 1024))
+}
+
+/// Which collection of the caller's tenant a route works on.
+type Collection = fn(&mut Tenant) -> &mut BTreeMap<String, Value>;
+
+fn app_definitions(tenant: &mut Tenant) -> &mut BTreeMap<String, Value> {
+    &mut tenant.app_definitions
+}
+
+fn bots(tenant: &mut Tenant) -> &mut BTreeMap<String, Value> {
+    &mut tenant.bots
+}
+
+/// Lists, reads or deletes (when `remove`) in a collection of the caller's tenant.
+fn collection_call(
+    state: &AppState,
+    headers: &HeaderMap,
+    collection: Collection,
+    id: Option<&str>,
+    remove: bool,
+    not_found: fn() -> GraphError,
+) -> Result<Response, GraphError> {
+    let caller = portal_caller(state, headers)?;
+    let mut world = state.world();
+    let tenant = world
+        .tenants
+        .get_mut(&caller.tenant)
+        .ok_or_else(|| bad("unknown tenant"))?;
+    let items = collection(tenant);
+    match (id, remove) {
+        (None, _) => Ok(Json(items.values().cloned().collect::<Vec<_>>()).into_response()),
+        (Some(id), false) => {
+            Ok(Json(items.get(id).cloned().ok_or_else(not_found)?).into_response())
+        }
+        (Some(id), true) => {
+            items.remove(id).ok_or_else(not_found)?;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+    }
 }
 
 fn portal_caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, GraphError> {
@@ -183,14 +222,14 @@ async fn list_apps(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, GraphError> {
-    let caller = portal_caller(&state, &headers)?;
-    let world = state.world();
-    let apps: Vec<Value> = world
-        .tenants
-        .get(&caller.tenant)
-        .map(|t| t.app_definitions.values().cloned().collect())
-        .unwrap_or_default();
-    Ok(Json(apps).into_response())
+    collection_call(
+        &state,
+        &headers,
+        app_definitions,
+        None,
+        false,
+        app_not_found,
+    )
 }
 
 fn app_not_found() -> GraphError {
@@ -202,15 +241,14 @@ async fn read_app(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, GraphError> {
-    let caller = portal_caller(&state, &headers)?;
-    let world = state.world();
-    let app = world
-        .tenants
-        .get(&caller.tenant)
-        .and_then(|t| t.app_definitions.get(&id))
-        .cloned()
-        .ok_or_else(app_not_found)?;
-    Ok(Json(app).into_response())
+    collection_call(
+        &state,
+        &headers,
+        app_definitions,
+        Some(&id),
+        false,
+        app_not_found,
+    )
 }
 
 async fn delete_app(
@@ -218,14 +256,14 @@ async fn delete_app(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, GraphError> {
-    let caller = portal_caller(&state, &headers)?;
-    let mut world = state.world();
-    world
-        .tenants
-        .get_mut(&caller.tenant)
-        .and_then(|t| t.app_definitions.remove(&id))
-        .ok_or_else(app_not_found)?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    collection_call(
+        &state,
+        &headers,
+        app_definitions,
+        Some(&id),
+        true,
+        app_not_found,
+    )
 }
 
 fn validate_bot(body: &[u8]) -> Result<Value, GraphError> {
@@ -277,14 +315,7 @@ async fn list_bots(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, GraphError> {
-    let caller = portal_caller(&state, &headers)?;
-    let world = state.world();
-    let bots: Vec<Value> = world
-        .tenants
-        .get(&caller.tenant)
-        .map(|t| t.bots.values().cloned().collect())
-        .unwrap_or_default();
-    Ok(Json(bots).into_response())
+    collection_call(&state, &headers, bots, None, false, bot_not_found)
 }
 
 fn bot_not_found() -> GraphError {
@@ -296,15 +327,7 @@ async fn read_bot(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, GraphError> {
-    let caller = portal_caller(&state, &headers)?;
-    let world = state.world();
-    let bot = world
-        .tenants
-        .get(&caller.tenant)
-        .and_then(|t| t.bots.get(&id))
-        .cloned()
-        .ok_or_else(bot_not_found)?;
-    Ok(Json(bot).into_response())
+    collection_call(&state, &headers, bots, Some(&id), false, bot_not_found)
 }
 
 async fn update_bot(
@@ -337,14 +360,7 @@ async fn delete_bot(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, GraphError> {
-    let caller = portal_caller(&state, &headers)?;
-    let mut world = state.world();
-    world
-        .tenants
-        .get_mut(&caller.tenant)
-        .and_then(|t| t.bots.remove(&id))
-        .ok_or_else(bot_not_found)?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    collection_call(&state, &headers, bots, Some(&id), true, bot_not_found)
 }
 
 async fn policy(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, GraphError> {

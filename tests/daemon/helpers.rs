@@ -243,7 +243,12 @@ pub(crate) fn tenantd_command() -> Command {
 
 impl Daemon {
     /// Starts `tenantd ARGS run` with JSON logs and both listeners on port 0.
-    pub(crate) fn run(mut command: Command) -> Self {
+    pub(crate) fn run(command: Command) -> Self {
+        Self::start(command, "run", Stdio::null())
+    }
+
+    /// Starts `tenantd ARGS SUBCOMMAND` with JSON logs and both listeners on port 0.
+    pub(crate) fn start(mut command: Command, subcommand: &str, stdout: Stdio) -> Self {
         command
             .args([
                 "--log-format",
@@ -252,9 +257,9 @@ impl Daemon {
                 "127.0.0.1:0",
                 "--listener-bind",
                 "127.0.0.1:0",
-                "run",
+                subcommand,
             ])
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(Stdio::piped());
         let mut child = command.spawn().expect("spawn tenantd");
         let stderr = child.stderr.take().expect("piped stderr");

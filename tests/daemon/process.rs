@@ -108,6 +108,47 @@ fn run_on_the_defaults_creates_the_sqlite_database_under_data() {
     assert_eq!(daemon.wait_exit(Duration::from_secs(10)).code(), Some(0));
 }
 
+#[test]
+fn demo_runs_the_daemon_against_the_built_in_emulator() {
+    let cwd = tempfile::tempdir().unwrap();
+    let mut command = tenantd_command();
+    command.current_dir(cwd.path());
+    let mut daemon = Daemon::start(command, "demo", Stdio::piped());
+    let (admin, _public) = daemon.wait_until_running();
+    assert_eq!(http_get(&format!("http://{admin}/readyz")).unwrap().0, 200);
+    assert!(cwd.path().join("data/demo/tenantd.db").is_file());
+    assert!(
+        !cwd.path().join("data/tenantd.db").exists(),
+        "the demo keeps its own database"
+    );
+    let line = daemon.wait_for_log(
+        "demo: pointed at the built-in Graph emulator",
+        Duration::from_secs(5),
+    );
+    let emulator = line["emulator.url"]
+        .as_str()
+        .expect("emulator.url")
+        .to_string();
+    assert!(emulator.starts_with("http://127.0.0.1:"), "{emulator}");
+    let (status, tenants) = http_get(&format!("{emulator}/_emulator/tenants")).unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        tenants.contains("contoso-demo.onmicrosoft.com"),
+        "{tenants}"
+    );
+    let mut stdout = daemon.child.stdout.take().expect("piped stdout");
+    daemon.signal("INT");
+    assert_eq!(daemon.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    let mut banner = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut banner).unwrap();
+    assert!(banner.contains("tenantd demo:"), "{banner}");
+    assert!(
+        banner.contains(&format!("http://{admin}/healthz")),
+        "{banner}"
+    );
+    assert!(banner.contains(&emulator), "{banner}");
+}
+
 fn recv_until(socket: &UnixDatagram, wanted: &str, deadline: Instant) -> Vec<String> {
     let mut seen = Vec::new();
     let mut buf = [0u8; 1024];

@@ -91,6 +91,20 @@ pub fn open_mailbox(
     Ok((tenant.id.clone(), user_id))
 }
 
+/// Opens the mailbox a path names for reading or writing: (tenant id, user id, mailbox).
+pub fn open_mailbox_mut<'w>(
+    world: &'w mut World,
+    caller: &Caller,
+    segment: &str,
+) -> Result<(String, String, &'w mut crate::world::Mailbox), GraphError> {
+    let (tenant, user_id) = open_mailbox(world, caller, segment)?;
+    let mailbox = user_mut(world, &tenant, &user_id)
+        .mailbox
+        .as_mut()
+        .expect("provisioned by open_mailbox");
+    Ok((tenant, user_id, mailbox))
+}
+
 fn etag() -> String {
     format!("CQAAABYAAAD{}", random_secret(20))
 }
@@ -230,11 +244,7 @@ async fn create(
     caller.require(Workload::Outlook, &WRITE)?;
     let input = json_object(&body)?;
     let mut world = state.world();
-    let (tenant, user_id) = open_mailbox(&mut world, &caller, &user)?;
-    let mailbox = user_mut(&mut world, &tenant, &user_id)
-        .mailbox
-        .as_mut()
-        .expect("ready");
+    let (tenant, user_id, mailbox) = open_mailbox_mut(&mut world, &caller, &user)?;
     let folder_id = mailbox
         .folder(&folder)
         .ok_or_else(folder_not_found)?
@@ -290,11 +300,7 @@ fn list(
 ) -> GraphResult {
     caller.require(Workload::Outlook, &READ)?;
     let mut world = state.world();
-    let (tenant, user_id) = open_mailbox(&mut world, caller, user)?;
-    let mailbox = user_mut(&mut world, &tenant, &user_id)
-        .mailbox
-        .as_ref()
-        .expect("ready");
+    let (_, user_id, mailbox) = open_mailbox_mut(&mut world, caller, user)?;
     let folder_id = match folder {
         Some(folder) => Some(
             mailbox
@@ -359,11 +365,7 @@ fn read(
 ) -> GraphResult {
     caller.require(Workload::Outlook, &READ)?;
     let mut world = state.world();
-    let (tenant, user_id) = open_mailbox(&mut world, caller, user)?;
-    let mailbox = user_mut(&mut world, &tenant, &user_id)
-        .mailbox
-        .as_ref()
-        .expect("ready");
+    let (_, user_id, mailbox) = open_mailbox_mut(&mut world, caller, user)?;
     let message = mailbox.messages.get(id).ok_or_else(item_not_found)?;
     let mut out = select(message, query);
     out["@odata.context"] = json!(context(
@@ -400,11 +402,7 @@ async fn update_any(
     caller.require(Workload::Outlook, &WRITE)?;
     let input = json_object(&body)?;
     let mut world = state.world();
-    let (tenant, user_id) = open_mailbox(&mut world, &caller, &user)?;
-    let mailbox = user_mut(&mut world, &tenant, &user_id)
-        .mailbox
-        .as_mut()
-        .expect("ready");
+    let (tenant, user_id, mailbox) = open_mailbox_mut(&mut world, &caller, &user)?;
     let message = mailbox.messages.get_mut(&id).ok_or_else(item_not_found)?;
     let is_draft = message["isDraft"].as_bool().unwrap_or(false);
     for (key, value) in input {
@@ -446,11 +444,7 @@ async fn update_any(
 fn delete(state: &AppState, caller: &Caller, user: &str, id: &str) -> GraphResult {
     caller.require(Workload::Outlook, &WRITE)?;
     let mut world = state.world();
-    let (tenant, user_id) = open_mailbox(&mut world, caller, user)?;
-    let mailbox = user_mut(&mut world, &tenant, &user_id)
-        .mailbox
-        .as_mut()
-        .expect("ready");
+    let (tenant, user_id, mailbox) = open_mailbox_mut(&mut world, caller, user)?;
     let message = mailbox.messages.remove(id).ok_or_else(item_not_found)?;
     notifications::publish(
         state,

@@ -519,3 +519,29 @@ async fn admin_consent_grants_the_requested_permissions_or_reports_the_refusal()
         json!(["User.Read.All"])
     );
 }
+
+#[tokio::test]
+async fn a_disabled_user_gets_no_tokens() {
+    let env = Env::standard().await;
+    env.user("adele", true).await;
+    let tokens = env
+        .delegated(&format!("adele@{DOMAIN}"), "offline_access User.Read")
+        .await;
+    let response = env
+        .http
+        .patch(env.url(&format!("/_emulator/tenants/{TENANT}/users/adele@{DOMAIN}")))
+        .json(&json!({"accountEnabled": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    let refused = env
+        .token_form(&[
+            ("grant_type", "refresh_token"),
+            ("client_id", &env.client_id),
+            ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
+        ])
+        .await
+        .assert_status(400);
+    assert_eq!(refused.aadsts(), 50057);
+}

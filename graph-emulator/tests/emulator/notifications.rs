@@ -420,3 +420,31 @@ async fn chat_and_user_changes_are_notified() {
         "#Microsoft.Graph.User"
     );
 }
+
+#[tokio::test]
+async fn slow_notification_delivery_can_be_injected() {
+    let env = Env::standard().await;
+    let adele = env.user("adele", true).await;
+    let token = env.app_token().await;
+    let receiver = Receiver::start(Handshake::Correct).await;
+    subscribe(&env, &token, json!({"changeType": "created", "notificationUrl": receiver.url(), "resource": format!("users/{adele}/messages"), "expirationDateTime": in_minutes(600)})).await.assert_status(201);
+    env.control_put("/faults", json!({"notificationDelayMs": 400}))
+        .await
+        .assert_status(204);
+    let started = std::time::Instant::now();
+    env.post(
+        &format!("/users/{adele}/messages"),
+        &token,
+        json!({"subject": "late"}),
+    )
+    .await
+    .assert_status(201);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        receiver.pending(),
+        0,
+        "not delivered before the injected delay"
+    );
+    receiver.next().await;
+    assert!(started.elapsed() >= Duration::from_millis(400));
+}

@@ -40,7 +40,7 @@ async fn a_mailbox_takes_four_concurrent_requests_per_app() {
     let env = Env::standard().await;
     let adele = env.user("adele", true).await;
     let token = env.app_token().await;
-    env.control_put("/faults", json!({"latencyMs": 400}))
+    env.control_put("/faults", json!({"latencyMs": 1000}))
         .await
         .assert_status(204);
     let path = format!("/users/{adele}/messages");
