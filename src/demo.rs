@@ -88,9 +88,9 @@ impl Demo {
              \x20 Graph emulator                      {base}  (Graph {base}/v1.0, control API {base}/_emulator)\n\
              \x20 demo tenant                         {} ({}), app {}, users {}\n\
              \x20 database                            {DEMO_DATABASE_URL}\n\
-             What runs now: database migrations, both listeners, health, readiness and metrics, against the\n\
-             emulator's identity platform and Graph. Token refresh, subscriptions and notifications, the work\n\
-             queue and heartbeat provisioning join the demo as they land. Stop with Ctrl-C.",
+             What runs now: database migrations, both listeners, health, readiness and metrics, with\n\
+             graph.base_url and identity.authority pointed at the emulator. Token refresh, subscriptions and\n\
+             notifications, the work queue and heartbeat provisioning join the demo as they land. Stop with Ctrl-C.",
             self.tenant.tenant_id,
             self.tenant.domain,
             self.tenant.client_id,
