@@ -773,3 +773,32 @@ async fn batch_runs_up_to_20_requests_with_dependencies_and_per_item_status() {
     .await
     .assert_status(400);
 }
+
+#[tokio::test]
+async fn access_tokens_expire_after_the_configured_lifetime() {
+    let env = Env::standard().await;
+    let mut settings = env.control_get("/settings").await;
+    settings["accessTokenLifetimeSeconds"] = json!(1);
+    env.control_put("/settings", settings)
+        .await
+        .assert_status(204);
+    let answer = env
+        .token_form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", &env.client_id),
+            ("client_secret", &env.client_secret),
+            ("scope", GRAPH_DEFAULT),
+        ])
+        .await
+        .assert_status(200);
+    assert_eq!(answer.json["expires_in"], 1);
+    let token = answer.json["access_token"].as_str().unwrap();
+    env.get("/users", token).await.assert_status(200);
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let expired = env.get("/users", token).await.assert_status(401);
+    assert_eq!(expired.json["error"]["code"], "InvalidAuthenticationToken");
+    assert!(expired.json["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("expired"));
+}
