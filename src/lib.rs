@@ -20,3 +20,4 @@ pub mod secret;
 pub mod store;
 pub mod systemd;
 pub mod telemetry;
+pub mod vault;
