@@ -50,6 +50,29 @@ pub struct Config {
     pub log: LogConfig,
     /// Graceful shutdown.
     pub shutdown: ShutdownConfig,
+    /// The vault's encryption keys.
+    pub secrets: SecretsConfig,
+}
+
+/// `[secrets]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecretsConfig {
+    /// File with the vault keys, one per line `<key id> <base64 of 32 bytes>`; the first
+    /// encrypts, the others only decrypt. Relative paths are looked up in
+    /// `$CREDENTIALS_DIRECTORY` first. The default file is created with a fresh key when missing.
+    pub key_file: PathBuf,
+}
+
+/// Where the vault keys live unless configured.
+pub const DEFAULT_KEY_FILE: &str = "data/vault.keys";
+
+impl Default for SecretsConfig {
+    fn default() -> Self {
+        Self {
+            key_file: PathBuf::from(DEFAULT_KEY_FILE),
+        }
+    }
 }
 
 /// `[database]`
@@ -145,12 +168,28 @@ impl Default for GraphConfig {
 pub struct IdentityConfig {
     /// Identity platform authority; token URLs are `{authority}/{tenant}/oauth2/v2.0/token`.
     pub authority: Url,
+    /// Delegated permissions tenantd asks for (device code, consent URL, `tenant check`). A
+    /// bare name is a Microsoft Graph permission; other APIs are named by URI, e.g.
+    /// `https://dev.teams.microsoft.com/AppDefinitions.ReadWrite`.
+    pub delegated_scopes: Vec<String>,
 }
 
 impl Default for IdentityConfig {
     fn default() -> Self {
         Self {
             authority: Url::parse("https://login.microsoftonline.com").expect("valid default URL"),
+            delegated_scopes: [
+                "openid",
+                "profile",
+                "email",
+                "offline_access",
+                "User.Read",
+                "Mail.Send",
+                "Calendars.ReadWrite",
+            ]
+            .into_iter()
+            .map(str::to_string)
+            .collect(),
         }
     }
 }

@@ -9,15 +9,19 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod connections;
 pub mod demo;
 pub mod health;
 pub mod http;
+pub mod identity;
 pub mod instance;
 pub mod metrics;
 pub mod secret;
 pub mod store;
 pub mod systemd;
 pub mod telemetry;
+pub mod tokens;
 pub mod vault;

@@ -23,6 +23,10 @@ pub mod names {
     pub const HTTP_REQUEST_DURATION: &str = "tenantd_http_request_duration_seconds";
     /// Gauge: 1 while `/readyz` would answer 200.
     pub const READY: &str = "tenantd_ready";
+    /// Counter of token requests by `grant` and `result`.
+    pub const TOKEN_REQUESTS: &str = "tenantd_token_requests_total";
+    /// Counter of failed token requests by `reason`.
+    pub const TOKEN_FAILURES: &str = "tenantd_token_failures_total";
 }
 
 /// How often histogram buckets are compacted; the exporter needs this on a timer.
@@ -65,6 +69,14 @@ fn describe() {
         "Time from request to response."
     );
     metrics::describe_gauge!(names::READY, "1 while /readyz answers 200.");
+    metrics::describe_counter!(
+        names::TOKEN_REQUESTS,
+        "Token requests to the identity platform by grant and result."
+    );
+    metrics::describe_counter!(
+        names::TOKEN_FAILURES,
+        "Failed token requests by reason code."
+    );
 }
 
 /// The full scrape: recorded metrics followed by process metrics.

@@ -57,6 +57,21 @@ impl Backend {
     }
 }
 
+/// Runs `$body` with `$pool` bound to whichever pool the store has. Queries written once with
+/// `$1`, `$2`, ... placeholders (each used once, in order) run on both SQLite and PostgreSQL.
+macro_rules! with_pool {
+    ($store:expr, |$pool:ident| $body:expr) => {
+        if let Some($pool) = $store.sqlite() {
+            $body
+        } else if let Some($pool) = $store.postgres() {
+            $body
+        } else {
+            unreachable!("a store has one of the two pools")
+        }
+    };
+}
+pub(crate) use with_pool;
+
 /// Why the database could not be used. Messages carry no password.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -224,6 +224,22 @@ impl Keyring {
             .map_err(|e| fail(e.kind().to_string()))
     }
 
+    /// Loads `secrets.key_file`; the built-in default file is created with a fresh key when
+    /// missing (zero setup), a configured one never is. Returns the keyring and whether it was
+    /// just created.
+    ///
+    /// # Errors
+    /// [`VaultError::KeyFile`].
+    pub fn open_configured(path: &Path) -> Result<(Self, bool), VaultError> {
+        let is_default = path == Path::new(crate::config::DEFAULT_KEY_FILE);
+        if is_default && !resolve_key_file(path).exists() {
+            let id = format!("k{}", crate::audit::now_unix());
+            Self::create_file(path, &id)?;
+            return Ok((Self::load(path)?, true));
+        }
+        Ok((Self::load(path)?, false))
+    }
+
     /// The id of the key that encrypts.
     pub fn active_id(&self) -> &str {
         &self.keys[0].id

@@ -243,7 +243,10 @@ fn parse_delegated_scopes(scope: &str) -> Result<ScopeRequest, IdentityError> {
                     ));
                 }
                 resource = Some(res);
-                names.insert(name);
+                // `{resource}/.default` asks for every consented permission of the resource.
+                if name != ".default" {
+                    names.insert(name);
+                }
             }
         }
     }

@@ -112,6 +112,87 @@ impl TestDb {
         }
     }
 
+    /// Runs raw SQL against the database (tests that tamper with rows).
+    pub(crate) async fn execute(&self, sql: &str) {
+        let statement = sqlx::AssertSqlSafe(sql.to_string());
+        match &self.kind {
+            Kind::Sqlite { .. } => {
+                let mut conn = sqlx::SqliteConnection::connect(&self.url)
+                    .await
+                    .expect("connect");
+                sqlx::query(statement)
+                    .execute(&mut conn)
+                    .await
+                    .expect("execute");
+            }
+            Kind::Postgres { .. } => {
+                let mut conn = sqlx::PgConnection::connect(&self.url)
+                    .await
+                    .expect("connect");
+                sqlx::query(statement)
+                    .execute(&mut conn)
+                    .await
+                    .expect("execute");
+            }
+        }
+    }
+
+    /// The first column of every row `sql` returns, as text.
+    pub(crate) async fn strings(&self, sql: &str) -> Vec<String> {
+        let statement = sqlx::AssertSqlSafe(sql.to_string());
+        match &self.kind {
+            Kind::Sqlite { .. } => {
+                let mut conn = sqlx::SqliteConnection::connect(&self.url)
+                    .await
+                    .expect("connect");
+                sqlx::query_scalar(statement)
+                    .fetch_all(&mut conn)
+                    .await
+                    .expect("query")
+            }
+            Kind::Postgres { .. } => {
+                let mut conn = sqlx::PgConnection::connect(&self.url)
+                    .await
+                    .expect("connect");
+                sqlx::query_scalar(statement)
+                    .fetch_all(&mut conn)
+                    .await
+                    .expect("query")
+            }
+        }
+    }
+
+    /// Everything the database holds, as raw bytes (SQLite: the file and its WAL) or as the
+    /// text of every row of every tenantd table (PostgreSQL).
+    pub(crate) async fn raw_contents(&self) -> Vec<u8> {
+        match &self.kind {
+            Kind::Sqlite { file, .. } => {
+                let mut bytes = std::fs::read(file).unwrap_or_default();
+                let mut wal = file.clone().into_os_string();
+                wal.push("-wal");
+                bytes.extend(std::fs::read(wal).unwrap_or_default());
+                bytes
+            }
+            Kind::Postgres { .. } => {
+                let mut conn = sqlx::PgConnection::connect(&self.url)
+                    .await
+                    .expect("connect");
+                let mut out = Vec::new();
+                for table in ["connections", "connection_tokens", "audit_log", "instances"] {
+                    let sql = sqlx::AssertSqlSafe(format!("SELECT t::text FROM {table} t"));
+                    let rows: Vec<String> = sqlx::query_scalar(sql)
+                        .fetch_all(&mut conn)
+                        .await
+                        .expect("dump");
+                    for row in rows {
+                        out.extend(row.into_bytes());
+                    }
+                }
+                out
+            }
+        }
+    }
+
     /// A store on this database, for assertions.
     pub(crate) async fn store(&self) -> tenantd::store::Store {
         let config = tenantd::config::DatabaseConfig {

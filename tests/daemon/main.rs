@@ -3,5 +3,6 @@
 
 mod helpers;
 
+mod connections;
 mod listeners;
 mod process;

@@ -4,6 +4,8 @@
 //!
 //! Owns no tables. Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
 
+mod tenant;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -66,6 +68,12 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
         emulator_bind: std::net::SocketAddr,
     },
+    /// Connect tenants and manage their connections (works with the daemon running or not)
+    #[command(subcommand)]
+    Tenant(tenant::TenantCommand),
+    /// Manage the vault's encryption keys
+    #[command(subcommand)]
+    Keys(tenant::KeysCommand),
     /// Apply pending database migrations and exit (`run` also applies them at start).
     Migrate,
     /// Validate the configuration and print the effective values, secrets redacted.
@@ -134,6 +142,14 @@ pub fn main() -> i32 {
     match &cli.command {
         Command::Run => run(&cli, loaded, cli.flag_overrides(), &runtime, None),
         Command::Demo { .. } => unreachable!("handled above"),
+        Command::Tenant(command) => {
+            print_warnings(&loaded);
+            runtime.block_on(tenant::run_tenant(&loaded.config, command))
+        }
+        Command::Keys(command) => {
+            print_warnings(&loaded);
+            runtime.block_on(tenant::run_keys(&loaded.config, command))
+        }
         Command::Migrate => {
             print_warnings(&loaded);
             runtime.block_on(migrate(loaded))

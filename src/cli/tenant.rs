@@ -1,0 +1,587 @@
+//! `tenantd tenant ...` and `tenantd keys ...`: connect tenants, list and remove connections,
+//! print consent URLs, check consent, rotate vault keys. They work with the daemon stopped or
+//! running, against the same database.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Subcommand;
+
+use super::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
+use crate::audit::{now_unix, Actor};
+use crate::config::Config;
+use crate::connections::{self, AuthMode, Connection, NewAppConnection, NewDelegatedConnection};
+use crate::identity::{
+    token_claims, DevicePoll, IdentityClient, DEV_PORTAL_RESOURCE, GRAPH_RESOURCE,
+};
+use crate::store::Store;
+use crate::tokens::TokenService;
+use crate::vault::Keyring;
+
+/// `tenantd tenant ...`
+#[derive(Debug, Subcommand)]
+pub(crate) enum TenantCommand {
+    /// Add an app-only connection (client credentials); the secret is stored encrypted
+    AddApp {
+        /// Entra tenant ID (GUID)
+        #[arg(long, value_name = "GUID")]
+        tenant: String,
+        /// Application (client) id
+        #[arg(long, value_name = "ID")]
+        client_id: String,
+        /// File holding only the client secret (never pass secrets as arguments)
+        #[arg(long, value_name = "PATH")]
+        client_secret_file: PathBuf,
+        /// A label for `tenant list`
+        #[arg(long, value_name = "LABEL")]
+        name: Option<String>,
+        /// Make it the tenant's default app-only connection (the first one always is)
+        #[arg(long)]
+        default: bool,
+    },
+    /// Connect delegated access by device code: prints the URL and code, waits for the sign-in
+    Connect {
+        /// Entra tenant ID, or `organizations`
+        #[arg(long, value_name = "GUID")]
+        tenant: String,
+        /// Application (client) id
+        #[arg(long, value_name = "ID")]
+        client_id: String,
+    },
+    /// One line per connection: status, reason, token expiry, last refresh
+    List {
+        /// JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// The v2.0 admin consent URL for the tenant's default app
+    ConsentUrl {
+        /// Entra tenant ID (GUID)
+        #[arg(long, value_name = "GUID")]
+        tenant: String,
+        /// Where the admin is sent back [default: <listener.public_url>/oauth/consent-callback]
+        #[arg(long, value_name = "URL")]
+        redirect_uri: Option<String>,
+    },
+    /// Acquire tokens for Microsoft Graph and the Teams Developer Portal; list what is granted
+    /// and missing; print the admin consent URL when consent is missing
+    Check {
+        /// Entra tenant ID (GUID)
+        #[arg(long, value_name = "GUID")]
+        tenant: String,
+    },
+    /// Remove a tenant's connections (or one): secrets and tokens are deleted, the audit trail
+    /// stays
+    Remove {
+        /// Entra tenant ID (GUID)
+        #[arg(long, value_name = "GUID")]
+        tenant: String,
+        /// Only this connection
+        #[arg(long, value_name = "ID")]
+        connection: Option<String>,
+    },
+}
+
+/// `tenantd keys ...`
+#[derive(Debug, Subcommand)]
+pub(crate) enum KeysCommand {
+    /// Write a new key file with one fresh key (owner-only permissions)
+    Generate {
+        /// Where to write it; an existing file is never overwritten
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
+        /// The key id
+        #[arg(long, default_value = "k1", value_name = "ID")]
+        id: String,
+    },
+    /// Re-encrypt every stored secret under the active (first) key of secrets.key_file; safe to
+    /// interrupt and run again
+    Rotate,
+}
+
+async fn open(config: &Config) -> Result<(Store, Arc<Keyring>), String> {
+    let (keys, created) =
+        Keyring::open_configured(&config.secrets.key_file).map_err(|e| e.to_string())?;
+    if created {
+        eprintln!(
+            "tenantd: created vault key file {} (keep it apart from the database in production: secrets.key_file)",
+            config.secrets.key_file.display()
+        );
+    }
+    let store = Store::connect(&config.database)
+        .await
+        .map_err(|e| e.to_string())?;
+    store.migrate().await.map_err(|e| e.to_string())?;
+    Ok((store, Arc::new(keys)))
+}
+
+fn read_secret_file(path: &PathBuf) -> Result<zeroize::Zeroizing<String>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("--client-secret-file {}: {}", path.display(), e.kind()))?;
+    let secret = text.trim_end_matches(['\n', '\r']).to_string();
+    if secret.is_empty() {
+        return Err(format!("--client-secret-file {} is empty", path.display()));
+    }
+    Ok(zeroize::Zeroizing::new(secret))
+}
+
+fn consent_redirect(config: &Config, given: Option<&str>) -> Result<String, String> {
+    if let Some(uri) = given {
+        return Ok(uri.to_string());
+    }
+    config
+        .listener
+        .public_url
+        .as_ref()
+        .map(|base| format!("{}/oauth/consent-callback", base.as_str().trim_end_matches('/')))
+        .ok_or_else(|| "no redirect URI: set listener.public_url (the https base Graph and browsers reach tenantd at) or pass --redirect-uri".to_string())
+}
+
+fn when(at: Option<i64>) -> String {
+    match at {
+        None => "-".into(),
+        Some(at) => {
+            let delta = at - now_unix();
+            if delta >= 0 {
+                format!("in {}", human(delta))
+            } else {
+                format!("{} ago", human(-delta))
+            }
+        }
+    }
+}
+
+fn human(seconds: i64) -> String {
+    match seconds {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+fn print_table(connections: &[Connection]) {
+    println!(
+        "{:<36}  {:<32}  {:<9}  {:<3}  {:<20}  {:<24}  {:<10}  LAST TOKEN",
+        "TENANT", "CONNECTION", "MODE", "DEF", "STATUS", "REASON", "TOKEN"
+    );
+    for c in connections {
+        let who = match c.auth_mode {
+            AuthMode::App => c.label.clone().unwrap_or_default(),
+            AuthMode::Delegated => c.user_name.clone().unwrap_or_else(|| c.user_id.clone()),
+        };
+        println!(
+            "{:<36}  {:<32}  {:<9}  {:<3}  {:<20}  {:<24}  {:<10}  {} {}",
+            c.tenant_id,
+            c.id,
+            c.auth_mode.as_str(),
+            if c.is_default { "*" } else { "" },
+            c.status.as_str(),
+            c.reason.as_deref().unwrap_or("-"),
+            when(c.token_expires_at),
+            when(c.last_token_at),
+            who,
+        );
+    }
+}
+
+/// Runs one `tenant` command and returns the exit code.
+pub(crate) async fn run_tenant(config: &Config, command: &TenantCommand) -> i32 {
+    let (store, keys) = match open(config).await {
+        Ok(opened) => opened,
+        Err(message) => {
+            eprintln!("tenantd: {message}");
+            return EXIT_FAILURE;
+        }
+    };
+    let identity = IdentityClient::new(config.identity.authority.clone());
+    let authority = config
+        .identity
+        .authority
+        .as_str()
+        .trim_end_matches('/')
+        .to_string();
+    let code = match command {
+        TenantCommand::AddApp {
+            tenant,
+            client_id,
+            client_secret_file,
+            name,
+            default,
+        } => {
+            let secret = match read_secret_file(client_secret_file) {
+                Ok(secret) => secret,
+                Err(message) => {
+                    eprintln!("tenantd: {message}");
+                    return EXIT_USAGE;
+                }
+            };
+            let new = NewAppConnection {
+                tenant_id: tenant,
+                client_id,
+                client_secret: &secret,
+                label: name.as_deref(),
+                make_default: *default,
+                authority: &authority,
+            };
+            match connections::add_app(&store, &keys, new, Actor::Cli).await {
+                Ok(connection) => {
+                    println!(
+                        "added app-only connection {} for tenant {}{}",
+                        connection.id,
+                        connection.tenant_id,
+                        if connection.is_default {
+                            " (default)"
+                        } else {
+                            ""
+                        }
+                    );
+                    EXIT_OK
+                }
+                Err(err) => {
+                    eprintln!("tenantd: {err}");
+                    if matches!(
+                        err.reason_code(),
+                        "invalid_tenant" | "identity_not_allowed" | "connection_exists"
+                    ) {
+                        EXIT_USAGE
+                    } else {
+                        EXIT_FAILURE
+                    }
+                }
+            }
+        }
+        TenantCommand::Connect { tenant, client_id } => {
+            connect(
+                &store, &keys, &identity, config, &authority, tenant, client_id,
+            )
+            .await
+        }
+        TenantCommand::List { json } => match connections::list(&store, None).await {
+            Ok(list) if *json => {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).expect("connections serialize")
+                );
+                EXIT_OK
+            }
+            Ok(list) => {
+                print_table(&list);
+                EXIT_OK
+            }
+            Err(err) => {
+                eprintln!("tenantd: {err}");
+                EXIT_FAILURE
+            }
+        },
+        TenantCommand::ConsentUrl {
+            tenant,
+            redirect_uri,
+        } => {
+            let connection = match connections::default_app(
+                &store,
+                &connections::canonical_tenant(tenant).unwrap_or_default(),
+            )
+            .await
+            {
+                Ok(connection) => connection,
+                Err(err) => {
+                    eprintln!("tenantd: no app-only connection for {tenant}: {err}");
+                    return EXIT_USAGE;
+                }
+            };
+            match consent_redirect(config, redirect_uri.as_deref()) {
+                Ok(redirect) => {
+                    let state = uuid::Uuid::new_v4().simple().to_string();
+                    println!(
+                        "{}",
+                        identity.admin_consent_url(
+                            &connection.tenant_id,
+                            &connection.client_id,
+                            &redirect,
+                            &state
+                        )
+                    );
+                    EXIT_OK
+                }
+                Err(message) => {
+                    eprintln!("tenantd: {message}");
+                    EXIT_USAGE
+                }
+            }
+        }
+        TenantCommand::Check { tenant } => check(&store, keys, identity, config, tenant).await,
+        TenantCommand::Remove { tenant, connection } => {
+            match connections::remove(&store, tenant, connection.as_deref(), Actor::Cli).await {
+                Ok(removed) => {
+                    println!("removed {removed} connection(s) of tenant {tenant}; secrets and tokens deleted, audit trail kept");
+                    EXIT_OK
+                }
+                Err(err) => {
+                    eprintln!("tenantd: {err}");
+                    EXIT_USAGE
+                }
+            }
+        }
+    };
+    store.close().await;
+    code
+}
+
+async fn connect(
+    store: &Store,
+    keys: &Keyring,
+    identity: &IdentityClient,
+    config: &Config,
+    authority: &str,
+    tenant: &str,
+    client_id: &str,
+) -> i32 {
+    if let Err(err) = connections::check_authority(authority) {
+        eprintln!("tenantd: {err}");
+        return EXIT_USAGE;
+    }
+    let scope = config.identity.delegated_scopes.join(" ");
+    let code = match identity.start_device_code(tenant, client_id, &scope).await {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!(
+                "tenantd: cannot start the sign-in ({}): {err}",
+                err.reason_code()
+            );
+            return EXIT_FAILURE;
+        }
+    };
+    println!("{}", code.message);
+    println!(
+        "(open {} and enter the code {})",
+        code.verification_uri, code.user_code
+    );
+    let deadline = now_unix() + i64::try_from(code.expires_in).unwrap_or(900);
+    let mut interval = code.interval.max(1);
+    loop {
+        tokio::time::sleep(Duration::from_secs(interval)).await;
+        if now_unix() > deadline {
+            eprintln!("tenantd: the code expired before the sign-in finished (expired_token); run connect again");
+            return EXIT_FAILURE;
+        }
+        match identity
+            .poll_device_code(tenant, client_id, code.device_code.expose())
+            .await
+        {
+            Ok(DevicePoll::Pending) => {}
+            Ok(DevicePoll::SlowDown) => interval += 5,
+            Ok(DevicePoll::Done(tokens)) => {
+                let claims = token_claims(tokens.access_token.expose()).unwrap_or_default();
+                let text = |key: &str| {
+                    claims
+                        .get(key)
+                        .and_then(|v| v.as_str())
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                let Some(refresh) = tokens.refresh_token else {
+                    eprintln!("tenantd: signed in, but no refresh token came back; add offline_access to identity.delegated_scopes");
+                    return EXIT_USAGE;
+                };
+                let (tid, oid, upn) = (text("tid"), text("oid"), text("upn"));
+                let new = NewDelegatedConnection {
+                    tenant_id: &tid,
+                    client_id,
+                    user_id: &oid,
+                    user_name: Some(upn.as_str()).filter(|u| !u.is_empty()),
+                    authority,
+                    refresh_token: refresh.expose(),
+                };
+                return match connections::add_delegated(store, keys, new, Actor::Cli).await {
+                    Ok(connection) => {
+                        println!(
+                            "connected: delegated connection {} for {} in tenant {}",
+                            connection.id,
+                            connection
+                                .user_name
+                                .as_deref()
+                                .unwrap_or(&connection.user_id),
+                            connection.tenant_id
+                        );
+                        EXIT_OK
+                    }
+                    Err(err) => {
+                        eprintln!("tenantd: {err}");
+                        EXIT_FAILURE
+                    }
+                };
+            }
+            Err(err) => {
+                eprintln!("tenantd: sign-in ended ({}): {err}", err.reason_code());
+                return EXIT_FAILURE;
+            }
+        }
+    }
+}
+
+async fn check(
+    store: &Store,
+    keys: Arc<Keyring>,
+    identity: IdentityClient,
+    config: &Config,
+    tenant: &str,
+) -> i32 {
+    let tenant_id = match connections::canonical_tenant(tenant) {
+        Ok(id) => id,
+        Err(err) => {
+            eprintln!("tenantd: {err}");
+            return EXIT_USAGE;
+        }
+    };
+    let list = match connections::list(store, Some(&tenant_id)).await {
+        Ok(list) if !list.is_empty() => list,
+        Ok(_) => {
+            eprintln!(
+                "tenantd: no connections for {tenant_id}; add one with `tenantd tenant add-app`"
+            );
+            return EXIT_USAGE;
+        }
+        Err(err) => {
+            eprintln!("tenantd: {err}");
+            return EXIT_FAILURE;
+        }
+    };
+    let service = TokenService::new(store.clone(), keys, identity.clone());
+    let mut consent_missing = None;
+    let mut unexpected = false;
+    for connection in &list {
+        println!(
+            "connection {} ({}, {})",
+            connection.id,
+            connection.auth_mode.as_str(),
+            connection
+                .user_name
+                .as_deref()
+                .unwrap_or(&connection.client_id)
+        );
+        for (name, resource) in [
+            ("Microsoft Graph", GRAPH_RESOURCE),
+            ("Teams Developer Portal", DEV_PORTAL_RESOURCE),
+        ] {
+            match service.access_token(connection, resource).await {
+                Ok(token) => {
+                    let claims = token_claims(token.expose()).unwrap_or_default();
+                    let granted = claims
+                        .get("roles")
+                        .and_then(|r| r.as_array())
+                        .map(|r| {
+                            r.iter()
+                                .filter_map(|v| v.as_str())
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                        })
+                        .or_else(|| {
+                            claims
+                                .get("scp")
+                                .and_then(|s| s.as_str())
+                                .map(str::to_string)
+                        })
+                        .unwrap_or_default();
+                    println!(
+                        "  {name}: granted: {}",
+                        if granted.is_empty() {
+                            "(none)"
+                        } else {
+                            &granted
+                        }
+                    );
+                }
+                Err(crate::tokens::TokenServiceError::Token(err)) if err.is_consent() => {
+                    println!(
+                        "  {name}: missing consent (expected: {})",
+                        err.reason_code()
+                    );
+                    if connection.auth_mode == AuthMode::App {
+                        consent_missing = Some(connection.client_id.clone());
+                    }
+                }
+                Err(err) => {
+                    println!(
+                        "  {name}: failed unexpectedly ({}): {err}",
+                        err.reason_code()
+                    );
+                    unexpected = true;
+                }
+            }
+        }
+    }
+    if let Some(client_id) = consent_missing {
+        match consent_redirect(config, None) {
+            Ok(redirect) => println!(
+                "admin consent URL: {}",
+                identity.admin_consent_url(
+                    &tenant_id,
+                    &client_id,
+                    &redirect,
+                    &uuid::Uuid::new_v4().simple().to_string()
+                )
+            ),
+            Err(message) => println!("admin consent URL: unavailable: {message}"),
+        }
+    }
+    if unexpected {
+        EXIT_FAILURE
+    } else {
+        EXIT_OK
+    }
+}
+
+/// Runs one `keys` command and returns the exit code.
+pub(crate) async fn run_keys(config: &Config, command: &KeysCommand) -> i32 {
+    match command {
+        KeysCommand::Generate { out, id } => match Keyring::create_file(out, id) {
+            Ok(()) => {
+                println!(
+                    "wrote a new key `{id}` to {} (mode 600); point secrets.key_file at it",
+                    out.display()
+                );
+                EXIT_OK
+            }
+            Err(err) => {
+                eprintln!("tenantd: {err}");
+                EXIT_FAILURE
+            }
+        },
+        KeysCommand::Rotate => {
+            let (store, keys) = match open(config).await {
+                Ok(opened) => opened,
+                Err(message) => {
+                    eprintln!("tenantd: {message}");
+                    return EXIT_FAILURE;
+                }
+            };
+            let result = connections::rotate_keys(&store, &keys, |progress| {
+                if progress.rotated % 100 == 0 {
+                    eprintln!("tenantd: re-encrypted {} so far", progress.rotated);
+                }
+            })
+            .await;
+            store.close().await;
+            match result {
+                Ok(report) => {
+                    println!(
+                        "re-encrypted {} secret(s) under key `{}`; {} already were",
+                        report.rotated,
+                        keys.active_id(),
+                        report.current
+                    );
+                    EXIT_OK
+                }
+                Err(err) => {
+                    eprintln!(
+                        "tenantd: rotation stopped ({}): {err}; run it again after fixing",
+                        err.reason_code()
+                    );
+                    EXIT_FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! Access tokens for connections: cached per connection and resource (encrypted in
+//! `connection_tokens`), renewed five minutes before expiry, one request at a time per
+//! connection and resource however many callers wait (single flight), and every failure
+//! classified into the connection's status.
+//!
+//! Owns no tables (`connections` writes go through [`crate::connections`]). Invariants: a
+//! refresh's new refresh token is committed before the new access token is stored or returned,
+//! so a crash in between leaves a usable refresh token (Microsoft does not revoke the old one
+//! either); disabled connections and non-organizational identities get no token.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::audit::{self, now_unix, Actor};
+use crate::connections::{self, check_authority, AuthMode, Connection, ConnectionError, Status};
+use crate::identity::{IdentityClient, TokenError, Tokens};
+use crate::secret::Secret;
+use crate::store::Store;
+use crate::vault::Keyring;
+
+/// Tokens are renewed this long before they expire.
+pub const RENEW_BEFORE_SECONDS: i64 = 300;
+/// The `connection_tokens.resource` of a connection's refresh token.
+pub const REFRESH_SLOT: &str = "refresh";
+
+/// Why no token could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenServiceError {
+    /// The identity platform refused or was unreachable.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// Stored state could not be read or written.
+    #[error(transparent)]
+    Connection(#[from] ConnectionError),
+    /// The connection is disabled.
+    #[error("the connection is disabled")]
+    Disabled,
+    /// A delegated connection has no refresh token.
+    #[error(
+        "the connection has no refresh token; fix: sign in again with `tenantd tenant connect`"
+    )]
+    NoRefreshToken,
+}
+
+impl TokenServiceError {
+    /// Stable reason code.
+    pub fn reason_code(&self) -> &'static str {
+        match self {
+            TokenServiceError::Token(err) => err.reason_code(),
+            TokenServiceError::Connection(err) => err.reason_code(),
+            TokenServiceError::Disabled => "connection_disabled",
+            TokenServiceError::NoRefreshToken => "refresh_token_missing",
+        }
+    }
+}
+
+type Flight = Arc<tokio::sync::Mutex<()>>;
+
+/// Hands out access tokens.
+pub struct TokenService {
+    store: Store,
+    keys: Arc<Keyring>,
+    identity: IdentityClient,
+    flights: Mutex<HashMap<(String, String), Flight>>,
+}
+
+impl TokenService {
+    /// A service over `store` with `keys`, asking `identity`.
+    pub fn new(store: Store, keys: Arc<Keyring>, identity: IdentityClient) -> Self {
+        Self {
+            store,
+            keys,
+            identity,
+            flights: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn flight(&self, connection_id: &str, resource: &str) -> Flight {
+        self.flights
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((connection_id.to_string(), resource.to_string()))
+            .or_default()
+            .clone()
+    }
+
+    /// An access token for `resource` (a resource URI such as `https://graph.microsoft.com`).
+    ///
+    /// # Errors
+    /// [`TokenServiceError`]; the connection's status is updated for failures that need a
+    /// human, and left alone for transient ones.
+    pub async fn access_token(
+        &self,
+        connection: &Connection,
+        resource: &str,
+    ) -> Result<Secret<String>, TokenServiceError> {
+        if connection.status == Status::Disabled {
+            return Err(TokenServiceError::Disabled);
+        }
+        check_authority(&connection.authority).map_err(TokenServiceError::Connection)?;
+        let flight = self.flight(&connection.id, resource);
+        let _turn = flight.lock().await;
+        if let Some((token, expires_at)) =
+            connections::load_token(&self.store, &self.keys, &connection.id, resource).await?
+        {
+            if expires_at.is_some_and(|at| at - RENEW_BEFORE_SECONDS > now_unix()) {
+                return Ok(Secret::new(token.to_string()));
+            }
+        }
+        let fetched = self.fetch(connection, resource).await;
+        metrics::counter!(
+            crate::metrics::names::TOKEN_REQUESTS,
+            "grant" => match connection.auth_mode { AuthMode::App => "client_credentials", AuthMode::Delegated => "refresh_token" },
+            "result" => if fetched.is_ok() { "ok" } else { "failed" }
+        )
+        .increment(1);
+        match fetched {
+            Ok(tokens) => {
+                if let Some(refresh) = &tokens.refresh_token {
+                    // Committed before the access token is used: a crash after this line
+                    // loses nothing.
+                    connections::store_token(
+                        &self.store,
+                        &self.keys,
+                        &connection.id,
+                        REFRESH_SLOT,
+                        refresh.expose(),
+                        None,
+                    )
+                    .await?;
+                }
+                let lifetime = i64::try_from(tokens.expires_in).unwrap_or(i64::MAX);
+                connections::store_token(
+                    &self.store,
+                    &self.keys,
+                    &connection.id,
+                    resource,
+                    tokens.access_token.expose(),
+                    Some(now_unix().saturating_add(lifetime)),
+                )
+                .await?;
+                connections::set_status(
+                    &self.store,
+                    connection,
+                    Status::Active,
+                    None,
+                    Actor::Daemon,
+                )
+                .await?;
+                Ok(tokens.access_token)
+            }
+            Err(err) => {
+                let reason = err.reason_code();
+                metrics::counter!(crate::metrics::names::TOKEN_FAILURES, "reason" => reason)
+                    .increment(1);
+                if let TokenServiceError::Token(token_error) = &err {
+                    if let Some(status) = token_error.status() {
+                        connections::set_status(
+                            &self.store,
+                            connection,
+                            status,
+                            Some(reason),
+                            Actor::Daemon,
+                        )
+                        .await?;
+                    }
+                }
+                audit::record(
+                    &self.store,
+                    Actor::Daemon,
+                    "token_failed",
+                    Some(&connection.tenant_id),
+                    Some(&connection.id),
+                    Some(reason),
+                )
+                .await
+                .map_err(ConnectionError::from)?;
+                tracing::warn!(tenant.id = %connection.tenant_id, connection.id = %connection.id, reason, "token request failed");
+                Err(err)
+            }
+        }
+    }
+
+    async fn fetch(
+        &self,
+        connection: &Connection,
+        resource: &str,
+    ) -> Result<Tokens, TokenServiceError> {
+        match connection.auth_mode {
+            AuthMode::App => {
+                let secret =
+                    connections::client_secret(&self.store, &self.keys, &connection.id).await?;
+                Ok(self
+                    .identity
+                    .client_credentials(
+                        &connection.tenant_id,
+                        &connection.client_id,
+                        &secret,
+                        resource,
+                    )
+                    .await?)
+            }
+            AuthMode::Delegated => {
+                let (refresh, _) =
+                    connections::load_token(&self.store, &self.keys, &connection.id, REFRESH_SLOT)
+                        .await?
+                        .ok_or(TokenServiceError::NoRefreshToken)?;
+                let secret = connections::client_secret(&self.store, &self.keys, &connection.id)
+                    .await
+                    .ok();
+                let scope = format!("{resource}/.default offline_access");
+                Ok(self
+                    .identity
+                    .refresh(
+                        &connection.tenant_id,
+                        &connection.client_id,
+                        secret.as_ref().map(|s| s.as_str()),
+                        &refresh,
+                        &scope,
+                    )
+                    .await?)
+            }
+        }
+    }
+}

@@ -1,0 +1,676 @@
+//! Tenant connections and the token vault against the Graph emulator, on both databases.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use graph_emulator::world::{AppSeed, FailureRule, IdentityFailure, TenantSeed, UserSeed};
+use graph_emulator::Emulator;
+use tenantd::audit::{self, Actor};
+use tenantd::connections::{self, NewAppConnection, NewDelegatedConnection, Status};
+use tenantd::identity::{token_claims, DevicePoll, IdentityClient, GRAPH_RESOURCE};
+use tenantd::store::Store;
+use tenantd::tokens::{TokenService, REFRESH_SLOT};
+use tenantd::vault::Keyring;
+
+use crate::helpers::{tenantd_command, TestDb};
+use crate::on_both_backends;
+
+const TENANT: &str = "84bd8158-6d4d-4958-8b9f-9d6445542f95";
+const CANARY: &str = "CANARY-s3cr3t-7f1e2d";
+
+struct Env {
+    emulator: Emulator,
+    store: Store,
+    keys: Arc<Keyring>,
+    key_line: zeroize::Zeroizing<String>,
+    client_id: String,
+    secret: String,
+}
+
+async fn env(db: &TestDb, secret: &str) -> Env {
+    let emulator = Emulator::start_local().await.unwrap();
+    let now = graph_emulator::clock::now();
+    let (client_id, secret) = {
+        let mut world = emulator.shared().world();
+        world
+            .seed_tenant(TenantSeed {
+                id: Some(TENANT.into()),
+                domain: "contoso.onmicrosoft.com".into(),
+                display_name: None,
+                skus: None,
+            })
+            .unwrap();
+        world
+            .seed_user(
+                TENANT,
+                UserSeed {
+                    user_principal_name: "adele@contoso.onmicrosoft.com".into(),
+                    display_name: None,
+                    usage_location: Some("DE".into()),
+                    license: Some("ENTERPRISEPACK".into()),
+                },
+                now,
+                time::Duration::ZERO,
+            )
+            .unwrap();
+        let (client_id, secret) = world
+            .seed_app(
+                TENANT,
+                AppSeed {
+                    client_id: None,
+                    client_secret: Some(secret.into()),
+                    public_client: false,
+                    display_name: Some("tenantd".into()),
+                    redirect_uris: vec![],
+                    application_permissions: vec!["User.Read.All".into()],
+                    delegated_permissions: vec!["User.Read".into(), "Mail.Send".into()],
+                    admin_consented: true,
+                },
+                now,
+            )
+            .unwrap();
+        (client_id, secret.unwrap())
+    };
+    let store = db.store().await;
+    store.migrate().await.unwrap();
+    let key_line = Keyring::new_key_line("k1");
+    let keys = Arc::new(Keyring::parse(Path::new("test.keys"), &key_line).unwrap());
+    Env {
+        emulator,
+        store,
+        keys,
+        key_line,
+        client_id,
+        secret,
+    }
+}
+
+impl Env {
+    fn identity(&self) -> IdentityClient {
+        IdentityClient::new(url::Url::parse(&self.emulator.base_url()).unwrap())
+    }
+
+    fn service(&self) -> TokenService {
+        TokenService::new(self.store.clone(), self.keys.clone(), self.identity())
+    }
+
+    async fn add_app(&self) -> connections::Connection {
+        let authority = self.emulator.base_url();
+        connections::add_app(
+            &self.store,
+            &self.keys,
+            NewAppConnection {
+                tenant_id: TENANT,
+                client_id: &self.client_id,
+                client_secret: &self.secret,
+                label: Some("main"),
+                make_default: false,
+                authority: &authority,
+            },
+            Actor::Cli,
+        )
+        .await
+        .unwrap()
+    }
+
+    fn tokens_issued(&self) -> u64 {
+        self.emulator
+            .shared()
+            .counters()
+            .get("tokens_issued")
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn fail(&self, failure: IdentityFailure) {
+        self.emulator.shared().world().failures.push(FailureRule {
+            tenant: Some(TENANT.into()),
+            client_id: None,
+            user: None,
+            failure,
+        });
+    }
+
+    fn clear_failures(&self) {
+        self.emulator.shared().world().failures.clear();
+    }
+}
+
+async fn fifty_concurrent_callers_cause_one_token_request(db: TestDb) {
+    let env = env(&db, "s").await;
+    let connection = env.add_app().await;
+    assert!(
+        connection.is_default,
+        "the first app connection is the default"
+    );
+    let service = Arc::new(env.service());
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let (service, connection) = (service.clone(), connection.clone());
+        tasks.push(tokio::spawn(async move {
+            service
+                .access_token(&connection, GRAPH_RESOURCE)
+                .await
+                .unwrap()
+                .expose()
+                .clone()
+        }));
+    }
+    let mut tokens = Vec::new();
+    for task in tasks {
+        tokens.push(task.await.unwrap());
+    }
+    tokens.dedup();
+    assert_eq!(tokens.len(), 1, "every caller got the same token");
+    assert_eq!(env.tokens_issued(), 1, "exactly one token request");
+    let claims = token_claims(&tokens[0]).unwrap();
+    assert_eq!(claims["tid"], TENANT);
+    let stored = connections::get(&env.store, &connection.id).await.unwrap();
+    assert_eq!(stored.status, Status::Active);
+    assert!(stored.last_token_at.is_some());
+    assert!(stored.token_expires_at.unwrap() > tenantd::audit::now_unix() + 3000);
+}
+
+async fn failures_move_the_connection_to_the_status_that_needs_a_human(db: TestDb) {
+    let env = env(&db, "s").await;
+    let connection = env.add_app().await;
+    let service = env.service();
+    env.fail(IdentityFailure::ConsentRequired);
+    let err = service
+        .access_token(&connection, GRAPH_RESOURCE)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason_code(), "consent_required");
+    let stored = connections::get(&env.store, &connection.id).await.unwrap();
+    assert_eq!(
+        (stored.status, stored.reason.as_deref()),
+        (Status::ConsentRequired, Some("consent_required"))
+    );
+    assert!(stored.last_failure_at.is_some());
+    env.clear_failures();
+    env.fail(IdentityFailure::BadClientSecret);
+    let err = service
+        .access_token(&stored, GRAPH_RESOURCE)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason_code(), "client_secret_invalid");
+    assert_eq!(
+        connections::get(&env.store, &connection.id)
+            .await
+            .unwrap()
+            .status,
+        Status::Error
+    );
+    env.clear_failures();
+    let recovered = connections::get(&env.store, &connection.id).await.unwrap();
+    service
+        .access_token(&recovered, GRAPH_RESOURCE)
+        .await
+        .unwrap();
+    assert_eq!(
+        connections::get(&env.store, &connection.id)
+            .await
+            .unwrap()
+            .status,
+        Status::Active
+    );
+    let trail = audit::for_tenant(&env.store, TENANT).await.unwrap();
+    let events: Vec<(&str, Option<&str>)> = trail
+        .iter()
+        .map(|e| (e.event.as_str(), e.reason.as_deref()))
+        .collect();
+    assert!(
+        events.contains(&("status_changed", Some("consent_required"))),
+        "{events:?}"
+    );
+    assert!(
+        events.contains(&("token_failed", Some("client_secret_invalid"))),
+        "{events:?}"
+    );
+    assert!(
+        events.contains(&("status_changed", Some("active"))),
+        "{events:?}"
+    );
+}
+
+/// Signs adele in through the device code flow, as `tenant connect` does.
+async fn device_code_sign_in(env: &Env) -> connections::Connection {
+    let identity = env.identity();
+    let code = identity
+        .start_device_code(TENANT, &env.client_id, "offline_access User.Read")
+        .await
+        .unwrap();
+    assert!(matches!(
+        identity
+            .poll_device_code(TENANT, &env.client_id, code.device_code.expose())
+            .await
+            .unwrap(),
+        DevicePoll::Pending
+    ));
+    assert!(matches!(
+        identity
+            .poll_device_code(TENANT, &env.client_id, code.device_code.expose())
+            .await
+            .unwrap(),
+        DevicePoll::SlowDown
+    ));
+    graph_emulator::identity::approve_device_code(
+        &mut env.emulator.shared().world(),
+        &code.user_code,
+        "adele@contoso.onmicrosoft.com",
+    )
+    .unwrap();
+    let DevicePoll::Done(tokens) = identity
+        .poll_device_code(TENANT, &env.client_id, code.device_code.expose())
+        .await
+        .unwrap()
+    else {
+        panic!("approved");
+    };
+    let claims = token_claims(tokens.access_token.expose()).unwrap();
+    let authority = env.emulator.base_url();
+    connections::add_delegated(
+        &env.store,
+        &env.keys,
+        NewDelegatedConnection {
+            tenant_id: claims["tid"].as_str().unwrap(),
+            client_id: &env.client_id,
+            user_id: claims["oid"].as_str().unwrap(),
+            user_name: claims["upn"].as_str(),
+            authority: &authority,
+            refresh_token: tokens.refresh_token.as_ref().unwrap().expose(),
+        },
+        Actor::Cli,
+    )
+    .await
+    .unwrap()
+}
+
+async fn delegated_refresh_rotates_and_revocation_needs_reconsent(db: TestDb) {
+    let env = env(&db, "s").await;
+    let connection = device_code_sign_in(&env).await;
+    assert_eq!(
+        connection.user_name.as_deref(),
+        Some("adele@contoso.onmicrosoft.com")
+    );
+    let (first, _) = connections::load_token(&env.store, &env.keys, &connection.id, REFRESH_SLOT)
+        .await
+        .unwrap()
+        .unwrap();
+    let service = env.service();
+    let token = service
+        .access_token(&connection, GRAPH_RESOURCE)
+        .await
+        .unwrap();
+    assert_eq!(token_claims(token.expose()).unwrap()["idtyp"], "user");
+    let (second, _) = connections::load_token(&env.store, &env.keys, &connection.id, REFRESH_SLOT)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(*first, *second, "the rotated refresh token is persisted");
+
+    env.fail(IdentityFailure::RefreshTokenRevoked);
+    // Force a refresh: forget the cached access token.
+    db.execute("DELETE FROM connection_tokens WHERE resource <> 'refresh'")
+        .await;
+    let err = service
+        .access_token(&connection, GRAPH_RESOURCE)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason_code(), "refresh_token_revoked");
+    assert_eq!(
+        connections::get(&env.store, &connection.id)
+            .await
+            .unwrap()
+            .status,
+        Status::NeedsReconsent
+    );
+    env.clear_failures();
+    env.fail(IdentityFailure::MfaRequired);
+    service
+        .access_token(&connection, GRAPH_RESOURCE)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        connections::get(&env.store, &connection.id)
+            .await
+            .unwrap()
+            .status,
+        Status::InteractionRequired
+    );
+}
+
+async fn moved_or_altered_ciphertexts_do_not_decrypt(db: TestDb) {
+    let env = env(&db, "s").await;
+    let first = env.add_app().await;
+    let authority = env.emulator.base_url();
+    let second = connections::add_app(
+        &env.store,
+        &env.keys,
+        NewAppConnection {
+            tenant_id: "11111111-2222-3333-4444-555555555555",
+            client_id: &env.client_id,
+            client_secret: "other",
+            label: None,
+            make_default: false,
+            authority: &authority,
+        },
+        Actor::Cli,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        *connections::client_secret(&env.store, &env.keys, &first.id)
+            .await
+            .unwrap(),
+        env.secret
+    );
+    db.execute(&format!("UPDATE connections SET client_secret = (SELECT client_secret FROM connections WHERE id = '{}') WHERE id = '{}'", first.id, second.id)).await;
+    let err = connections::client_secret(&env.store, &env.keys, &second.id)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason_code(), "vault_decrypt_failed");
+    db.execute(&format!("UPDATE connections SET client_secret = substr(client_secret, 1, length(client_secret) - 2) || 'AA' WHERE id = '{}'", first.id)).await;
+    let err = connections::client_secret(&env.store, &env.keys, &first.id)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason_code(), "vault_decrypt_failed");
+}
+
+async fn keys_rotate_leaves_nothing_under_the_old_key(db: TestDb) {
+    let mut env = env(&db, "s").await;
+    let connection = env.add_app().await;
+    env.service()
+        .access_token(&connection, GRAPH_RESOURCE)
+        .await
+        .unwrap();
+    // The new key first, the old one kept for reading.
+    let k2 = Keyring::new_key_line("k2");
+    let rotating = Arc::new(
+        Keyring::parse(
+            Path::new("k"),
+            &format!("{}{}", k2.as_str(), env.key_line.as_str()),
+        )
+        .unwrap(),
+    );
+    let mut seen = 0;
+    let report = connections::rotate_keys(&env.store, &rotating, |p| seen = p.rotated)
+        .await
+        .unwrap();
+    assert_eq!(
+        report.rotated, 2,
+        "the client secret and the access token: {report:?}"
+    );
+    assert_eq!(seen, 2);
+    let again = connections::rotate_keys(&env.store, &rotating, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.rotated, again.current),
+        (0, 2),
+        "resumable: nothing left to do"
+    );
+    let mut sealed = db.strings("SELECT client_secret FROM connections").await;
+    sealed.extend(db.strings("SELECT token FROM connection_tokens").await);
+    assert_eq!(sealed.len(), 2);
+    assert!(
+        sealed.iter().all(|c| c.starts_with("tdv1.k2.")),
+        "no row is left under the old key: {sealed:?}"
+    );
+    // Everything decrypts with the new key alone.
+    env.keys = Arc::new(Keyring::parse(Path::new("k"), &k2).unwrap());
+    assert_eq!(
+        *connections::client_secret(&env.store, &env.keys, &connection.id)
+            .await
+            .unwrap(),
+        env.secret
+    );
+    assert!(
+        connections::load_token(&env.store, &env.keys, &connection.id, GRAPH_RESOURCE)
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+async fn secrets_never_leak_into_the_database_listings_or_metrics(db: TestDb) {
+    let env = env(&db, CANARY).await;
+    let connection = env.add_app().await;
+    let token = env
+        .service()
+        .access_token(&connection, GRAPH_RESOURCE)
+        .await
+        .unwrap();
+    let raw = db.raw_contents().await;
+    let contains = |haystack: &[u8], needle: &str| {
+        haystack
+            .windows(needle.len())
+            .any(|w| w == needle.as_bytes())
+    };
+    assert!(
+        !contains(&raw, CANARY),
+        "the client secret is not in the database in plaintext"
+    );
+    assert!(
+        !contains(&raw, token.expose()),
+        "the access token is not in the database in plaintext"
+    );
+    let listed =
+        serde_json::to_string(&connections::list(&env.store, None).await.unwrap()).unwrap();
+    assert!(!listed.contains(CANARY) && !listed.contains(token.expose()));
+    let debug = format!("{connection:?} {token:?}");
+    assert!(!debug.contains(CANARY) && !debug.contains(token.expose()));
+    let metrics = tenantd::metrics::render(&tenantd::metrics::recorder());
+    assert!(!metrics.contains(CANARY) && !metrics.contains(token.expose()));
+    // Through the binary: list and a failing check print no secret either.
+    let output = tenantd_command()
+        .args(["--database-url", db.url(), "tenant", "list", "--json"])
+        .env("TENANTD_SECRETS__KEY_FILE", "/nonexistent/keys")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!text.contains(CANARY), "{text}");
+}
+
+async fn b2c_identities_are_refused(db: TestDb) {
+    let env = env(&db, "s").await;
+    let err = connections::add_app(
+        &env.store,
+        &env.keys,
+        NewAppConnection {
+            tenant_id: TENANT,
+            client_id: &env.client_id,
+            client_secret: "x",
+            label: None,
+            make_default: false,
+            authority: "https://contoso.b2clogin.com/contoso.onmicrosoft.com/B2C_1_signin",
+        },
+        Actor::Cli,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.reason_code(), "identity_not_allowed");
+    let connection = env.add_app().await;
+    db.execute(&format!(
+        "UPDATE connections SET authority = 'https://contoso.ciamlogin.com/' WHERE id = '{}'",
+        connection.id
+    ))
+    .await;
+    let stored = connections::get(&env.store, &connection.id).await.unwrap();
+    let err = env
+        .service()
+        .access_token(&stored, GRAPH_RESOURCE)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason_code(), "identity_not_allowed");
+    assert_eq!(env.tokens_issued(), 0, "no token request was made");
+}
+
+async fn removal_deletes_secrets_and_keeps_the_audit_trail(db: TestDb) {
+    let env = env(&db, CANARY).await;
+    let connection = env.add_app().await;
+    env.service()
+        .access_token(&connection, GRAPH_RESOURCE)
+        .await
+        .unwrap();
+    assert_eq!(
+        connections::remove(&env.store, TENANT, None, Actor::Cli)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(connections::list(&env.store, None)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(
+        connections::load_token(&env.store, &env.keys, &connection.id, GRAPH_RESOURCE)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let events: Vec<String> = audit::for_tenant(&env.store, TENANT)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event)
+        .collect();
+    assert_eq!(events.first().map(String::as_str), Some("connection_added"));
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("connection_removed")
+    );
+    assert!(connections::remove(&env.store, TENANT, None, Actor::Cli)
+        .await
+        .is_err());
+}
+
+async fn the_cli_adds_lists_checks_and_removes(db: TestDb) {
+    let env = env(&db, CANARY).await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("secret");
+    std::fs::write(&secret_file, format!("{CANARY}\n")).unwrap();
+    let keys = dir.path().join("vault.keys");
+    let run = |args: &[&str]| {
+        let output = tenantd_command()
+            .args(["--database-url", db.url()])
+            .args(args)
+            .env("TENANTD_SECRETS__KEY_FILE", &keys)
+            .env("TENANTD_IDENTITY__AUTHORITY", env.emulator.base_url())
+            .env(
+                "TENANTD_LISTENER__PUBLIC_URL",
+                "https://tenantd.example.com",
+            )
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(!text.contains(CANARY), "a secret was printed: {text}");
+        (output.status.code(), text)
+    };
+    let (code, text) = run(&[
+        "tenant",
+        "add-app",
+        "--tenant",
+        TENANT,
+        "--client-id",
+        &env.client_id,
+        "--client-secret-file",
+        secret_file.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        code,
+        Some(1),
+        "no key file yet, and a configured one is never invented: {text}"
+    );
+    assert!(text.contains("keys generate"), "{text}");
+    let (code, _) = run(&["keys", "generate", "--out", keys.to_str().unwrap()]);
+    assert_eq!(code, Some(0));
+    let (code, text) = run(&[
+        "tenant",
+        "add-app",
+        "--tenant",
+        TENANT,
+        "--client-id",
+        &env.client_id,
+        "--client-secret-file",
+        secret_file.to_str().unwrap(),
+        "--name",
+        "main",
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    let (code, text) = run(&["tenant", "list", "--json"]);
+    assert_eq!(code, Some(0), "{text}");
+    let listed: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(listed[0]["tenant_id"], TENANT);
+    assert_eq!(listed[0]["status"], "active");
+    let (code, text) = run(&["tenant", "check", "--tenant", TENANT]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("Microsoft Graph: granted: User.Read.All"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Teams Developer Portal: granted: (none)"),
+        "{text}"
+    );
+    env.fail(IdentityFailure::ConsentRequired);
+    db.execute("DELETE FROM connection_tokens").await;
+    let (code, text) = run(&["tenant", "check", "--tenant", TENANT]);
+    assert_eq!(
+        code,
+        Some(0),
+        "consent failures are expected, not errors: {text}"
+    );
+    assert!(
+        text.contains("missing consent (expected: consent_required)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("admin consent URL: ") && text.contains("/v2.0/adminconsent?client_id="),
+        "{text}"
+    );
+    let (code, text) = run(&["tenant", "consent-url", "--tenant", TENANT]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("redirect_uri=https%3A%2F%2Ftenantd.example.com%2Foauth%2Fconsent-callback"),
+        "{text}"
+    );
+    let (code, text) = run(&["tenant", "list"]);
+    assert_eq!(code, Some(0));
+    assert!(text.contains("consent_required"), "{text}");
+    let (code, text) = run(&["keys", "rotate"]);
+    assert_eq!(code, Some(0), "{text}");
+    let (code, text) = run(&["tenant", "remove", "--tenant", TENANT]);
+    assert_eq!(code, Some(0), "{text}");
+    let (code, _) = run(&[
+        "tenant",
+        "add-app",
+        "--tenant",
+        "contoso.onmicrosoft.com",
+        "--client-id",
+        "x",
+        "--client-secret-file",
+        secret_file.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(2), "a domain is not a tenant key");
+}
+
+on_both_backends!(
+    fifty_concurrent_callers_cause_one_token_request,
+    failures_move_the_connection_to_the_status_that_needs_a_human,
+    delegated_refresh_rotates_and_revocation_needs_reconsent,
+    moved_or_altered_ciphertexts_do_not_decrypt,
+    keys_rotate_leaves_nothing_under_the_old_key,
+    secrets_never_leak_into_the_database_listings_or_metrics,
+    b2c_identities_are_refused,
+    removal_deletes_secrets_and_keeps_the_audit_trail,
+    the_cli_adds_lists_checks_and_removes,
+);
