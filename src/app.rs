@@ -22,9 +22,12 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::health::TaskHealth;
 use crate::http::{self, admin::AdminState};
+use crate::identity::IdentityClient;
 use crate::instance::{self, Instance};
 use crate::store::{Store, StoreError};
 use crate::systemd::Notifier;
+use crate::tokens::TokenService;
+use crate::vault::Keyring;
 
 /// How long closing the database may take after the drain.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -74,6 +77,9 @@ pub enum AppError {
         /// The OS error.
         reason: String,
     },
+    /// The vault's key file is missing or malformed.
+    #[error(transparent)]
+    Vault(#[from] crate::vault::VaultError),
     /// A listener stopped accepting connections on its own.
     #[error("the {listener} listener failed: {reason}")]
     Listener {
@@ -94,6 +100,8 @@ pub struct Application {
     notifier: Notifier,
     tasks: TaskHealth,
     metrics: PrometheusHandle,
+    keys: Arc<Keyring>,
+    tokens: Arc<TokenService>,
 }
 
 async fn bind(key: &'static str, address: SocketAddr) -> Result<TcpListener, AppError> {
@@ -120,8 +128,23 @@ impl Application {
         }
         let admin = bind("admin.bind", config.admin.bind).await?;
         let public = bind("listener.bind", config.listener.bind).await?;
+        let (keys, created) = Keyring::open_configured(&config.secrets.key_file)?;
+        if created {
+            tracing::warn!(
+                secrets.key_file = %config.secrets.key_file.display(),
+                "created a vault key file next to the data; in production keep keys apart (secrets.key_file)"
+            );
+        }
+        let keys = Arc::new(keys);
+        let tokens = Arc::new(TokenService::new(
+            store.clone(),
+            keys.clone(),
+            IdentityClient::new(config.identity.authority.clone()),
+        ));
         let instance = Instance::register(&store).await?;
         Ok(Self {
+            keys,
+            tokens,
             config,
             store,
             instance,
@@ -152,6 +175,16 @@ impl Application {
         &self.store
     }
 
+    /// The vault keys.
+    pub fn keys(&self) -> &Arc<Keyring> {
+        &self.keys
+    }
+
+    /// The token service.
+    pub fn tokens(&self) -> &Arc<TokenService> {
+        &self.tokens
+    }
+
     /// This process's instance id.
     pub fn instance_id(&self) -> &str {
         self.instance.id()
@@ -172,6 +205,8 @@ impl Application {
             notifier,
             tasks,
             metrics,
+            keys: _,
+            tokens,
         } = self;
         let stopping = Arc::new(AtomicBool::new(false));
         let work = TaskTracker::new();
@@ -200,6 +235,7 @@ impl Application {
             failed_tx,
         ));
         work.spawn(metrics_upkeep(metrics, tasks.clone(), work_stop.clone()));
+        work.spawn(token_sweep(tokens, tasks.clone(), work_stop.clone()));
         work.spawn(instance_heartbeat(
             instance.clone(),
             tasks.clone(),
@@ -324,6 +360,26 @@ async fn instance_heartbeat(instance: Instance, tasks: TaskHealth, stop: Cancell
             _ = ticker.tick() => {
                 if let Err(err) = instance.touch().await {
                     tracing::warn!(error = %err, reason = err.reason_code(), "instance heartbeat failed");
+                }
+                heartbeat.beat();
+            }
+        }
+    }
+}
+
+/// Renews delegated tokens before they lapse and updates the connection gauges.
+async fn token_sweep(tokens: Arc<TokenService>, tasks: TaskHealth, stop: CancellationToken) {
+    let interval = crate::tokens::SWEEP_INTERVAL;
+    let heartbeat = tasks.register("token_sweep", interval * 3);
+    let mut ticker = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            _ = ticker.tick() => {
+                match tokens.sweep().await {
+                    Ok(report) if report.renewed + report.failed > 0 => tracing::info!(renewed = report.renewed, failed = report.failed, "token sweep"),
+                    Ok(_) => {}
+                    Err(err) => tracing::warn!(error = %err, reason = err.reason_code(), "token sweep failed"),
                 }
                 heartbeat.beat();
             }

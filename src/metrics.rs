@@ -27,6 +27,10 @@ pub mod names {
     pub const TOKEN_REQUESTS: &str = "tenantd_token_requests_total";
     /// Counter of failed token requests by `reason`.
     pub const TOKEN_FAILURES: &str = "tenantd_token_failures_total";
+    /// Gauge of connections by `status`.
+    pub const CONNECTIONS: &str = "tenantd_connections";
+    /// Gauge: seconds until the soonest cached access token of an active connection expires.
+    pub const TOKEN_EXPIRY: &str = "tenantd_token_soonest_expiry_seconds";
 }
 
 /// How often histogram buckets are compacted; the exporter needs this on a timer.

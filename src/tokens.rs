@@ -11,6 +11,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use backon::Retryable;
+
 use crate::audit::{self, now_unix, Actor};
 use crate::connections::{self, check_authority, AuthMode, Connection, ConnectionError, Status};
 use crate::identity::{IdentityClient, TokenError, Tokens};
@@ -22,6 +24,20 @@ use crate::vault::Keyring;
 pub const RENEW_BEFORE_SECONDS: i64 = 300;
 /// The `connection_tokens.resource` of a connection's refresh token.
 pub const REFRESH_SLOT: &str = "refresh";
+/// How often the sweep runs.
+pub const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(120);
+/// Consecutive transient failures (each already retried with backoff) before a connection is
+/// marked `error` with reason `identity_unavailable`.
+pub const TRANSIENT_LIMIT: u32 = 5;
+
+/// What a sweep did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Delegated connections whose tokens were renewed.
+    pub renewed: usize,
+    /// Renewals that failed.
+    pub failed: usize,
+}
 
 /// Why no token could be had.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +78,7 @@ pub struct TokenService {
     keys: Arc<Keyring>,
     identity: IdentityClient,
     flights: Mutex<HashMap<(String, String), Flight>>,
+    transient: Mutex<HashMap<String, u32>>,
 }
 
 impl TokenService {
@@ -72,6 +89,7 @@ impl TokenService {
             keys,
             identity,
             flights: Mutex::new(HashMap::new()),
+            transient: Mutex::new(HashMap::new()),
         }
     }
 
@@ -107,7 +125,12 @@ impl TokenService {
                 return Ok(Secret::new(token.to_string()));
             }
         }
-        let fetched = self.fetch(connection, resource).await;
+        // Network errors and 5xx are retried with backoff here; past that the caller (or the
+        // next sweep) tries again.
+        let fetched = (|| self.fetch(connection, resource))
+            .retry(backon::ExponentialBuilder::default().with_min_delay(std::time::Duration::from_millis(200)).with_max_times(2).with_jitter())
+            .when(|err: &TokenServiceError| matches!(err, TokenServiceError::Token(e) if e.status().is_none()))
+            .await;
         metrics::counter!(
             crate::metrics::names::TOKEN_REQUESTS,
             "grant" => match connection.auth_mode { AuthMode::App => "client_credentials", AuthMode::Delegated => "refresh_token" },
@@ -116,6 +139,10 @@ impl TokenService {
         .increment(1);
         match fetched {
             Ok(tokens) => {
+                self.transient
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&connection.id);
                 if let Some(refresh) = &tokens.refresh_token {
                     // Committed before the access token is used: a crash after this line
                     // loses nothing.
@@ -154,7 +181,13 @@ impl TokenService {
                 metrics::counter!(crate::metrics::names::TOKEN_FAILURES, "reason" => reason)
                     .increment(1);
                 if let TokenServiceError::Token(token_error) = &err {
-                    if let Some(status) = token_error.status() {
+                    // Failures that need a human move the status now; transient ones only
+                    // after TRANSIENT_LIMIT in a row.
+                    let status = token_error.status().or_else(|| {
+                        (self.count_transient(&connection.id) >= TRANSIENT_LIMIT)
+                            .then_some(Status::Error)
+                    });
+                    if let Some(status) = status {
                         connections::set_status(
                             &self.store,
                             connection,
@@ -179,6 +212,66 @@ impl TokenService {
                 Err(err)
             }
         }
+    }
+
+    fn count_transient(&self, connection_id: &str) -> u32 {
+        let mut counts = self.transient.lock().unwrap_or_else(|p| p.into_inner());
+        let count = counts.entry(connection_id.to_string()).or_default();
+        *count += 1;
+        *count
+    }
+
+    /// Renews the tokens of active delegated connections that expire before the next sweep (so
+    /// refresh tokens stay alive and revocations surface early), and updates the connection
+    /// gauges. App-only tokens are acquired on demand.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn sweep(&self) -> Result<SweepReport, ConnectionError> {
+        let list = connections::list(&self.store, None).await?;
+        let now = now_unix();
+        let horizon =
+            now + RENEW_BEFORE_SECONDS + i64::try_from(SWEEP_INTERVAL.as_secs()).unwrap_or(0);
+        let mut report = SweepReport::default();
+        for connection in list
+            .iter()
+            .filter(|c| c.auth_mode == AuthMode::Delegated && c.status == Status::Active)
+        {
+            if connection.token_expires_at.is_some_and(|at| at > horizon) {
+                continue;
+            }
+            match self
+                .access_token(connection, crate::identity::GRAPH_RESOURCE)
+                .await
+            {
+                Ok(_) => report.renewed += 1,
+                Err(_) => report.failed += 1,
+            }
+        }
+        let list = connections::list(&self.store, None).await?;
+        for status in [
+            Status::Active,
+            Status::ConsentRequired,
+            Status::InteractionRequired,
+            Status::NeedsReconsent,
+            Status::Error,
+            Status::Disabled,
+        ] {
+            #[allow(clippy::cast_precision_loss)]
+            let count = list.iter().filter(|c| c.status == status).count() as f64;
+            metrics::gauge!(crate::metrics::names::CONNECTIONS, "status" => status.as_str())
+                .set(count);
+        }
+        if let Some(soonest) = list
+            .iter()
+            .filter(|c| c.status == Status::Active)
+            .filter_map(|c| c.token_expires_at)
+            .min()
+        {
+            #[allow(clippy::cast_precision_loss)]
+            metrics::gauge!(crate::metrics::names::TOKEN_EXPIRY).set((soonest - now_unix()) as f64);
+        }
+        Ok(report)
     }
 
     async fn fetch(

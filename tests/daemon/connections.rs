@@ -663,7 +663,95 @@ async fn the_cli_adds_lists_checks_and_removes(db: TestDb) {
     assert_eq!(code, Some(2), "a domain is not a tenant key");
 }
 
+async fn the_sweep_renews_delegated_tokens_before_they_lapse(db: TestDb) {
+    let env = env(&db, "s").await;
+    let connection = device_code_sign_in(&env).await;
+    let service = env.service();
+    let (before, _) = connections::load_token(&env.store, &env.keys, &connection.id, REFRESH_SLOT)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        service.sweep().await.unwrap(),
+        tenantd::tokens::SweepReport {
+            renewed: 1,
+            failed: 0
+        }
+    );
+    let (after, _) = connections::load_token(&env.store, &env.keys, &connection.id, REFRESH_SLOT)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(*before, *after, "the refresh token was used and rotated");
+    assert_eq!(
+        service.sweep().await.unwrap().renewed,
+        0,
+        "a fresh token is left alone"
+    );
+    // Short-lived tokens are renewed on every sweep that finds them inside the horizon.
+    env.emulator
+        .shared()
+        .set_settings(graph_emulator::Settings {
+            access_token_lifetime_seconds: 120,
+            ..env.emulator.shared().settings()
+        });
+    db.execute("DELETE FROM connection_tokens WHERE resource <> 'refresh'")
+        .await;
+    assert_eq!(service.sweep().await.unwrap().renewed, 1);
+    assert_eq!(service.sweep().await.unwrap().renewed, 1);
+    let metrics = tenantd::metrics::render(&tenantd::metrics::recorder());
+    assert!(
+        metrics.contains("tenantd_connections{status=\"active\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("tenantd_token_soonest_expiry_seconds"));
+    // A revoked grant surfaces at the next sweep.
+    env.fail(IdentityFailure::RefreshTokenExpired);
+    db.execute("DELETE FROM connection_tokens WHERE resource <> 'refresh'")
+        .await;
+    assert_eq!(service.sweep().await.unwrap().failed, 1);
+    let stored = connections::get(&env.store, &connection.id).await.unwrap();
+    assert_eq!(
+        (stored.status, stored.reason.as_deref()),
+        (Status::NeedsReconsent, Some("refresh_token_expired"))
+    );
+    assert_eq!(
+        service.sweep().await.unwrap(),
+        tenantd::tokens::SweepReport::default(),
+        "no retry storm"
+    );
+}
+
+async fn transient_failures_keep_the_connection_active_until_the_limit(db: TestDb) {
+    let env = env(&db, "s").await;
+    let connection = env.add_app().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let service = TokenService::new(
+        env.store.clone(),
+        env.keys.clone(),
+        IdentityClient::new(url::Url::parse(&dead).unwrap()),
+    );
+    for attempt in 1..=tenantd::tokens::TRANSIENT_LIMIT {
+        let err = service
+            .access_token(&connection, GRAPH_RESOURCE)
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason_code(), "identity_unavailable");
+        let stored = connections::get(&env.store, &connection.id).await.unwrap();
+        let expected = if attempt < tenantd::tokens::TRANSIENT_LIMIT {
+            Status::Active
+        } else {
+            Status::Error
+        };
+        assert_eq!(stored.status, expected, "after {attempt} failures");
+    }
+}
+
 on_both_backends!(
+    the_sweep_renews_delegated_tokens_before_they_lapse,
+    transient_failures_keep_the_connection_active_until_the_limit,
     fifty_concurrent_callers_cause_one_token_request,
     failures_move_the_connection_to_the_status_that_needs_a_human,
     delegated_refresh_rotates_and_revocation_needs_reconsent,

@@ -242,7 +242,18 @@ pub(crate) fn test_config(db: &TestDb) -> Config {
     config.admin.bind = "127.0.0.1:0".parse().unwrap();
     config.listener.bind = "127.0.0.1:0".parse().unwrap();
     config.shutdown.grace_seconds = 5;
+    config.secrets.key_file = test_key_file();
     config
+}
+
+/// A fresh vault key file in the system temp folder (configured files are never invented).
+pub(crate) fn test_key_file() -> PathBuf {
+    let path = std::env::temp_dir().join(format!(
+        "tenantd-test-{}.keys",
+        uuid::Uuid::new_v4().simple()
+    ));
+    tenantd::vault::Keyring::create_file(&path, "k1").expect("write a test key file");
+    path
 }
 
 /// A daemon running in this process.
