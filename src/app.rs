@@ -205,7 +205,7 @@ impl Application {
             notifier,
             tasks,
             metrics,
-            keys: _,
+            keys,
             tokens,
         } = self;
         let stopping = Arc::new(AtomicBool::new(false));
@@ -230,7 +230,18 @@ impl Application {
         work.spawn(serve_listener(
             "public",
             public,
-            http::public::router(),
+            http::public::router(http::public::PublicState {
+                store: store.clone(),
+                keys: keys.clone(),
+                identity: IdentityClient::new(config.identity.authority.clone()),
+                authority: config
+                    .identity
+                    .authority
+                    .as_str()
+                    .trim_end_matches('/')
+                    .to_string(),
+                scope: config.identity.delegated_scopes.join(" "),
+            }),
             work_stop.clone(),
             failed_tx,
         ));

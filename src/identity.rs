@@ -189,6 +189,25 @@ pub struct DeviceCode {
     pub message: String,
 }
 
+/// An authorization code to redeem.
+#[derive(Debug, Clone, Copy)]
+pub struct CodeRedemption<'a> {
+    /// Tenant the flow was started in.
+    pub tenant: &'a str,
+    /// Client id.
+    pub client_id: &'a str,
+    /// Client secret of a confidential app.
+    pub secret: Option<&'a str>,
+    /// The code from the redirect.
+    pub code: &'a str,
+    /// The redirect URI the flow used.
+    pub redirect_uri: &'a str,
+    /// The PKCE verifier.
+    pub verifier: &'a str,
+    /// Scopes.
+    pub scope: &'a str,
+}
+
 /// The token endpoint client.
 #[derive(Debug, Clone)]
 pub struct IdentityClient {
@@ -339,6 +358,54 @@ impl IdentityClient {
             form.push(("client_secret", secret));
         }
         let response = self.post(&self.endpoint(tenant, "token"), &form).await?;
+        Self::tokens(response).await
+    }
+
+    /// The authorization URL of the authorization code flow with PKCE (S256).
+    pub fn authorize_url(
+        &self,
+        tenant: &str,
+        client_id: &str,
+        redirect_uri: &str,
+        scope: &str,
+        state: &str,
+        code_challenge: &str,
+    ) -> String {
+        let mut url = Url::parse(&self.endpoint(tenant, "authorize")).expect("authority is a URL");
+        url.query_pairs_mut()
+            .append_pair("client_id", client_id)
+            .append_pair("response_type", "code")
+            .append_pair("redirect_uri", redirect_uri)
+            .append_pair("response_mode", "query")
+            .append_pair("scope", scope)
+            .append_pair("state", state)
+            .append_pair("code_challenge", code_challenge)
+            .append_pair("code_challenge_method", "S256");
+        url.to_string()
+    }
+
+    /// Redeems an authorization code with its PKCE verifier.
+    ///
+    /// # Errors
+    /// [`TokenError`].
+    pub async fn authorization_code(
+        &self,
+        redeem: CodeRedemption<'_>,
+    ) -> Result<Tokens, TokenError> {
+        let mut form = vec![
+            ("grant_type", "authorization_code"),
+            ("client_id", redeem.client_id),
+            ("code", redeem.code),
+            ("redirect_uri", redeem.redirect_uri),
+            ("code_verifier", redeem.verifier),
+            ("scope", redeem.scope),
+        ];
+        if let Some(secret) = redeem.secret {
+            form.push(("client_secret", secret));
+        }
+        let response = self
+            .post(&self.endpoint(redeem.tenant, "token"), &form)
+            .await?;
         Self::tokens(response).await
     }
 

@@ -19,6 +19,7 @@ pub mod http;
 pub mod identity;
 pub mod instance;
 pub mod metrics;
+pub mod oauth;
 pub mod secret;
 pub mod store;
 pub mod systemd;

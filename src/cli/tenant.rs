@@ -64,6 +64,19 @@ pub(crate) enum TenantCommand {
         #[arg(long, value_name = "URL")]
         redirect_uri: Option<String>,
     },
+    /// Print a sign-in URL for delegated access through a browser (authorization code + PKCE);
+    /// the public listener's /oauth/callback completes it
+    AuthorizeUrl {
+        /// Entra tenant ID, or `organizations`
+        #[arg(long, value_name = "GUID")]
+        tenant: String,
+        /// Application (client) id
+        #[arg(long, value_name = "ID")]
+        client_id: String,
+        /// Where the browser comes back [default: <listener.public_url>/oauth/callback]
+        #[arg(long, value_name = "URL")]
+        redirect_uri: Option<String>,
+    },
     /// Acquire tokens for Microsoft Graph and the Teams Developer Portal; list what is granted
     /// and missing; print the admin consent URL when consent is missing
     Check {
@@ -136,6 +149,17 @@ fn consent_redirect(config: &Config, given: Option<&str>) -> Result<String, Stri
         .as_ref()
         .map(|base| format!("{}/oauth/consent-callback", base.as_str().trim_end_matches('/')))
         .ok_or_else(|| "no redirect URI: set listener.public_url (the https base Graph and browsers reach tenantd at) or pass --redirect-uri".to_string())
+}
+
+fn callback_redirect(config: &Config) -> Result<String, String> {
+    config
+        .listener
+        .public_url
+        .as_ref()
+        .map(|base| format!("{}/oauth/callback", base.as_str().trim_end_matches('/')))
+        .ok_or_else(|| {
+            "no redirect URI: set listener.public_url or pass --redirect-uri".to_string()
+        })
 }
 
 fn when(at: Option<i64>) -> String {
@@ -293,21 +317,68 @@ pub(crate) async fn run_tenant(config: &Config, command: &TenantCommand) -> i32 
             };
             match consent_redirect(config, redirect_uri.as_deref()) {
                 Ok(redirect) => {
-                    let state = uuid::Uuid::new_v4().simple().to_string();
-                    println!(
-                        "{}",
-                        identity.admin_consent_url(
-                            &connection.tenant_id,
-                            &connection.client_id,
-                            &redirect,
-                            &state
-                        )
-                    );
-                    EXIT_OK
+                    match crate::oauth::start_consent(
+                        &store,
+                        &connection.tenant_id,
+                        &connection.client_id,
+                        &redirect,
+                    )
+                    .await
+                    {
+                        Ok(state) => {
+                            println!(
+                                "{}",
+                                identity.admin_consent_url(
+                                    &connection.tenant_id,
+                                    &connection.client_id,
+                                    &redirect,
+                                    &state
+                                )
+                            );
+                            eprintln!("(the link works once, for 10 minutes)");
+                            EXIT_OK
+                        }
+                        Err(err) => {
+                            eprintln!("tenantd: {err}");
+                            EXIT_FAILURE
+                        }
+                    }
                 }
                 Err(message) => {
                     eprintln!("tenantd: {message}");
                     EXIT_USAGE
+                }
+            }
+        }
+        TenantCommand::AuthorizeUrl {
+            tenant,
+            client_id,
+            redirect_uri,
+        } => {
+            let redirect = match redirect_uri
+                .clone()
+                .map_or_else(|| callback_redirect(config), Ok)
+            {
+                Ok(redirect) => redirect,
+                Err(message) => {
+                    eprintln!("tenantd: {message}");
+                    return EXIT_USAGE;
+                }
+            };
+            let scope = config.identity.delegated_scopes.join(" ");
+            match crate::oauth::start_authorize(
+                &store, &keys, &identity, tenant, client_id, &redirect, &scope,
+            )
+            .await
+            {
+                Ok(url) => {
+                    println!("{url}");
+                    eprintln!("(open it in a browser within 10 minutes; the link works once)");
+                    EXIT_OK
+                }
+                Err(err) => {
+                    eprintln!("tenantd: {err}");
+                    EXIT_FAILURE
                 }
             }
         }
@@ -514,15 +585,15 @@ async fn check(
     }
     if let Some(client_id) = consent_missing {
         match consent_redirect(config, None) {
-            Ok(redirect) => println!(
-                "admin consent URL: {}",
-                identity.admin_consent_url(
-                    &tenant_id,
-                    &client_id,
-                    &redirect,
-                    &uuid::Uuid::new_v4().simple().to_string()
-                )
-            ),
+            Ok(redirect) => {
+                match crate::oauth::start_consent(store, &tenant_id, &client_id, &redirect).await {
+                    Ok(state) => println!(
+                        "admin consent URL: {}",
+                        identity.admin_consent_url(&tenant_id, &client_id, &redirect, &state)
+                    ),
+                    Err(err) => println!("admin consent URL: unavailable: {err}"),
+                }
+            }
             Err(message) => println!("admin consent URL: unavailable: {message}"),
         }
     }

@@ -749,7 +749,178 @@ async fn transient_failures_keep_the_connection_active_until_the_limit(db: TestD
     }
 }
 
+/// The daemon on port 0, sharing the test's database, keys and emulator.
+async fn daemon(env: &Env, db: &TestDb) -> crate::helpers::TestApp {
+    let dir = std::env::temp_dir().join(format!("tenantd-keys-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&dir, env.key_line.as_bytes()).unwrap();
+    let mut config = crate::helpers::test_config(db);
+    config.secrets.key_file = dir;
+    config.identity.authority = url::Url::parse(&env.emulator.base_url()).unwrap();
+    config.identity.delegated_scopes = vec!["offline_access".into(), "User.Read".into()];
+    crate::helpers::spawn_app_with(config).await
+}
+
+async fn get_text(url: &str) -> (u16, String) {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let response = client.get(url).send().await.unwrap();
+    let status = response.status().as_u16();
+    let location = response
+        .headers()
+        .get("location")
+        .map(|l| l.to_str().unwrap().to_string());
+    let text = response.text().await.unwrap();
+    (status, location.unwrap_or(text))
+}
+
+async fn the_consent_callback_reactivates_connections_once(db: TestDb) {
+    let env = env(&db, "s").await;
+    let connection = env.add_app().await;
+    env.fail(IdentityFailure::ConsentRequired);
+    env.service()
+        .access_token(&connection, GRAPH_RESOURCE)
+        .await
+        .unwrap_err();
+    env.clear_failures();
+    let app = daemon(&env, &db).await;
+    let redirect = format!("http://{}/oauth/consent-callback", app.public);
+    let refused_state =
+        tenantd::oauth::start_consent(&env.store, TENANT, &env.client_id, &redirect)
+            .await
+            .unwrap();
+    let (status, text) = get_text(&format!("{redirect}?admin_consent=True&error=consent_required&error_description=AADSTS65004&state={refused_state}")).await;
+    assert_eq!(
+        (status, text.contains("not granted")),
+        (200, true),
+        "{text}"
+    );
+    assert_eq!(
+        connections::get(&env.store, &connection.id)
+            .await
+            .unwrap()
+            .status,
+        Status::ConsentRequired
+    );
+
+    let state = tenantd::oauth::start_consent(&env.store, TENANT, &env.client_id, &redirect)
+        .await
+        .unwrap();
+    // The tenant in the redirect is not trusted; the one recorded with the state is.
+    let url = format!(
+        "{redirect}?admin_consent=True&tenant=00000000-0000-0000-0000-000000000000&state={state}"
+    );
+    let (status, text) = get_text(&url).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.contains(TENANT) && text.contains("1 connection(s) active again"),
+        "{text}"
+    );
+    assert_eq!(
+        connections::get(&env.store, &connection.id)
+            .await
+            .unwrap()
+            .status,
+        Status::Active
+    );
+    assert_eq!(get_text(&url).await.0, 400, "a state is single use");
+    assert_eq!(
+        get_text(&format!("{redirect}?admin_consent=True&state=forged"))
+            .await
+            .0,
+        400
+    );
+    let stale = tenantd::oauth::start_consent(&env.store, TENANT, &env.client_id, &redirect)
+        .await
+        .unwrap();
+    db.execute(&format!(
+        "UPDATE oauth_states SET expires_at = 0 WHERE state = '{stale}'"
+    ))
+    .await;
+    assert_eq!(
+        get_text(&format!("{redirect}?admin_consent=True&state={stale}"))
+            .await
+            .0,
+        400,
+        "states expire"
+    );
+    let events: Vec<String> = audit::for_tenant(&env.store, TENANT)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event)
+        .collect();
+    assert!(
+        events.contains(&"consent_refused".to_string())
+            && events.contains(&"consent_granted".to_string()),
+        "{events:?}"
+    );
+    app.stop().await.unwrap();
+}
+
+async fn the_browser_sign_in_completes_on_the_callback(db: TestDb) {
+    let env = env(&db, CANARY).await;
+    env.add_app().await;
+    let app = daemon(&env, &db).await;
+    let redirect = format!("http://{}/oauth/callback", app.public);
+    env.emulator
+        .shared()
+        .world()
+        .apps
+        .get_mut(&env.client_id)
+        .unwrap()
+        .redirect_uris
+        .push(redirect.clone());
+    let url = tenantd::oauth::start_authorize(
+        &env.store,
+        &env.keys,
+        &env.identity(),
+        TENANT,
+        &env.client_id,
+        &redirect,
+        "offline_access User.Read",
+    )
+    .await
+    .unwrap();
+    assert!(url.contains("code_challenge_method=S256"));
+    // Microsoft's sign-in page: the emulator signs in the user named by login_hint.
+    let (status, location) =
+        get_text(&format!("{url}&login_hint=adele@contoso.onmicrosoft.com")).await;
+    assert_eq!(status, 302);
+    assert!(location.starts_with(&redirect), "{location}");
+    let (status, text) = get_text(&location).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.contains("Connected adele@contoso.onmicrosoft.com"),
+        "{text}"
+    );
+    assert!(!text.contains("code=") && !text.contains(CANARY));
+    let delegated: Vec<_> = connections::list(&env.store, Some(TENANT))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.auth_mode == tenantd::connections::AuthMode::Delegated)
+        .collect();
+    assert_eq!(delegated.len(), 1);
+    assert!(
+        connections::load_token(&env.store, &env.keys, &delegated[0].id, REFRESH_SLOT)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(
+        get_text(&location).await.0,
+        400,
+        "the callback cannot be replayed"
+    );
+    app.stop().await.unwrap();
+}
+
 on_both_backends!(
+    the_consent_callback_reactivates_connections_once,
+    the_browser_sign_in_completes_on_the_callback,
     the_sweep_renews_delegated_tokens_before_they_lapse,
     transient_failures_keep_the_connection_active_until_the_limit,
     fifty_concurrent_callers_cause_one_token_request,
