@@ -11,10 +11,17 @@ use std::net::SocketAddr;
 use graph_emulator::control::{seed_demo, DemoTenant};
 use graph_emulator::{Emulator, Settings};
 
+use crate::app::Application;
+use crate::audit::Actor;
 use crate::config::FlagOverride;
+use crate::connections::{self, NewAppConnection};
+use crate::identity::GRAPH_RESOURCE;
+use crate::vault::Keyring;
 
 /// Where the demo keeps its database.
 pub const DEMO_DATABASE_URL: &str = "sqlite://data/demo/tenantd.db";
+/// Where the demo keeps its vault keys.
+pub const DEMO_KEY_FILE: &str = "data/demo/vault.keys";
 
 /// Why the demo could not start.
 #[derive(Debug, thiserror::Error)]
@@ -54,12 +61,21 @@ impl Demo {
             })?;
         let tenant =
             seed_demo(emulator.shared()).map_err(|err| DemoError::Seed(err.to_string()))?;
+        let keys = std::path::Path::new(DEMO_KEY_FILE);
+        if !keys.exists() {
+            Keyring::create_file(keys, "demo").map_err(|err| DemoError::Seed(err.to_string()))?;
+        }
         Ok(Self { emulator, tenant })
     }
 
     /// The settings that point tenantd at the emulator, to be applied before the user's flags.
     pub fn overrides(&self) -> Vec<FlagOverride> {
         vec![
+            FlagOverride {
+                key: "secrets.key_file",
+                flag: "demo",
+                value: DEMO_KEY_FILE.into(),
+            },
             FlagOverride {
                 key: "database.url",
                 flag: "demo",
@@ -78,6 +94,37 @@ impl Demo {
         ]
     }
 
+    /// Connects the demo tenant's app (replacing the connection of an earlier run, whose
+    /// emulator had another secret) and acquires a Graph token through the vault.
+    ///
+    /// # Errors
+    /// A sanitized message with a reason code.
+    pub async fn connect(&self, app: &Application) -> Result<String, String> {
+        let store = app.store();
+        let _ = connections::remove(store, &self.tenant.tenant_id, None, Actor::Daemon).await;
+        let authority = self.emulator.base_url();
+        let connection = connections::add_app(
+            store,
+            app.keys(),
+            NewAppConnection {
+                tenant_id: &self.tenant.tenant_id,
+                client_id: &self.tenant.client_id,
+                client_secret: &self.tenant.client_secret,
+                label: Some("demo"),
+                make_default: true,
+                authority: &authority,
+            },
+            Actor::Daemon,
+        )
+        .await
+        .map_err(|err| format!("{} ({})", err, err.reason_code()))?;
+        app.tokens()
+            .access_token(&connection, GRAPH_RESOURCE)
+            .await
+            .map_err(|err| format!("{} ({})", err, err.reason_code()))?;
+        Ok(connection.id)
+    }
+
     /// What the operator reads first: where everything is and what runs.
     pub fn banner(&self, admin: SocketAddr, webhook: SocketAddr) -> String {
         let base = self.emulator.base_url();
@@ -88,9 +135,10 @@ impl Demo {
              \x20 Graph emulator                      {base}  (Graph {base}/v1.0, control API {base}/_emulator)\n\
              \x20 demo tenant                         {} ({}), app {}, users {}\n\
              \x20 database                            {DEMO_DATABASE_URL}\n\
-             What runs now: database migrations, both listeners, health, readiness and metrics, with\n\
-             graph.base_url and identity.authority pointed at the emulator. Token refresh, subscriptions and\n\
-             notifications, the work queue and heartbeat provisioning join the demo as they land. Stop with Ctrl-C.",
+             What runs now: database migrations, both listeners, health, readiness and metrics; the demo\n\
+             tenant connected app-only with its secret sealed in the vault and a Graph token acquired from the\n\
+             emulator (`tenantd tenant list --database-url {DEMO_DATABASE_URL}` shows it); the token sweep.\n\
+             Subscriptions and notifications, the work queue and heartbeat provisioning join as they land. Stop with Ctrl-C.",
             self.tenant.tenant_id,
             self.tenant.domain,
             self.tenant.client_id,

@@ -338,6 +338,13 @@ fn run(
                 "demo: pointed at the built-in Graph emulator"
             );
             println!("{}", demo.banner(app.admin_addr(), app.public_addr()));
+            match demo.connect(&app).await {
+                Ok(connection) => tracing::info!(
+                    connection.id = %connection,
+                    "demo: tenant connected, Graph token acquired through the vault"
+                ),
+                Err(message) => tracing::error!(error = %message, "demo: connecting the demo tenant failed"),
+            }
         }
         app.run_until_stopped(shutdown).await
     });
