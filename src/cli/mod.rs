@@ -343,7 +343,9 @@ fn run(
                     connection.id = %connection,
                     "demo: tenant connected, Graph token acquired through the vault"
                 ),
-                Err(message) => tracing::error!(error = %message, "demo: connecting the demo tenant failed"),
+                Err(message) => {
+                    tracing::error!(error = %message, "demo: connecting the demo tenant failed")
+                }
             }
         }
         app.run_until_stopped(shutdown).await

@@ -151,6 +151,28 @@ fn consent_redirect(config: &Config, given: Option<&str>) -> Result<String, Stri
         .ok_or_else(|| "no redirect URI: set listener.public_url (the https base Graph and browsers reach tenantd at) or pass --redirect-uri".to_string())
 }
 
+/// The configured delegated scopes of `resource` that the token does not carry (OpenID
+/// Connect scopes never appear in `scp`).
+fn missing_scopes(configured: &[String], resource: &str, granted: &str) -> Vec<String> {
+    let granted: Vec<&str> = granted.split_whitespace().collect();
+    configured
+        .iter()
+        .filter(|scope| {
+            !matches!(
+                scope.as_str(),
+                "openid" | "profile" | "email" | "offline_access"
+            )
+        })
+        .filter_map(|scope| match scope.rsplit_once('/') {
+            Some((prefix, name)) if prefix == resource => Some(name.to_string()),
+            Some(_) => None,
+            None if resource == GRAPH_RESOURCE => Some(scope.clone()),
+            None => None,
+        })
+        .filter(|name| !granted.contains(&name.as_str()))
+        .collect()
+}
+
 fn callback_redirect(config: &Config) -> Result<String, String> {
     config
         .listener
@@ -563,6 +585,14 @@ async fn check(
                             &granted
                         }
                     );
+                    if connection.auth_mode == AuthMode::Delegated {
+                        let missing =
+                            missing_scopes(&config.identity.delegated_scopes, resource, &granted);
+                        if !missing.is_empty() {
+                            println!("  {name}: missing: {}", missing.join(" "));
+                            consent_missing = Some(connection.client_id.clone());
+                        }
+                    }
                 }
                 Err(crate::tokens::TokenServiceError::Token(err)) if err.is_consent() => {
                     println!(
@@ -654,5 +684,33 @@ pub(crate) async fn run_keys(config: &Config, command: &KeysCommand) -> i32 {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_scopes_are_counted_per_resource() {
+        let configured: Vec<String> = [
+            "openid",
+            "offline_access",
+            "User.Read",
+            "Mail.Send",
+            "https://dev.teams.microsoft.com/AppDefinitions.ReadWrite",
+        ]
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+        assert_eq!(
+            missing_scopes(&configured, GRAPH_RESOURCE, "User.Read"),
+            vec!["Mail.Send"]
+        );
+        assert!(missing_scopes(&configured, GRAPH_RESOURCE, "Mail.Send User.Read").is_empty());
+        assert_eq!(
+            missing_scopes(&configured, DEV_PORTAL_RESOURCE, ""),
+            vec!["AppDefinitions.ReadWrite"]
+        );
     }
 }

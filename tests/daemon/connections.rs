@@ -918,7 +918,98 @@ async fn the_browser_sign_in_completes_on_the_callback(db: TestDb) {
     app.stop().await.unwrap();
 }
 
+async fn disabled_connections_get_no_tokens(db: TestDb) {
+    let env = env(&db, "s").await;
+    let connection = env.add_app().await;
+    db.execute(&format!(
+        "UPDATE connections SET status = 'disabled' WHERE id = '{}'",
+        connection.id
+    ))
+    .await;
+    let stored = connections::get(&env.store, &connection.id).await.unwrap();
+    let err = env
+        .service()
+        .access_token(&stored, GRAPH_RESOURCE)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason_code(), "connection_disabled");
+    assert_eq!(env.tokens_issued(), 0);
+}
+
+async fn tenant_connect_signs_in_by_device_code(db: TestDb) {
+    use std::io::BufRead;
+    let env = env(&db, CANARY).await;
+    env.emulator
+        .shared()
+        .set_settings(graph_emulator::Settings {
+            device_code_interval_seconds: 1,
+            ..env.emulator.shared().settings()
+        });
+    let keys = crate::helpers::test_key_file();
+    let mut child = tenantd_command()
+        .args([
+            "--database-url",
+            db.url(),
+            "tenant",
+            "connect",
+            "--tenant",
+            TENANT,
+            "--client-id",
+            &env.client_id,
+        ])
+        .env("TENANTD_SECRETS__KEY_FILE", &keys)
+        .env("TENANTD_IDENTITY__AUTHORITY", env.emulator.base_url())
+        .env(
+            "TENANTD_IDENTITY__DELEGATED_SCOPES",
+            "[\"offline_access\", \"User.Read\"]",
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(
+        first.contains("/devicelogin") && first.contains("enter the code"),
+        "{first}"
+    );
+    let code = first
+        .split("enter the code ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    // Let it poll while pending, then approve.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    graph_emulator::identity::approve_device_code(
+        &mut env.emulator.shared().world(),
+        &code,
+        "adele@contoso.onmicrosoft.com",
+    )
+    .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let text = format!(
+        "{}\n{}",
+        rest.join("\n"),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert!(text.contains("connected: delegated connection"), "{text}");
+    let delegated = connections::list(&env.store, Some(TENANT)).await.unwrap();
+    assert_eq!(delegated.len(), 1);
+    assert_eq!(
+        delegated[0].user_name.as_deref(),
+        Some("adele@contoso.onmicrosoft.com")
+    );
+    assert_eq!(delegated[0].status, Status::Active);
+}
+
 on_both_backends!(
+    disabled_connections_get_no_tokens,
+    tenant_connect_signs_in_by_device_code,
     the_consent_callback_reactivates_connections_once,
     the_browser_sign_in_completes_on_the_callback,
     the_sweep_renews_delegated_tokens_before_they_lapse,

@@ -130,7 +130,10 @@ fn demo_runs_the_daemon_against_the_built_in_emulator() {
         .expect("emulator.url")
         .to_string();
     assert!(emulator.starts_with("http://127.0.0.1:"), "{emulator}");
-    daemon.wait_for_log("demo: tenant connected, Graph token acquired through the vault", Duration::from_secs(10));
+    daemon.wait_for_log(
+        "demo: tenant connected, Graph token acquired through the vault",
+        Duration::from_secs(10),
+    );
     assert!(cwd.path().join("data/demo/vault.keys").is_file());
     let (status, counters) = http_get(&format!("{emulator}/_emulator/counters")).unwrap();
     assert_eq!(status, 200);
