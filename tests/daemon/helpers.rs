@@ -41,6 +41,26 @@ macro_rules! on_both_backends {
     };
 }
 
+/// Runs `$body` with `$conn` a fresh connection of the right kind to the test database.
+macro_rules! on_connection {
+    ($db:expr, |$conn:ident| $body:expr) => {
+        match &$db.kind {
+            Kind::Sqlite { .. } => {
+                let mut $conn = sqlx::SqliteConnection::connect(&$db.url)
+                    .await
+                    .expect("connect");
+                $body
+            }
+            Kind::Postgres { .. } => {
+                let mut $conn = sqlx::PgConnection::connect(&$db.url)
+                    .await
+                    .expect("connect");
+                $body
+            }
+        }
+    };
+}
+
 /// A database used by one test only.
 pub(crate) struct TestDb {
     url: String,
@@ -115,51 +135,21 @@ impl TestDb {
     /// Runs raw SQL against the database (tests that tamper with rows).
     pub(crate) async fn execute(&self, sql: &str) {
         let statement = sqlx::AssertSqlSafe(sql.to_string());
-        match &self.kind {
-            Kind::Sqlite { .. } => {
-                let mut conn = sqlx::SqliteConnection::connect(&self.url)
-                    .await
-                    .expect("connect");
-                sqlx::query(statement)
-                    .execute(&mut conn)
-                    .await
-                    .expect("execute");
-            }
-            Kind::Postgres { .. } => {
-                let mut conn = sqlx::PgConnection::connect(&self.url)
-                    .await
-                    .expect("connect");
-                sqlx::query(statement)
-                    .execute(&mut conn)
-                    .await
-                    .expect("execute");
-            }
-        }
+        on_connection!(self, |conn| {
+            sqlx::query(statement)
+                .execute(&mut conn)
+                .await
+                .expect("execute");
+        });
     }
 
     /// The first column of every row `sql` returns, as text.
     pub(crate) async fn strings(&self, sql: &str) -> Vec<String> {
         let statement = sqlx::AssertSqlSafe(sql.to_string());
-        match &self.kind {
-            Kind::Sqlite { .. } => {
-                let mut conn = sqlx::SqliteConnection::connect(&self.url)
-                    .await
-                    .expect("connect");
-                sqlx::query_scalar(statement)
-                    .fetch_all(&mut conn)
-                    .await
-                    .expect("query")
-            }
-            Kind::Postgres { .. } => {
-                let mut conn = sqlx::PgConnection::connect(&self.url)
-                    .await
-                    .expect("connect");
-                sqlx::query_scalar(statement)
-                    .fetch_all(&mut conn)
-                    .await
-                    .expect("query")
-            }
-        }
+        on_connection!(self, |conn| sqlx::query_scalar(statement)
+            .fetch_all(&mut conn)
+            .await
+            .expect("query"))
     }
 
     /// Everything the database holds, as raw bytes (SQLite: the file and its WAL) or as the
