@@ -20,6 +20,7 @@ pub mod identity;
 pub mod instance;
 pub mod metrics;
 pub mod oauth;
+pub mod queue;
 pub mod secret;
 pub mod store;
 pub mod systemd;

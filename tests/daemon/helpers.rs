@@ -118,6 +118,11 @@ impl TestDb {
         })
     }
 
+    /// Whether this is the PostgreSQL variant.
+    pub(crate) fn is_postgres(&self) -> bool {
+        matches!(self.kind, Kind::Postgres { .. })
+    }
+
     /// The database URL.
     pub(crate) fn url(&self) -> &str {
         &self.url

@@ -6,3 +6,4 @@ mod helpers;
 mod connections;
 mod listeners;
 mod process;
+mod queue;

@@ -1,0 +1,672 @@
+//! The durable work queue: enqueue with dedupe, fair batch claims with leases judged by the
+//! database clock, completion fenced by the lease token, retries with exponential backoff and
+//! full jitter stored on the row, dead letter after the last attempt, a reaper for expired
+//! leases, and pruning of finished jobs.
+//!
+//! Owns `jobs`. Invariants: a dedupe key is unique among unfinished jobs of a kind; a job
+//! leaves `running` only through its current lease token (a worker whose lease was taken over
+//! cannot overwrite the new owner's result) or through the reaper once the lease expired; a
+//! claim serves tenants round-robin (the oldest job of each tenant first), so one tenant's
+//! backlog cannot starve another; PostgreSQL claimers skip each other's locked rows.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::store::{with_pool, Store, StoreError};
+
+/// A job's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Waiting for `run_at`.
+    Available,
+    /// Leased by a worker.
+    Running,
+    /// Done.
+    Succeeded,
+    /// Failed permanently (not retried).
+    Failed,
+    /// Out of attempts.
+    Dead,
+    /// Cancelled by an operator.
+    Cancelled,
+}
+
+impl JobState {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Available => "available",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Dead => "dead",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(value: &str) -> Option<Self> {
+        Some(match value {
+            "available" => JobState::Available,
+            "running" => JobState::Running,
+            "succeeded" => JobState::Succeeded,
+            "failed" => JobState::Failed,
+            "dead" => JobState::Dead,
+            "cancelled" => JobState::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+/// A job to enqueue.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    /// Stable kind name.
+    pub kind: String,
+    /// JSON payload.
+    pub payload: serde_json::Value,
+    /// The tenant the job works for (fairness lane); empty for none.
+    pub tenant_id: String,
+    /// Unique among unfinished jobs of the kind.
+    pub dedupe_key: Option<String>,
+    /// Higher runs first within a tenant.
+    pub priority: i64,
+    /// Earliest start (Unix ms); now when `None`.
+    pub run_at: Option<i64>,
+    /// Attempts before dead letter.
+    pub max_attempts: u32,
+}
+
+/// What enqueue did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enqueued {
+    /// A new job.
+    Created(String),
+    /// An unfinished job with the same dedupe key exists; its id.
+    Deduplicated(String),
+}
+
+impl Enqueued {
+    /// The job id either way.
+    pub fn id(&self) -> &str {
+        match self {
+            Enqueued::Created(id) | Enqueued::Deduplicated(id) => id,
+        }
+    }
+}
+
+/// A leased job.
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    /// Job id.
+    pub id: String,
+    /// Kind.
+    pub kind: String,
+    /// Payload.
+    pub payload: serde_json::Value,
+    /// Tenant lane.
+    pub tenant_id: String,
+    /// This attempt's number (1 for the first).
+    pub attempt: u32,
+    /// Attempts allowed.
+    pub max_attempts: u32,
+    /// The fencing token of this lease.
+    pub lease_token: String,
+}
+
+/// A job as `queue list` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct JobInfo {
+    /// Job id.
+    pub id: String,
+    /// Kind.
+    pub kind: String,
+    /// Tenant lane.
+    pub tenant_id: String,
+    /// State.
+    pub state: String,
+    /// Attempts made.
+    pub attempts: i64,
+    /// Attempts allowed.
+    pub max_attempts: i64,
+    /// Earliest next start (Unix ms).
+    pub run_at: i64,
+    /// Last failure's reason code.
+    pub last_reason: Option<String>,
+    /// Last failure's sanitized message.
+    pub last_message: Option<String>,
+}
+
+/// Why a queue operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The payload is not JSON.
+    #[error("job {0} has a payload that is not JSON")]
+    Payload(String),
+}
+
+impl From<sqlx::Error> for QueueError {
+    fn from(err: sqlx::Error) -> Self {
+        QueueError::Store(StoreError::from(err))
+    }
+}
+
+impl QueueError {
+    /// Stable reason code.
+    pub fn reason_code(&self) -> &'static str {
+        match self {
+            QueueError::Store(err) => err.reason_code(),
+            QueueError::Payload(_) => "job_payload_invalid",
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Exponential backoff with full jitter: a random delay in `[0, min(cap, base * 2^(attempt-1))]`
+/// (AWS Architecture Blog, "Exponential Backoff And Jitter").
+pub fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
+    let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+    let ceiling = exp.min(cap);
+    let random = u64::from_le_bytes(
+        uuid::Uuid::new_v4().as_bytes()[..8]
+            .try_into()
+            .expect("8 bytes"),
+    );
+    #[allow(clippy::cast_precision_loss)]
+    let share = (random >> 11) as f64 / (1u64 << 53) as f64;
+    ceiling.mul_f64(share)
+}
+
+// The database clock in Unix milliseconds, per dialect.
+macro_rules! sqlite_now {
+    () => {
+        "CAST(unixepoch('subsec') * 1000 AS INTEGER)"
+    };
+}
+macro_rules! postgres_now {
+    () => {
+        "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT"
+    };
+}
+
+const CLAIM_SQLITE: &str = concat!(
+    "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = $1, lease_token = $2, ",
+    "lease_expires_at = ", sqlite_now!(), " + $3, updated_at = $4 ",
+    "WHERE id IN (SELECT id FROM (SELECT id, priority, run_at, ",
+    "ROW_NUMBER() OVER (PARTITION BY tenant_id ORDER BY priority DESC, run_at, id) AS lane ",
+    "FROM jobs WHERE state = 'available' AND run_at <= ", sqlite_now!(), ") ",
+    "ORDER BY lane, priority DESC, run_at LIMIT $5) ",
+    "RETURNING id, kind, payload, tenant_id, attempts, max_attempts"
+);
+
+const CLAIM_POSTGRES: &str = concat!(
+    "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = $1, lease_token = $2, ",
+    "lease_expires_at = ", postgres_now!(), " + $3, updated_at = $4 ",
+    "WHERE id IN (SELECT j.id FROM jobs j JOIN (SELECT id, ",
+    "ROW_NUMBER() OVER (PARTITION BY tenant_id ORDER BY priority DESC, run_at, id) AS lane ",
+    "FROM jobs WHERE state = 'available' AND run_at <= ", postgres_now!(), ") r ON r.id = j.id ",
+    "WHERE j.state = 'available' ORDER BY r.lane, j.priority DESC, j.run_at LIMIT $5 ",
+    "FOR UPDATE OF j SKIP LOCKED) ",
+    "RETURNING id, kind, payload, tenant_id, attempts, max_attempts"
+);
+
+const RENEW_SQLITE: &str = concat!(
+    "UPDATE jobs SET lease_expires_at = ",
+    sqlite_now!(),
+    " + $1 ",
+    "WHERE id = $2 AND lease_token = $3 AND state = 'running'"
+);
+const RENEW_POSTGRES: &str = concat!(
+    "UPDATE jobs SET lease_expires_at = ",
+    postgres_now!(),
+    " + $1 ",
+    "WHERE id = $2 AND lease_token = $3 AND state = 'running'"
+);
+
+const REAP_SQLITE: &str =
+    concat!(
+    "UPDATE jobs SET state = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'available' END, ",
+    "finished_at = CASE WHEN attempts >= max_attempts THEN CAST($1 AS INTEGER) ELSE NULL END, ",
+    "last_reason = 'lease_expired', last_message = 'the worker stopped renewing its lease', ",
+    "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = $2 ",
+    "WHERE state = 'running' AND lease_expires_at < ", sqlite_now!(), " RETURNING state"
+);
+const REAP_POSTGRES: &str =
+    concat!(
+    "UPDATE jobs SET state = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'available' END, ",
+    "finished_at = CASE WHEN attempts >= max_attempts THEN CAST($1 AS BIGINT) ELSE NULL END, ",
+    "last_reason = 'lease_expired', last_message = 'the worker stopped renewing its lease', ",
+    "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = $2 ",
+    "WHERE state = 'running' AND lease_expires_at < ", postgres_now!(), " RETURNING state"
+);
+
+/// What the reaper did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reaped {
+    /// Jobs returned to `available`.
+    pub rescued: usize,
+    /// Jobs dead-lettered (no attempts left).
+    pub dead: usize,
+}
+
+type ClaimRow = (String, String, String, String, i64, i64);
+
+/// The queue over a store.
+#[derive(Debug, Clone)]
+pub struct Queue {
+    store: Store,
+}
+
+impl Queue {
+    /// A queue on `store`.
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+
+    /// Enqueues a job; with a dedupe key, an unfinished job of the same kind and key is
+    /// returned instead of a second one.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn enqueue(&self, job: &NewJob) -> Result<Enqueued, QueueError> {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let now = now_ms();
+        const INSERT: &str = "INSERT INTO jobs (id, kind, payload, tenant_id, dedupe_key, priority, run_at, max_attempts, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             ON CONFLICT (kind, dedupe_key) WHERE dedupe_key IS NOT NULL AND state IN ('available', 'running') DO NOTHING";
+        let payload = job.payload.to_string();
+        let inserted = with_pool!(self.store, |pool| sqlx::query(INSERT)
+            .bind(&id)
+            .bind(&job.kind)
+            .bind(&payload)
+            .bind(&job.tenant_id)
+            .bind(job.dedupe_key.as_deref())
+            .bind(job.priority)
+            .bind(job.run_at.unwrap_or(now))
+            .bind(i64::from(job.max_attempts.max(1)))
+            .bind(now)
+            .bind(now)
+            .execute(pool)
+            .await?
+            .rows_affected());
+        if inserted == 1 {
+            return Ok(Enqueued::Created(id));
+        }
+        const EXISTING: &str = "SELECT id FROM jobs WHERE kind = $1 AND dedupe_key = $2 AND state IN ('available', 'running')";
+        let existing: Option<String> = with_pool!(self.store, |pool| sqlx::query_scalar(EXISTING)
+            .bind(&job.kind)
+            .bind(job.dedupe_key.as_deref())
+            .fetch_optional(pool)
+            .await?);
+        // The other job may have finished in between: enqueue again.
+        match existing {
+            Some(existing) => Ok(Enqueued::Deduplicated(existing)),
+            None => Box::pin(self.enqueue(job)).await,
+        }
+    }
+
+    /// Leases up to `limit` ready jobs to `owner` for `lease`, tenants round-robin.
+    ///
+    /// # Errors
+    /// The database failed, or a payload is not JSON.
+    pub async fn claim(
+        &self,
+        owner: &str,
+        limit: u32,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedJob>, QueueError> {
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let now = now_ms();
+        let rows: Vec<ClaimRow> = if let Some(pool) = self.store.sqlite() {
+            sqlx::query_as(CLAIM_SQLITE)
+                .bind(owner)
+                .bind(&token)
+                .bind(millis(lease))
+                .bind(now)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?
+        } else if let Some(pool) = self.store.postgres() {
+            sqlx::query_as(CLAIM_POSTGRES)
+                .bind(owner)
+                .bind(&token)
+                .bind(millis(lease))
+                .bind(now)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?
+        } else {
+            Vec::new()
+        };
+        rows.into_iter()
+            .map(|(id, kind, payload, tenant_id, attempts, max_attempts)| {
+                let payload =
+                    serde_json::from_str(&payload).map_err(|_| QueueError::Payload(id.clone()))?;
+                Ok(ClaimedJob {
+                    id,
+                    kind,
+                    payload,
+                    tenant_id,
+                    attempt: u32::try_from(attempts).unwrap_or(u32::MAX),
+                    max_attempts: u32::try_from(max_attempts).unwrap_or(u32::MAX),
+                    lease_token: token.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Extends a lease; false when it was lost (reaped or taken over).
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn renew(&self, job: &ClaimedJob, lease: Duration) -> Result<bool, QueueError> {
+        let affected = if let Some(pool) = self.store.sqlite() {
+            sqlx::query(RENEW_SQLITE)
+                .bind(millis(lease))
+                .bind(&job.id)
+                .bind(&job.lease_token)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        } else if let Some(pool) = self.store.postgres() {
+            sqlx::query(RENEW_POSTGRES)
+                .bind(millis(lease))
+                .bind(&job.id)
+                .bind(&job.lease_token)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        } else {
+            0
+        };
+        Ok(affected == 1)
+    }
+
+    /// Marks a job done; false when the lease was lost (the result is discarded).
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn complete(&self, job: &ClaimedJob) -> Result<bool, QueueError> {
+        const SQL: &str = "UPDATE jobs SET state = 'succeeded', lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, \
+             finished_at = $1, updated_at = $2 WHERE id = $3 AND lease_token = $4 AND state = 'running'";
+        let now = now_ms();
+        let affected = with_pool!(self.store, |pool| sqlx::query(SQL)
+            .bind(now)
+            .bind(now)
+            .bind(&job.id)
+            .bind(&job.lease_token)
+            .execute(pool)
+            .await?
+            .rows_affected());
+        Ok(affected == 1)
+    }
+
+    /// Records a failed attempt: back to `available` at `now + delay`, or `dead` when no
+    /// attempts are left. False when the lease was lost.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn retry(
+        &self,
+        job: &ClaimedJob,
+        reason: &str,
+        message: &str,
+        delay: Duration,
+    ) -> Result<bool, QueueError> {
+        const SQL: &str = "UPDATE jobs SET state = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'available' END, \
+             finished_at = CASE WHEN attempts >= max_attempts THEN CAST($1 AS BIGINT) ELSE NULL END, \
+             run_at = $2, last_reason = $3, last_message = $4, lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = $5 \
+             WHERE id = $6 AND lease_token = $7 AND state = 'running'";
+        let now = now_ms();
+        let affected = with_pool!(self.store, |pool| sqlx::query(SQL)
+            .bind(now)
+            .bind(now.saturating_add(millis(delay)))
+            .bind(reason)
+            .bind(message)
+            .bind(now)
+            .bind(&job.id)
+            .bind(&job.lease_token)
+            .execute(pool)
+            .await?
+            .rows_affected());
+        Ok(affected == 1)
+    }
+
+    /// Records a permanent failure (not retried). False when the lease was lost.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn fail(
+        &self,
+        job: &ClaimedJob,
+        reason: &str,
+        message: &str,
+    ) -> Result<bool, QueueError> {
+        const SQL: &str = "UPDATE jobs SET state = 'failed', finished_at = $1, last_reason = $2, last_message = $3, \
+             lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = $4 \
+             WHERE id = $5 AND lease_token = $6 AND state = 'running'";
+        let now = now_ms();
+        let affected = with_pool!(self.store, |pool| sqlx::query(SQL)
+            .bind(now)
+            .bind(reason)
+            .bind(message)
+            .bind(now)
+            .bind(&job.id)
+            .bind(&job.lease_token)
+            .execute(pool)
+            .await?
+            .rows_affected());
+        Ok(affected == 1)
+    }
+
+    /// Gives a job back without counting the attempt (shutdown before it ran to the end).
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn release(&self, job: &ClaimedJob) -> Result<bool, QueueError> {
+        const SQL: &str = "UPDATE jobs SET state = 'available', attempts = attempts - 1, lease_owner = NULL, lease_token = NULL, \
+             lease_expires_at = NULL, updated_at = $1 WHERE id = $2 AND lease_token = $3 AND state = 'running'";
+        let affected = with_pool!(self.store, |pool| sqlx::query(SQL)
+            .bind(now_ms())
+            .bind(&job.id)
+            .bind(&job.lease_token)
+            .execute(pool)
+            .await?
+            .rows_affected());
+        Ok(affected == 1)
+    }
+
+    /// Returns jobs whose lease expired to `available`, or dead-letters them when they are out
+    /// of attempts.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn reap(&self) -> Result<Reaped, QueueError> {
+        let now = now_ms();
+        let states: Vec<String> = if let Some(pool) = self.store.sqlite() {
+            sqlx::query_scalar(REAP_SQLITE)
+                .bind(now)
+                .bind(now)
+                .fetch_all(pool)
+                .await?
+        } else if let Some(pool) = self.store.postgres() {
+            sqlx::query_scalar(REAP_POSTGRES)
+                .bind(now)
+                .bind(now)
+                .fetch_all(pool)
+                .await?
+        } else {
+            Vec::new()
+        };
+        Ok(Reaped {
+            rescued: states.iter().filter(|s| *s == "available").count(),
+            dead: states.iter().filter(|s| *s == "dead").count(),
+        })
+    }
+
+    /// Deletes finished jobs older than `retention`. Returns how many.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn prune(&self, retention: Duration) -> Result<u64, QueueError> {
+        const SQL: &str = "DELETE FROM jobs WHERE state IN ('succeeded', 'failed', 'dead', 'cancelled') AND finished_at < $1";
+        let cutoff = now_ms().saturating_sub(millis(retention));
+        Ok(with_pool!(self.store, |pool| sqlx::query(SQL)
+            .bind(cutoff)
+            .execute(pool)
+            .await?
+            .rows_affected()))
+    }
+
+    /// Job counts by state.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn stats(&self) -> Result<Vec<(String, i64)>, QueueError> {
+        const SQL: &str = "SELECT state, COUNT(*) FROM jobs GROUP BY state ORDER BY state";
+        Ok(with_pool!(self.store, |pool| sqlx::query_as(SQL)
+            .fetch_all(pool)
+            .await?))
+    }
+
+    /// Jobs in a state, oldest first, at most `limit`.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn list(&self, state: JobState, limit: u32) -> Result<Vec<JobInfo>, QueueError> {
+        const SQL: &str = "SELECT id, kind, tenant_id, state, attempts, max_attempts, run_at, last_reason, last_message \
+             FROM jobs WHERE state = $1 ORDER BY updated_at, id LIMIT $2";
+        type Row = (
+            String,
+            String,
+            String,
+            String,
+            i64,
+            i64,
+            i64,
+            Option<String>,
+            Option<String>,
+        );
+        let rows: Vec<Row> = with_pool!(self.store, |pool| sqlx::query_as(SQL)
+            .bind(state.as_str())
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?);
+        Ok(rows
+            .into_iter()
+            .map(
+                |(
+                    id,
+                    kind,
+                    tenant_id,
+                    state,
+                    attempts,
+                    max_attempts,
+                    run_at,
+                    last_reason,
+                    last_message,
+                )| JobInfo {
+                    id,
+                    kind,
+                    tenant_id,
+                    state,
+                    attempts,
+                    max_attempts,
+                    run_at,
+                    last_reason,
+                    last_message,
+                },
+            )
+            .collect())
+    }
+
+    /// Makes a dead, failed or cancelled job available again now, with fresh attempts. False
+    /// when no such job exists in one of those states.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn retry_now(&self, id: &str) -> Result<bool, QueueError> {
+        const SQL: &str = "UPDATE jobs SET state = 'available', attempts = 0, run_at = $1, finished_at = NULL, updated_at = $2 \
+             WHERE id = $3 AND state IN ('dead', 'failed', 'cancelled')";
+        let now = now_ms();
+        Ok(with_pool!(self.store, |pool| sqlx::query(SQL)
+            .bind(now)
+            .bind(now)
+            .bind(id)
+            .execute(pool)
+            .await?
+            .rows_affected())
+            == 1)
+    }
+
+    /// Cancels a job that has not started. False when it is not available.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn cancel(&self, id: &str) -> Result<bool, QueueError> {
+        const SQL: &str = "UPDATE jobs SET state = 'cancelled', finished_at = $1, updated_at = $2 WHERE id = $3 AND state = 'available'";
+        let now = now_ms();
+        Ok(with_pool!(self.store, |pool| sqlx::query(SQL)
+            .bind(now)
+            .bind(now)
+            .bind(id)
+            .execute(pool)
+            .await?
+            .rows_affected())
+            == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_stays_within_its_exponential_ceiling() {
+        let base = Duration::from_secs(1);
+        let cap = Duration::from_secs(60);
+        for attempt in 1..=12 {
+            let ceiling = (base * 2u32.pow(attempt - 1)).min(cap);
+            for _ in 0..50 {
+                let delay = backoff(attempt, base, cap);
+                assert!(
+                    delay <= ceiling,
+                    "attempt {attempt}: {delay:?} > {ceiling:?}"
+                );
+            }
+        }
+        let spread: std::collections::BTreeSet<u128> = (0..50)
+            .map(|_| backoff(10, base, cap).as_millis())
+            .collect();
+        assert!(spread.len() > 10, "full jitter spreads retries out");
+    }
+
+    #[test]
+    fn states_round_trip() {
+        for state in [
+            JobState::Available,
+            JobState::Running,
+            JobState::Succeeded,
+            JobState::Failed,
+            JobState::Dead,
+            JobState::Cancelled,
+        ] {
+            assert_eq!(JobState::parse(state.as_str()), Some(state));
+        }
+        assert_eq!(JobState::parse("zombie"), None);
+    }
+}
