@@ -24,10 +24,13 @@ use crate::health::TaskHealth;
 use crate::http::{self, admin::AdminState};
 use crate::identity::IdentityClient;
 use crate::instance::{self, Instance};
+use crate::jobs::{JobContext, Registry};
+use crate::queue::Queue;
 use crate::store::{Store, StoreError};
 use crate::systemd::Notifier;
 use crate::tokens::TokenService;
 use crate::vault::Keyring;
+use crate::worker::WorkerPool;
 
 /// How long closing the database may take after the drain.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -247,6 +250,35 @@ impl Application {
         ));
         work.spawn(metrics_upkeep(metrics, tasks.clone(), work_stop.clone()));
         work.spawn(token_sweep(tokens, tasks.clone(), work_stop.clone()));
+        let queue = Queue::new(store.clone());
+        work.spawn(queue_upkeep(
+            queue.clone(),
+            config.queue.retention_hours,
+            tasks.clone(),
+            work_stop.clone(),
+        ));
+        if config.queue.workers > 0 {
+            let poll = Duration::from_millis(config.queue.poll_interval_ms.max(10));
+            let pool = WorkerPool {
+                queue: queue.clone(),
+                registry: Arc::new(Registry::standard()),
+                context: JobContext {
+                    store: store.clone(),
+                    queue,
+                },
+                owner: instance.id().to_string(),
+                concurrency: usize::try_from(config.queue.workers).unwrap_or(1),
+                lease: Duration::from_secs(config.queue.lease_seconds.max(3)),
+                poll,
+                // Leave the app a moment to record releases before its own grace ends.
+                grace: config
+                    .shutdown
+                    .grace()
+                    .saturating_sub(Duration::from_secs(1)),
+            };
+            let heartbeat = tasks.register("workers", (poll * 20).max(Duration::from_secs(30)));
+            work.spawn(pool.run(work_stop.clone(), heartbeat));
+        }
         work.spawn(instance_heartbeat(
             instance.clone(),
             tasks.clone(),
@@ -371,6 +403,49 @@ async fn instance_heartbeat(instance: Instance, tasks: TaskHealth, stop: Cancell
             _ = ticker.tick() => {
                 if let Err(err) = instance.touch().await {
                     tracing::warn!(error = %err, reason = err.reason_code(), "instance heartbeat failed");
+                }
+                heartbeat.beat();
+            }
+        }
+    }
+}
+
+/// How often the reaper looks for expired leases.
+const REAP_INTERVAL: Duration = Duration::from_secs(15);
+/// How often finished jobs are pruned.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Rescues jobs whose lease expired, enqueues pruning hourly, and updates the queue gauges.
+async fn queue_upkeep(
+    queue: Queue,
+    retention_hours: u64,
+    tasks: TaskHealth,
+    stop: CancellationToken,
+) {
+    let heartbeat = tasks.register("queue_upkeep", REAP_INTERVAL * 3);
+    let mut ticker = tokio::time::interval(REAP_INTERVAL);
+    let mut last_prune: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            _ = ticker.tick() => {
+                match queue.reap().await {
+                    Ok(reaped) if reaped.rescued + reaped.dead > 0 => tracing::warn!(rescued = reaped.rescued, dead = reaped.dead, "expired job leases reaped"),
+                    Ok(_) => {}
+                    Err(err) => tracing::warn!(error = %err, reason = err.reason_code(), "reaping expired leases failed"),
+                }
+                if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_INTERVAL) {
+                    if let Err(err) = crate::jobs::enqueue(&queue, &crate::jobs::prune_jobs::PruneJobs { retention_hours }).await {
+                        tracing::warn!(error = %err, "could not enqueue pruning");
+                    }
+                    last_prune = Some(tokio::time::Instant::now());
+                }
+                if let Ok(stats) = queue.stats().await {
+                    for state in ["available", "running", "succeeded", "failed", "dead", "cancelled"] {
+                        let count = stats.iter().find(|(s, _)| s == state).map_or(0, |(_, n)| *n);
+                        #[allow(clippy::cast_precision_loss)]
+                        metrics::gauge!(crate::metrics::names::QUEUE_JOBS, "state" => state).set(count as f64);
+                    }
                 }
                 heartbeat.beat();
             }

@@ -52,6 +52,33 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// The vault's encryption keys.
     pub secrets: SecretsConfig,
+    /// The work queue and its workers.
+    pub queue: QueueConfig,
+}
+
+/// `[queue]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Jobs this process runs at once (0: this instance runs no jobs).
+    pub workers: u32,
+    /// How long a claimed job stays leased without renewal; renewed every third of it.
+    pub lease_seconds: u64,
+    /// How often idle workers look for new jobs.
+    pub poll_interval_ms: u64,
+    /// How long finished jobs are kept.
+    pub retention_hours: u64,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            workers: 8,
+            lease_seconds: 60,
+            poll_interval_ms: 500,
+            retention_hours: 168,
+        }
+    }
 }
 
 /// `[secrets]`

@@ -31,6 +31,12 @@ pub mod names {
     pub const CONNECTIONS: &str = "tenantd_connections";
     /// Gauge: seconds until the soonest cached access token of an active connection expires.
     pub const TOKEN_EXPIRY: &str = "tenantd_token_soonest_expiry_seconds";
+    /// Counter of finished job attempts by `kind` and `outcome`.
+    pub const JOBS: &str = "tenantd_jobs_total";
+    /// Histogram of job attempt durations by `kind`.
+    pub const JOB_DURATION: &str = "tenantd_job_duration_seconds";
+    /// Gauge of jobs by `state`.
+    pub const QUEUE_JOBS: &str = "tenantd_queue_jobs";
 }
 
 /// How often histogram buckets are compacted; the exporter needs this on a timer.

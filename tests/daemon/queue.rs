@@ -81,11 +81,7 @@ async fn dedupe_holds_among_unfinished_jobs_only(db: TestDb) {
 async fn expired_leases_are_rescued_and_stale_workers_fenced_off(db: TestDb) {
     let queue = queue(&db).await;
     queue.enqueue(&job("slow", "t1", None)).await.unwrap();
-    let stale = queue
-        .claim("w1", 1, Duration::from_millis(50))
-        .await
-        .unwrap()
-        .remove(0);
+    let stale = queue.claim("w1", 1, LEASE).await.unwrap().remove(0);
     assert!(
         queue.claim("w2", 1, LEASE).await.unwrap().is_empty(),
         "leased jobs are not claimed twice"
@@ -95,7 +91,8 @@ async fn expired_leases_are_rescued_and_stale_workers_fenced_off(db: TestDb) {
         0,
         "a live lease is left alone"
     );
-    tokio::time::sleep(Duration::from_millis(120)).await;
+    // The worker stops renewing: its lease runs out (moved into the past, not waited for).
+    db.execute("UPDATE jobs SET lease_expires_at = 0").await;
     let reaped = queue.reap().await.unwrap();
     assert_eq!((reaped.rescued, reaped.dead), (1, 0));
     let fresh = queue.claim("w2", 1, LEASE).await.unwrap().remove(0);
@@ -170,11 +167,9 @@ async fn retries_back_off_and_dead_letter_after_the_last_attempt(db: TestDb) {
     let mut once = job("once", "t1", None);
     once.max_attempts = 1;
     queue.enqueue(&once).await.unwrap();
-    queue
-        .claim("w", 1, Duration::from_millis(20))
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(80)).await;
+    queue.claim("w", 1, LEASE).await.unwrap();
+    db.execute("UPDATE jobs SET lease_expires_at = 0 WHERE kind = 'once'")
+        .await;
     assert_eq!(queue.reap().await.unwrap().dead, 1);
 }
 
@@ -270,3 +265,216 @@ on_both_backends!(
     two_instances_share_one_queue_without_running_a_job_twice,
     finished_jobs_are_pruned_after_retention_and_cancel_only_touches_waiting_jobs,
 );
+
+mod workers {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use serde::{Deserialize, Serialize};
+    use tenantd::jobs::{self, Job, JobContext, JobError, Registry};
+    use tenantd::queue::{JobState, Queue};
+    use tenantd::worker::WorkerPool;
+    use tokio_util::sync::CancellationToken;
+
+    use crate::helpers::{spawn_app, TestDb};
+    use crate::on_both_backends;
+
+    #[derive(Serialize, Deserialize)]
+    struct Throttled;
+    impl Job for Throttled {
+        const KIND: &'static str = "test_throttled";
+        async fn run(self, _: JobContext) -> Result<(), JobError> {
+            Err(JobError::Retry {
+                reason: "throttled",
+                message: "429".into(),
+                after: Some(Duration::from_secs(3600)),
+            })
+        }
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct Broken;
+    impl Job for Broken {
+        const KIND: &'static str = "test_broken";
+        async fn run(self, _: JobContext) -> Result<(), JobError> {
+            Err(JobError::Permanent {
+                reason: "bad_request",
+                message: "400".into(),
+            })
+        }
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct Sleepy {
+        millis: u64,
+    }
+    impl Job for Sleepy {
+        const KIND: &'static str = "test_sleepy";
+        async fn run(self, _: JobContext) -> Result<(), JobError> {
+            tokio::time::sleep(Duration::from_millis(self.millis)).await;
+            Ok(())
+        }
+    }
+
+    async fn pool(db: &TestDb, lease: Duration, grace: Duration) -> (Queue, WorkerPool) {
+        let store = db.store().await;
+        store.migrate().await.unwrap();
+        let queue = Queue::new(store.clone());
+        let mut registry = Registry::standard();
+        registry.register::<Throttled>();
+        registry.register::<Broken>();
+        registry.register::<Sleepy>();
+        let pool = WorkerPool {
+            queue: queue.clone(),
+            registry: Arc::new(registry),
+            context: JobContext {
+                store,
+                queue: queue.clone(),
+            },
+            owner: "test-worker".into(),
+            concurrency: 4,
+            lease,
+            poll: Duration::from_millis(20),
+            grace,
+        };
+        (queue, pool)
+    }
+
+    async fn wait_for(
+        queue: &Queue,
+        state: JobState,
+        count: usize,
+    ) -> Vec<tenantd::queue::JobInfo> {
+        for _ in 0..250 {
+            let jobs = queue.list(state, 100).await.unwrap();
+            if jobs.len() >= count {
+                return jobs;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!(
+            "no {count} {state:?} jobs in 5 s: {:?}",
+            queue.stats().await.unwrap()
+        );
+    }
+
+    async fn the_daemon_runs_queued_jobs(db: TestDb) {
+        let app = spawn_app(&db).await;
+        let queue = Queue::new(db.store().await);
+        for _ in 0..5 {
+            jobs::enqueue(&queue, &jobs::noop::Noop::default())
+                .await
+                .unwrap();
+        }
+        queue
+            .enqueue(&tenantd::queue::NewJob {
+                kind: "nobody_knows".into(),
+                payload: serde_json::json!({}),
+                tenant_id: String::new(),
+                dedupe_key: None,
+                priority: 0,
+                run_at: None,
+                max_attempts: 3,
+            })
+            .await
+            .unwrap();
+        wait_for(&queue, JobState::Succeeded, 5).await;
+        let failed = wait_for(&queue, JobState::Failed, 1).await;
+        assert_eq!(failed[0].last_reason.as_deref(), Some("unknown_job_kind"));
+        app.stop().await.unwrap();
+    }
+
+    async fn outcomes_are_recorded_without_sleeping_on_throttled_jobs(db: TestDb) {
+        let (queue, pool) = pool(&db, Duration::from_secs(30), Duration::from_secs(5)).await;
+        jobs::enqueue(&queue, &Throttled).await.unwrap();
+        jobs::enqueue(&queue, &Broken).await.unwrap();
+        let stop = CancellationToken::new();
+        let health = tenantd::health::TaskHealth::default();
+        let running = tokio::spawn(pool.run(
+            stop.clone(),
+            health.register("workers", Duration::from_secs(60)),
+        ));
+        let failed = wait_for(&queue, JobState::Failed, 1).await;
+        assert_eq!(failed[0].last_reason.as_deref(), Some("bad_request"));
+        let throttled = loop {
+            let available = queue.list(JobState::Available, 10).await.unwrap();
+            if let Some(job) = available.into_iter().find(|j| j.last_reason.is_some()) {
+                break job;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let now_ms = i64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis(),
+        )
+        .unwrap();
+        assert!(
+            throttled.run_at >= now_ms + 3_500_000,
+            "Retry-After of an hour is honoured: run_at {}",
+            throttled.run_at
+        );
+        assert_eq!(throttled.last_reason.as_deref(), Some("throttled"));
+        stop.cancel();
+        running.await.unwrap();
+    }
+
+    async fn leases_are_renewed_while_a_job_runs(db: TestDb) {
+        let (queue, pool) = pool(&db, Duration::from_millis(1500), Duration::from_secs(5)).await;
+        jobs::enqueue(&queue, &Sleepy { millis: 2500 })
+            .await
+            .unwrap();
+        let stop = CancellationToken::new();
+        let health = tenantd::health::TaskHealth::default();
+        let running = tokio::spawn(pool.run(
+            stop.clone(),
+            health.register("workers", Duration::from_secs(60)),
+        ));
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            assert_eq!(
+                queue.reap().await.unwrap().rescued,
+                0,
+                "a renewed lease never expires"
+            );
+        }
+        let done = wait_for(&queue, JobState::Succeeded, 1).await;
+        assert_eq!(done[0].attempts, 1);
+        stop.cancel();
+        running.await.unwrap();
+    }
+
+    async fn on_stop_unfinished_jobs_are_released_after_the_grace_period(db: TestDb) {
+        let (queue, pool) = pool(&db, Duration::from_secs(30), Duration::from_millis(200)).await;
+        jobs::enqueue(&queue, &Sleepy { millis: 60_000 })
+            .await
+            .unwrap();
+        jobs::enqueue(&queue, &Sleepy { millis: 10 }).await.unwrap();
+        let stop = CancellationToken::new();
+        let health = tenantd::health::TaskHealth::default();
+        let running = tokio::spawn(pool.run(
+            stop.clone(),
+            health.register("workers", Duration::from_secs(60)),
+        ));
+        wait_for(&queue, JobState::Succeeded, 1).await;
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(5), running)
+            .await
+            .expect("the pool stops within its grace")
+            .unwrap();
+        let released = queue.list(JobState::Available, 10).await.unwrap();
+        assert_eq!(released.len(), 1);
+        assert_eq!(
+            released[0].attempts, 0,
+            "a released job does not lose an attempt"
+        );
+    }
+
+    on_both_backends!(
+        the_daemon_runs_queued_jobs,
+        outcomes_are_recorded_without_sleeping_on_throttled_jobs,
+        leases_are_renewed_while_a_job_runs,
+        on_stop_unfinished_jobs_are_released_after_the_grace_period,
+    );
+}

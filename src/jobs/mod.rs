@@ -1,0 +1,161 @@
+//! Background jobs: the [`Job`] trait (stable kind name, payload type, attempts, timeout,
+//! dedupe policy), the one registration list ([`Registry::standard`]), and one file per kind.
+//!
+//! Owns no tables (jobs are rows of [`crate::queue`]). Invariants: a kind name never changes
+//! once released (rows outlive deployments); a payload deserializes into its kind's type or the
+//! job fails permanently with `job_payload_invalid` instead of looping.
+
+pub mod noop;
+pub mod prune_jobs;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::queue::{Enqueued, NewJob, Queue, QueueError};
+use crate::store::Store;
+
+/// What a job run reports when it does not succeed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum JobError {
+    /// Try again later: after `after` if given (e.g. Graph's Retry-After), else after backoff.
+    #[error("{reason}: {message}")]
+    Retry {
+        /// Stable reason code.
+        reason: &'static str,
+        /// Sanitized message.
+        message: String,
+        /// The earliest retry the failure asked for.
+        after: Option<Duration>,
+    },
+    /// Will not work however often it is tried.
+    #[error("{reason}: {message}")]
+    Permanent {
+        /// Stable reason code.
+        reason: &'static str,
+        /// Sanitized message.
+        message: String,
+    },
+}
+
+/// What a running job may use.
+#[derive(Clone)]
+pub struct JobContext {
+    /// The database.
+    pub store: Store,
+    /// The queue, to enqueue follow-up work.
+    pub queue: Queue,
+}
+
+/// A kind of background work.
+pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// Stable kind name, stored with every job.
+    const KIND: &'static str;
+    /// Attempts before dead letter.
+    const MAX_ATTEMPTS: u32 = 5;
+    /// How long one attempt may run.
+    const TIMEOUT: Duration = Duration::from_secs(60);
+
+    /// Unfinished jobs with the same key are not enqueued twice.
+    fn dedupe_key(&self) -> Option<String> {
+        None
+    }
+
+    /// The tenant the job works for (its fairness lane).
+    fn tenant(&self) -> Option<String> {
+        None
+    }
+
+    /// Does the work.
+    fn run(self, context: JobContext) -> impl Future<Output = Result<(), JobError>> + Send;
+}
+
+/// Enqueues a job of a registered kind.
+///
+/// # Errors
+/// The database failed.
+pub async fn enqueue<J: Job>(queue: &Queue, job: &J) -> Result<Enqueued, QueueError> {
+    queue
+        .enqueue(&NewJob {
+            kind: J::KIND.to_string(),
+            payload: serde_json::to_value(job).expect("job payloads serialize"),
+            tenant_id: job.tenant().unwrap_or_default(),
+            dedupe_key: job.dedupe_key(),
+            priority: 0,
+            run_at: None,
+            max_attempts: J::MAX_ATTEMPTS,
+        })
+        .await
+}
+
+type Run = Pin<Box<dyn Future<Output = Result<(), JobError>> + Send>>;
+type Handler = Arc<dyn Fn(serde_json::Value, JobContext) -> Run + Send + Sync>;
+
+/// A registered kind: how to run it and for how long.
+#[derive(Clone)]
+pub struct Registered {
+    handler: Handler,
+    /// One attempt's time limit.
+    pub timeout: Duration,
+}
+
+impl Registered {
+    /// Runs a payload.
+    pub fn run(&self, payload: serde_json::Value, context: JobContext) -> Run {
+        (self.handler)(payload, context)
+    }
+}
+
+/// Kinds the workers know.
+#[derive(Clone, Default)]
+pub struct Registry {
+    kinds: HashMap<&'static str, Registered>,
+}
+
+impl Registry {
+    /// The one registration list of every job kind.
+    pub fn standard() -> Self {
+        let mut registry = Self::default();
+        registry.register::<noop::Noop>();
+        registry.register::<prune_jobs::PruneJobs>();
+        registry
+    }
+
+    /// Adds a kind.
+    pub fn register<J: Job>(&mut self) {
+        let handler: Handler = Arc::new(|payload, context| {
+            Box::pin(async move {
+                let job: J =
+                    serde_json::from_value(payload).map_err(|err| JobError::Permanent {
+                        reason: "job_payload_invalid",
+                        message: format!("the payload does not fit {}: {err}", J::KIND),
+                    })?;
+                job.run(context).await
+            })
+        });
+        self.kinds.insert(
+            J::KIND,
+            Registered {
+                handler,
+                timeout: J::TIMEOUT,
+            },
+        );
+    }
+
+    /// A kind by name.
+    pub fn get(&self, kind: &str) -> Option<&Registered> {
+        self.kinds.get(kind)
+    }
+
+    /// The registered kind names.
+    pub fn kinds(&self) -> Vec<&'static str> {
+        let mut kinds: Vec<&'static str> = self.kinds.keys().copied().collect();
+        kinds.sort_unstable();
+        kinds
+    }
+}
