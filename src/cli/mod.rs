@@ -4,6 +4,7 @@
 //!
 //! Owns no tables. Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
 
+mod queue;
 mod tenant;
 
 use std::path::PathBuf;
@@ -74,6 +75,9 @@ enum Command {
     /// Manage the vault's encryption keys
     #[command(subcommand)]
     Keys(tenant::KeysCommand),
+    /// Inspect the work queue; retry or cancel single jobs
+    #[command(subcommand)]
+    Queue(queue::QueueCommand),
     /// Apply pending database migrations and exit (`run` also applies them at start).
     Migrate,
     /// Validate the configuration and print the effective values, secrets redacted.
@@ -149,6 +153,10 @@ pub fn main() -> i32 {
         Command::Keys(command) => {
             print_warnings(&loaded);
             runtime.block_on(tenant::run_keys(&loaded.config, command))
+        }
+        Command::Queue(command) => {
+            print_warnings(&loaded);
+            runtime.block_on(queue::run(&loaded.config, command))
         }
         Command::Migrate => {
             print_warnings(&loaded);

@@ -264,6 +264,7 @@ on_both_backends!(
     a_large_backlog_does_not_starve_a_small_tenant,
     two_instances_share_one_queue_without_running_a_job_twice,
     finished_jobs_are_pruned_after_retention_and_cancel_only_touches_waiting_jobs,
+    the_queue_commands_show_retry_and_cancel_jobs,
 );
 
 mod workers {
@@ -476,5 +477,59 @@ mod workers {
         outcomes_are_recorded_without_sleeping_on_throttled_jobs,
         leases_are_renewed_while_a_job_runs,
         on_stop_unfinished_jobs_are_released_after_the_grace_period,
+    );
+}
+
+async fn the_queue_commands_show_retry_and_cancel_jobs(db: TestDb) {
+    let queue = queue(&db).await;
+    let mut once = job("broken", "t1", None);
+    once.max_attempts = 1;
+    let dead = queue.enqueue(&once).await.unwrap().id().to_string();
+    let claimed = queue.claim("w", 1, LEASE).await.unwrap().remove(0);
+    queue
+        .retry(&claimed, "bad_request", "400", Duration::ZERO)
+        .await
+        .unwrap();
+    let mut later = job("later", "t1", None);
+    later.run_at = Some(i64::MAX / 2);
+    let waiting = queue.enqueue(&later).await.unwrap().id().to_string();
+    let run = |args: &[&str]| {
+        let output = crate::helpers::tenantd_command()
+            .args(["--database-url", db.url(), "queue"])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).to_string()
+                + &String::from_utf8_lossy(&output.stderr),
+        )
+    };
+    let (code, text) = run(&["stats", "--json"]);
+    assert_eq!(code, Some(0), "{text}");
+    let stats: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(
+        (stats["dead"].as_i64(), stats["available"].as_i64()),
+        (Some(1), Some(1))
+    );
+    let (code, text) = run(&["list", "--state", "dead", "--json"]);
+    assert_eq!(code, Some(0), "{text}");
+    let listed: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(
+        (listed[0]["id"].as_str(), listed[0]["last_reason"].as_str()),
+        (Some(dead.as_str()), Some("bad_request"))
+    );
+    assert_eq!(run(&["list", "--state", "zombie"]).0, Some(2));
+    assert_eq!(run(&["retry", &dead]).0, Some(0));
+    assert_eq!(
+        run(&["retry", &dead]).0,
+        Some(2),
+        "only dead, failed or cancelled jobs"
+    );
+    assert_eq!(run(&["cancel", &waiting]).0, Some(0));
+    let (_, text) = run(&["stats"]);
+    assert!(
+        text.contains("available") && text.contains("cancelled"),
+        "{text}"
     );
 }
