@@ -179,12 +179,32 @@ impl Default for AdminConfig {
 pub struct GraphConfig {
     /// Graph API base, including the version. National clouds and the emulator change this.
     pub base_url: Url,
+    /// Starting and highest request rate per tenant (requests per second); the client slows
+    /// down after 429s and climbs back.
+    pub requests_per_second: u32,
+    /// Concurrent requests per mailbox (Outlook allows 4 per app and mailbox).
+    pub mailbox_concurrency: u32,
+    /// Concurrent Graph requests of this process.
+    pub max_concurrency: u32,
+    /// Time limit of one HTTP request.
+    pub request_timeout_seconds: u64,
+    /// Retries inside one call (429, 503, 504, connection errors); past them, or past
+    /// `retry_budget_seconds`, the work goes back to the queue.
+    pub max_retries: u32,
+    /// Longest time one call may spend waiting to retry.
+    pub retry_budget_seconds: u64,
 }
 
 impl Default for GraphConfig {
     fn default() -> Self {
         Self {
             base_url: Url::parse("https://graph.microsoft.com/v1.0").expect("valid default URL"),
+            requests_per_second: 20,
+            mailbox_concurrency: 4,
+            max_concurrency: 64,
+            request_timeout_seconds: 30,
+            max_retries: 3,
+            retry_budget_seconds: 60,
         }
     }
 }

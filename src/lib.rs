@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod connections;
 pub mod demo;
+pub mod graph;
 pub mod health;
 pub mod http;
 pub mod identity;

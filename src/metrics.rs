@@ -37,6 +37,14 @@ pub mod names {
     pub const JOB_DURATION: &str = "tenantd_job_duration_seconds";
     /// Gauge of jobs by `state`.
     pub const QUEUE_JOBS: &str = "tenantd_queue_jobs";
+    /// Counter of Graph requests by endpoint `family` and `status`.
+    pub const GRAPH_REQUESTS: &str = "tenantd_graph_requests_total";
+    /// Counter of in-request Graph retries by `family`.
+    pub const GRAPH_RETRIES: &str = "tenantd_graph_retries_total";
+    /// Counter of 429 answers by `family`.
+    pub const GRAPH_THROTTLED: &str = "tenantd_graph_throttled_total";
+    /// Histogram of time spent waiting in the client-side limits by `family`.
+    pub const GRAPH_LIMITER_WAIT: &str = "tenantd_graph_limiter_wait_seconds";
 }
 
 /// How often histogram buckets are compacted; the exporter needs this on a timer.

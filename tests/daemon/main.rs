@@ -4,6 +4,7 @@
 mod helpers;
 
 mod connections;
+mod graph_client;
 mod listeners;
 mod process;
 mod queue;

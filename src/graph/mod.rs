@@ -1,0 +1,402 @@
+//! The Graph client: the only path from tenantd to Microsoft Graph. Tokens come from the vault
+//! ([`crate::tokens`]); every request passes the client-side limits ([`limits`]); 429, 503, 504
+//! and connection errors are retried honouring `Retry-After` (seconds or HTTP date) or with
+//! exponential backoff and full jitter, a few times within a time budget, after which the error
+//! carries the wait so the job goes back to the queue instead of a worker sleeping on it.
+//! `$batch` sends up to 20 requests and retries throttled items; `@odata.nextLink` pages are
+//! followed.
+//!
+//! Owns no tables. Invariants: feature code never builds Graph URLs or calls reqwest itself
+//! (it uses [`requests`]); errors and metrics carry no tokens, secrets or bodies.
+
+pub mod errors;
+pub mod limits;
+pub mod requests;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use url::Url;
+
+pub use errors::GraphError;
+
+use crate::config::GraphConfig;
+use crate::connections::Connection;
+use crate::identity::GRAPH_RESOURCE;
+use crate::metrics::names;
+use crate::queue::backoff;
+use crate::tokens::TokenService;
+use limits::Limits;
+
+/// Most requests in one `$batch` (Graph's limit).
+pub const BATCH_LIMIT: usize = 20;
+const BACKOFF_BASE: Duration = Duration::from_millis(500);
+const BACKOFF_CAP: Duration = Duration::from_secs(30);
+
+/// One request, relative to the Graph base URL.
+#[derive(Debug, Clone)]
+pub struct GraphRequest {
+    /// Method.
+    pub method: Method,
+    /// Path such as `/users` or `/users/{id}/sendMail`.
+    pub path: String,
+    /// Query parameters.
+    pub query: Vec<(String, String)>,
+    /// JSON body.
+    pub body: Option<Value>,
+    /// Endpoint family for metrics (`users`, `mail`, `drive`, ...).
+    pub family: &'static str,
+    /// The mailbox the request touches (Outlook's per-mailbox concurrency).
+    pub mailbox: Option<String>,
+}
+
+impl GraphRequest {
+    /// A request without query, body or mailbox.
+    pub fn new(method: Method, path: impl Into<String>, family: &'static str) -> Self {
+        Self {
+            method,
+            path: path.into(),
+            query: Vec::new(),
+            body: None,
+            family,
+            mailbox: None,
+        }
+    }
+
+    /// With a JSON body.
+    pub fn json(mut self, body: Value) -> Self {
+        self.body = Some(body);
+        self
+    }
+
+    /// With a query parameter.
+    pub fn query(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.query.push((key.to_string(), value.into()));
+        self
+    }
+
+    /// Touching a mailbox.
+    pub fn mailbox(mut self, mailbox: impl Into<String>) -> Self {
+        self.mailbox = Some(mailbox.into());
+        self
+    }
+}
+
+/// The client.
+pub struct GraphClient {
+    http: reqwest::Client,
+    base: Url,
+    tokens: Arc<TokenService>,
+    limits: Limits,
+    max_retries: u32,
+    retry_budget: Duration,
+}
+
+fn graph_code(body: &Value) -> String {
+    body["error"]["code"]
+        .as_str()
+        .unwrap_or("unknown")
+        .chars()
+        .take(64)
+        .collect()
+}
+
+impl GraphClient {
+    /// A client for `config`, taking tokens from `tokens`.
+    pub fn new(config: &GraphConfig, tokens: Arc<TokenService>) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(config.request_timeout_seconds.max(1)))
+            .user_agent(concat!(
+                "NONISV|tenantd|tenantd/",
+                env!("CARGO_PKG_VERSION")
+            ))
+            .build()
+            .expect("a TLS client builds");
+        Self {
+            http,
+            base: config.base_url.clone(),
+            tokens,
+            limits: Limits::new(
+                config.requests_per_second,
+                config.mailbox_concurrency,
+                config.max_concurrency,
+            ),
+            max_retries: config.max_retries,
+            retry_budget: Duration::from_secs(config.retry_budget_seconds),
+        }
+    }
+
+    /// The client-side limits (for inspection).
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    fn url(&self, path: &str) -> Url {
+        let base = self.base.as_str().trim_end_matches('/');
+        Url::parse(&format!("{base}{path}")).expect("paths are built by the typed requests")
+    }
+
+    /// Sends a request and returns its JSON body (`Value::Null` for an empty answer).
+    ///
+    /// # Errors
+    /// [`GraphError`], after the in-request retries.
+    pub async fn send(
+        &self,
+        connection: &Connection,
+        request: &GraphRequest,
+    ) -> Result<Value, GraphError> {
+        let mut url = self.url(&request.path);
+        if !request.query.is_empty() {
+            url.query_pairs_mut().extend_pairs(request.query.iter());
+        }
+        self.send_url(connection, request, url).await
+    }
+
+    async fn send_url(
+        &self,
+        connection: &Connection,
+        request: &GraphRequest,
+        url: Url,
+    ) -> Result<Value, GraphError> {
+        let started = Instant::now();
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let outcome = self.attempt(connection, request, url.clone()).await;
+            let wait = match &outcome {
+                Err(
+                    GraphError::Throttled { retry_after, .. }
+                    | GraphError::Transient { retry_after, .. },
+                ) => *retry_after,
+                _ => return outcome,
+            };
+            let within_budget = started.elapsed() + wait <= self.retry_budget;
+            if attempt > self.max_retries || !within_budget {
+                return outcome;
+            }
+            metrics::counter!(names::GRAPH_RETRIES, "family" => request.family).increment(1);
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    async fn attempt(
+        &self,
+        connection: &Connection,
+        request: &GraphRequest,
+        url: Url,
+    ) -> Result<Value, GraphError> {
+        let token = self.tokens.access_token(connection, GRAPH_RESOURCE).await?;
+        let permit = self
+            .limits
+            .acquire(&connection.tenant_id, request.mailbox.as_deref())
+            .await;
+        metrics::histogram!(names::GRAPH_LIMITER_WAIT, "family" => request.family)
+            .record(permit.waited.as_secs_f64());
+        let mut builder = self
+            .http
+            .request(request.method.clone(), url)
+            .bearer_auth(token.expose());
+        if let Some(body) = &request.body {
+            builder = builder.json(body);
+        }
+        let rate = self.limits.tenant(&connection.tenant_id);
+        let response = match builder.send().await {
+            Ok(response) => response,
+            Err(err) => {
+                let detail = if err.is_timeout() {
+                    "timeout"
+                } else {
+                    "connection_error"
+                };
+                metrics::counter!(names::GRAPH_REQUESTS, "family" => request.family, "status" => detail).increment(1);
+                return Err(GraphError::Transient {
+                    detail: detail.into(),
+                    retry_after: backoff(1, BACKOFF_BASE, BACKOFF_CAP),
+                });
+            }
+        };
+        drop(permit);
+        let status = response.status();
+        metrics::counter!(names::GRAPH_REQUESTS, "family" => request.family, "status" => status.as_u16().to_string()).increment(1);
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| errors::parse_retry_after(v, SystemTime::now()));
+        let bytes = response.bytes().await.map_err(|_| GraphError::Transient {
+            detail: "body_read".into(),
+            retry_after: backoff(1, BACKOFF_BASE, BACKOFF_CAP),
+        })?;
+        let body: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+        };
+        if status.is_success() {
+            rate.succeeded();
+            return Ok(body);
+        }
+        let code = graph_code(&body);
+        Err(match status {
+            StatusCode::TOO_MANY_REQUESTS => {
+                rate.throttled();
+                metrics::counter!(names::GRAPH_THROTTLED, "family" => request.family).increment(1);
+                GraphError::Throttled {
+                    retry_after: retry_after
+                        .unwrap_or_else(|| backoff(2, BACKOFF_BASE, BACKOFF_CAP)),
+                    code,
+                }
+            }
+            StatusCode::SERVICE_UNAVAILABLE
+            | StatusCode::GATEWAY_TIMEOUT
+            | StatusCode::BAD_GATEWAY
+            | StatusCode::INTERNAL_SERVER_ERROR => GraphError::Transient {
+                detail: status.as_u16().to_string(),
+                retry_after: retry_after.unwrap_or_else(|| backoff(1, BACKOFF_BASE, BACKOFF_CAP)),
+            },
+            StatusCode::UNAUTHORIZED => GraphError::Unauthorized { code },
+            StatusCode::FORBIDDEN => {
+                // Exchange application access policies and RBAC for Applications answer
+                // ErrorAccessDenied ("Access to OData is disabled.") on mailbox paths.
+                let access_policy = request.mailbox.is_some() && code == "ErrorAccessDenied";
+                GraphError::Forbidden {
+                    code,
+                    access_policy,
+                }
+            }
+            StatusCode::NOT_FOUND => GraphError::NotFound { code },
+            StatusCode::CONFLICT => GraphError::Conflict { code },
+            other => GraphError::Permanent {
+                status: other.as_u16(),
+                code,
+            },
+        })
+    }
+
+    /// Every item of a collection, following `@odata.nextLink` up to `max_pages` pages.
+    ///
+    /// # Errors
+    /// [`GraphError`] of any page.
+    pub async fn collect(
+        &self,
+        connection: &Connection,
+        request: &GraphRequest,
+        max_pages: usize,
+    ) -> Result<Vec<Value>, GraphError> {
+        let mut items = Vec::new();
+        let mut page = self.send(connection, request).await?;
+        for _ in 1..max_pages.max(1) {
+            items.extend(page["value"].as_array().cloned().unwrap_or_default());
+            let Some(next) = page["@odata.nextLink"]
+                .as_str()
+                .and_then(|u| Url::parse(u).ok())
+            else {
+                return Ok(items);
+            };
+            // Only follow links that stay on the configured Graph host.
+            if next.host_str() != self.base.host_str()
+                || next.port_or_known_default() != self.base.port_or_known_default()
+            {
+                return Err(GraphError::Permanent {
+                    status: 0,
+                    code: "foreign_next_link".into(),
+                });
+            }
+            page = self.send_url(connection, request, next).await?;
+        }
+        items.extend(page["value"].as_array().cloned().unwrap_or_default());
+        Ok(items)
+    }
+
+    /// Sends requests through `$batch`, 20 at a time; items answered 429 (or 503/504) are sent
+    /// again in a later batch after the longest `Retry-After`, within the retry limits. Returns
+    /// one `(status, body)` per request, in order.
+    ///
+    /// # Errors
+    /// [`GraphError`] when a whole batch fails.
+    pub async fn batch(
+        &self,
+        connection: &Connection,
+        requests: &[GraphRequest],
+    ) -> Result<Vec<(u16, Value)>, GraphError> {
+        let mut results: Vec<Option<(u16, Value)>> = vec![None; requests.len()];
+        for chunk_start in (0..requests.len()).step_by(BATCH_LIMIT) {
+            let mut pending: Vec<usize> =
+                (chunk_start..(chunk_start + BATCH_LIMIT).min(requests.len())).collect();
+            let mut round = 0;
+            while !pending.is_empty() {
+                round += 1;
+                let body = json!({"requests": pending.iter().map(|&i| {
+                    let r = &requests[i];
+                    let mut path = r.path.clone();
+                    if !r.query.is_empty() {
+                        path.push('?');
+                        path.push_str(&serde_urlencoded::to_string(&r.query).unwrap_or_default());
+                    }
+                    let mut item = json!({"id": i.to_string(), "method": r.method.as_str(), "url": path});
+                    if let Some(b) = &r.body {
+                        item["body"] = b.clone();
+                        item["headers"] = json!({"Content-Type": "application/json"});
+                    }
+                    item
+                }).collect::<Vec<_>>()});
+                let answer = self
+                    .send(
+                        connection,
+                        &GraphRequest::new(Method::POST, "/$batch", "batch").json(body),
+                    )
+                    .await?;
+                let mut retry = Vec::new();
+                let mut longest = Duration::ZERO;
+                for response in answer["responses"].as_array().cloned().unwrap_or_default() {
+                    let Some(index) = response["id"]
+                        .as_str()
+                        .and_then(|id| id.parse::<usize>().ok())
+                        .filter(|i| pending.contains(i))
+                    else {
+                        continue;
+                    };
+                    let status =
+                        u16::try_from(response["status"].as_u64().unwrap_or(0)).unwrap_or(0);
+                    if matches!(status, 429 | 503 | 504) && round <= self.max_retries {
+                        let wait = response["headers"]["Retry-After"]
+                            .as_str()
+                            .and_then(|v| errors::parse_retry_after(v, SystemTime::now()))
+                            .unwrap_or_else(|| backoff(round, BACKOFF_BASE, BACKOFF_CAP));
+                        longest = longest.max(wait);
+                        retry.push(index);
+                        if status == 429 {
+                            self.limits.tenant(&connection.tenant_id).throttled();
+                        }
+                    } else {
+                        results[index] = Some((status, response["body"].clone()));
+                    }
+                }
+                // Items the answer did not mention are retried too.
+                for &index in &pending {
+                    if results[index].is_none() && !retry.contains(&index) {
+                        retry.push(index);
+                    }
+                }
+                if retry.is_empty() {
+                    break;
+                }
+                if round > self.max_retries {
+                    for index in retry {
+                        results[index].get_or_insert((429, Value::Null));
+                    }
+                    break;
+                }
+                metrics::counter!(names::GRAPH_RETRIES, "family" => "batch").increment(1);
+                tokio::time::sleep(longest).await;
+                pending = retry;
+            }
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.unwrap_or((0, Value::Null)))
+            .collect())
+    }
+}

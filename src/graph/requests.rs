@@ -1,0 +1,167 @@
+//! Typed requests for the Graph endpoints tenantd uses. Feature code calls these, never
+//! building URLs itself; each names its endpoint family (metrics) and mailbox (Outlook limits).
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use super::{GraphClient, GraphError, GraphRequest};
+use crate::connections::Connection;
+
+fn segment(value: &str) -> String {
+    url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}
+
+impl GraphClient {
+    /// `GET /users/{id or UPN}`.
+    ///
+    /// # Errors
+    /// [`GraphError`].
+    pub async fn get_user(&self, connection: &Connection, user: &str) -> Result<Value, GraphError> {
+        self.send(
+            connection,
+            &GraphRequest::new(Method::GET, format!("/users/{}", segment(user)), "users"),
+        )
+        .await
+    }
+
+    /// The user with this userPrincipalName, if any (`$filter`).
+    ///
+    /// # Errors
+    /// [`GraphError`].
+    pub async fn find_user_by_upn(
+        &self,
+        connection: &Connection,
+        upn: &str,
+    ) -> Result<Option<Value>, GraphError> {
+        let filter = format!("userPrincipalName eq '{}'", upn.replace('\'', "''"));
+        let page = self
+            .send(
+                connection,
+                &GraphRequest::new(Method::GET, "/users", "users").query("$filter", filter),
+            )
+            .await?;
+        Ok(page["value"]
+            .as_array()
+            .and_then(|users| users.first().cloned()))
+    }
+
+    /// Every user, following pages (`$top`, `@odata.nextLink`).
+    ///
+    /// # Errors
+    /// [`GraphError`].
+    pub async fn list_users(
+        &self,
+        connection: &Connection,
+        page_size: u32,
+    ) -> Result<Vec<Value>, GraphError> {
+        self.collect(
+            connection,
+            &GraphRequest::new(Method::GET, "/users", "users").query("$top", page_size.to_string()),
+            1000,
+        )
+        .await
+    }
+
+    /// `POST /users`.
+    ///
+    /// # Errors
+    /// [`GraphError`].
+    pub async fn create_user(
+        &self,
+        connection: &Connection,
+        user: &Value,
+    ) -> Result<Value, GraphError> {
+        self.send(
+            connection,
+            &GraphRequest::new(Method::POST, "/users", "users").json(user.clone()),
+        )
+        .await
+    }
+
+    /// `GET /subscribedSkus`.
+    ///
+    /// # Errors
+    /// [`GraphError`].
+    pub async fn subscribed_skus(&self, connection: &Connection) -> Result<Vec<Value>, GraphError> {
+        let page = self
+            .send(
+                connection,
+                &GraphRequest::new(Method::GET, "/subscribedSkus", "licenses"),
+            )
+            .await?;
+        Ok(page["value"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// `POST /users/{id}/assignLicense` with one SKU.
+    ///
+    /// # Errors
+    /// [`GraphError`].
+    pub async fn assign_license(
+        &self,
+        connection: &Connection,
+        user: &str,
+        sku_id: &str,
+    ) -> Result<Value, GraphError> {
+        let body =
+            json!({"addLicenses": [{"disabledPlans": [], "skuId": sku_id}], "removeLicenses": []});
+        self.send(
+            connection,
+            &GraphRequest::new(
+                Method::POST,
+                format!("/users/{}/assignLicense", segment(user)),
+                "licenses",
+            )
+            .json(body),
+        )
+        .await
+    }
+
+    /// `POST /users/{id}/sendMail`.
+    ///
+    /// # Errors
+    /// [`GraphError`].
+    pub async fn send_mail(
+        &self,
+        connection: &Connection,
+        mailbox: &str,
+        message: &Value,
+        save_to_sent_items: bool,
+    ) -> Result<(), GraphError> {
+        let body = json!({"message": message, "saveToSentItems": save_to_sent_items});
+        self.send(
+            connection,
+            &GraphRequest::new(
+                Method::POST,
+                format!("/users/{}/sendMail", segment(mailbox)),
+                "mail",
+            )
+            .mailbox(mailbox)
+            .json(body),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// `GET /users/{id}/messages` (first page).
+    ///
+    /// # Errors
+    /// [`GraphError`].
+    pub async fn list_messages(
+        &self,
+        connection: &Connection,
+        mailbox: &str,
+    ) -> Result<Vec<Value>, GraphError> {
+        let page = self
+            .send(
+                connection,
+                &GraphRequest::new(
+                    Method::GET,
+                    format!("/users/{}/messages", segment(mailbox)),
+                    "mail",
+                )
+                .mailbox(mailbox),
+            )
+            .await?;
+        Ok(page["value"].as_array().cloned().unwrap_or_default())
+    }
+}

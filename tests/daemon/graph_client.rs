@@ -1,0 +1,328 @@
+//! The Graph client against the emulator: typed requests and paging, Retry-After within the
+//! budget, hand-back past it, mailbox concurrency, `$batch` with throttled items, transient
+//! faults. On both databases (tokens come from the vault).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use graph_emulator::throttle::{Budgets, Faults};
+use graph_emulator::world::{AppSeed, TenantSeed, UserSeed};
+use graph_emulator::Emulator;
+use reqwest::Method;
+use tenantd::audit::Actor;
+use tenantd::config::GraphConfig;
+use tenantd::connections::{self, Connection, NewAppConnection};
+use tenantd::graph::{GraphClient, GraphError, GraphRequest};
+use tenantd::identity::IdentityClient;
+use tenantd::jobs::JobError;
+use tenantd::tokens::TokenService;
+use tenantd::vault::Keyring;
+
+use crate::helpers::TestDb;
+use crate::on_both_backends;
+
+const TENANT: &str = "84bd8158-6d4d-4958-8b9f-9d6445542f95";
+
+struct Env {
+    emulator: Emulator,
+    connection: Connection,
+    tokens: Arc<TokenService>,
+}
+
+async fn env(db: &TestDb, users: usize) -> Env {
+    let emulator = Emulator::start_local().await.unwrap();
+    let now = graph_emulator::clock::now();
+    let (client_id, secret) = {
+        let mut world = emulator.shared().world();
+        world
+            .seed_tenant(TenantSeed {
+                id: Some(TENANT.into()),
+                domain: "contoso.onmicrosoft.com".into(),
+                display_name: None,
+                skus: None,
+            })
+            .unwrap();
+        for n in 0..users {
+            let license = (n == 0).then(|| "ENTERPRISEPACK".to_string());
+            world
+                .seed_user(
+                    TENANT,
+                    UserSeed {
+                        user_principal_name: format!("user{n}@contoso.onmicrosoft.com"),
+                        display_name: None,
+                        usage_location: Some("DE".into()),
+                        license,
+                    },
+                    now,
+                    time::Duration::ZERO,
+                )
+                .unwrap();
+        }
+        let (client_id, secret) = world
+            .seed_app(
+                TENANT,
+                AppSeed {
+                    client_id: None,
+                    client_secret: None,
+                    public_client: false,
+                    display_name: None,
+                    redirect_uris: vec![],
+                    application_permissions: vec![
+                        "User.ReadWrite.All".into(),
+                        "Organization.Read.All".into(),
+                        "Mail.ReadWrite".into(),
+                        "Mail.Send".into(),
+                    ],
+                    delegated_permissions: vec![],
+                    admin_consented: true,
+                },
+                now,
+            )
+            .unwrap();
+        (client_id, secret.unwrap())
+    };
+    let store = db.store().await;
+    store.migrate().await.unwrap();
+    let keys = Arc::new(Keyring::parse(Path::new("k"), &Keyring::new_key_line("k1")).unwrap());
+    let authority = emulator.base_url();
+    let connection = connections::add_app(
+        &store,
+        &keys,
+        NewAppConnection {
+            tenant_id: TENANT,
+            client_id: &client_id,
+            client_secret: &secret,
+            label: None,
+            make_default: true,
+            authority: &authority,
+        },
+        Actor::Cli,
+    )
+    .await
+    .unwrap();
+    let tokens = Arc::new(TokenService::new(
+        store,
+        keys,
+        IdentityClient::new(url::Url::parse(&authority).unwrap()),
+    ));
+    Env {
+        emulator,
+        connection,
+        tokens,
+    }
+}
+
+impl Env {
+    fn client(&self, tweak: impl FnOnce(&mut GraphConfig)) -> GraphClient {
+        let mut config = GraphConfig {
+            base_url: url::Url::parse(&self.emulator.graph_url()).unwrap(),
+            ..GraphConfig::default()
+        };
+        tweak(&mut config);
+        GraphClient::new(&config, self.tokens.clone())
+    }
+
+    fn counter(&self, name: &str) -> u64 {
+        self.emulator
+            .shared()
+            .counters()
+            .get(name)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+async fn typed_requests_page_through_collections(db: TestDb) {
+    let env = env(&db, 25).await;
+    let client = env.client(|_| {});
+    let users = client.list_users(&env.connection, 10).await.unwrap();
+    assert_eq!(users.len(), 25, "three pages followed");
+    let found = client
+        .find_user_by_upn(&env.connection, "user7@contoso.onmicrosoft.com")
+        .await
+        .unwrap()
+        .expect("found");
+    assert_eq!(found["userPrincipalName"], "user7@contoso.onmicrosoft.com");
+    assert!(client
+        .find_user_by_upn(&env.connection, "nobody@contoso.onmicrosoft.com")
+        .await
+        .unwrap()
+        .is_none());
+    let missing = client
+        .get_user(&env.connection, "nobody@contoso.onmicrosoft.com")
+        .await
+        .unwrap_err();
+    assert_eq!(missing.reason_code(), "not_found");
+    assert!(matches!(
+        missing.into_job_error(),
+        JobError::Permanent { .. }
+    ));
+    let skus = client.subscribed_skus(&env.connection).await.unwrap();
+    assert_eq!(skus[0]["skuPartNumber"], "ENTERPRISEPACK");
+    client.send_mail(&env.connection, "user0@contoso.onmicrosoft.com", &serde_json::json!({"subject": "hi", "toRecipients": [{"emailAddress": {"address": "user0@contoso.onmicrosoft.com"}}]}), true).await.unwrap();
+    assert_eq!(
+        client
+            .list_messages(&env.connection, "user0@contoso.onmicrosoft.com")
+            .await
+            .unwrap()
+            .len(),
+        2,
+        "inbox and sent items"
+    );
+}
+
+async fn retry_after_is_honoured_inside_the_budget(db: TestDb) {
+    let env = env(&db, 1).await;
+    env.emulator.shared().throttle.set_budgets(Budgets {
+        requests_per_window: 2,
+        window_seconds: 1,
+        mailbox_concurrency: 4,
+    });
+    let client = env.client(|_| {});
+    let started = Instant::now();
+    for _ in 0..5 {
+        client
+            .get_user(&env.connection, "user0@contoso.onmicrosoft.com")
+            .await
+            .unwrap();
+    }
+    assert!(env.counter("throttled") >= 1, "the emulator throttled");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "the client waited for Retry-After"
+    );
+    assert!(
+        client.limits().tenant(TENANT).rate() < 20.0,
+        "the tenant's rate came down after the 429"
+    );
+}
+
+async fn past_the_budget_the_wait_goes_back_to_the_queue(db: TestDb) {
+    let env = env(&db, 1).await;
+    env.emulator.shared().throttle.set_budgets(Budgets {
+        requests_per_window: 1,
+        window_seconds: 60,
+        mailbox_concurrency: 4,
+    });
+    let client = env.client(|config| config.retry_budget_seconds = 5);
+    client
+        .get_user(&env.connection, "user0@contoso.onmicrosoft.com")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let err = client
+        .get_user(&env.connection, "user0@contoso.onmicrosoft.com")
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "no worker sleeps on a long wait"
+    );
+    let GraphError::Throttled { retry_after, .. } = &err else {
+        panic!("{err:?}")
+    };
+    assert!(*retry_after > Duration::from_secs(50), "{retry_after:?}");
+    match err.into_job_error() {
+        JobError::Retry { reason, after, .. } => {
+            assert_eq!(reason, "throttled");
+            assert!(after.unwrap() > Duration::from_secs(50));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn a_mailbox_never_sees_more_than_four_requests_at_once(db: TestDb) {
+    let env = env(&db, 1).await;
+    env.emulator.shared().throttle.set_faults(Faults {
+        latency_ms: 300,
+        ..Faults::default()
+    });
+    let client = Arc::new(env.client(|_| {}));
+    let calls = (0..8).map(|_| {
+        let (client, connection) = (client.clone(), env.connection.clone());
+        tokio::spawn(async move {
+            client
+                .list_messages(&connection, "user0@contoso.onmicrosoft.com")
+                .await
+        })
+    });
+    for call in calls.collect::<Vec<_>>() {
+        call.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        env.counter("throttled"),
+        0,
+        "the client kept within Outlook's 4 concurrent requests"
+    );
+}
+
+async fn batches_retry_their_throttled_items(db: TestDb) {
+    let env = env(&db, 3).await;
+    env.emulator.shared().throttle.set_budgets(Budgets {
+        requests_per_window: 10,
+        window_seconds: 1,
+        mailbox_concurrency: 4,
+    });
+    let client = env.client(|_| {});
+    let requests: Vec<GraphRequest> = (0..25)
+        .map(|n| {
+            GraphRequest::new(
+                Method::GET,
+                format!("/users/user{}@contoso.onmicrosoft.com", n % 3),
+                "users",
+            )
+        })
+        .collect();
+    let results = client.batch(&env.connection, &requests).await.unwrap();
+    assert_eq!(results.len(), 25);
+    assert!(
+        results
+            .iter()
+            .all(|(status, body)| *status == 200 && body["id"].is_string()),
+        "{results:?}"
+    );
+    assert!(
+        env.counter("throttled") >= 1,
+        "some items were throttled and retried"
+    );
+}
+
+async fn transient_failures_are_retried_then_reported(db: TestDb) {
+    let env = env(&db, 1).await;
+    let client = env.client(|config| config.max_retries = 2);
+    env.emulator.shared().throttle.set_faults(Faults {
+        error_rate: 1.0,
+        error_statuses: vec![503],
+        ..Faults::default()
+    });
+    let err = client
+        .get_user(&env.connection, "user0@contoso.onmicrosoft.com")
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason_code(), "transient");
+    assert!(matches!(err.into_job_error(), JobError::Retry { .. }));
+    assert_eq!(env.counter("faults_errors"), 3, "one try and two retries");
+    env.emulator.shared().throttle.set_faults(Faults {
+        seed: 9,
+        error_rate: 0.5,
+        error_statuses: vec![500, 503, 504],
+        ..Faults::default()
+    });
+    let client = env.client(|config| config.max_retries = 8);
+    for _ in 0..5 {
+        client
+            .get_user(&env.connection, "user0@contoso.onmicrosoft.com")
+            .await
+            .unwrap();
+    }
+}
+
+on_both_backends!(
+    typed_requests_page_through_collections,
+    retry_after_is_honoured_inside_the_budget,
+    past_the_budget_the_wait_goes_back_to_the_queue,
+    a_mailbox_never_sees_more_than_four_requests_at_once,
+    batches_retry_their_throttled_items,
+    transient_failures_are_retried_then_reported,
+);
