@@ -249,7 +249,11 @@ impl Application {
             failed_tx,
         ));
         work.spawn(metrics_upkeep(metrics, tasks.clone(), work_stop.clone()));
-        work.spawn(token_sweep(tokens, tasks.clone(), work_stop.clone()));
+        work.spawn(token_sweep(
+            tokens.clone(),
+            tasks.clone(),
+            work_stop.clone(),
+        ));
         let queue = Queue::new(store.clone());
         work.spawn(queue_upkeep(
             queue.clone(),
@@ -265,6 +269,7 @@ impl Application {
                 context: JobContext {
                     store: store.clone(),
                     queue,
+                    tokens: tokens.clone(),
                 },
                 owner: instance.id().to_string(),
                 concurrency: usize::try_from(config.queue.workers).unwrap_or(1),

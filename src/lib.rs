@@ -23,6 +23,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod oauth;
 pub mod queue;
+pub mod runs;
 pub mod secret;
 pub mod store;
 pub mod systemd;

@@ -5,6 +5,7 @@
 //! Owns no tables. Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
 
 mod queue;
+mod runs;
 mod tenant;
 
 use std::path::PathBuf;
@@ -78,6 +79,9 @@ enum Command {
     /// Inspect the work queue; retry or cancel single jobs
     #[command(subcommand)]
     Queue(queue::QueueCommand),
+    /// Start operations as operation runs and list them
+    #[command(subcommand)]
+    Runs(runs::RunsCommand),
     /// Apply pending database migrations and exit (`run` also applies them at start).
     Migrate,
     /// Validate the configuration and print the effective values, secrets redacted.
@@ -157,6 +161,10 @@ pub fn main() -> i32 {
         Command::Queue(command) => {
             print_warnings(&loaded);
             runtime.block_on(queue::run(&loaded.config, command))
+        }
+        Command::Runs(command) => {
+            print_warnings(&loaded);
+            runtime.block_on(runs::run(&loaded.config, command))
         }
         Command::Migrate => {
             print_warnings(&loaded);

@@ -25,8 +25,16 @@ pub struct Limits {
 
 /// A tenant's adaptive rate.
 pub struct TenantRate {
-    state: Mutex<(f64, Arc<DefaultDirectRateLimiter>)>,
+    state: Mutex<RateState>,
     max: f64,
+}
+
+struct RateState {
+    /// The rate AIMD arrived at.
+    rate: f64,
+    /// The rate the limiter was built for (rebuilt only on a real change).
+    built_for: f64,
+    limiter: Arc<DefaultDirectRateLimiter>,
 }
 
 fn limiter(rate: f64) -> Arc<DefaultDirectRateLimiter> {
@@ -42,22 +50,29 @@ fn limiter(rate: f64) -> Arc<DefaultDirectRateLimiter> {
 impl TenantRate {
     fn new(max: f64) -> Self {
         Self {
-            state: Mutex::new((max, limiter(max))),
+            state: Mutex::new(RateState {
+                rate: max,
+                built_for: max,
+                limiter: limiter(max),
+            }),
             max,
         }
     }
 
     /// The current rate in requests per second.
     pub fn rate(&self) -> f64 {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).0
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).rate
     }
 
     fn set(&self, rate: f64) {
         let rate = rate.clamp(1.0, self.max);
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.rate = rate;
         // Rebuilding the limiter forgets its burst; only do it for a real change.
-        if (rate - state.0).abs() / state.0 >= 0.05 || (rate == self.max && state.0 != self.max) {
-            *state = (rate, limiter(rate));
+        let drift = (rate - state.built_for).abs() / state.built_for;
+        if drift >= 0.05 || (rate == self.max && state.built_for != self.max) {
+            state.built_for = rate;
+            state.limiter = limiter(rate);
         }
     }
 
@@ -66,7 +81,7 @@ impl TenantRate {
         self.set(self.rate() / 2.0);
     }
 
-    /// Additive increase after a success: about one request per second more per second of
+    /// Additive increase after a success: about two requests per second more per second of
     /// successes at the current rate.
     pub fn succeeded(&self) {
         let rate = self.rate();
@@ -80,7 +95,7 @@ impl TenantRate {
             .state
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .1
+            .limiter
             .clone();
         limiter.until_ready().await;
     }

@@ -5,6 +5,7 @@
 //! once released (rows outlive deployments); a payload deserializes into its kind's type or the
 //! job fails permanently with `job_payload_invalid` instead of looping.
 
+pub mod connection_check;
 pub mod noop;
 pub mod prune_jobs;
 
@@ -50,6 +51,8 @@ pub struct JobContext {
     pub store: Store,
     /// The queue, to enqueue follow-up work.
     pub queue: Queue,
+    /// Access tokens for connections.
+    pub tokens: std::sync::Arc<crate::tokens::TokenService>,
 }
 
 /// A kind of background work.
@@ -121,6 +124,7 @@ impl Registry {
     /// The one registration list of every job kind.
     pub fn standard() -> Self {
         let mut registry = Self::default();
+        registry.register::<connection_check::ConnectionCheck>();
         registry.register::<noop::Noop>();
         registry.register::<prune_jobs::PruneJobs>();
         registry

@@ -8,3 +8,4 @@ mod graph_client;
 mod listeners;
 mod process;
 mod queue;
+mod runs;

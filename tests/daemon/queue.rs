@@ -325,12 +325,28 @@ mod workers {
         registry.register::<Throttled>();
         registry.register::<Broken>();
         registry.register::<Sleepy>();
+        let keys = Arc::new(
+            tenantd::vault::Keyring::parse(
+                std::path::Path::new("k"),
+                &tenantd::vault::Keyring::new_key_line("k1"),
+            )
+            .unwrap(),
+        );
+        // No job here asks for tokens; the authority is never reached.
+        let identity =
+            tenantd::identity::IdentityClient::new(url::Url::parse("http://127.0.0.1:9").unwrap());
+        let tokens = Arc::new(tenantd::tokens::TokenService::new(
+            store.clone(),
+            keys,
+            identity,
+        ));
         let pool = WorkerPool {
             queue: queue.clone(),
             registry: Arc::new(registry),
             context: JobContext {
                 store,
                 queue: queue.clone(),
+                tokens,
             },
             owner: "test-worker".into(),
             concurrency: 4,

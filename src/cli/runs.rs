@@ -1,0 +1,131 @@
+//! `tenantd runs ...`: start operator operations as operation runs and list them.
+
+use clap::Subcommand;
+
+use super::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
+use crate::config::Config;
+use crate::connections::canonical_tenant;
+use crate::jobs::connection_check::ConnectionCheck;
+use crate::jobs::Job;
+use crate::queue::{NewJob, Queue};
+use crate::runs::{self, Started};
+use crate::store::Store;
+
+/// `tenantd runs ...`
+#[derive(Debug, Subcommand)]
+pub(crate) enum RunsCommand {
+    /// The most recent operation runs
+    List {
+        /// At most this many
+        #[arg(long, default_value_t = 50, value_name = "N")]
+        limit: u32,
+        /// JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a tenant's connections (a Graph token for each), as an operation run
+    ConnectionCheck {
+        /// Entra tenant ID (GUID)
+        #[arg(long, value_name = "GUID")]
+        tenant: String,
+    },
+}
+
+/// Runs one `runs` command and returns the exit code.
+pub(crate) async fn run(config: &Config, command: &RunsCommand) -> i32 {
+    let store = match Store::connect(&config.database).await {
+        Ok(store) => store,
+        Err(err) => {
+            eprintln!("tenantd: {err}");
+            return EXIT_FAILURE;
+        }
+    };
+    if let Err(err) = store.migrate().await {
+        eprintln!("tenantd: {err}");
+        return EXIT_FAILURE;
+    }
+    let code = match command {
+        RunsCommand::List { limit, json } => match runs::list(&store, *limit).await {
+            Ok(list) if *json => {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).expect("runs serialize")
+                );
+                EXIT_OK
+            }
+            Ok(list) => {
+                for run in list {
+                    println!(
+                        "{}  {:<18} {:<36} {:<9} {}",
+                        run.id,
+                        run.kind,
+                        run.tenant_id,
+                        run.state,
+                        run.reason.as_deref().unwrap_or("-")
+                    );
+                }
+                EXIT_OK
+            }
+            Err(err) => {
+                eprintln!("tenantd: {err}");
+                EXIT_FAILURE
+            }
+        },
+        RunsCommand::ConnectionCheck { tenant } => {
+            let tenant = match canonical_tenant(tenant) {
+                Ok(tenant) => tenant,
+                Err(err) => {
+                    eprintln!("tenantd: {err}");
+                    return EXIT_USAGE;
+                }
+            };
+            let job = ConnectionCheck {
+                tenant_id: tenant.clone(),
+                run_id: None,
+            };
+            let new = NewJob {
+                kind: ConnectionCheck::KIND.into(),
+                payload: serde_json::to_value(&job).expect("serializes"),
+                tenant_id: tenant.clone(),
+                dedupe_key: None,
+                priority: 10,
+                run_at: None,
+                max_attempts: ConnectionCheck::MAX_ATTEMPTS,
+            };
+            match runs::start(
+                &store,
+                &Queue::new(store.clone()),
+                ConnectionCheck::KIND,
+                &tenant,
+                new,
+            )
+            .await
+            {
+                Ok(Started::New(run)) => {
+                    println!(
+                        "started run {} ({}); the daemon's workers run it",
+                        run.id, run.kind
+                    );
+                    EXIT_OK
+                }
+                Ok(Started::Existing(run)) => {
+                    println!(
+                        "run {} ({}) is already active for this tenant",
+                        run.id, run.kind
+                    );
+                    EXIT_OK
+                }
+                Ok(Started::ScopeBusy(run)) => {
+                    eprintln!("tenantd: scope busy: run {} ({}) is active for tenant {}; wait for it to finish", run.id, run.kind, run.tenant_id);
+                    EXIT_USAGE
+                }
+                Err(err) => {
+                    eprintln!("tenantd: {err}");
+                    EXIT_FAILURE
+                }
+            }
+        }
+    };
+    store.close().await;
+    code
+}

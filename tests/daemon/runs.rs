@@ -1,0 +1,291 @@
+//! Operation runs on both databases: same-type dedupe, scope busy, the connection check run by
+//! the workers, and the `runs` commands.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use graph_emulator::world::{AppSeed, FailureRule, IdentityFailure, TenantSeed};
+use graph_emulator::Emulator;
+use serde_json::json;
+use tenantd::audit::Actor;
+use tenantd::connections::{self, NewAppConnection};
+use tenantd::identity::IdentityClient;
+use tenantd::jobs::{JobContext, Registry};
+use tenantd::queue::{NewJob, Queue};
+use tenantd::runs::{self, Started};
+use tenantd::store::Store;
+use tenantd::tokens::TokenService;
+use tenantd::vault::Keyring;
+use tenantd::worker::WorkerPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{tenantd_command, TestDb};
+use crate::on_both_backends;
+
+const TENANT: &str = "84bd8158-6d4d-4958-8b9f-9d6445542f95";
+
+fn job(kind: &str) -> NewJob {
+    NewJob {
+        kind: kind.into(),
+        payload: json!({"tenant_id": TENANT}),
+        tenant_id: TENANT.into(),
+        dedupe_key: None,
+        priority: 0,
+        run_at: None,
+        max_attempts: 3,
+    }
+}
+
+async fn store(db: &TestDb) -> Store {
+    let store = db.store().await;
+    store.migrate().await.unwrap();
+    store
+}
+
+async fn the_same_type_is_deduplicated_and_another_type_finds_the_scope_busy(db: TestDb) {
+    let store = store(&db).await;
+    let queue = Queue::new(store.clone());
+    let Started::New(first) = runs::start(
+        &store,
+        &queue,
+        "connection_check",
+        TENANT,
+        job("connection_check"),
+    )
+    .await
+    .unwrap() else {
+        panic!("new")
+    };
+    assert_eq!(first.state, "queued");
+    assert!(first.job_id.is_some());
+    assert_eq!(
+        runs::start(
+            &store,
+            &queue,
+            "connection_check",
+            TENANT,
+            job("connection_check")
+        )
+        .await
+        .unwrap(),
+        Started::Existing(first.clone())
+    );
+    let busy = runs::start(&store, &queue, "inventory_sync", TENANT, job("noop"))
+        .await
+        .unwrap();
+    assert_eq!(
+        busy,
+        Started::ScopeBusy(first.clone()),
+        "the active run is named"
+    );
+    assert!(
+        matches!(
+            runs::start(
+                &store,
+                &queue,
+                "inventory_sync",
+                "11111111-2222-3333-4444-555555555555",
+                job("noop")
+            )
+            .await
+            .unwrap(),
+            Started::New(_)
+        ),
+        "scopes are independent"
+    );
+    assert_eq!(
+        queue.stats().await.unwrap(),
+        vec![("available".to_string(), 2)],
+        "one job per new run, none for dedupes"
+    );
+    runs::finish(&store, &first.id, true, "ok", "done")
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            runs::start(&store, &queue, "inventory_sync", TENANT, job("noop"))
+                .await
+                .unwrap(),
+            Started::New(_)
+        ),
+        "free again once finished"
+    );
+}
+
+async fn the_connection_check_runs_on_the_workers_and_records_its_outcome(db: TestDb) {
+    let emulator = Emulator::start_local().await.unwrap();
+    let now = graph_emulator::clock::now();
+    let (client_id, secret) = {
+        let mut world = emulator.shared().world();
+        world
+            .seed_tenant(TenantSeed {
+                id: Some(TENANT.into()),
+                domain: "contoso.onmicrosoft.com".into(),
+                display_name: None,
+                skus: None,
+            })
+            .unwrap();
+        let (id, secret) = world
+            .seed_app(
+                TENANT,
+                AppSeed {
+                    client_id: None,
+                    client_secret: None,
+                    public_client: false,
+                    display_name: None,
+                    redirect_uris: vec![],
+                    application_permissions: vec!["User.Read.All".into()],
+                    delegated_permissions: vec![],
+                    admin_consented: true,
+                },
+                now,
+            )
+            .unwrap();
+        (id, secret.unwrap())
+    };
+    let store = store(&db).await;
+    let keys = Arc::new(Keyring::parse(Path::new("k"), &Keyring::new_key_line("k1")).unwrap());
+    let authority = emulator.base_url();
+    connections::add_app(
+        &store,
+        &keys,
+        NewAppConnection {
+            tenant_id: TENANT,
+            client_id: &client_id,
+            client_secret: &secret,
+            label: None,
+            make_default: true,
+            authority: &authority,
+        },
+        Actor::Cli,
+    )
+    .await
+    .unwrap();
+    let queue = Queue::new(store.clone());
+    let tokens = Arc::new(TokenService::new(
+        store.clone(),
+        keys,
+        IdentityClient::new(url::Url::parse(&authority).unwrap()),
+    ));
+    let pool = WorkerPool {
+        queue: queue.clone(),
+        registry: Arc::new(Registry::standard()),
+        context: JobContext {
+            store: store.clone(),
+            queue: queue.clone(),
+            tokens,
+        },
+        owner: "w".into(),
+        concurrency: 2,
+        lease: Duration::from_secs(30),
+        poll: Duration::from_millis(20),
+        grace: Duration::from_secs(2),
+    };
+    let stop = CancellationToken::new();
+    let health = tenantd::health::TaskHealth::default();
+    let running = tokio::spawn(pool.run(
+        stop.clone(),
+        health.register("workers", Duration::from_secs(60)),
+    ));
+    let check = |store: Store, queue: Queue| async move {
+        let payload = json!({"tenant_id": TENANT});
+        let new = NewJob {
+            kind: "connection_check".into(),
+            payload,
+            tenant_id: TENANT.into(),
+            dedupe_key: None,
+            priority: 0,
+            run_at: None,
+            max_attempts: 3,
+        };
+        let Started::New(run) = runs::start(&store, &queue, "connection_check", TENANT, new)
+            .await
+            .unwrap()
+        else {
+            panic!("new run")
+        };
+        for _ in 0..250 {
+            let current = runs::get(&store, &run.id).await.unwrap().unwrap();
+            if current.finished_at.is_some() {
+                return current;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the run did not finish");
+    };
+    let done = check(store.clone(), queue.clone()).await;
+    assert_eq!(
+        (done.state.as_str(), done.reason.as_deref()),
+        ("succeeded", Some("ok")),
+        "{done:?}"
+    );
+    assert!(done.started_at.is_some());
+    emulator.shared().world().failures.push(FailureRule {
+        tenant: None,
+        client_id: None,
+        user: None,
+        failure: IdentityFailure::ConsentRequired,
+    });
+    store_clear_tokens(&db).await;
+    let failed = check(store.clone(), queue.clone()).await;
+    assert_eq!(
+        (failed.state.as_str(), failed.reason.as_deref()),
+        ("failed", Some("consent_required")),
+        "{failed:?}"
+    );
+    stop.cancel();
+    running.await.unwrap();
+}
+
+async fn store_clear_tokens(db: &TestDb) {
+    db.execute("DELETE FROM connection_tokens").await;
+}
+
+async fn the_runs_commands_start_and_list(db: TestDb) {
+    let run = |args: &[&str]| {
+        let output = tenantd_command()
+            .args(["--database-url", db.url(), "runs"])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).to_string()
+                + &String::from_utf8_lossy(&output.stderr),
+        )
+    };
+    let (code, text) = run(&["connection-check", "--tenant", TENANT]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("started run"), "{text}");
+    let (code, text) = run(&["connection-check", "--tenant", TENANT]);
+    assert_eq!(code, Some(0));
+    assert!(text.contains("already active"), "{text}");
+    assert_eq!(
+        run(&["connection-check", "--tenant", "contoso.onmicrosoft.com"]).0,
+        Some(2)
+    );
+    let store = store(&db).await;
+    let busy = runs::start(
+        &store,
+        &Queue::new(store.clone()),
+        "inventory_sync",
+        TENANT,
+        job("noop"),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(busy, Started::ScopeBusy(_)));
+    let (code, text) = run(&["list", "--json"]);
+    assert_eq!(code, Some(0), "{text}");
+    let listed: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert_eq!(listed[0]["kind"], "connection_check");
+    assert_eq!(listed[0]["state"], "queued");
+}
+
+on_both_backends!(
+    the_same_type_is_deduplicated_and_another_type_finds_the_scope_busy,
+    the_connection_check_runs_on_the_workers_and_records_its_outcome,
+    the_runs_commands_start_and_list,
+);
