@@ -26,6 +26,7 @@ use crate::identity::IdentityClient;
 use crate::instance::{self, Instance};
 use crate::jobs::{JobContext, Registry};
 use crate::queue::Queue;
+use crate::scheduler::Scheduler;
 use crate::store::{Store, StoreError};
 use crate::systemd::Notifier;
 use crate::tokens::TokenService;
@@ -249,18 +250,18 @@ impl Application {
             failed_tx,
         ));
         work.spawn(metrics_upkeep(metrics, tasks.clone(), work_stop.clone()));
-        work.spawn(token_sweep(
-            tokens.clone(),
-            tasks.clone(),
-            work_stop.clone(),
-        ));
         let queue = Queue::new(store.clone());
         work.spawn(queue_upkeep(
             queue.clone(),
-            config.queue.retention_hours,
             tasks.clone(),
             work_stop.clone(),
         ));
+        let scheduler = Scheduler::new(
+            store.clone(),
+            queue.clone(),
+            crate::scheduler::builtin(config.queue.retention_hours),
+        );
+        work.spawn(run_scheduler(scheduler, tasks.clone(), work_stop.clone()));
         if config.queue.workers > 0 {
             let poll = Duration::from_millis(config.queue.poll_interval_ms.max(10));
             let pool = WorkerPool {
@@ -417,19 +418,10 @@ async fn instance_heartbeat(instance: Instance, tasks: TaskHealth, stop: Cancell
 
 /// How often the reaper looks for expired leases.
 const REAP_INTERVAL: Duration = Duration::from_secs(15);
-/// How often finished jobs are pruned.
-const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
-
-/// Rescues jobs whose lease expired, enqueues pruning hourly, and updates the queue gauges.
-async fn queue_upkeep(
-    queue: Queue,
-    retention_hours: u64,
-    tasks: TaskHealth,
-    stop: CancellationToken,
-) {
+/// Rescues jobs whose lease expired and updates the queue gauges.
+async fn queue_upkeep(queue: Queue, tasks: TaskHealth, stop: CancellationToken) {
     let heartbeat = tasks.register("queue_upkeep", REAP_INTERVAL * 3);
     let mut ticker = tokio::time::interval(REAP_INTERVAL);
-    let mut last_prune: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             () = stop.cancelled() => break,
@@ -438,12 +430,6 @@ async fn queue_upkeep(
                     Ok(reaped) if reaped.rescued + reaped.dead > 0 => tracing::warn!(rescued = reaped.rescued, dead = reaped.dead, "expired job leases reaped"),
                     Ok(_) => {}
                     Err(err) => tracing::warn!(error = %err, reason = err.reason_code(), "reaping expired leases failed"),
-                }
-                if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_INTERVAL) {
-                    if let Err(err) = crate::jobs::enqueue(&queue, &crate::jobs::prune_jobs::PruneJobs { retention_hours }).await {
-                        tracing::warn!(error = %err, "could not enqueue pruning");
-                    }
-                    last_prune = Some(tokio::time::Instant::now());
                 }
                 if let Ok(stats) = queue.stats().await {
                     for state in ["available", "running", "succeeded", "failed", "dead", "cancelled"] {
@@ -458,22 +444,22 @@ async fn queue_upkeep(
     }
 }
 
-/// Renews delegated tokens before they lapse and updates the connection gauges.
-async fn token_sweep(tokens: Arc<TokenService>, tasks: TaskHealth, stop: CancellationToken) {
-    let interval = crate::tokens::SWEEP_INTERVAL;
-    let heartbeat = tasks.register("token_sweep", interval * 3);
-    let mut ticker = tokio::time::interval(interval);
+/// Enqueues scheduled jobs when their time comes (token sweep, pruning, ...).
+async fn run_scheduler(scheduler: Scheduler, tasks: TaskHealth, stop: CancellationToken) {
+    const MAX_SLEEP: Duration = Duration::from_secs(30);
+    let heartbeat = tasks.register("scheduler", MAX_SLEEP * 3);
     loop {
+        let now = chrono::Utc::now();
+        match scheduler.tick(now).await {
+            Ok(0) => {}
+            Ok(enqueued) => tracing::debug!(enqueued, "scheduled jobs enqueued"),
+            Err(err) => tracing::warn!(error = %err, "scheduler tick failed"),
+        }
+        heartbeat.beat();
+        let wait = scheduler.sleep_until_next(chrono::Utc::now(), MAX_SLEEP);
         tokio::select! {
             () = stop.cancelled() => break,
-            _ = ticker.tick() => {
-                match tokens.sweep().await {
-                    Ok(report) if report.renewed + report.failed > 0 => tracing::info!(renewed = report.renewed, failed = report.failed, "token sweep"),
-                    Ok(_) => {}
-                    Err(err) => tracing::warn!(error = %err, reason = err.reason_code(), "token sweep failed"),
-                }
-                heartbeat.beat();
-            }
+            () = tokio::time::sleep(wait.max(Duration::from_millis(50))) => {}
         }
     }
 }

@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod oauth;
 pub mod queue;
 pub mod runs;
+pub mod scheduler;
 pub mod secret;
 pub mod store;
 pub mod systemd;

@@ -8,6 +8,7 @@
 pub mod connection_check;
 pub mod noop;
 pub mod prune_jobs;
+pub mod token_sweep;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -127,6 +128,7 @@ impl Registry {
         registry.register::<connection_check::ConnectionCheck>();
         registry.register::<noop::Noop>();
         registry.register::<prune_jobs::PruneJobs>();
+        registry.register::<token_sweep::TokenSweep>();
         registry
     }
 

@@ -289,3 +289,63 @@ on_both_backends!(
     the_connection_check_runs_on_the_workers_and_records_its_outcome,
     the_runs_commands_start_and_list,
 );
+
+mod schedules {
+    use chrono::{DateTime, Utc};
+    use tenantd::jobs::noop::Noop;
+    use tenantd::queue::{JobState, Queue};
+    use tenantd::scheduler::{job_of, Schedule, Scheduler};
+
+    use crate::helpers::TestDb;
+    use crate::on_both_backends;
+
+    fn utc(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    async fn instance(db: &TestDb) -> (Scheduler, Queue) {
+        let store = db.store().await;
+        store.migrate().await.unwrap();
+        let queue = Queue::new(store.clone());
+        let schedules = vec![Schedule::new(
+            "every_minute",
+            "0 * * * * *",
+            "Europe/Berlin",
+            job_of(Noop::default()),
+        )
+        .unwrap()];
+        (Scheduler::new(store, queue.clone(), schedules), queue)
+    }
+
+    async fn each_fire_time_is_enqueued_once_across_instances_and_caught_up_once(db: TestDb) {
+        let (first, queue) = instance(&db).await;
+        let (second, _) = instance(&db).await;
+        assert_eq!(
+            first.tick(utc("2026-05-01T10:00:30Z")).await.unwrap(),
+            0,
+            "a new schedule starts now, without backfill"
+        );
+        // Both instances tick at the same moment: one job for the 10:01 fire.
+        let now = utc("2026-05-01T10:01:05Z");
+        let (a, b) = tokio::join!(first.tick(now), second.tick(now));
+        assert_eq!(a.unwrap() + b.unwrap(), 1);
+        assert_eq!(
+            first.tick(now).await.unwrap() + second.tick(now).await.unwrap(),
+            0,
+            "ticking again changes nothing"
+        );
+        // Three hours of downtime: one catch-up job, not 180.
+        let later = utc("2026-05-01T13:01:30Z");
+        assert_eq!(
+            second.tick(later).await.unwrap() + first.tick(later).await.unwrap(),
+            1
+        );
+        let jobs = queue.list(JobState::Available, 100).await.unwrap();
+        assert_eq!(jobs.len(), 2);
+        assert!(jobs.iter().all(|j| j.kind == "noop"));
+    }
+
+    on_both_backends!(each_fire_time_is_enqueued_once_across_instances_and_caught_up_once);
+}
