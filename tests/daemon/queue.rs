@@ -265,6 +265,7 @@ on_both_backends!(
     two_instances_share_one_queue_without_running_a_job_twice,
     finished_jobs_are_pruned_after_retention_and_cancel_only_touches_waiting_jobs,
     the_queue_commands_show_retry_and_cancel_jobs,
+    bulk_enqueue_and_batched_completion,
 );
 
 mod workers {
@@ -493,6 +494,32 @@ mod workers {
         outcomes_are_recorded_without_sleeping_on_throttled_jobs,
         leases_are_renewed_while_a_job_runs,
         on_stop_unfinished_jobs_are_released_after_the_grace_period,
+    );
+}
+
+async fn bulk_enqueue_and_batched_completion(db: TestDb) {
+    let queue = queue(&db).await;
+    let mut jobs: Vec<NewJob> = (0..2500)
+        .map(|n| job("noop", &format!("t{}", n % 5), None))
+        .collect();
+    jobs.push(job("sync", "t1", Some("k")));
+    jobs.push(job("sync", "t1", Some("k")));
+    assert_eq!(
+        queue.enqueue_many(&jobs).await.unwrap(),
+        2501,
+        "a taken dedupe key is skipped"
+    );
+    let claimed = queue.claim("w", 100, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 100);
+    assert_eq!(queue.complete_many(&claimed).await.unwrap(), 100);
+    assert_eq!(
+        queue.complete_many(&claimed).await.unwrap(),
+        0,
+        "completion is fenced by the lease"
+    );
+    assert_eq!(
+        queue.list(JobState::Succeeded, 1000).await.unwrap().len(),
+        100
     );
 }
 
