@@ -254,6 +254,29 @@ const REAP_POSTGRES: &str =
     "WHERE state = 'running' AND lease_expires_at < ", postgres_now!(), " RETURNING state"
 );
 
+/// Runs a writing statement: on SQLite inside `BEGIN IMMEDIATE`, so a statement that reads
+/// before it writes takes the write lock up front and waits (busy timeout) instead of failing
+/// with `SQLITE_BUSY_SNAPSHOT` when another connection committed in between; on PostgreSQL on
+/// the pool.
+macro_rules! write_tx {
+    ($store:expr, |$conn:ident| $body:expr) => {
+        if let Some(pool) = $store.sqlite() {
+            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+            let out = {
+                let $conn = &mut *tx;
+                $body
+            };
+            tx.commit().await?;
+            out
+        } else if let Some(pool) = $store.postgres() {
+            let $conn = pool;
+            $body
+        } else {
+            unreachable!("a store has one of the two pools")
+        }
+    };
+}
+
 /// What the reaper did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Reaped {
@@ -289,7 +312,7 @@ impl Queue {
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
              ON CONFLICT (kind, dedupe_key) WHERE dedupe_key IS NOT NULL AND state IN ('available', 'running') DO NOTHING";
         let payload = job.payload.to_string();
-        let inserted = with_pool!(self.store, |pool| sqlx::query(INSERT)
+        let inserted = write_tx!(self.store, |pool| sqlx::query(INSERT)
             .bind(&id)
             .bind(&job.kind)
             .bind(&payload)
@@ -328,7 +351,7 @@ impl Queue {
         let now = now_ms();
         let mut inserted = 0;
         for chunk in jobs.chunks(1000) {
-            with_pool!(self.store, |pool| {
+            write_tx!(self.store, |pool| {
                 let mut builder = sqlx::QueryBuilder::new(
                     "INSERT INTO jobs (id, kind, payload, tenant_id, dedupe_key, priority, run_at, max_attempts, created_at, updated_at) ",
                 );
@@ -361,7 +384,7 @@ impl Queue {
             return Ok(0);
         };
         let now = now_ms();
-        Ok(with_pool!(self.store, |pool| {
+        Ok(write_tx!(self.store, |pool| {
             let mut builder = sqlx::QueryBuilder::new(
                 "UPDATE jobs SET state = 'succeeded', lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, finished_at = ",
             );
@@ -395,14 +418,17 @@ impl Queue {
         let token = uuid::Uuid::new_v4().simple().to_string();
         let now = now_ms();
         let rows: Vec<ClaimRow> = if let Some(pool) = self.store.sqlite() {
-            sqlx::query_as(CLAIM_SQLITE)
+            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+            let rows = sqlx::query_as(CLAIM_SQLITE)
                 .bind(owner)
                 .bind(&token)
                 .bind(millis(lease))
                 .bind(now)
                 .bind(i64::from(limit))
-                .fetch_all(pool)
-                .await?
+                .fetch_all(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            rows
         } else if let Some(pool) = self.store.postgres() {
             sqlx::query_as(CLAIM_POSTGRES)
                 .bind(owner)
@@ -438,13 +464,16 @@ impl Queue {
     /// The database failed.
     pub async fn renew(&self, job: &ClaimedJob, lease: Duration) -> Result<bool, QueueError> {
         let affected = if let Some(pool) = self.store.sqlite() {
-            sqlx::query(RENEW_SQLITE)
+            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+            let affected = sqlx::query(RENEW_SQLITE)
                 .bind(millis(lease))
                 .bind(&job.id)
                 .bind(&job.lease_token)
-                .execute(pool)
+                .execute(&mut *tx)
                 .await?
-                .rows_affected()
+                .rows_affected();
+            tx.commit().await?;
+            affected
         } else if let Some(pool) = self.store.postgres() {
             sqlx::query(RENEW_POSTGRES)
                 .bind(millis(lease))
@@ -467,7 +496,7 @@ impl Queue {
         const SQL: &str = "UPDATE jobs SET state = 'succeeded', lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, \
              finished_at = $1, updated_at = $2 WHERE id = $3 AND lease_token = $4 AND state = 'running'";
         let now = now_ms();
-        let affected = with_pool!(self.store, |pool| sqlx::query(SQL)
+        let affected = write_tx!(self.store, |pool| sqlx::query(SQL)
             .bind(now)
             .bind(now)
             .bind(&job.id)
@@ -495,7 +524,7 @@ impl Queue {
              run_at = $2, last_reason = $3, last_message = $4, lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = $5 \
              WHERE id = $6 AND lease_token = $7 AND state = 'running'";
         let now = now_ms();
-        let affected = with_pool!(self.store, |pool| sqlx::query(SQL)
+        let affected = write_tx!(self.store, |pool| sqlx::query(SQL)
             .bind(now)
             .bind(now.saturating_add(millis(delay)))
             .bind(reason)
@@ -523,7 +552,7 @@ impl Queue {
              lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = $4 \
              WHERE id = $5 AND lease_token = $6 AND state = 'running'";
         let now = now_ms();
-        let affected = with_pool!(self.store, |pool| sqlx::query(SQL)
+        let affected = write_tx!(self.store, |pool| sqlx::query(SQL)
             .bind(now)
             .bind(reason)
             .bind(message)
@@ -543,7 +572,7 @@ impl Queue {
     pub async fn release(&self, job: &ClaimedJob) -> Result<bool, QueueError> {
         const SQL: &str = "UPDATE jobs SET state = 'available', attempts = attempts - 1, lease_owner = NULL, lease_token = NULL, \
              lease_expires_at = NULL, updated_at = $1 WHERE id = $2 AND lease_token = $3 AND state = 'running'";
-        let affected = with_pool!(self.store, |pool| sqlx::query(SQL)
+        let affected = write_tx!(self.store, |pool| sqlx::query(SQL)
             .bind(now_ms())
             .bind(&job.id)
             .bind(&job.lease_token)
@@ -561,11 +590,14 @@ impl Queue {
     pub async fn reap(&self) -> Result<Reaped, QueueError> {
         let now = now_ms();
         let states: Vec<String> = if let Some(pool) = self.store.sqlite() {
-            sqlx::query_scalar(REAP_SQLITE)
+            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+            let states = sqlx::query_scalar(REAP_SQLITE)
                 .bind(now)
                 .bind(now)
-                .fetch_all(pool)
-                .await?
+                .fetch_all(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            states
         } else if let Some(pool) = self.store.postgres() {
             sqlx::query_scalar(REAP_POSTGRES)
                 .bind(now)
@@ -588,7 +620,7 @@ impl Queue {
     pub async fn prune(&self, retention: Duration) -> Result<u64, QueueError> {
         const SQL: &str = "DELETE FROM jobs WHERE state IN ('succeeded', 'failed', 'dead', 'cancelled') AND finished_at < $1";
         let cutoff = now_ms().saturating_sub(millis(retention));
-        Ok(with_pool!(self.store, |pool| sqlx::query(SQL)
+        Ok(write_tx!(self.store, |pool| sqlx::query(SQL)
             .bind(cutoff)
             .execute(pool)
             .await?
@@ -666,7 +698,7 @@ impl Queue {
         const SQL: &str = "UPDATE jobs SET state = 'available', attempts = 0, run_at = $1, finished_at = NULL, updated_at = $2 \
              WHERE id = $3 AND state IN ('dead', 'failed', 'cancelled')";
         let now = now_ms();
-        Ok(with_pool!(self.store, |pool| sqlx::query(SQL)
+        Ok(write_tx!(self.store, |pool| sqlx::query(SQL)
             .bind(now)
             .bind(now)
             .bind(id)
@@ -683,7 +715,7 @@ impl Queue {
     pub async fn cancel(&self, id: &str) -> Result<bool, QueueError> {
         const SQL: &str = "UPDATE jobs SET state = 'cancelled', finished_at = $1, updated_at = $2 WHERE id = $3 AND state = 'available'";
         let now = now_ms();
-        Ok(with_pool!(self.store, |pool| sqlx::query(SQL)
+        Ok(write_tx!(self.store, |pool| sqlx::query(SQL)
             .bind(now)
             .bind(now)
             .bind(id)
