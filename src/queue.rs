@@ -261,6 +261,7 @@ const REAP_POSTGRES: &str =
 macro_rules! write_tx {
     ($store:expr, |$conn:ident| $body:expr) => {
         if let Some(pool) = $store.sqlite() {
+            let _turn = $store.sqlite_write_turn().await;
             let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
             let out = {
                 let $conn = &mut *tx;
@@ -418,6 +419,7 @@ impl Queue {
         let token = uuid::Uuid::new_v4().simple().to_string();
         let now = now_ms();
         let rows: Vec<ClaimRow> = if let Some(pool) = self.store.sqlite() {
+            let _turn = self.store.sqlite_write_turn().await;
             let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
             let rows = sqlx::query_as(CLAIM_SQLITE)
                 .bind(owner)
@@ -464,6 +466,7 @@ impl Queue {
     /// The database failed.
     pub async fn renew(&self, job: &ClaimedJob, lease: Duration) -> Result<bool, QueueError> {
         let affected = if let Some(pool) = self.store.sqlite() {
+            let _turn = self.store.sqlite_write_turn().await;
             let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
             let affected = sqlx::query(RENEW_SQLITE)
                 .bind(millis(lease))
@@ -590,6 +593,7 @@ impl Queue {
     pub async fn reap(&self) -> Result<Reaped, QueueError> {
         let now = now_ms();
         let states: Vec<String> = if let Some(pool) = self.store.sqlite() {
+            let _turn = self.store.sqlite_write_turn().await;
             let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
             let states = sqlx::query_scalar(REAP_SQLITE)
                 .bind(now)

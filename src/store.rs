@@ -171,6 +171,9 @@ enum Pool {
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
+    /// SQLite has one writer at a time: this process's writers take turns here rather than
+    /// contending for the file lock (other processes still wait on the busy timeout).
+    writer: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -235,6 +238,7 @@ impl Store {
                     .map(Arc::new);
                 Ok(Self {
                     pool: Pool::Sqlite { pool, file },
+                    writer: Arc::default(),
                 })
             }
             Some(Backend::Postgres) => {
@@ -251,6 +255,7 @@ impl Store {
                     .map_err(|e| connect_failed(&e))?;
                 Ok(Self {
                     pool: Pool::Postgres(pool),
+                    writer: Arc::default(),
                 })
             }
             None => Err(StoreError::UnsupportedUrl {
@@ -370,6 +375,11 @@ impl Store {
     }
 
     /// The SQLite pool, for the modules that own SQLite tables.
+    /// Waits for this process's turn to write to SQLite (see `writer`).
+    pub(crate) async fn sqlite_write_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.writer.lock().await
+    }
+
     pub(crate) fn sqlite(&self) -> Option<&SqlitePool> {
         match &self.pool {
             Pool::Sqlite { pool, .. } => Some(pool),
