@@ -260,9 +260,13 @@ const REAP_POSTGRES: &str =
 /// the pool.
 macro_rules! write_tx {
     ($store:expr, |$conn:ident| $body:expr) => {
+        write_tx!($store, (), (), |$conn, _unused| $body)
+    };
+    ($store:expr, $sqlite_sql:expr, $postgres_sql:expr, |$conn:ident, $sql:ident| $body:expr) => {
         if let Some(pool) = $store.sqlite() {
             let _turn = $store.sqlite_write_turn().await;
             let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+            let $sql = $sqlite_sql;
             let out = {
                 let $conn = &mut *tx;
                 $body
@@ -270,6 +274,7 @@ macro_rules! write_tx {
             tx.commit().await?;
             out
         } else if let Some(pool) = $store.postgres() {
+            let $sql = $postgres_sql;
             let $conn = pool;
             $body
         } else {
@@ -418,31 +423,17 @@ impl Queue {
     ) -> Result<Vec<ClaimedJob>, QueueError> {
         let token = uuid::Uuid::new_v4().simple().to_string();
         let now = now_ms();
-        let rows: Vec<ClaimRow> = if let Some(pool) = self.store.sqlite() {
-            let _turn = self.store.sqlite_write_turn().await;
-            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-            let rows = sqlx::query_as(CLAIM_SQLITE)
-                .bind(owner)
-                .bind(&token)
-                .bind(millis(lease))
-                .bind(now)
-                .bind(i64::from(limit))
-                .fetch_all(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            rows
-        } else if let Some(pool) = self.store.postgres() {
-            sqlx::query_as(CLAIM_POSTGRES)
-                .bind(owner)
-                .bind(&token)
-                .bind(millis(lease))
-                .bind(now)
-                .bind(i64::from(limit))
-                .fetch_all(pool)
-                .await?
-        } else {
-            Vec::new()
-        };
+        let rows: Vec<ClaimRow> =
+            write_tx!(self.store, CLAIM_SQLITE, CLAIM_POSTGRES, |conn, sql| {
+                sqlx::query_as(sql)
+                    .bind(owner)
+                    .bind(&token)
+                    .bind(millis(lease))
+                    .bind(now)
+                    .bind(i64::from(limit))
+                    .fetch_all(conn)
+                    .await?
+            });
         rows.into_iter()
             .map(|(id, kind, payload, tenant_id, attempts, max_attempts)| {
                 let payload =
@@ -465,29 +456,15 @@ impl Queue {
     /// # Errors
     /// The database failed.
     pub async fn renew(&self, job: &ClaimedJob, lease: Duration) -> Result<bool, QueueError> {
-        let affected = if let Some(pool) = self.store.sqlite() {
-            let _turn = self.store.sqlite_write_turn().await;
-            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-            let affected = sqlx::query(RENEW_SQLITE)
+        let affected = write_tx!(self.store, RENEW_SQLITE, RENEW_POSTGRES, |conn, sql| {
+            sqlx::query(sql)
                 .bind(millis(lease))
                 .bind(&job.id)
                 .bind(&job.lease_token)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            tx.commit().await?;
-            affected
-        } else if let Some(pool) = self.store.postgres() {
-            sqlx::query(RENEW_POSTGRES)
-                .bind(millis(lease))
-                .bind(&job.id)
-                .bind(&job.lease_token)
-                .execute(pool)
+                .execute(conn)
                 .await?
                 .rows_affected()
-        } else {
-            0
-        };
+        });
         Ok(affected == 1)
     }
 
@@ -592,25 +569,13 @@ impl Queue {
     /// The database failed.
     pub async fn reap(&self) -> Result<Reaped, QueueError> {
         let now = now_ms();
-        let states: Vec<String> = if let Some(pool) = self.store.sqlite() {
-            let _turn = self.store.sqlite_write_turn().await;
-            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-            let states = sqlx::query_scalar(REAP_SQLITE)
+        let states: Vec<String> = write_tx!(self.store, REAP_SQLITE, REAP_POSTGRES, |conn, sql| {
+            sqlx::query_scalar(sql)
                 .bind(now)
                 .bind(now)
-                .fetch_all(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            states
-        } else if let Some(pool) = self.store.postgres() {
-            sqlx::query_scalar(REAP_POSTGRES)
-                .bind(now)
-                .bind(now)
-                .fetch_all(pool)
+                .fetch_all(conn)
                 .await?
-        } else {
-            Vec::new()
-        };
+        });
         Ok(Reaped {
             rescued: states.iter().filter(|s| *s == "available").count(),
             dead: states.iter().filter(|s| *s == "dead").count(),
