@@ -2,7 +2,6 @@
 //! budget, hand-back past it, mailbox concurrency, `$batch` with throttled items, transient
 //! faults. On both databases (tokens come from the vault).
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,14 +9,11 @@ use graph_emulator::throttle::{Budgets, Faults};
 use graph_emulator::world::{AppSeed, TenantSeed, UserSeed};
 use graph_emulator::Emulator;
 use reqwest::Method;
-use tenantd::audit::Actor;
 use tenantd::config::GraphConfig;
-use tenantd::connections::{self, Connection, NewAppConnection};
+use tenantd::connections::Connection;
 use tenantd::graph::{GraphClient, GraphError, GraphRequest};
-use tenantd::identity::IdentityClient;
 use tenantd::jobs::JobError;
 use tenantd::tokens::TokenService;
-use tenantd::vault::Keyring;
 
 use crate::helpers::TestDb;
 use crate::on_both_backends;
@@ -84,28 +80,8 @@ async fn env(db: &TestDb, users: usize) -> Env {
     };
     let store = db.store().await;
     store.migrate().await.unwrap();
-    let keys = Arc::new(Keyring::parse(Path::new("k"), &Keyring::new_key_line("k1")).unwrap());
-    let authority = emulator.base_url();
-    let connection = connections::add_app(
-        &store,
-        &keys,
-        NewAppConnection {
-            tenant_id: TENANT,
-            client_id: &client_id,
-            client_secret: &secret,
-            label: None,
-            make_default: true,
-            authority: &authority,
-        },
-        Actor::Cli,
-    )
-    .await
-    .unwrap();
-    let tokens = Arc::new(TokenService::new(
-        store,
-        keys,
-        IdentityClient::new(url::Url::parse(&authority).unwrap()),
-    ));
+    let (connection, tokens) =
+        crate::helpers::connect_app(&store, &emulator, TENANT, &client_id, &secret).await;
     Env {
         emulator,
         connection,

@@ -631,3 +631,42 @@ fn check_histograms(
     }
     Ok(())
 }
+
+/// A test vault key, the tenant's default app-only connection to `emulator`, and a token
+/// service asking the emulator: what tests of Graph-calling code share.
+pub(crate) async fn connect_app(
+    store: &tenantd::store::Store,
+    emulator: &graph_emulator::Emulator,
+    tenant: &str,
+    client_id: &str,
+    secret: &str,
+) -> (
+    tenantd::connections::Connection,
+    Arc<tenantd::tokens::TokenService>,
+) {
+    let key = tenantd::vault::Keyring::new_key_line("k1");
+    let keys = Arc::new(tenantd::vault::Keyring::parse(std::path::Path::new("k"), &key).unwrap());
+    let authority = emulator.base_url();
+    let connection = tenantd::connections::add_app(
+        store,
+        &keys,
+        tenantd::connections::NewAppConnection {
+            tenant_id: tenant,
+            client_id,
+            client_secret: secret,
+            label: None,
+            make_default: true,
+            authority: &authority,
+        },
+        tenantd::audit::Actor::Cli,
+    )
+    .await
+    .unwrap();
+    let identity = tenantd::identity::IdentityClient::new(url::Url::parse(&authority).unwrap());
+    let tokens = Arc::new(tenantd::tokens::TokenService::new(
+        store.clone(),
+        keys,
+        identity,
+    ));
+    (connection, tokens)
+}

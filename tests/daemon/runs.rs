@@ -1,22 +1,16 @@
 //! Operation runs on both databases: same-type dedupe, scope busy, the connection check run by
 //! the workers, and the `runs` commands.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use graph_emulator::world::{AppSeed, FailureRule, IdentityFailure, TenantSeed};
 use graph_emulator::Emulator;
 use serde_json::json;
-use tenantd::audit::Actor;
-use tenantd::connections::{self, NewAppConnection};
-use tenantd::identity::IdentityClient;
 use tenantd::jobs::{JobContext, Registry};
 use tenantd::queue::{NewJob, Queue};
 use tenantd::runs::{self, Started};
 use tenantd::store::Store;
-use tenantd::tokens::TokenService;
-use tenantd::vault::Keyring;
 use tenantd::worker::WorkerPool;
 use tokio_util::sync::CancellationToken;
 
@@ -145,29 +139,9 @@ async fn the_connection_check_runs_on_the_workers_and_records_its_outcome(db: Te
         (id, secret.unwrap())
     };
     let store = store(&db).await;
-    let keys = Arc::new(Keyring::parse(Path::new("k"), &Keyring::new_key_line("k1")).unwrap());
-    let authority = emulator.base_url();
-    connections::add_app(
-        &store,
-        &keys,
-        NewAppConnection {
-            tenant_id: TENANT,
-            client_id: &client_id,
-            client_secret: &secret,
-            label: None,
-            make_default: true,
-            authority: &authority,
-        },
-        Actor::Cli,
-    )
-    .await
-    .unwrap();
+    let (_, tokens) =
+        crate::helpers::connect_app(&store, &emulator, TENANT, &client_id, &secret).await;
     let queue = Queue::new(store.clone());
-    let tokens = Arc::new(TokenService::new(
-        store.clone(),
-        keys,
-        IdentityClient::new(url::Url::parse(&authority).unwrap()),
-    ));
     let pool = WorkerPool {
         queue: queue.clone(),
         registry: Arc::new(Registry::standard()),
