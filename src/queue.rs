@@ -9,6 +9,8 @@
 //! claim serves tenants round-robin (the oldest job of each tenant first), so one tenant's
 //! backlog cannot starve another; PostgreSQL claimers skip each other's locked rows.
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -199,28 +201,51 @@ macro_rules! sqlite_now {
 }
 macro_rules! postgres_now {
     () => {
-        "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT"
+        // Stable within a statement, so the planner can use it against an index.
+        "(EXTRACT(EPOCH FROM statement_timestamp()) * 1000)::BIGINT"
     };
 }
 
-const CLAIM_SQLITE: &str = concat!(
+// Up to `$2` lanes (tenants with available jobs) in tenant order, starting after `$1` (or at
+// `$1` for the first lane of a walk from the start): one index probe per lane, whatever the
+// backlog, instead of ranking every ready row.
+macro_rules! lanes_sql {
+    ($first:literal) => {
+        concat!(
+            "WITH RECURSIVE lanes(tenant_id, n) AS (",
+            "SELECT (SELECT tenant_id FROM jobs WHERE state = 'available' AND tenant_id ",
+            $first,
+            " $1 ORDER BY tenant_id LIMIT 1), 1 ",
+            "UNION ALL SELECT (SELECT j.tenant_id FROM jobs j WHERE j.state = 'available' ",
+            "AND j.tenant_id > lanes.tenant_id ORDER BY j.tenant_id LIMIT 1), n + 1 ",
+            "FROM lanes WHERE lanes.tenant_id IS NOT NULL AND n < $2) ",
+            "SELECT tenant_id FROM lanes WHERE tenant_id IS NOT NULL"
+        )
+    };
+}
+const LANES_FROM: &str = lanes_sql!(">=");
+const LANES_AFTER: &str = lanes_sql!(">");
+
+// One lane's share on SQLite (inside the claim's immediate transaction).
+const TAKE_SQLITE: &str = concat!(
     "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = $1, lease_token = $2, ",
     "lease_expires_at = ", sqlite_now!(), " + $3, updated_at = $4 ",
-    "WHERE id IN (SELECT id FROM (SELECT id, priority, run_at, ",
-    "ROW_NUMBER() OVER (PARTITION BY tenant_id ORDER BY priority DESC, run_at, id) AS lane ",
-    "FROM jobs WHERE state = 'available' AND run_at <= ", sqlite_now!(), ") ",
-    "ORDER BY lane, priority DESC, run_at LIMIT $5) ",
+    "WHERE id IN (SELECT id FROM jobs WHERE state = 'available' AND tenant_id = $5 ",
+    "AND run_at <= ", sqlite_now!(), " ORDER BY priority DESC, run_at, id LIMIT $6) ",
     "RETURNING id, kind, payload, tenant_id, attempts, max_attempts"
 );
 
-const CLAIM_POSTGRES: &str = concat!(
+// Every lane's share on PostgreSQL in one statement; claimers skip each other's locked rows.
+const TAKE_POSTGRES: &str = concat!(
     "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = $1, lease_token = $2, ",
     "lease_expires_at = ", postgres_now!(), " + $3, updated_at = $4 ",
-    "WHERE id IN (SELECT j.id FROM jobs j JOIN (SELECT id, ",
-    "ROW_NUMBER() OVER (PARTITION BY tenant_id ORDER BY priority DESC, run_at, id) AS lane ",
-    "FROM jobs WHERE state = 'available' AND run_at <= ", postgres_now!(), ") r ON r.id = j.id ",
-    "WHERE j.state = 'available' ORDER BY r.lane, j.priority DESC, j.run_at LIMIT $5 ",
-    "FOR UPDATE OF j SKIP LOCKED) ",
+    // `= ANY(ARRAY(…))` runs the picking first and then updates by primary key; `IN (…)` let
+    // the planner hash-join against a scan of the whole table (12 ms per claim at 100,000 rows).
+    "WHERE id = ANY(ARRAY(SELECT picked.id FROM unnest($5::text[], $6::bigint[]) AS lane(tenant_id, quota) ",
+    "CROSS JOIN LATERAL ",
+    "(SELECT j.id FROM jobs j WHERE j.state = 'available' AND j.tenant_id = lane.tenant_id ",
+    "AND j.run_at <= ", postgres_now!(), " ORDER BY j.priority DESC, j.run_at, j.id LIMIT lane.quota ",
+    "FOR UPDATE SKIP LOCKED) picked)) ",
     "RETURNING id, kind, payload, tenant_id, attempts, max_attempts"
 );
 
@@ -298,12 +323,178 @@ type ClaimRow = (String, String, String, String, i64, i64);
 #[derive(Debug, Clone)]
 pub struct Queue {
     store: Store,
+    /// The lane (tenant) this process served last: the next claim starts after it, so claims
+    /// go round the tenants. Shared by clones; each process has its own.
+    cursor: Arc<Mutex<Option<String>>>,
+}
+
+/// The claim's database handle: SQLite inside its immediate transaction, or the PostgreSQL pool.
+enum LaneConn<'a> {
+    Sqlite(&'a mut sqlx::SqliteConnection),
+    Postgres(&'a sqlx::PgPool),
+}
+
+/// What one claim asks for besides the lanes.
+struct Lease<'a> {
+    owner: &'a str,
+    token: &'a str,
+    millis: i64,
+    now: i64,
+}
+
+impl LaneConn<'_> {
+    /// Up to `count` lanes in tenant order, starting after `after` (or at the first lane).
+    async fn lanes(
+        &mut self,
+        after: Option<&str>,
+        count: usize,
+    ) -> Result<Vec<String>, QueueError> {
+        let (sql, bound) = match after {
+            Some(after) => (LANES_AFTER, after),
+            None => (LANES_FROM, ""),
+        };
+        let count = i64::try_from(count).unwrap_or(i64::MAX);
+        Ok(match self {
+            LaneConn::Sqlite(conn) => {
+                sqlx::query_scalar(sql)
+                    .bind(bound)
+                    .bind(count)
+                    .fetch_all(&mut **conn)
+                    .await?
+            }
+            LaneConn::Postgres(pool) => {
+                sqlx::query_scalar(sql)
+                    .bind(bound)
+                    .bind(count)
+                    .fetch_all(*pool)
+                    .await?
+            }
+        })
+    }
+
+    /// Leases up to `want` ready jobs shared equally among `lanes` (the first lanes take the
+    /// remainder), each lane's best first.
+    async fn take(
+        &mut self,
+        lanes: &[String],
+        want: usize,
+        lease: &Lease<'_>,
+    ) -> Result<Vec<ClaimRow>, QueueError> {
+        let quotas: Vec<i64> = shares(lanes.len(), want)
+            .map(|share| i64::try_from(share).unwrap_or(i64::MAX))
+            .collect();
+        match self {
+            LaneConn::Sqlite(conn) => {
+                let mut rows = Vec::new();
+                for (lane, quota) in lanes.iter().zip(&quotas) {
+                    let taken: Vec<ClaimRow> = sqlx::query_as(TAKE_SQLITE)
+                        .bind(lease.owner)
+                        .bind(lease.token)
+                        .bind(lease.millis)
+                        .bind(lease.now)
+                        .bind(lane)
+                        .bind(quota)
+                        .fetch_all(&mut **conn)
+                        .await?;
+                    rows.extend(taken);
+                }
+                Ok(rows)
+            }
+            LaneConn::Postgres(pool) => Ok(sqlx::query_as(TAKE_POSTGRES)
+                .bind(lease.owner)
+                .bind(lease.token)
+                .bind(lease.millis)
+                .bind(lease.now)
+                .bind(lanes)
+                .bind(&quotas)
+                .fetch_all(*pool)
+                .await?),
+        }
+    }
+
+    /// Walks the lanes once round from after `start`, giving each lane an equal share of what
+    /// is still wanted, until `limit` jobs are leased or every lane was visited; then, while
+    /// jobs are still wanted, shares them again among the lanes that filled their share (lanes
+    /// with little or nothing ready leave their share to the others). Returns the jobs and the
+    /// last lane visited (the next claim's start).
+    async fn walk(
+        &mut self,
+        start: Option<String>,
+        limit: usize,
+        lease: &Lease<'_>,
+    ) -> Result<(Vec<ClaimRow>, Option<String>), QueueError> {
+        let mut rows = Vec::new();
+        let mut visited = HashSet::new();
+        let mut after = start.clone();
+        let mut wrapped = start.is_none();
+        let mut last = start.clone();
+        let mut full = Vec::new();
+        while rows.len() < limit {
+            let want = limit - rows.len();
+            let mut lanes = self.lanes(after.as_deref(), want).await?;
+            let reached_end = lanes.len() < want;
+            // Once round: stop at a lane this claim has served, or, after wrapping, at the lane
+            // the previous claim ended on (served last this time).
+            let mut round_done = false;
+            if let Some(seen) = lanes.iter().position(|lane| visited.contains(lane)) {
+                lanes.truncate(seen);
+                round_done = true;
+            }
+            if wrapped {
+                if let Some(end) = lanes.iter().position(|lane| Some(lane) == start.as_ref()) {
+                    lanes.truncate(end + 1);
+                    round_done = true;
+                }
+            }
+            if !lanes.is_empty() {
+                let taken = self.take(&lanes, want, lease).await?;
+                full.extend(filled(&lanes, want, &taken));
+                rows.extend(taken);
+                last = lanes.last().cloned();
+                visited.extend(lanes.iter().cloned());
+                after.clone_from(&last);
+            }
+            if round_done || (reached_end && wrapped) {
+                break;
+            }
+            if reached_end {
+                wrapped = true;
+                after = None;
+            }
+        }
+        while rows.len() < limit && !full.is_empty() {
+            let want = limit - rows.len();
+            full.truncate(want);
+            let taken = self.take(&full, want, lease).await?;
+            full = filled(&full, want, &taken);
+            rows.extend(taken);
+        }
+        Ok((rows, last))
+    }
+}
+
+/// `want` split among `lanes` as evenly as it goes, the first lanes taking the remainder.
+fn shares(lanes: usize, want: usize) -> impl Iterator<Item = usize> {
+    (0..lanes).map(move |n| want / lanes + usize::from(n < want % lanes))
+}
+
+/// The lanes that gave their whole share (they may have more ready).
+fn filled(lanes: &[String], want: usize, taken: &[ClaimRow]) -> Vec<String> {
+    lanes
+        .iter()
+        .zip(shares(lanes.len(), want))
+        .filter(|(lane, share)| taken.iter().filter(|row| &row.3 == *lane).count() >= *share)
+        .map(|(lane, _)| lane.clone())
+        .collect()
 }
 
 impl Queue {
     /// A queue on `store`.
     pub fn new(store: Store) -> Self {
-        Self { store }
+        Self {
+            store,
+            cursor: Arc::default(),
+        }
     }
 
     /// Enqueues a job; with a dedupe key, an unfinished job of the same kind and key is
@@ -411,7 +602,9 @@ impl Queue {
         }))
     }
 
-    /// Leases up to `limit` ready jobs to `owner` for `lease`, tenants round-robin.
+    /// Leases up to `limit` ready jobs to `owner` for `lease`, tenants round-robin: each
+    /// claim starts at the tenant after the one the previous claim ended on and gives every
+    /// tenant with ready jobs an equal share, each tenant's highest priority and oldest first.
     ///
     /// # Errors
     /// The database failed, or a payload is not JSON.
@@ -421,19 +614,30 @@ impl Queue {
         limit: u32,
         lease: Duration,
     ) -> Result<Vec<ClaimedJob>, QueueError> {
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         let token = uuid::Uuid::new_v4().simple().to_string();
-        let now = now_ms();
-        let rows: Vec<ClaimRow> =
-            write_tx!(self.store, CLAIM_SQLITE, CLAIM_POSTGRES, |conn, sql| {
-                sqlx::query_as(sql)
-                    .bind(owner)
-                    .bind(&token)
-                    .bind(millis(lease))
-                    .bind(now)
-                    .bind(i64::from(limit))
-                    .fetch_all(conn)
-                    .await?
-            });
+        let terms = Lease {
+            owner,
+            token: &token,
+            millis: millis(lease),
+            now: now_ms(),
+        };
+        let start = self.cursor.lock().expect("cursor lock").clone();
+        let (rows, last) = if let Some(pool) = self.store.sqlite() {
+            let _turn = self.store.sqlite_write_turn().await;
+            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+            let walked = LaneConn::Sqlite(&mut tx).walk(start, limit, &terms).await?;
+            tx.commit().await?;
+            walked
+        } else if let Some(pool) = self.store.postgres() {
+            LaneConn::Postgres(pool).walk(start, limit, &terms).await?
+        } else {
+            unreachable!("a store has one of the two pools")
+        };
+        *self.cursor.lock().expect("cursor lock") = last;
         rows.into_iter()
             .map(|(id, kind, payload, tenant_id, attempts, max_attempts)| {
                 let payload =

@@ -195,6 +195,53 @@ async fn a_large_backlog_does_not_starve_a_small_tenant(db: TestDb) {
     );
 }
 
+async fn claims_go_round_the_tenants_and_lanes_with_nothing_ready_block_nobody(db: TestDb) {
+    let queue = queue(&db).await;
+    // Tenant `a` has a waiting job far in the future only; b, c and d have work now.
+    let mut later = job("noop", "a", None);
+    later.run_at = Some(i64::MAX / 2);
+    queue.enqueue(&later).await.unwrap();
+    for tenant in ["b", "c", "d"] {
+        for _ in 0..4 {
+            queue.enqueue(&job("noop", tenant, None)).await.unwrap();
+        }
+    }
+    // Within a tenant the highest priority goes first, even though it was enqueued last.
+    let mut urgent = job("urgent", "c", None);
+    urgent.priority = 5;
+    queue.enqueue(&urgent).await.unwrap();
+
+    let mut order = Vec::new();
+    for _ in 0..6 {
+        let claimed = queue.claim("w", 1, LEASE).await.unwrap();
+        assert_eq!(
+            claimed.len(),
+            1,
+            "a ready job exists, so a claim of one gets one"
+        );
+        order.push((claimed[0].tenant_id.clone(), claimed[0].kind.clone()));
+    }
+    let tenants: Vec<&str> = order.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(
+        tenants,
+        ["b", "c", "d", "b", "c", "d"],
+        "one at a time, round the tenants"
+    );
+    assert_eq!(order[1].1, "urgent", "c's first job is its urgent one");
+
+    // Left: b 2, c 3, d 2. A claim of 5 starts after d: a, b, c, d get shares of 2, 1, 1, 1;
+    // `a` has nothing ready, so its share goes round again to the lanes that filled theirs.
+    let batch = queue.claim("w", 5, LEASE).await.unwrap();
+    let count = |tenant: &str| batch.iter().filter(|j| j.tenant_id == tenant).count();
+    assert_eq!((count("b"), count("c"), count("d")), (2, 2, 1));
+    // What is left (c 1, d 1): a big claim takes all of it and nothing from `a`.
+    let rest = queue.claim("w", 50, LEASE).await.unwrap();
+    let mut tenants: Vec<&str> = rest.iter().map(|j| j.tenant_id.as_str()).collect();
+    tenants.sort_unstable();
+    assert_eq!(tenants, ["c", "d"]);
+    assert!(queue.claim("w", 50, LEASE).await.unwrap().is_empty());
+}
+
 async fn two_instances_share_one_queue_without_running_a_job_twice(db: TestDb) {
     let first = queue(&db).await;
     let second = Queue::new(db.store().await);
@@ -262,6 +309,7 @@ on_both_backends!(
     expired_leases_are_rescued_and_stale_workers_fenced_off,
     retries_back_off_and_dead_letter_after_the_last_attempt,
     a_large_backlog_does_not_starve_a_small_tenant,
+    claims_go_round_the_tenants_and_lanes_with_nothing_ready_block_nobody,
     two_instances_share_one_queue_without_running_a_job_twice,
     finished_jobs_are_pruned_after_retention_and_cancel_only_touches_waiting_jobs,
     the_queue_commands_show_retry_and_cancel_jobs,
