@@ -16,6 +16,22 @@ use tenantd::systemd::Notifier;
 /// The variable that enables the PostgreSQL variant of every store test.
 pub(crate) const POSTGRES_URL_VAR: &str = "TENANTD_TEST_POSTGRES_URL";
 
+/// The server tried when `TENANTD_TEST_POSTGRES_URL` is unset.
+const LOCAL_POSTGRES: &str = "127.0.0.1:5432";
+
+/// The PostgreSQL server URL for tests: the variable, else the local server when it answers.
+fn postgres_server_url() -> Option<String> {
+    static LOCAL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if let Ok(url) = std::env::var(POSTGRES_URL_VAR) {
+        return Some(url);
+    }
+    let answers = *LOCAL.get_or_init(|| {
+        let addr = LOCAL_POSTGRES.parse().expect("socket address");
+        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(300)).is_ok()
+    });
+    answers.then(|| format!("postgres://postgres@{LOCAL_POSTGRES}/postgres"))
+}
+
 /// Generates `sqlite::NAME` and `postgres::NAME` tests from `async fn NAME(db: TestDb)`.
 #[macro_export]
 macro_rules! on_both_backends {
@@ -89,16 +105,17 @@ impl TestDb {
         }
     }
 
-    /// A new PostgreSQL database on the server named by `TENANTD_TEST_POSTGRES_URL`; `None`
-    /// (test skipped, said on stderr) when the variable is unset, unless
+    /// A new PostgreSQL database on the server named by `TENANTD_TEST_POSTGRES_URL`, or, when
+    /// that is unset, on the local server at 127.0.0.1:5432 (user `postgres`) if one answers.
+    /// `None` (test skipped, said on stderr) when there is neither, unless
     /// `TENANTD_REQUIRE_POSTGRES=1`, as in CI, where a missing server fails the test.
     pub(crate) async fn postgres() -> Option<Self> {
-        let Ok(server_url) = std::env::var(POSTGRES_URL_VAR) else {
+        let Some(server_url) = postgres_server_url() else {
             assert!(
                 std::env::var("TENANTD_REQUIRE_POSTGRES").as_deref() != Ok("1"),
-                "TENANTD_REQUIRE_POSTGRES=1 but {POSTGRES_URL_VAR} is not set"
+                "TENANTD_REQUIRE_POSTGRES=1 but {POSTGRES_URL_VAR} is not set and nothing answers on {LOCAL_POSTGRES}"
             );
-            eprintln!("skipped: set {POSTGRES_URL_VAR} to run the PostgreSQL variant");
+            eprintln!("skipped: no PostgreSQL on {LOCAL_POSTGRES}; set {POSTGRES_URL_VAR} to run the PostgreSQL variant");
             return None;
         };
         let name = format!("tenantd_test_{}", uuid::Uuid::new_v4().simple());
