@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
+use tokio::sync::Notify;
 
 use crate::store::{with_pool, Store, StoreError};
 
@@ -326,6 +327,48 @@ pub struct Queue {
     /// The lane (tenant) this process served last: the next claim starts after it, so claims
     /// go round the tenants. Shared by clones; each process has its own.
     cursor: Arc<Mutex<Option<String>>>,
+    /// Signalled when this process adds ready work, so its idle claimer wakes at once.
+    added: Arc<Notify>,
+}
+
+/// The PostgreSQL channel the `jobs_added` trigger notifies (migration 0008).
+const JOBS_CHANNEL: &str = "tenantd_jobs";
+
+/// Wakes an idle claimer when work may be ready: jobs added by this process, and on
+/// PostgreSQL jobs added by any process or by other systems' own inserts (LISTEN/NOTIFY).
+/// Notifications are hints; polling stays the fallback, so a lost one only costs latency.
+pub struct WorkSignal {
+    added: Arc<Notify>,
+    listener: Option<sqlx::postgres::PgListener>,
+}
+
+impl WorkSignal {
+    /// Waits until work may be ready or `timeout` passed.
+    pub async fn wait(&mut self, timeout: Duration) {
+        let remote = async {
+            match self.listener.as_mut() {
+                Some(listener) => {
+                    if let Err(err) = listener.recv().await {
+                        // The connection is gone; it is re-established on the next wait. Until
+                        // then the timeout paces us.
+                        tracing::debug!(error = %err, "job notifications interrupted");
+                        std::future::pending::<()>().await;
+                    }
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            () = self.added.notified() => {}
+            () = remote => {}
+            () = tokio::time::sleep(timeout) => {}
+        }
+    }
+
+    /// Whether PostgreSQL notifications are being received.
+    pub fn listens(&self) -> bool {
+        self.listener.is_some()
+    }
 }
 
 /// The claim's database handle: SQLite inside its immediate transaction, or the PostgreSQL pool.
@@ -494,7 +537,39 @@ impl Queue {
         Self {
             store,
             cursor: Arc::default(),
+            added: Arc::default(),
         }
+    }
+
+    /// A signal for an idle claimer. On PostgreSQL it listens on its own connection; when that
+    /// cannot be had it falls back to polling alone (logged).
+    pub async fn work_signal(&self) -> WorkSignal {
+        let listener = match self.store.postgres() {
+            Some(pool) => {
+                let listened = async {
+                    let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+                    listener.listen(JOBS_CHANNEL).await?;
+                    Ok::<_, sqlx::Error>(listener)
+                };
+                match listened.await {
+                    Ok(listener) => Some(listener),
+                    Err(err) => {
+                        tracing::warn!(error = %StoreError::from(err), "cannot listen for new jobs; polling only");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        WorkSignal {
+            added: self.added.clone(),
+            listener,
+        }
+    }
+
+    /// Wakes this process's idle claimer: ready work was added.
+    fn wake(&self) {
+        self.added.notify_one();
     }
 
     /// Enqueues a job; with a dedupe key, an unfinished job of the same kind and key is
@@ -524,6 +599,7 @@ impl Queue {
             .await?
             .rows_affected());
         if inserted == 1 {
+            self.wake();
             return Ok(Enqueued::Created(id));
         }
         const EXISTING: &str = "SELECT id FROM jobs WHERE kind = $1 AND dedupe_key = $2 AND state IN ('available', 'running')";
@@ -568,38 +644,61 @@ impl Queue {
                 inserted += builder.build().execute(pool).await?.rows_affected();
             });
         }
+        if inserted > 0 {
+            self.wake();
+        }
         Ok(inserted)
     }
 
-    /// Marks many jobs of one claim done in one statement (they share the claim's lease
-    /// token). Returns how many were still held.
+    /// Marks jobs done in one transaction (group commit: the worker pool gathers the jobs that
+    /// finished while the previous batch was being written), each fenced by its own lease
+    /// token. Returns, in order, whether each was still held (a lost lease discards the result).
     ///
     /// # Errors
     /// The database failed.
-    pub async fn complete_many(&self, jobs: &[ClaimedJob]) -> Result<u64, QueueError> {
-        let Some(first) = jobs.first() else {
-            return Ok(0);
-        };
+    pub async fn complete_each(&self, jobs: &[ClaimedJob]) -> Result<Vec<bool>, QueueError> {
+        const SQLITE: &str = "UPDATE jobs SET state = 'succeeded', lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, \
+             finished_at = $1, updated_at = $2 WHERE id = $3 AND lease_token = $4 AND state = 'running'";
+        const POSTGRES: &str = "UPDATE jobs SET state = 'succeeded', lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, \
+             finished_at = $1, updated_at = $2 FROM unnest($3::text[], $4::text[]) AS done(id, lease_token) \
+             WHERE jobs.id = done.id AND jobs.lease_token = done.lease_token AND jobs.state = 'running' RETURNING jobs.id";
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
         let now = now_ms();
-        Ok(write_tx!(self.store, |pool| {
-            let mut builder = sqlx::QueryBuilder::new(
-                "UPDATE jobs SET state = 'succeeded', lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, finished_at = ",
-            );
-            builder
-                .push_bind(now)
-                .push(", updated_at = ")
-                .push_bind(now);
-            builder
-                .push(" WHERE state = 'running' AND lease_token = ")
-                .push_bind(first.lease_token.clone());
-            builder.push(" AND id IN (");
-            let mut ids = builder.separated(", ");
-            for job in jobs.iter().filter(|j| j.lease_token == first.lease_token) {
-                ids.push_bind(job.id.clone());
+        if let Some(pool) = self.store.sqlite() {
+            let _turn = self.store.sqlite_write_turn().await;
+            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+            let mut held = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                let affected = sqlx::query(SQLITE)
+                    .bind(now)
+                    .bind(now)
+                    .bind(&job.id)
+                    .bind(&job.lease_token)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                held.push(affected == 1);
             }
-            builder.push(")");
-            builder.build().execute(pool).await?.rows_affected()
-        }))
+            tx.commit().await?;
+            Ok(held)
+        } else if let Some(pool) = self.store.postgres() {
+            let ids: Vec<&str> = jobs.iter().map(|job| job.id.as_str()).collect();
+            let tokens: Vec<&str> = jobs.iter().map(|job| job.lease_token.as_str()).collect();
+            let done: HashSet<String> = sqlx::query_scalar(POSTGRES)
+                .bind(now)
+                .bind(now)
+                .bind(&ids)
+                .bind(&tokens)
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .collect();
+            Ok(jobs.iter().map(|job| done.contains(&job.id)).collect())
+        } else {
+            unreachable!("a store has one of the two pools")
+        }
     }
 
     /// Leases up to `limit` ready jobs to `owner` for `lease`, tenants round-robin: each
@@ -677,18 +776,7 @@ impl Queue {
     /// # Errors
     /// The database failed.
     pub async fn complete(&self, job: &ClaimedJob) -> Result<bool, QueueError> {
-        const SQL: &str = "UPDATE jobs SET state = 'succeeded', lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, \
-             finished_at = $1, updated_at = $2 WHERE id = $3 AND lease_token = $4 AND state = 'running'";
-        let now = now_ms();
-        let affected = write_tx!(self.store, |pool| sqlx::query(SQL)
-            .bind(now)
-            .bind(now)
-            .bind(&job.id)
-            .bind(&job.lease_token)
-            .execute(pool)
-            .await?
-            .rows_affected());
-        Ok(affected == 1)
+        Ok(self.complete_each(std::slice::from_ref(job)).await?[0])
     }
 
     /// Records a failed attempt: back to `available` at `now + delay`, or `dead` when no
@@ -871,14 +959,26 @@ impl Queue {
         const SQL: &str = "UPDATE jobs SET state = 'available', attempts = 0, run_at = $1, finished_at = NULL, updated_at = $2 \
              WHERE id = $3 AND state IN ('dead', 'failed', 'cancelled')";
         let now = now_ms();
-        Ok(write_tx!(self.store, |pool| sqlx::query(SQL)
+        let retried = write_tx!(self.store, |pool| sqlx::query(SQL)
             .bind(now)
             .bind(now)
             .bind(id)
             .execute(pool)
             .await?
             .rows_affected())
-            == 1)
+            == 1;
+        if retried {
+            self.wake();
+            // Operators run this from another process: tell the daemons (the trigger only
+            // covers inserts).
+            if let Some(pool) = self.store.postgres() {
+                sqlx::query("SELECT pg_notify($1, '')")
+                    .bind(JOBS_CHANNEL)
+                    .execute(pool)
+                    .await?;
+            }
+        }
+        Ok(retried)
     }
 
     /// Cancels a job that has not started. False when it is not available.

@@ -1,6 +1,8 @@
-//! Workers: claim jobs in batches, run each with its kind's timeout while renewing the lease,
-//! and record the outcome (done, retry with backoff or the job's Retry-After, permanent
-//! failure). The reaper returns expired leases and dead-letters exhausted jobs.
+//! Workers: claim as many jobs as there are free slots (woken by the queue's work signal,
+//! polling as the fallback), run each with its kind's timeout while renewing the lease, and
+//! record the outcome (done, retry with backoff or the job's Retry-After, permanent failure);
+//! successes are recorded in batches, one transaction for all that finished meanwhile. The
+//! reaper returns expired leases and dead-letters exhausted jobs.
 //!
 //! Owns no tables. Invariants: a worker never sleeps on a throttled job (it goes back to the
 //! queue with its `run_at`); on stop it claims nothing more, lets running jobs finish within
@@ -9,13 +11,20 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::health::Heartbeat;
 use crate::jobs::{JobContext, JobError, Registry};
 use crate::queue::{backoff, ClaimedJob, Queue};
+
+/// Most successes recorded in one transaction.
+const COMPLETION_BATCH: usize = 256;
+
+/// A finished job and where to say whether its success was recorded (`Some(false)`: the lease
+/// was lost; `None`: the write failed).
+type Completion = (ClaimedJob, oneshot::Sender<Option<bool>>);
 
 /// Retry backoff base and ceiling.
 const BACKOFF_BASE: Duration = Duration::from_secs(2);
@@ -49,49 +58,60 @@ impl WorkerPool {
         let running = TaskTracker::new();
         let release = CancellationToken::new();
         let this = Arc::new(self);
+        let mut signal = this.queue.work_signal().await;
+        let (completions, finished) = mpsc::channel::<Completion>(COMPLETION_BATCH * 4);
+        let recorder = tokio::spawn(record_completions(this.queue.clone(), finished));
         loop {
             heartbeat.beat();
-            if stop.is_cancelled() {
-                break;
-            }
-            let free = slots.available_permits();
-            let claimed = if free == 0 {
-                Vec::new()
-            } else {
-                match this
-                    .queue
-                    .claim(
-                        &this.owner,
-                        u32::try_from(free).unwrap_or(u32::MAX),
-                        this.lease,
-                    )
-                    .await
-                {
-                    Ok(claimed) => claimed,
-                    Err(err) => {
-                        tracing::warn!(error = %err, reason = err.reason_code(), "claiming jobs failed");
-                        Vec::new()
-                    }
+            // A free slot first (beating while every slot is busy with long jobs), then as many
+            // jobs as there are free slots.
+            let first = tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+                () = tokio::time::sleep(this.poll) => continue,
+            };
+            let free = slots.available_permits() + 1;
+            let claimed = match this
+                .queue
+                .claim(
+                    &this.owner,
+                    u32::try_from(free).unwrap_or(u32::MAX),
+                    this.lease,
+                )
+                .await
+            {
+                Ok(claimed) => claimed,
+                Err(err) => {
+                    tracing::warn!(error = %err, reason = err.reason_code(), "claiming jobs failed");
+                    Vec::new()
                 }
             };
-            let idle = claimed.is_empty();
+            if claimed.is_empty() {
+                drop(first);
+                tokio::select! {
+                    biased;
+                    () = stop.cancelled() => break,
+                    () = signal.wait(this.poll) => {}
+                }
+                continue;
+            }
+            let mut first = Some(first);
             for job in claimed {
-                let permit = slots
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .expect("the semaphore is never closed");
-                let (pool, release) = (this.clone(), release.clone());
+                let permit = match first.take() {
+                    Some(permit) => permit,
+                    None => slots
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .expect("the semaphore is never closed"),
+                };
+                let (pool, release, completions) =
+                    (this.clone(), release.clone(), completions.clone());
                 running.spawn(async move {
-                    pool.execute(job, release).await;
+                    pool.execute(job, release, completions).await;
                     drop(permit);
                 });
-            }
-            if idle {
-                tokio::select! {
-                    () = stop.cancelled() => break,
-                    () = tokio::time::sleep(this.poll) => {}
-                }
             }
         }
         running.close();
@@ -103,9 +123,18 @@ impl WorkerPool {
                 running.wait().await;
             }
         }
+        drop(completions);
+        if recorder.await.is_err() {
+            tracing::error!("the completion recorder stopped abnormally; unrecorded jobs are retried after their lease");
+        }
     }
 
-    async fn execute(&self, job: ClaimedJob, release: CancellationToken) {
+    async fn execute(
+        &self,
+        job: ClaimedJob,
+        release: CancellationToken,
+        completions: mpsc::Sender<Completion>,
+    ) {
         let started = Instant::now();
         let Some(kind) = self.registry.get(&job.kind) else {
             let _ = self
@@ -143,9 +172,22 @@ impl WorkerPool {
                 }
             }
         };
+        let held = |held: bool, outcome: &'static str| if held { outcome } else { "lease_lost" };
         let recorded = match outcome {
-            None => self.queue.release(&job).await.map(|_| "released"),
-            Some(Ok(())) => self.queue.complete(&job).await.map(|_| "succeeded"),
+            None => self.queue.release(&job).await.map(|h| held(h, "released")),
+            Some(Ok(())) => {
+                let kind = job.kind.clone();
+                let (ack, recorded) = oneshot::channel();
+                if completions.send((job, ack)).await.is_err() {
+                    return;
+                }
+                // Otherwise the recorder logged the failure; the lease expires and the reaper
+                // retries the job.
+                if let Ok(Some(h)) = recorded.await {
+                    record(&kind, held(h, "succeeded"), started);
+                }
+                return;
+            }
             Some(Err(JobError::Retry {
                 reason,
                 message,
@@ -154,29 +196,51 @@ impl WorkerPool {
                 let delay =
                     backoff(job.attempt, BACKOFF_BASE, BACKOFF_CAP).max(after.unwrap_or_default());
                 tracing::info!(job.id = %job.id, job.kind = %job.kind, reason, attempt = job.attempt, "job will be retried");
+                let outcome = if job.attempt >= job.max_attempts {
+                    "dead"
+                } else {
+                    "retried"
+                };
                 self.queue
                     .retry(&job, reason, &message, delay)
                     .await
-                    .map(|_| {
-                        if job.attempt >= job.max_attempts {
-                            "dead"
-                        } else {
-                            "retried"
-                        }
-                    })
+                    .map(|h| held(h, outcome))
             }
             Some(Err(JobError::Permanent { reason, message })) => {
                 tracing::warn!(job.id = %job.id, job.kind = %job.kind, reason, "job failed permanently");
                 self.queue
                     .fail(&job, reason, &message)
                     .await
-                    .map(|_| "failed")
+                    .map(|h| held(h, "failed"))
             }
         };
         match recorded {
             Ok(outcome) => record(&job.kind, outcome, started),
             Err(err) => {
                 tracing::error!(job.id = %job.id, error = %err, "could not record a job outcome; the lease will expire and the reaper retries it")
+            }
+        }
+    }
+}
+
+/// Records successes in batches: whatever finished while the previous batch was being written
+/// goes into the next transaction, so a busy pool pays one commit for many jobs. Ends when
+/// every sender is gone, after writing what it holds.
+async fn record_completions(queue: Queue, mut finished: mpsc::Receiver<Completion>) {
+    let mut batch = Vec::with_capacity(COMPLETION_BATCH);
+    while finished.recv_many(&mut batch, COMPLETION_BATCH).await > 0 {
+        let (jobs, acks): (Vec<ClaimedJob>, Vec<_>) = batch.drain(..).unzip();
+        match queue.complete_each(&jobs).await {
+            Ok(held) => {
+                for (ack, held) in acks.into_iter().zip(held) {
+                    let _ = ack.send(Some(held));
+                }
+            }
+            Err(err) => {
+                tracing::error!(jobs = jobs.len(), error = %err, reason = err.reason_code(), "could not record finished jobs; their leases will expire and the reaper retries them");
+                for ack in acks {
+                    let _ = ack.send(None);
+                }
             }
         }
     }

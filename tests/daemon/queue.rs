@@ -537,8 +537,39 @@ mod workers {
         );
     }
 
+    async fn an_idle_pool_wakes_for_new_work_without_waiting_for_its_poll(db: TestDb) {
+        let (queue, mut pool) = pool(&db, Duration::from_secs(30), Duration::from_secs(5)).await;
+        pool.poll = Duration::from_secs(3600);
+        let stop = CancellationToken::new();
+        let health = tenantd::health::TaskHealth::default();
+        let running = tokio::spawn(pool.run(
+            stop.clone(),
+            health.register("workers", Duration::from_secs(7200)),
+        ));
+        // The first job is enqueued in process (the in-process wake-up, both backends).
+        jobs::enqueue(&queue, &Sleepy { millis: 1 }).await.unwrap();
+        wait_for(&queue, JobState::Succeeded, 1).await;
+        // Let the pool go idle (its next claim finds nothing; it waits up to an hour).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if db.is_postgres() {
+            // Another system inserts a job in its own transaction: the trigger's NOTIFY wakes
+            // the pool.
+            db.execute(
+                "INSERT INTO jobs (id, kind, payload, tenant_id, run_at, max_attempts, created_at, updated_at) \
+                 VALUES ('outside', 'test_sleepy', '{\"millis\": 1}', '', 0, 3, 0, 0)",
+            )
+            .await;
+        } else {
+            jobs::enqueue(&queue, &Sleepy { millis: 1 }).await.unwrap();
+        }
+        wait_for(&queue, JobState::Succeeded, 2).await;
+        stop.cancel();
+        running.await.unwrap();
+    }
+
     on_both_backends!(
         the_daemon_runs_queued_jobs,
+        an_idle_pool_wakes_for_new_work_without_waiting_for_its_poll,
         outcomes_are_recorded_without_sleeping_on_throttled_jobs,
         leases_are_renewed_while_a_job_runs,
         on_stop_unfinished_jobs_are_released_after_the_grace_period,
@@ -559,15 +590,28 @@ async fn bulk_enqueue_and_batched_completion(db: TestDb) {
     );
     let claimed = queue.claim("w", 100, LEASE).await.unwrap();
     assert_eq!(claimed.len(), 100);
-    assert_eq!(queue.complete_many(&claimed).await.unwrap(), 100);
-    assert_eq!(
-        queue.complete_many(&claimed).await.unwrap(),
-        0,
+    // Two claims, so two lease tokens, completed in one batch.
+    let mut claimed = claimed;
+    claimed.extend(queue.claim("w2", 10, LEASE).await.unwrap());
+    assert_eq!(claimed.len(), 110);
+    assert!(queue
+        .complete_each(&claimed)
+        .await
+        .unwrap()
+        .iter()
+        .all(|held| *held));
+    assert!(
+        queue
+            .complete_each(&claimed)
+            .await
+            .unwrap()
+            .iter()
+            .all(|held| !held),
         "completion is fenced by the lease"
     );
     assert_eq!(
         queue.list(JobState::Succeeded, 1000).await.unwrap().len(),
-        100
+        110
     );
 }
 
