@@ -339,28 +339,17 @@ const JOBS_CHANNEL: &str = "tenantd_jobs";
 /// Notifications are hints; polling stays the fallback, so a lost one only costs latency.
 pub struct WorkSignal {
     added: Arc<Notify>,
-    listener: Option<sqlx::postgres::PgListener>,
+    notified: Arc<Notify>,
+    /// Receives PostgreSQL notifications on its own connection; stopped when the signal drops.
+    listener: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl WorkSignal {
     /// Waits until work may be ready or `timeout` passed.
-    pub async fn wait(&mut self, timeout: Duration) {
-        let remote = async {
-            match self.listener.as_mut() {
-                Some(listener) => {
-                    if let Err(err) = listener.recv().await {
-                        // The connection is gone; it is re-established on the next wait. Until
-                        // then the timeout paces us.
-                        tracing::debug!(error = %err, "job notifications interrupted");
-                        std::future::pending::<()>().await;
-                    }
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
+    pub async fn wait(&self, timeout: Duration) {
         tokio::select! {
             () = self.added.notified() => {}
-            () = remote => {}
+            () = self.notified.notified() => {}
             () = tokio::time::sleep(timeout) => {}
         }
     }
@@ -368,6 +357,28 @@ impl WorkSignal {
     /// Whether PostgreSQL notifications are being received.
     pub fn listens(&self) -> bool {
         self.listener.is_some()
+    }
+}
+
+impl Drop for WorkSignal {
+    fn drop(&mut self) {
+        if let Some(listener) = &self.listener {
+            listener.abort();
+        }
+    }
+}
+
+/// Turns notifications into wake-ups. Runs in its own task so that a wait ending for another
+/// reason never cancels a half-read notification; reconnects on the next receive after a loss.
+async fn forward_notifications(mut listener: sqlx::postgres::PgListener, notified: Arc<Notify>) {
+    loop {
+        match listener.recv().await {
+            Ok(_) => notified.notify_one(),
+            Err(err) => {
+                tracing::debug!(error = %StoreError::from(err), "job notifications interrupted; polling meanwhile");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
     }
 }
 
@@ -544,25 +555,29 @@ impl Queue {
     /// A signal for an idle claimer. On PostgreSQL it listens on its own connection; when that
     /// cannot be had it falls back to polling alone (logged).
     pub async fn work_signal(&self) -> WorkSignal {
-        let listener = match self.store.postgres() {
-            Some(pool) => {
-                let listened = async {
-                    let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
-                    listener.listen(JOBS_CHANNEL).await?;
-                    Ok::<_, sqlx::Error>(listener)
-                };
-                match listened.await {
-                    Ok(listener) => Some(listener),
-                    Err(err) => {
-                        tracing::warn!(error = %StoreError::from(err), "cannot listen for new jobs; polling only");
-                        None
-                    }
+        let notified = Arc::new(Notify::new());
+        let mut listener = None;
+        if let Some(pool) = self.store.postgres() {
+            let listened = async {
+                let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+                listener.listen(JOBS_CHANNEL).await?;
+                Ok::<_, sqlx::Error>(listener)
+            };
+            match listened.await {
+                Ok(connected) => {
+                    listener = Some(tokio::spawn(forward_notifications(
+                        connected,
+                        notified.clone(),
+                    )));
+                }
+                Err(err) => {
+                    tracing::warn!(error = %StoreError::from(err), "cannot listen for new jobs; polling only");
                 }
             }
-            None => None,
-        };
+        }
         WorkSignal {
             added: self.added.clone(),
+            notified,
             listener,
         }
     }
@@ -658,7 +673,8 @@ impl Queue {
     /// The database failed.
     pub async fn complete_each(&self, jobs: &[ClaimedJob]) -> Result<Vec<bool>, QueueError> {
         const SQLITE: &str = "UPDATE jobs SET state = 'succeeded', lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, \
-             finished_at = $1, updated_at = $2 WHERE id = $3 AND lease_token = $4 AND state = 'running'";
+             finished_at = $1, updated_at = $2 WHERE state = 'running' AND lease_token = $3 AND id IN (SELECT value FROM json_each($4)) \
+             RETURNING id";
         const POSTGRES: &str = "UPDATE jobs SET state = 'succeeded', lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, \
              finished_at = $1, updated_at = $2 FROM unnest($3::text[], $4::text[]) AS done(id, lease_token) \
              WHERE jobs.id = done.id AND jobs.lease_token = done.lease_token AND jobs.state = 'running' RETURNING jobs.id";
@@ -669,20 +685,31 @@ impl Queue {
         if let Some(pool) = self.store.sqlite() {
             let _turn = self.store.sqlite_write_turn().await;
             let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-            let mut held = Vec::with_capacity(jobs.len());
+            // One statement per claim (its jobs share a lease token).
+            let mut claims: Vec<(&str, Vec<&str>)> = Vec::new();
             for job in jobs {
-                let affected = sqlx::query(SQLITE)
+                match claims
+                    .iter_mut()
+                    .find(|(token, _)| *token == job.lease_token)
+                {
+                    Some((_, ids)) => ids.push(&job.id),
+                    None => claims.push((&job.lease_token, vec![&job.id])),
+                }
+            }
+            let mut done = HashSet::new();
+            for (token, ids) in claims {
+                let ids = serde_json::to_string(&ids).expect("strings serialize");
+                let completed: Vec<String> = sqlx::query_scalar(SQLITE)
                     .bind(now)
                     .bind(now)
-                    .bind(&job.id)
-                    .bind(&job.lease_token)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                held.push(affected == 1);
+                    .bind(token)
+                    .bind(ids)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                done.extend(completed);
             }
             tx.commit().await?;
-            Ok(held)
+            Ok(jobs.iter().map(|job| done.contains(&job.id)).collect())
         } else if let Some(pool) = self.store.postgres() {
             let ids: Vec<&str> = jobs.iter().map(|job| job.id.as_str()).collect();
             let tokens: Vec<&str> = jobs.iter().map(|job| job.lease_token.as_str()).collect();

@@ -19,6 +19,9 @@ use crate::health::Heartbeat;
 use crate::jobs::{JobContext, JobError, Registry};
 use crate::queue::{backoff, ClaimedJob, Queue};
 
+/// Longest a claim waits for more free slots when most are busy.
+const CLAIM_GATHER: Duration = Duration::from_millis(2);
+
 /// Most successes recorded in one transaction.
 const COMPLETION_BATCH: usize = 256;
 
@@ -58,7 +61,7 @@ impl WorkerPool {
         let running = TaskTracker::new();
         let release = CancellationToken::new();
         let this = Arc::new(self);
-        let mut signal = this.queue.work_signal().await;
+        let signal = this.queue.work_signal().await;
         let (completions, finished) = mpsc::channel::<Completion>(COMPLETION_BATCH * 4);
         let recorder = tokio::spawn(record_completions(this.queue.clone(), finished));
         loop {
@@ -71,6 +74,13 @@ impl WorkerPool {
                 permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
                 () = tokio::time::sleep(this.poll) => continue,
             };
+            // With most slots busy, give running jobs a moment to finish so that one claim
+            // (one transaction) fetches several jobs rather than one each time a slot frees.
+            let worth_claiming = (this.concurrency / 4).max(1);
+            if slots.available_permits() + 1 < worth_claiming {
+                let more = u32::try_from(worth_claiming - 1).unwrap_or(u32::MAX);
+                let _ = tokio::time::timeout(CLAIM_GATHER, slots.acquire_many(more)).await;
+            }
             let free = slots.available_permits() + 1;
             let claimed = match this
                 .queue
