@@ -672,31 +672,33 @@ impl Queue {
     /// # Errors
     /// The database failed.
     pub async fn complete_each(&self, jobs: &[ClaimedJob]) -> Result<Vec<bool>, QueueError> {
+        // One statement per claim (its jobs share a lease token), the ids as one array
+        // parameter: the plan is a primary-key lookup whatever the batch size. (A join against
+        // `unnest` of ids and tokens got a generic plan that scanned the whole table.)
         const SQLITE: &str = "UPDATE jobs SET state = 'succeeded', lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, \
              finished_at = $1, updated_at = $2 WHERE state = 'running' AND lease_token = $3 AND id IN (SELECT value FROM json_each($4)) \
              RETURNING id";
         const POSTGRES: &str = "UPDATE jobs SET state = 'succeeded', lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, \
-             finished_at = $1, updated_at = $2 FROM unnest($3::text[], $4::text[]) AS done(id, lease_token) \
-             WHERE jobs.id = done.id AND jobs.lease_token = done.lease_token AND jobs.state = 'running' RETURNING jobs.id";
+             finished_at = $1, updated_at = $2 WHERE state = 'running' AND lease_token = $3 AND id = ANY($4::text[]) \
+             RETURNING id";
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
+        let mut claims: Vec<(&str, Vec<&str>)> = Vec::new();
+        for job in jobs {
+            match claims
+                .iter_mut()
+                .find(|(token, _)| *token == job.lease_token)
+            {
+                Some((_, ids)) => ids.push(&job.id),
+                None => claims.push((&job.lease_token, vec![&job.id])),
+            }
+        }
         let now = now_ms();
+        let mut done: HashSet<String> = HashSet::with_capacity(jobs.len());
         if let Some(pool) = self.store.sqlite() {
             let _turn = self.store.sqlite_write_turn().await;
             let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-            // One statement per claim (its jobs share a lease token).
-            let mut claims: Vec<(&str, Vec<&str>)> = Vec::new();
-            for job in jobs {
-                match claims
-                    .iter_mut()
-                    .find(|(token, _)| *token == job.lease_token)
-                {
-                    Some((_, ids)) => ids.push(&job.id),
-                    None => claims.push((&job.lease_token, vec![&job.id])),
-                }
-            }
-            let mut done = HashSet::new();
             for (token, ids) in claims {
                 let ids = serde_json::to_string(&ids).expect("strings serialize");
                 let completed: Vec<String> = sqlx::query_scalar(SQLITE)
@@ -709,23 +711,23 @@ impl Queue {
                 done.extend(completed);
             }
             tx.commit().await?;
-            Ok(jobs.iter().map(|job| done.contains(&job.id)).collect())
         } else if let Some(pool) = self.store.postgres() {
-            let ids: Vec<&str> = jobs.iter().map(|job| job.id.as_str()).collect();
-            let tokens: Vec<&str> = jobs.iter().map(|job| job.lease_token.as_str()).collect();
-            let done: HashSet<String> = sqlx::query_scalar(POSTGRES)
-                .bind(now)
-                .bind(now)
-                .bind(&ids)
-                .bind(&tokens)
-                .fetch_all(pool)
-                .await?
-                .into_iter()
-                .collect();
-            Ok(jobs.iter().map(|job| done.contains(&job.id)).collect())
+            let mut tx = pool.begin().await?;
+            for (token, ids) in claims {
+                let completed: Vec<String> = sqlx::query_scalar(POSTGRES)
+                    .bind(now)
+                    .bind(now)
+                    .bind(token)
+                    .bind(&ids)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                done.extend(completed);
+            }
+            tx.commit().await?;
         } else {
             unreachable!("a store has one of the two pools")
         }
+        Ok(jobs.iter().map(|job| done.contains(&job.id)).collect())
     }
 
     /// Leases up to `limit` ready jobs to `owner` for `lease`, tenants round-robin: each
