@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -119,8 +119,7 @@ impl WorkerPool {
                 let (pool, release, completions) =
                     (this.clone(), release.clone(), completions.clone());
                 running.spawn(async move {
-                    pool.execute(job, release, completions).await;
-                    drop(permit);
+                    pool.execute(job, release, completions, permit).await;
                 });
             }
         }
@@ -144,6 +143,7 @@ impl WorkerPool {
         job: ClaimedJob,
         release: CancellationToken,
         completions: mpsc::Sender<Completion>,
+        slot: OwnedSemaphorePermit,
     ) {
         let started = Instant::now();
         let Some(kind) = self.registry.get(&job.kind) else {
@@ -191,6 +191,9 @@ impl WorkerPool {
                 if completions.send((job, ack)).await.is_err() {
                     return;
                 }
+                // The job no longer runs: its slot may take the next job while the batch with
+                // this success is written (the channel's capacity bounds what waits).
+                drop(slot);
                 // Otherwise the recorder logged the failure; the lease expires and the reaper
                 // retries the job.
                 if let Ok(Some(h)) = recorded.await {
