@@ -251,19 +251,29 @@ async fn two_instances_share_one_queue_without_running_a_job_twice(db: TestDb) {
             .await
             .unwrap();
     }
-    let worker = |queue: Queue, owner: &'static str| async move {
-        let mut seen = Vec::new();
-        loop {
-            let batch = queue.claim(owner, 7, LEASE).await.unwrap();
-            if batch.is_empty() {
-                break;
+    // Both claim their first batch before either goes on, so both take part however the
+    // scheduler orders them.
+    let both_started = std::sync::Arc::new(tokio::sync::Barrier::new(2));
+    let worker = |queue: Queue, owner: &'static str| {
+        let both_started = both_started.clone();
+        async move {
+            let mut seen = Vec::new();
+            let mut first = true;
+            loop {
+                let batch = queue.claim(owner, 7, LEASE).await.unwrap();
+                if std::mem::take(&mut first) {
+                    both_started.wait().await;
+                }
+                if batch.is_empty() {
+                    break;
+                }
+                for job in batch {
+                    assert!(queue.complete(&job).await.unwrap());
+                    seen.push(job.id);
+                }
             }
-            for job in batch {
-                assert!(queue.complete(&job).await.unwrap());
-                seen.push(job.id);
-            }
+            seen
         }
-        seen
     };
     let (a, b) = tokio::join!(
         tokio::spawn(worker(first.clone(), "instance-a")),
