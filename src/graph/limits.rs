@@ -1,18 +1,35 @@
-//! Client-side limits in front of Graph: a global concurrency cap, a per-mailbox concurrency
-//! limit (Outlook allows 4 per app and mailbox), and a per-tenant rate (governor) that adapts:
-//! halved after a 429, raised step by step after successes (AIMD), so a steady load settles just
-//! under the tenant's budget.
+//! Client-side limits in front of Graph: a per-tenant pace that adapts, a per-mailbox
+//! concurrency limit (Outlook allows 4 per app and mailbox) and a global concurrency cap.
 //!
-//! Owns no tables. Invariants: the rate stays within [1, configured] requests per second; time
-//! spent waiting in the limiter is measured.
+//! The pace hands out evenly spaced send times at the tenant's current rate. A 429 holds every
+//! request of that tenant until its Retry-After has passed (so one 429 is not followed by a
+//! burst of others), and lowers the rate by a quarter, at most once per cool-down (the requests
+//! already in flight at the old rate answer 429 too). Successes raise the rate again: quickly
+//! far below the rate of the last 429, slowly near it, so a steady load settles just under the
+//! tenant's budget with few 429s. A governor limiter at the configured rate is the hard cap.
+//!
+//! Owns no tables. Invariants: the rate stays within [1, configured] requests per second; no
+//! request of a tenant is sent before that tenant's Retry-After has passed; time spent waiting
+//! in the limits is measured.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+/// After a 429 the rate becomes this share of what it was.
+const DECREASE: f64 = 0.75;
+/// Further 429s within this time (or the Retry-After, if longer) do not lower the rate again.
+const DECREASE_COOL_DOWN: Duration = Duration::from_secs(2);
+/// Requests per second gained per second of successes, far from and near the last 429's rate.
+const CLIMB_FAST: f64 = 2.0;
+const CLIMB_SLOW: f64 = 0.25;
+/// "Near" the last 429's rate: above this share of it.
+const NEAR: f64 = 0.9;
 
 /// Limits of one process.
 pub struct Limits {
@@ -23,81 +40,104 @@ pub struct Limits {
     mailboxes: Mutex<HashMap<(String, String), Arc<Semaphore>>>,
 }
 
-/// A tenant's adaptive rate.
+/// A tenant's adaptive pace.
 pub struct TenantRate {
-    state: Mutex<RateState>,
+    state: Mutex<Pace>,
     max: f64,
+    /// The configured rate as a hard cap.
+    cap: DefaultDirectRateLimiter,
 }
 
-struct RateState {
-    /// The rate AIMD arrived at.
+struct Pace {
+    /// Requests per second now.
     rate: f64,
-    /// The rate the limiter was built for (rebuilt only on a real change).
-    built_for: f64,
-    limiter: Arc<DefaultDirectRateLimiter>,
-}
-
-fn limiter(rate: f64) -> Arc<DefaultDirectRateLimiter> {
-    let period = Duration::from_secs_f64(1.0 / rate.max(1.0));
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    let burst = NonZeroU32::new((rate / 4.0).ceil().max(1.0) as u32).expect("at least one");
-    let quota = Quota::with_period(period)
-        .expect("a positive period")
-        .allow_burst(burst);
-    Arc::new(RateLimiter::direct(quota))
+    /// The rate when the last 429 came.
+    last_throttled_at_rate: Option<f64>,
+    /// The next free send time.
+    next_slot: Instant,
+    /// Nothing is sent before this (the latest Retry-After).
+    blocked_until: Instant,
+    /// When the rate was last lowered.
+    lowered_at: Option<Instant>,
 }
 
 impl TenantRate {
     fn new(max: f64) -> Self {
+        let now = Instant::now();
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let per_second = NonZeroU32::new(max.ceil().max(1.0) as u32).expect("at least one");
         Self {
-            state: Mutex::new(RateState {
+            state: Mutex::new(Pace {
                 rate: max,
-                built_for: max,
-                limiter: limiter(max),
+                last_throttled_at_rate: None,
+                next_slot: now,
+                blocked_until: now,
+                lowered_at: None,
             }),
             max,
+            cap: RateLimiter::direct(Quota::per_second(per_second)),
         }
+    }
+
+    fn pace(&self) -> std::sync::MutexGuard<'_, Pace> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The current rate in requests per second.
     pub fn rate(&self) -> f64 {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).rate
+        self.pace().rate
     }
 
-    fn set(&self, rate: f64) {
-        let rate = rate.clamp(1.0, self.max);
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.rate = rate;
-        // Rebuilding the limiter forgets its burst; only do it for a real change.
-        let drift = (rate - state.built_for).abs() / state.built_for;
-        if drift >= 0.05 || (rate == self.max && state.built_for != self.max) {
-            state.built_for = rate;
-            state.limiter = limiter(rate);
+    /// Reserves the next send time: evenly spaced at the current rate, never before the latest
+    /// Retry-After.
+    fn reserve(&self) -> Instant {
+        let mut pace = self.pace();
+        let slot = Instant::now().max(pace.next_slot).max(pace.blocked_until);
+        pace.next_slot = slot + Duration::from_secs_f64(1.0 / pace.rate);
+        slot
+    }
+
+    /// A 429 with `retry_after`: hold the tenant's requests until then; lower the rate unless it
+    /// was lowered within the cool-down.
+    pub fn throttled(&self, retry_after: Duration) {
+        let now = Instant::now();
+        let mut pace = self.pace();
+        pace.blocked_until = pace.blocked_until.max(now + retry_after);
+        let cool_down = DECREASE_COOL_DOWN.max(retry_after);
+        if pace
+            .lowered_at
+            .is_none_or(|at| now.duration_since(at) >= cool_down)
+        {
+            pace.last_throttled_at_rate = Some(pace.rate);
+            pace.rate = (pace.rate * DECREASE).clamp(1.0, self.max);
+            pace.lowered_at = Some(now);
         }
     }
 
-    /// Multiplicative decrease after a 429.
-    pub fn throttled(&self) {
-        self.set(self.rate() / 2.0);
-    }
-
-    /// Additive increase after a success: about two requests per second more per second of
-    /// successes at the current rate.
+    /// A success: the rate climbs, slowly near the rate of the last 429.
     pub fn succeeded(&self) {
-        let rate = self.rate();
-        if rate < self.max {
-            self.set(rate + 1.0 / rate.max(1.0) * 2.0);
+        let mut pace = self.pace();
+        if pace.rate >= self.max {
+            return;
         }
+        let near = pace
+            .last_throttled_at_rate
+            .is_some_and(|at| pace.rate >= at * NEAR && pace.rate <= at / NEAR);
+        let per_second = if near { CLIMB_SLOW } else { CLIMB_FAST };
+        // Successes arrive `rate` times a second.
+        pace.rate = (pace.rate + per_second / pace.rate).clamp(1.0, self.max);
     }
 
+    /// Waits for this request's send time (again if a 429 came meanwhile), then the cap.
     async fn ready(&self) {
-        let limiter = self
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .limiter
-            .clone();
-        limiter.until_ready().await;
+        loop {
+            let slot = self.reserve();
+            tokio::time::sleep_until(slot).await;
+            if self.pace().blocked_until <= Instant::now() {
+                break;
+            }
+        }
+        self.cap.until_ready().await;
     }
 }
 
@@ -132,15 +172,11 @@ impl Limits {
             .clone()
     }
 
-    /// Waits for a global slot, the mailbox's slot (if any) and the tenant's rate.
+    /// Waits for the tenant's pace, then the mailbox's slot (if any) and a global slot.
     pub async fn acquire(&self, tenant: &str, mailbox: Option<&str>) -> Permit {
-        let started = Instant::now();
-        let global = self
-            .global
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("never closed");
+        let started = std::time::Instant::now();
+        // The pace first, so a tenant waiting out a Retry-After holds no global slot.
+        self.tenant(tenant).ready().await;
         let mailbox = match mailbox {
             Some(mailbox) => {
                 let semaphore = self
@@ -154,7 +190,12 @@ impl Limits {
             }
             None => None,
         };
-        self.tenant(tenant).ready().await;
+        let global = self
+            .global
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
         Permit {
             _global: global,
             _mailbox: mailbox,
@@ -167,26 +208,87 @@ impl Limits {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_rate_halves_on_throttling_and_climbs_back() {
-        let rate = TenantRate::new(20.0);
-        rate.throttled();
-        assert!((rate.rate() - 10.0).abs() < 1e-9);
-        rate.throttled();
-        rate.throttled();
-        rate.throttled();
-        rate.throttled();
-        assert!((rate.rate() - 1.0).abs() < 1e-9, "never below 1 rps");
-        let mut steps = 0;
-        while rate.rate() < 20.0 && steps < 10_000 {
+    #[tokio::test(start_paused = true)]
+    async fn a_429_lowers_the_rate_once_per_cool_down_and_it_climbs_back_slowly_near_it() {
+        let rate = TenantRate::new(100.0);
+        rate.throttled(Duration::from_millis(100));
+        assert!((rate.rate() - 75.0).abs() < 1e-9);
+        // The requests in flight at the old rate answer 429 too: no further drop.
+        rate.throttled(Duration::from_millis(100));
+        rate.throttled(Duration::from_millis(100));
+        assert!((rate.rate() - 75.0).abs() < 1e-9, "once per cool-down");
+        tokio::time::advance(DECREASE_COOL_DOWN).await;
+        rate.throttled(Duration::ZERO);
+        assert!(
+            (rate.rate() - 56.25).abs() < 1e-9,
+            "again after the cool-down"
+        );
+        // Far below the last 429's rate (75 → 56): quick climb, about 2 rps per second.
+        let mut successes = 0;
+        while rate.rate() < 75.0 * NEAR {
             rate.succeeded();
-            steps += 1;
+            successes += 1;
+        }
+        let far = successes;
+        // Near it: about 0.25 rps per second, eight times slower.
+        let start = rate.rate();
+        successes = 0;
+        while rate.rate() < start + 5.0 {
+            rate.succeeded();
+            successes += 1;
         }
         assert!(
-            (rate.rate() - 20.0).abs() < 1e-9,
-            "climbs back to the configured rate"
+            f64::from(successes) / 5.0 > 6.0 * f64::from(far) / (75.0 * NEAR - 56.25),
+            "slower near the last 429: {successes} successes for 5 rps, {far} for {:.1}",
+            75.0 * NEAR - 56.25
         );
-        assert!(steps > 20, "additively, not at once: {steps}");
+        for _ in 0..1_000_000 {
+            rate.succeeded();
+        }
+        assert!(
+            (rate.rate() - 100.0).abs() < 1e-9,
+            "never above the configured rate"
+        );
+        let floor = TenantRate::new(4.0);
+        for _ in 0..20 {
+            floor.throttled(Duration::ZERO);
+            tokio::time::advance(DECREASE_COOL_DOWN).await;
+        }
+        assert!((floor.rate() - 1.0).abs() < 1e-9, "never below 1 rps");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn send_times_are_spaced_by_the_rate_and_wait_out_retry_after() {
+        let rate = TenantRate::new(10.0);
+        let start = Instant::now();
+        let slots: Vec<Duration> = (0..5).map(|_| rate.reserve() - start).collect();
+        let expected: Vec<Duration> = (0..5).map(|n| Duration::from_millis(100 * n)).collect();
+        assert_eq!(slots, expected, "100 ms apart at 10 rps");
+        rate.throttled(Duration::from_secs(3));
+        let after = rate.reserve() - start;
+        assert!(
+            after >= Duration::from_secs(3),
+            "{after:?}: not before Retry-After"
+        );
+        // A request that reserved its slot (300 ms from now) before the 429 waits for the
+        // Retry-After too.
+        let early = TenantRate::new(10.0);
+        for _ in 0..3 {
+            early.reserve();
+        }
+        let waiting = {
+            let early = Arc::new(early);
+            let waiter = early.clone();
+            let task = tokio::spawn(async move {
+                waiter.ready().await;
+                Instant::now()
+            });
+            tokio::task::yield_now().await;
+            early.throttled(Duration::from_secs(5));
+            task
+        };
+        let sent = waiting.await.unwrap();
+        assert!(sent - start >= Duration::from_secs(5), "{:?}", sent - start);
     }
 
     #[tokio::test]

@@ -241,13 +241,11 @@ impl GraphClient {
         let code = graph_code(&body);
         Err(match status {
             StatusCode::TOO_MANY_REQUESTS => {
-                rate.throttled();
+                let retry_after =
+                    retry_after.unwrap_or_else(|| backoff(2, BACKOFF_BASE, BACKOFF_CAP));
+                rate.throttled(retry_after);
                 metrics::counter!(names::GRAPH_THROTTLED, "family" => request.family).increment(1);
-                GraphError::Throttled {
-                    retry_after: retry_after
-                        .unwrap_or_else(|| backoff(2, BACKOFF_BASE, BACKOFF_CAP)),
-                    code,
-                }
+                GraphError::Throttled { retry_after, code }
             }
             StatusCode::SERVICE_UNAVAILABLE
             | StatusCode::GATEWAY_TIMEOUT
@@ -368,7 +366,7 @@ impl GraphClient {
                         longest = longest.max(wait);
                         retry.push(index);
                         if status == 429 {
-                            self.limits.tenant(&connection.tenant_id).throttled();
+                            self.limits.tenant(&connection.tenant_id).throttled(wait);
                         }
                     } else {
                         results[index] = Some((status, response["body"].clone()));
