@@ -4,7 +4,7 @@
 //! Owns `audit_log`. Invariants: rows are only ever appended (removing a tenant keeps its
 //! trail); no secret, token or personal data beyond ids is ever written here.
 
-use crate::store::{with_pool, Store, StoreError};
+use crate::store::{with_pool, write_tx, Store, StoreError};
 
 /// Who did it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,7 +75,7 @@ pub async fn record(
 ) -> Result<(), StoreError> {
     const SQL: &str = "INSERT INTO audit_log (at, actor, event, tenant_id, connection_id, reason) \
                        VALUES ($1, $2, $3, $4, $5, $6)";
-    with_pool!(store, |pool| {
+    write_tx!(store, |pool| {
         sqlx::query(SQL)
             .bind(now_unix())
             .bind(actor.as_str())

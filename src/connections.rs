@@ -12,7 +12,7 @@ use serde::Serialize;
 use zeroize::Zeroizing;
 
 use crate::audit::{self, now_unix, Actor};
-use crate::store::{with_pool, Store, StoreError};
+use crate::store::{transaction, with_pool, write_tx, Store, StoreError};
 use crate::vault::{key_id_of, Keyring, Slot, VaultError};
 
 /// How a connection gets tokens.
@@ -314,8 +314,7 @@ pub async fn add_app(
         "UPDATE connections SET is_default = 0, updated_at = $1 WHERE tenant_id = $2";
     const INSERT: &str = "INSERT INTO connections (id, tenant_id, client_id, auth_mode, label, is_default, \
          authority, client_secret, created_at, updated_at) VALUES ($1, $2, $3, 'app', $4, $5, $6, $7, $8, $9)";
-    with_pool!(store, |pool| {
-        let mut tx = pool.begin().await.map_err(StoreError::from)?;
+    transaction!(store, |tx| {
         if make_default {
             sqlx::query(CLEAR_DEFAULT)
                 .bind(now)
@@ -337,7 +336,6 @@ pub async fn add_app(
             .execute(&mut *tx)
             .await
             .map_err(StoreError::from)?;
-        tx.commit().await.map_err(StoreError::from)?;
     });
     audit::record(
         store,
@@ -392,7 +390,7 @@ pub async fn add_delegated(
             let id = uuid::Uuid::new_v4().simple().to_string();
             const INSERT: &str = "INSERT INTO connections (id, tenant_id, client_id, auth_mode, user_id, user_name, \
                  authority, created_at, updated_at) VALUES ($1, $2, $3, 'delegated', $4, $5, $6, $7, $8)";
-            with_pool!(store, |pool| {
+            write_tx!(store, |pool| {
                 sqlx::query(INSERT)
                     .bind(&id)
                     .bind(&tenant_id)
@@ -507,8 +505,7 @@ pub async fn remove(
         return Err(ConnectionError::NotFound);
     }
     for connection in &doomed {
-        with_pool!(store, |pool| {
-            let mut tx = pool.begin().await.map_err(StoreError::from)?;
+        transaction!(store, |tx| {
             sqlx::query("DELETE FROM connection_tokens WHERE connection_id = $1")
                 .bind(&connection.id)
                 .execute(&mut *tx)
@@ -519,7 +516,6 @@ pub async fn remove(
                 .execute(&mut *tx)
                 .await
                 .map_err(StoreError::from)?;
-            tx.commit().await.map_err(StoreError::from)?;
         });
         audit::record(
             store,
@@ -579,7 +575,7 @@ pub async fn store_token(
     const SQL: &str = "INSERT INTO connection_tokens (connection_id, resource, token, expires_at, updated_at) \
          VALUES ($1, $2, $3, $4, $5) ON CONFLICT (connection_id, resource) DO UPDATE SET \
          token = excluded.token, expires_at = excluded.expires_at, updated_at = excluded.updated_at";
-    with_pool!(store, |pool| {
+    write_tx!(store, |pool| {
         sqlx::query(SQL)
             .bind(connection_id)
             .bind(resource)
@@ -641,7 +637,7 @@ pub async fn set_status(
     let success = status == Status::Active;
     const OK: &str = "UPDATE connections SET status = $1, reason = $2, last_token_at = $3, updated_at = $4 WHERE id = $5";
     const FAILED: &str = "UPDATE connections SET status = $1, reason = $2, last_failure_at = $3, updated_at = $4 WHERE id = $5";
-    with_pool!(store, |pool| {
+    write_tx!(store, |pool| {
         sqlx::query(if success { OK } else { FAILED })
             .bind(status.as_str())
             .bind(reason)
@@ -702,7 +698,7 @@ pub async fn rotate_keys(
         }
         let plain = keys.open(&sealed, secret_slot(&id))?;
         let resealed = keys.seal(&plain, secret_slot(&id));
-        with_pool!(store, |pool| {
+        write_tx!(store, |pool| {
             sqlx::query(
                 "UPDATE connections SET client_secret = $1 WHERE id = $2 AND client_secret = $3",
             )
@@ -735,7 +731,7 @@ pub async fn rotate_keys(
         };
         let plain = keys.open(&sealed, slot)?;
         let resealed = keys.seal(&plain, slot);
-        with_pool!(store, |pool| {
+        write_tx!(store, |pool| {
             sqlx::query("UPDATE connection_tokens SET token = $1 WHERE connection_id = $2 AND resource = $3 AND token = $4")
                 .bind(&resealed)
                 .bind(&connection_id)

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::store::{Store, StoreError};
+use crate::store::{write_tx, Store, StoreError};
 
 /// How often a running instance refreshes `last_seen_at`.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(15);
@@ -39,25 +39,16 @@ impl Instance {
             i64::from(std::process::id()),
             env!("CARGO_PKG_VERSION"),
         );
-        if let Some(pool) = store.sqlite() {
-            sqlx::query("INSERT INTO instances (id, hostname, pid, version) VALUES (?, ?, ?, ?)")
-                .bind(&id)
-                .bind(&host)
-                .bind(pid)
-                .bind(version)
-                .execute(pool)
-                .await?;
-        } else if let Some(pool) = store.postgres() {
-            sqlx::query(
-                "INSERT INTO instances (id, hostname, pid, version) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(&id)
-            .bind(&host)
-            .bind(pid)
-            .bind(version)
-            .execute(pool)
-            .await?;
-        }
+        write_tx!(store, |conn| sqlx::query(
+            "INSERT INTO instances (id, hostname, pid, version) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&id)
+        .bind(&host)
+        .bind(pid)
+        .bind(version)
+        .execute(conn)
+        .await?
+        .rows_affected());
         Ok(Self {
             id,
             store: store.clone(),
@@ -95,11 +86,11 @@ impl Instance {
 
     /// Runs a one-row update of this instance, in the store's dialect.
     async fn stamp(&self, sqlite: &'static str, postgres: &'static str) -> Result<(), StoreError> {
-        if let Some(pool) = self.store.sqlite() {
-            sqlx::query(sqlite).bind(&self.id).execute(pool).await?;
-        } else if let Some(pool) = self.store.postgres() {
-            sqlx::query(postgres).bind(&self.id).execute(pool).await?;
-        }
+        write_tx!(self.store, sqlite, postgres, |conn, sql| sqlx::query(sql)
+            .bind(&self.id)
+            .execute(conn)
+            .await?
+            .rows_affected());
         Ok(())
     }
 

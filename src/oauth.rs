@@ -15,7 +15,7 @@ use zeroize::Zeroizing;
 use crate::audit::{self, now_unix, Actor};
 use crate::connections::{self, AuthMode, ConnectionError, NewDelegatedConnection, Status};
 use crate::identity::{token_claims, CodeRedemption, IdentityClient, TokenError};
-use crate::store::{with_pool, Store, StoreError};
+use crate::store::{with_pool, write_tx, Store, StoreError};
 use crate::vault::{Keyring, Slot};
 
 /// How long a started browser flow may take.
@@ -86,7 +86,7 @@ async fn insert(
     let now = now_unix();
     const SQL: &str = "INSERT INTO oauth_states (state, kind, tenant_id, client_id, redirect_uri, code_verifier, created_at, expires_at) \
                        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
-    with_pool!(store, |pool| {
+    write_tx!(store, |pool| {
         sqlx::query(SQL)
             .bind(state)
             .bind(kind.as_str())
@@ -167,7 +167,7 @@ struct Pending {
 async fn consume(store: &Store, state: &str, kind: Kind) -> Result<Pending, CallbackError> {
     let now = now_unix();
     const USE: &str = "UPDATE oauth_states SET used_at = $1 WHERE state = $2 AND kind = $3 AND used_at IS NULL AND expires_at > $4";
-    let used = with_pool!(store, |pool| sqlx::query(USE)
+    let used = write_tx!(store, |pool| sqlx::query(USE)
         .bind(now)
         .bind(state)
         .bind(kind.as_str())

@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::Notify;
 
-use crate::store::{with_pool, Store, StoreError};
+use crate::store::{with_pool, write_tx, Store, StoreError};
 
 /// A job's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -279,35 +279,6 @@ const REAP_POSTGRES: &str =
     "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = $2 ",
     "WHERE state = 'running' AND lease_expires_at < ", postgres_now!(), " RETURNING state"
 );
-
-/// Runs a writing statement: on SQLite inside `BEGIN IMMEDIATE`, so a statement that reads
-/// before it writes takes the write lock up front and waits (busy timeout) instead of failing
-/// with `SQLITE_BUSY_SNAPSHOT` when another connection committed in between; on PostgreSQL on
-/// the pool.
-macro_rules! write_tx {
-    ($store:expr, |$conn:ident| $body:expr) => {
-        write_tx!($store, (), (), |$conn, _unused| $body)
-    };
-    ($store:expr, $sqlite_sql:expr, $postgres_sql:expr, |$conn:ident, $sql:ident| $body:expr) => {
-        if let Some(pool) = $store.sqlite() {
-            let _turn = $store.sqlite_write_turn().await;
-            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-            let $sql = $sqlite_sql;
-            let out = {
-                let $conn = &mut *tx;
-                $body
-            };
-            tx.commit().await?;
-            out
-        } else if let Some(pool) = $store.postgres() {
-            let $sql = $postgres_sql;
-            let $conn = pool;
-            $body
-        } else {
-            unreachable!("a store has one of the two pools")
-        }
-    };
-}
 
 /// What the reaper did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::audit::now_unix;
 use crate::queue::{NewJob, Queue, QueueError};
-use crate::store::{with_pool, Store, StoreError};
+use crate::store::{with_pool, write_tx, Store, StoreError};
 
 /// One run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -120,7 +120,7 @@ pub async fn start(
     const INSERT: &str =
         "INSERT INTO operation_runs (id, kind, tenant_id, created_at) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (tenant_id) WHERE state IN ('queued', 'running') DO NOTHING";
-    let inserted = with_pool!(store, |pool| sqlx::query(INSERT)
+    let inserted = write_tx!(store, |pool| sqlx::query(INSERT)
         .bind(&id)
         .bind(kind)
         .bind(tenant_id)
@@ -142,7 +142,7 @@ pub async fn start(
     job.payload["run_id"] = serde_json::json!(id);
     match queue.enqueue(&job).await {
         Ok(enqueued) => {
-            with_pool!(store, |pool| {
+            write_tx!(store, |pool| {
                 sqlx::query("UPDATE operation_runs SET job_id = $1 WHERE id = $2")
                     .bind(enqueued.id())
                     .bind(&id)
@@ -210,7 +210,7 @@ pub async fn list(store: &Store, limit: u32) -> Result<Vec<OperationRun>, RunErr
 /// The database failed.
 pub async fn mark_running(store: &Store, id: &str) -> Result<(), RunError> {
     const SQL: &str = "UPDATE operation_runs SET state = 'running', started_at = $1 WHERE id = $2 AND state IN ('queued', 'running')";
-    with_pool!(store, |pool| {
+    write_tx!(store, |pool| {
         sqlx::query(SQL)
             .bind(now_unix())
             .bind(id)
@@ -233,7 +233,7 @@ pub async fn finish(
 ) -> Result<(), RunError> {
     const SQL: &str = "UPDATE operation_runs SET state = $1, reason = $2, message = $3, finished_at = $4 WHERE id = $5 AND state IN ('queued', 'running')";
     let state = if succeeded { "succeeded" } else { "failed" };
-    with_pool!(store, |pool| {
+    write_tx!(store, |pool| {
         sqlx::query(SQL)
             .bind(state)
             .bind(reason)

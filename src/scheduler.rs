@@ -18,7 +18,7 @@ use crate::jobs::prune_jobs::PruneJobs;
 use crate::jobs::token_sweep::TokenSweep;
 use crate::jobs::Job;
 use crate::queue::{NewJob, Queue, QueueError};
-use crate::store::{with_pool, Store, StoreError};
+use crate::store::{with_pool, write_tx, Store, StoreError};
 
 /// Why a schedule is invalid or a tick failed.
 #[derive(Debug, thiserror::Error)]
@@ -209,7 +209,7 @@ impl Scheduler {
             const LAST: &str = "SELECT last_fire_at FROM schedules WHERE name = $1";
             const ADVANCE: &str = "UPDATE schedules SET last_fire_at = $1, updated_at = $2 WHERE name = $3 AND last_fire_at = $4";
             let now_s = now.timestamp();
-            with_pool!(self.store, |pool| {
+            write_tx!(self.store, |pool| {
                 sqlx::query(REGISTER)
                     .bind(&schedule.name)
                     .bind(now_s)
@@ -224,7 +224,7 @@ impl Scheduler {
             let Some(fire) = schedule.due(at(last), now) else {
                 continue;
             };
-            let won = with_pool!(self.store, |pool| sqlx::query(ADVANCE)
+            let won = write_tx!(self.store, |pool| sqlx::query(ADVANCE)
                 .bind(fire.timestamp())
                 .bind(now_s)
                 .bind(&schedule.name)
@@ -239,7 +239,7 @@ impl Scheduler {
             job.dedupe_key = Some(format!("schedule:{}:{}", schedule.name, fire.timestamp()));
             if let Err(err) = self.queue.enqueue(&job).await {
                 // Give the tick back so the next tick (here or elsewhere) enqueues it.
-                with_pool!(self.store, |pool| {
+                write_tx!(self.store, |pool| {
                     sqlx::query(ADVANCE)
                         .bind(last)
                         .bind(now_s)

@@ -72,6 +72,76 @@ macro_rules! with_pool {
 }
 pub(crate) use with_pool;
 
+/// Runs a writing statement: on SQLite inside `BEGIN IMMEDIATE` after this process's write
+/// turn, so a statement that reads before it writes takes the lock up front instead of failing
+/// with `SQLITE_BUSY_SNAPSHOT`, and so this process's writers queue fairly instead of spinning
+/// in SQLite's busy handler (where a steady stream of queue writes could starve an occasional
+/// writer past the busy timeout); on PostgreSQL on the pool. The second form takes the
+/// statement text per dialect. The function's error type converts from [`StoreError`].
+macro_rules! write_tx {
+    ($store:expr, |$conn:ident| $body:expr) => {
+        $crate::store::write_tx!($store, (), (), |$conn, _unused| $body)
+    };
+    ($store:expr, $sqlite_sql:expr, $postgres_sql:expr, |$conn:ident, $sql:ident| $body:expr) => {
+        if let Some(pool) = $store.sqlite() {
+            let _turn = $store.sqlite_write_turn().await;
+            let mut tx = pool
+                .begin_with("BEGIN IMMEDIATE")
+                .await
+                .map_err($crate::store::StoreError::from)?;
+            let $sql = $sqlite_sql;
+            let out = {
+                let $conn = &mut *tx;
+                $body
+            };
+            tx.commit().await.map_err($crate::store::StoreError::from)?;
+            out
+        } else if let Some(pool) = $store.postgres() {
+            let $sql = $postgres_sql;
+            let $conn = pool;
+            $body
+        } else {
+            unreachable!("a store has one of the two pools")
+        }
+    };
+}
+pub(crate) use write_tx;
+
+/// Runs several statements in one transaction, `$conn` being the transaction's connection
+/// (use it as `&mut *$conn`): on SQLite `BEGIN IMMEDIATE` after this process's write turn (as
+/// [`write_tx`]), on PostgreSQL a plain `BEGIN`.
+macro_rules! transaction {
+    ($store:expr, |$conn:ident| $body:expr) => {
+        if let Some(pool) = $store.sqlite() {
+            let _turn = $store.sqlite_write_turn().await;
+            let mut tx = pool
+                .begin_with("BEGIN IMMEDIATE")
+                .await
+                .map_err($crate::store::StoreError::from)?;
+            let out = {
+                let $conn = &mut *tx;
+                $body
+            };
+            tx.commit().await.map_err($crate::store::StoreError::from)?;
+            out
+        } else if let Some(pool) = $store.postgres() {
+            let mut tx = pool
+                .begin()
+                .await
+                .map_err($crate::store::StoreError::from)?;
+            let out = {
+                let $conn = &mut *tx;
+                $body
+            };
+            tx.commit().await.map_err($crate::store::StoreError::from)?;
+            out
+        } else {
+            unreachable!("a store has one of the two pools")
+        }
+    };
+}
+pub(crate) use transaction;
+
 /// Why the database could not be used. Messages carry no password.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
