@@ -4,7 +4,8 @@
 //!     cargo bench --bench queue                      # both databases, defaults below
 //!     JOBS=100000 WORKERS="1 4 8" POOL_CONCURRENCY="64" BACKENDS="sqlite postgres" cargo bench --bench queue
 //!
-//! PostgreSQL: `BENCH_POSTGRES_URL` (default postgres://postgres@127.0.0.1:5432/postgres); a
+//! `CLAIM_BATCH` (default 500, graphile-worker's local queue size) is how many jobs a claimer
+//! takes at once. PostgreSQL: `BENCH_POSTGRES_URL` (default postgres://postgres@127.0.0.1:5432/postgres); a
 //! database `tenantd_bench` is created fresh for every measurement. Prints one line per
 //! measurement: `backend measure workers value unit`.
 
@@ -110,7 +111,7 @@ async fn main() {
     let batch: u32 = std::env::var("CLAIM_BATCH")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(100);
+        .unwrap_or(500);
     let pool_sizes: Vec<usize> = env_list("POOL_CONCURRENCY", "64")
         .iter()
         .filter_map(|w| w.parse().ok())

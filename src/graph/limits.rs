@@ -3,10 +3,11 @@
 //!
 //! The pace hands out evenly spaced send times at the tenant's current rate. A 429 holds every
 //! request of that tenant until its Retry-After has passed (so one 429 is not followed by a
-//! burst of others), and lowers the rate by a quarter, at most once per cool-down (the requests
-//! already in flight at the old rate answer 429 too). Successes raise the rate again: quickly
-//! far below the rate of the last 429, slowly near it, so a steady load settles just under the
-//! tenant's budget with few 429s. A governor limiter at the configured rate is the hard cap.
+//! burst of others), and lowers the rate at most once per cool-down (the requests already in
+//! flight at the old rate answer 429 too): by 3 % when it was probing near the rate of the
+//! previous 429, by a quarter otherwise. Successes raise the rate again: quickly far below the
+//! rate of the last 429, more and more slowly near it, so a steady load settles just under the
+//! tenant's budget with rare 429s. A governor limiter at the configured rate is the hard cap.
 //!
 //! Owns no tables. Invariants: the rate stays within [1, configured] requests per second; no
 //! request of a tenant is sent before that tenant's Retry-After has passed; time spent waiting
@@ -21,15 +22,21 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-/// After a 429 the rate becomes this share of what it was.
+/// After a 429 the rate becomes this share of what it was...
 const DECREASE: f64 = 0.75;
+/// ...or this share when it was probing near the rate of the previous 429.
+const STEP_BACK: f64 = 0.97;
 /// Further 429s within this time (or the Retry-After, if longer) do not lower the rate again.
 const DECREASE_COOL_DOWN: Duration = Duration::from_secs(2);
-/// Requests per second gained per second of successes, far from and near the last 429's rate.
-const CLIMB_FAST: f64 = 2.0;
-const CLIMB_SLOW: f64 = 0.25;
-/// "Near" the last 429's rate: above this share of it.
+/// "Near" the rate of the previous 429: within this factor of it, either way.
 const NEAR: f64 = 0.9;
+/// Climb without a previous 429, in requests per second per second.
+const CLIMB: f64 = 2.0;
+/// Climb as a share of the previous 429's rate per second: below 90 % of it, between 90 and
+/// 97 %, and from 97 % up (the budget is close: probe it slowly, so that 429s are rare).
+const CLIMB_FAR: f64 = 0.02;
+const CLIMB_CLOSER: f64 = 0.005;
+const CLIMB_PROBING: f64 = 0.0006;
 
 /// Limits of one process.
 pub struct Limits {
@@ -108,22 +115,31 @@ impl TenantRate {
             .lowered_at
             .is_none_or(|at| now.duration_since(at) >= cool_down)
         {
+            // Probing just above the rate of the previous 429 only needs a step back below it;
+            // a 429 anywhere else means the budget moved: back off by a quarter.
+            let probing = pace
+                .last_throttled_at_rate
+                .is_some_and(|at| pace.rate >= at * NEAR && pace.rate <= at / NEAR);
+            let factor = if probing { STEP_BACK } else { DECREASE };
             pace.last_throttled_at_rate = Some(pace.rate);
-            pace.rate = (pace.rate * DECREASE).clamp(1.0, self.max);
+            pace.rate = (pace.rate * factor).clamp(1.0, self.max);
             pace.lowered_at = Some(now);
         }
     }
 
-    /// A success: the rate climbs, slowly near the rate of the last 429.
+    /// A success: the rate climbs, slower the closer it is to the rate of the last 429, and
+    /// fast again once well past it (the budget grew).
     pub fn succeeded(&self) {
         let mut pace = self.pace();
         if pace.rate >= self.max {
             return;
         }
-        let near = pace
-            .last_throttled_at_rate
-            .is_some_and(|at| pace.rate >= at * NEAR && pace.rate <= at / NEAR);
-        let per_second = if near { CLIMB_SLOW } else { CLIMB_FAST };
+        let per_second = match pace.last_throttled_at_rate {
+            None => CLIMB,
+            Some(at) if pace.rate < at * NEAR || pace.rate > at / NEAR => CLIMB_FAR * at,
+            Some(at) if pace.rate < at * STEP_BACK => CLIMB_CLOSER * at,
+            Some(at) => CLIMB_PROBING * at,
+        };
         // Successes arrive `rate` times a second.
         pace.rate = (pace.rate + per_second / pace.rate).clamp(1.0, self.max);
     }
@@ -208,45 +224,61 @@ impl Limits {
 mod tests {
     use super::*;
 
+    /// Successes needed to climb from `from` to `to` requests per second.
+    fn successes_to_climb(rate: &TenantRate, to: f64) -> u32 {
+        let mut successes = 0;
+        while rate.rate() < to {
+            rate.succeeded();
+            successes += 1;
+        }
+        successes
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn a_429_lowers_the_rate_once_per_cool_down_and_it_climbs_back_slowly_near_it() {
-        let rate = TenantRate::new(100.0);
+    async fn a_429_lowers_the_rate_once_per_cool_down_and_it_climbs_back_slower_near_it() {
+        let rate = TenantRate::new(200.0);
         rate.throttled(Duration::from_millis(100));
-        assert!((rate.rate() - 75.0).abs() < 1e-9);
+        assert!((rate.rate() - 150.0).abs() < 1e-9, "a quarter down");
         // The requests in flight at the old rate answer 429 too: no further drop.
         rate.throttled(Duration::from_millis(100));
         rate.throttled(Duration::from_millis(100));
-        assert!((rate.rate() - 75.0).abs() < 1e-9, "once per cool-down");
+        assert!((rate.rate() - 150.0).abs() < 1e-9, "once per cool-down");
         tokio::time::advance(DECREASE_COOL_DOWN).await;
         rate.throttled(Duration::ZERO);
         assert!(
-            (rate.rate() - 56.25).abs() < 1e-9,
-            "again after the cool-down"
+            (rate.rate() - 112.5).abs() < 1e-9,
+            "again after the cool-down, a quarter down (150 is not near 200)"
         );
-        // Far below the last 429's rate (75 → 56): quick climb, about 2 rps per second.
-        let mut successes = 0;
-        while rate.rate() < 75.0 * NEAR {
-            rate.succeeded();
-            successes += 1;
-        }
-        let far = successes;
-        // Near it: about 0.25 rps per second, eight times slower.
-        let start = rate.rate();
-        successes = 0;
-        while rate.rate() < start + 5.0 {
-            rate.succeeded();
-            successes += 1;
-        }
+        // The last 429 came at 150. Successes arrive `rate` times a second, so the successes
+        // needed for a climb, divided by the rate, approximate its seconds.
+        let far = f64::from(successes_to_climb(&rate, 150.0 * NEAR)) / 135.0 / (135.0 - 112.5);
+        let closer =
+            f64::from(successes_to_climb(&rate, 150.0 * STEP_BACK)) / 145.5 / (145.5 - 135.0);
+        let probing = f64::from(successes_to_climb(&rate, 150.0)) / 150.0 / (150.0 - 145.5);
+        // Seconds per request-per-second of climb: 1 / (share × 150).
+        assert!((far - 1.0 / (CLIMB_FAR * 150.0)).abs() < 0.05, "{far}");
         assert!(
-            f64::from(successes) / 5.0 > 6.0 * f64::from(far) / (75.0 * NEAR - 56.25),
-            "slower near the last 429: {successes} successes for 5 rps, {far} for {:.1}",
-            75.0 * NEAR - 56.25
+            (closer - 1.0 / (CLIMB_CLOSER * 150.0)).abs() < 0.1,
+            "{closer}"
+        );
+        assert!(
+            (probing - 1.0 / (CLIMB_PROBING * 150.0)).abs() < 0.5,
+            "{probing}"
+        );
+        // A 429 while probing at the last one's rate: a small step back.
+        tokio::time::advance(DECREASE_COOL_DOWN).await;
+        let probing_at = rate.rate();
+        rate.throttled(Duration::ZERO);
+        assert!(
+            (rate.rate() - probing_at * STEP_BACK).abs() < 1e-9,
+            "{}",
+            rate.rate()
         );
         for _ in 0..1_000_000 {
             rate.succeeded();
         }
         assert!(
-            (rate.rate() - 100.0).abs() < 1e-9,
+            (rate.rate() - 200.0).abs() < 1e-9,
             "never above the configured rate"
         );
         let floor = TenantRate::new(4.0);
