@@ -1,0 +1,581 @@
+//! Graph change-notification subscriptions: the ones tenantd wants (declared in configuration
+//! or by the CLI), the random clientState each one carries, and what Graph answered when it
+//! created or renewed them (its id, expiry, status and reason code). The webhook listener reads
+//! the clientStates here to check incoming notifications.
+//!
+//! Owns `subscriptions`. Invariants: one row per (tenant, resource, change types); a Graph id
+//! belongs to at most one row; the clientState is 32 random bytes (43 characters, under Graph's
+//! 128), sealed by the vault to its row and never shown in logs, errors or Debug output.
+
+use std::collections::HashMap;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use chacha20poly1305::aead::rand_core::RngCore;
+use chacha20poly1305::aead::OsRng;
+use serde::Serialize;
+use zeroize::Zeroizing;
+
+use crate::audit::now_unix;
+use crate::store::{with_pool, write_tx, Store, StoreError};
+use crate::vault::{Keyring, Slot, VaultError};
+
+/// Where a wanted subscription was declared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// `[[subscriptions]]` in the configuration.
+    Config,
+    /// `tenantd subscription create`.
+    Cli,
+}
+
+impl Origin {
+    fn as_str(self) -> &'static str {
+        match self {
+            Origin::Config => "config",
+            Origin::Cli => "cli",
+        }
+    }
+}
+
+/// A subscription row (without its clientState).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Subscription {
+    /// tenantd's id.
+    pub id: String,
+    /// Entra tenant ID.
+    pub tenant_id: String,
+    /// Graph resource path, e.g. `users/{id}/messages`.
+    pub resource: String,
+    /// Comma-separated change types, as Graph takes them.
+    pub change_types: String,
+    /// `config` or `cli`.
+    pub origin: String,
+    /// False once removed from the configuration or deleted by the CLI: reconcile deletes it.
+    pub wanted: bool,
+    /// Graph's subscription id, once created.
+    pub graph_id: Option<String>,
+    /// The connection that created it.
+    pub connection_id: Option<String>,
+    /// Graph's expiry (Unix seconds).
+    pub expires_at: Option<i64>,
+    /// Last successful renewal (Unix seconds).
+    pub last_renewed_at: Option<i64>,
+    /// `pending`, `active`, `failed` or `removed`.
+    pub status: String,
+    /// Reason code of the last failure.
+    pub reason: Option<String>,
+}
+
+/// A subscription to want.
+#[derive(Debug, Clone)]
+pub struct Desired<'a> {
+    /// Entra tenant ID (GUID).
+    pub tenant_id: &'a str,
+    /// Graph resource path.
+    pub resource: &'a str,
+    /// Change types (`created`, `updated`, `deleted`).
+    pub change_types: &'a [String],
+    /// Where it was declared.
+    pub origin: Origin,
+}
+
+/// What a notification for one Graph subscription id is checked against.
+pub struct Check {
+    /// tenantd's subscription id.
+    pub id: String,
+    /// The tenant the subscription belongs to.
+    pub tenant_id: String,
+    /// The clientState Graph echoes.
+    pub client_state: Zeroizing<String>,
+}
+
+impl std::fmt::Debug for Check {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Check")
+            .field("id", &self.id)
+            .field("tenant_id", &self.tenant_id)
+            .field("client_state", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Why a subscription operation failed. Messages carry no clientState.
+#[derive(Debug, thiserror::Error)]
+pub enum SubscriptionError {
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A clientState could not be sealed or opened.
+    #[error("a subscription's clientState could not be decrypted: {0}")]
+    Vault(#[from] VaultError),
+    /// The tenant is not a GUID, the resource is malformed or a change type unknown.
+    #[error("{0}")]
+    Invalid(String),
+    /// No such subscription.
+    #[error("no subscription with id {0}")]
+    NotFound(String),
+}
+
+impl SubscriptionError {
+    /// Stable reason code.
+    pub fn reason_code(&self) -> &'static str {
+        match self {
+            SubscriptionError::Store(err) => err.reason_code(),
+            SubscriptionError::Vault(err) => err.reason_code(),
+            SubscriptionError::Invalid(_) => "subscription_invalid",
+            SubscriptionError::NotFound(_) => "subscription_not_found",
+        }
+    }
+}
+
+const CHANGE_TYPES: [&str; 3] = ["created", "updated", "deleted"];
+
+fn client_state_slot(id: &str) -> Slot<'_> {
+    Slot {
+        table: "subscriptions",
+        column: "client_state",
+        row: id,
+    }
+}
+
+/// Checks and normalizes a desired subscription: a GUID tenant, a relative resource path, and
+/// known change types in Graph's order.
+fn normalize(desired: &Desired<'_>) -> Result<(String, String, String), SubscriptionError> {
+    let tenant = uuid::Uuid::parse_str(desired.tenant_id)
+        .map(|id| id.hyphenated().to_string())
+        .map_err(|_| {
+            SubscriptionError::Invalid(format!(
+                "tenant `{}` is not a GUID: use the Entra tenant ID",
+                desired.tenant_id
+            ))
+        })?;
+    let resource = desired.resource.trim().trim_start_matches('/');
+    if resource.is_empty() || resource.contains("://") || resource.chars().any(char::is_whitespace)
+    {
+        return Err(SubscriptionError::Invalid(format!(
+            "resource `{}` is not a Graph resource path: write it like `users/{{id}}/messages`, without the base URL",
+            desired.resource
+        )));
+    }
+    let mut types = Vec::new();
+    for wanted in desired.change_types {
+        let wanted = wanted.trim();
+        if !CHANGE_TYPES.contains(&wanted) {
+            return Err(SubscriptionError::Invalid(format!(
+                "change type `{wanted}` is unknown: use created, updated and/or deleted"
+            )));
+        }
+        if !types.contains(&wanted) {
+            types.push(wanted);
+        }
+    }
+    if types.is_empty() {
+        return Err(SubscriptionError::Invalid(
+            "no change types: use created, updated and/or deleted".into(),
+        ));
+    }
+    let ordered: Vec<&str> = CHANGE_TYPES
+        .iter()
+        .copied()
+        .filter(|t| types.contains(t))
+        .collect();
+    Ok((tenant, resource.to_string(), ordered.join(",")))
+}
+
+fn new_client_state() -> Zeroizing<String> {
+    let mut bytes = Zeroizing::new([0u8; 32]);
+    OsRng.fill_bytes(bytes.as_mut());
+    Zeroizing::new(URL_SAFE_NO_PAD.encode(bytes.as_ref()))
+}
+
+type Row = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    String,
+    Option<String>,
+);
+
+const COLUMNS: &str = "id, tenant_id, resource, change_types, origin, wanted, graph_id, connection_id, expires_at, last_renewed_at, status, reason";
+
+fn from_row(row: Row) -> Subscription {
+    let (
+        id,
+        tenant_id,
+        resource,
+        change_types,
+        origin,
+        wanted,
+        graph_id,
+        connection_id,
+        expires_at,
+        last_renewed_at,
+        status,
+        reason,
+    ) = row;
+    Subscription {
+        id,
+        tenant_id,
+        resource,
+        change_types,
+        origin,
+        wanted: wanted != 0,
+        graph_id,
+        connection_id,
+        expires_at,
+        last_renewed_at,
+        status,
+        reason,
+    }
+}
+
+/// Wants a subscription: a new row with a fresh clientState, or the existing row for the same
+/// tenant, resource and change types marked wanted again.
+///
+/// # Errors
+/// [`SubscriptionError::Invalid`] naming what to fix, or the database.
+pub async fn declare(
+    store: &Store,
+    keys: &Keyring,
+    desired: &Desired<'_>,
+) -> Result<Subscription, SubscriptionError> {
+    let (tenant, resource, change_types) = normalize(desired)?;
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let sealed = keys.seal(new_client_state().as_bytes(), client_state_slot(&id));
+    let now = now_unix();
+    const INSERT: &str = "INSERT INTO subscriptions (id, tenant_id, resource, change_types, origin, client_state, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (tenant_id, resource, change_types) DO UPDATE SET wanted = 1, updated_at = excluded.updated_at";
+    write_tx!(store, |conn| sqlx::query(INSERT)
+        .bind(&id)
+        .bind(&tenant)
+        .bind(&resource)
+        .bind(&change_types)
+        .bind(desired.origin.as_str())
+        .bind(&sealed)
+        .bind(now)
+        .bind(now)
+        .execute(conn)
+        .await
+        .map_err(StoreError::from)?
+        .rows_affected());
+    let sql = format!(
+        "SELECT {COLUMNS} FROM subscriptions WHERE tenant_id = $1 AND resource = $2 AND change_types = $3"
+    );
+    let row: Row = with_pool!(store, |pool| sqlx::query_as(sqlx::AssertSqlSafe(
+        sql.as_str()
+    ))
+    .bind(&tenant)
+    .bind(&resource)
+    .bind(&change_types)
+    .fetch_one(pool)
+    .await
+    .map_err(StoreError::from)?);
+    Ok(from_row(row))
+}
+
+/// Subscriptions, optionally of one tenant, oldest first.
+///
+/// # Errors
+/// The database failed.
+pub async fn list(
+    store: &Store,
+    tenant: Option<&str>,
+) -> Result<Vec<Subscription>, SubscriptionError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM subscriptions WHERE ($1 = '' OR tenant_id = $2) ORDER BY created_at, id"
+    );
+    let tenant = tenant.unwrap_or_default();
+    let rows: Vec<Row> = with_pool!(store, |pool| sqlx::query_as(sqlx::AssertSqlSafe(
+        sql.as_str()
+    ))
+    .bind(tenant)
+    .bind(tenant)
+    .fetch_all(pool)
+    .await
+    .map_err(StoreError::from)?);
+    Ok(rows.into_iter().map(from_row).collect())
+}
+
+/// One subscription by tenantd's id.
+///
+/// # Errors
+/// [`SubscriptionError::NotFound`], or the database.
+pub async fn get(store: &Store, id: &str) -> Result<Subscription, SubscriptionError> {
+    let sql = format!("SELECT {COLUMNS} FROM subscriptions WHERE id = $1");
+    let row: Option<Row> = with_pool!(store, |pool| sqlx::query_as(sqlx::AssertSqlSafe(
+        sql.as_str()
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+    .map_err(StoreError::from)?);
+    row.map(from_row)
+        .ok_or_else(|| SubscriptionError::NotFound(id.to_string()))
+}
+
+/// Stops wanting a subscription; reconcile deletes it at Graph and then the row.
+///
+/// # Errors
+/// [`SubscriptionError::NotFound`], or the database.
+pub async fn unwant(store: &Store, id: &str) -> Result<(), SubscriptionError> {
+    const SQL: &str = "UPDATE subscriptions SET wanted = 0, updated_at = $1 WHERE id = $2";
+    let changed = write_tx!(store, |conn| sqlx::query(SQL)
+        .bind(now_unix())
+        .bind(id)
+        .execute(conn)
+        .await
+        .map_err(StoreError::from)?
+        .rows_affected());
+    if changed == 0 {
+        return Err(SubscriptionError::NotFound(id.to_string()));
+    }
+    Ok(())
+}
+
+/// Removes the row (after Graph's subscription is gone).
+///
+/// # Errors
+/// The database failed.
+pub async fn forget(store: &Store, id: &str) -> Result<(), SubscriptionError> {
+    write_tx!(store, |conn| sqlx::query(
+        "DELETE FROM subscriptions WHERE id = $1"
+    )
+    .bind(id)
+    .execute(conn)
+    .await
+    .map_err(StoreError::from)?
+    .rows_affected());
+    Ok(())
+}
+
+/// The clientState to send to Graph when creating the subscription.
+///
+/// # Errors
+/// [`SubscriptionError::NotFound`], a vault failure, or the database.
+pub async fn client_state(
+    store: &Store,
+    keys: &Keyring,
+    id: &str,
+) -> Result<Zeroizing<String>, SubscriptionError> {
+    const SQL: &str = "SELECT client_state FROM subscriptions WHERE id = $1";
+    let sealed: Option<String> = with_pool!(store, |pool| sqlx::query_scalar(SQL)
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+        .map_err(StoreError::from)?);
+    let sealed = sealed.ok_or_else(|| SubscriptionError::NotFound(id.to_string()))?;
+    Ok(keys.open_string(&sealed, client_state_slot(id))?)
+}
+
+/// Records Graph's answer to a create: its id, the connection used and the expiry.
+///
+/// # Errors
+/// The database failed.
+pub async fn record_created(
+    store: &Store,
+    id: &str,
+    graph_id: &str,
+    connection_id: &str,
+    expires_at: i64,
+) -> Result<(), SubscriptionError> {
+    const SQL: &str = "UPDATE subscriptions SET graph_id = $1, connection_id = $2, expires_at = $3, last_renewed_at = $4, \
+         status = 'active', reason = NULL, updated_at = $5 WHERE id = $6";
+    let now = now_unix();
+    write_tx!(store, |conn| sqlx::query(SQL)
+        .bind(graph_id)
+        .bind(connection_id)
+        .bind(expires_at)
+        .bind(now)
+        .bind(now)
+        .bind(id)
+        .execute(conn)
+        .await
+        .map_err(StoreError::from)?
+        .rows_affected());
+    Ok(())
+}
+
+/// Records a renewal's new expiry.
+///
+/// # Errors
+/// The database failed.
+pub async fn record_renewed(
+    store: &Store,
+    id: &str,
+    expires_at: i64,
+) -> Result<(), SubscriptionError> {
+    const SQL: &str = "UPDATE subscriptions SET expires_at = $1, last_renewed_at = $2, status = 'active', reason = NULL, updated_at = $3 WHERE id = $4";
+    let now = now_unix();
+    write_tx!(store, |conn| sqlx::query(SQL)
+        .bind(expires_at)
+        .bind(now)
+        .bind(now)
+        .bind(id)
+        .execute(conn)
+        .await
+        .map_err(StoreError::from)?
+        .rows_affected());
+    Ok(())
+}
+
+/// Records that Graph no longer has the subscription (404 on renewal, `subscriptionRemoved`):
+/// reconcile creates it again.
+///
+/// # Errors
+/// The database failed.
+pub async fn record_removed(
+    store: &Store,
+    id: &str,
+    reason: &str,
+) -> Result<(), SubscriptionError> {
+    const SQL: &str = "UPDATE subscriptions SET graph_id = NULL, expires_at = NULL, status = 'removed', reason = $1, updated_at = $2 WHERE id = $3";
+    write_tx!(store, |conn| sqlx::query(SQL)
+        .bind(reason)
+        .bind(now_unix())
+        .bind(id)
+        .execute(conn)
+        .await
+        .map_err(StoreError::from)?
+        .rows_affected());
+    Ok(())
+}
+
+/// Records that Graph missed notifications for the subscription (`missed` lifecycle event):
+/// the reason stays until the resource is resynchronized.
+///
+/// # Errors
+/// The database failed.
+pub async fn record_missed(store: &Store, id: &str) -> Result<(), SubscriptionError> {
+    const SQL: &str =
+        "UPDATE subscriptions SET reason = 'notifications_missed', updated_at = $1 WHERE id = $2";
+    write_tx!(store, |conn| sqlx::query(SQL)
+        .bind(now_unix())
+        .bind(id)
+        .execute(conn)
+        .await
+        .map_err(StoreError::from)?
+        .rows_affected());
+    Ok(())
+}
+
+/// Records a failed create or renewal with its reason code.
+///
+/// # Errors
+/// The database failed.
+pub async fn record_failed(store: &Store, id: &str, reason: &str) -> Result<(), SubscriptionError> {
+    const SQL: &str =
+        "UPDATE subscriptions SET status = 'failed', reason = $1, updated_at = $2 WHERE id = $3";
+    write_tx!(store, |conn| sqlx::query(SQL)
+        .bind(reason)
+        .bind(now_unix())
+        .bind(id)
+        .execute(conn)
+        .await
+        .map_err(StoreError::from)?
+        .rows_affected());
+    Ok(())
+}
+
+/// What notifications naming these Graph subscription ids are checked against; ids tenantd
+/// does not know are absent.
+///
+/// # Errors
+/// A vault failure, or the database.
+pub async fn checks_for(
+    store: &Store,
+    keys: &Keyring,
+    graph_ids: &[&str],
+) -> Result<HashMap<String, Check>, SubscriptionError> {
+    if graph_ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<(String, String, String, String)> = with_pool!(store, |pool| {
+        let mut query = sqlx::QueryBuilder::new(
+            "SELECT graph_id, id, tenant_id, client_state FROM subscriptions WHERE graph_id IN (",
+        );
+        let mut ids = query.separated(", ");
+        for id in graph_ids {
+            ids.push_bind(*id);
+        }
+        query.push(")");
+        query
+            .build_query_as()
+            .fetch_all(pool)
+            .await
+            .map_err(StoreError::from)?
+    });
+    let mut checks = HashMap::with_capacity(rows.len());
+    for (graph_id, id, tenant_id, sealed) in rows {
+        let client_state = keys.open_string(&sealed, client_state_slot(&id))?;
+        checks.insert(
+            graph_id,
+            Check {
+                id,
+                tenant_id,
+                client_state,
+            },
+        );
+    }
+    Ok(checks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desired<'a>(resource: &'a str, types: &'a [String]) -> Desired<'a> {
+        Desired {
+            tenant_id: "84BD8158-6D4D-4958-8B9F-9D6445542F95",
+            resource,
+            change_types: types,
+            origin: Origin::Config,
+        }
+    }
+
+    #[test]
+    fn targets_are_normalized_and_bad_ones_name_the_fix() {
+        let types = vec!["updated".to_string(), "created".into(), "created".into()];
+        let (tenant, resource, change_types) =
+            normalize(&desired("/users/abc/messages", &types)).unwrap();
+        assert_eq!(tenant, "84bd8158-6d4d-4958-8b9f-9d6445542f95");
+        assert_eq!(resource, "users/abc/messages");
+        assert_eq!(change_types, "created,updated", "Graph's order, no repeats");
+        let err = normalize(&desired(
+            "https://graph.microsoft.com/v1.0/users/abc/messages",
+            &types,
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("without the base URL"), "{err}");
+        let bad = vec!["moved".to_string()];
+        let err = normalize(&desired("users/abc/messages", &bad)).unwrap_err();
+        assert!(err.to_string().contains("created, updated and/or deleted"));
+        assert!(normalize(&desired("users/abc/messages", &[])).is_err());
+    }
+
+    #[test]
+    fn client_states_are_random_and_within_graphs_limit() {
+        let (a, b) = (new_client_state(), new_client_state());
+        assert_ne!(*a, *b);
+        assert_eq!(a.len(), 43, "32 bytes, base64url");
+        assert!(a.len() <= 128);
+    }
+
+    #[test]
+    fn a_check_never_shows_its_client_state() {
+        let check = Check {
+            id: "s1".into(),
+            tenant_id: "t".into(),
+            client_state: Zeroizing::new("very-secret-state".into()),
+        };
+        assert!(!format!("{check:?}").contains("very-secret-state"));
+    }
+}
