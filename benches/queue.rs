@@ -296,7 +296,11 @@ fn worker_pool(store: &Store, queue: &Queue, concurrency: usize) -> tenantd::wor
         context: tenantd::jobs::JobContext {
             store: store.clone(),
             queue: queue.clone(),
-            tokens,
+            tokens: tokens.clone(),
+            graph: std::sync::Arc::new(tenantd::graph::GraphClient::new(
+                &tenantd::config::GraphConfig::default(),
+                tokens.clone(),
+            )),
         },
         owner: "bench".into(),
         concurrency,

@@ -20,10 +20,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::graph::GraphClient;
 use crate::health::TaskHealth;
 use crate::http::{self, admin::AdminState};
 use crate::identity::IdentityClient;
 use crate::instance::{self, Instance};
+use crate::intake::Intake;
 use crate::jobs::{JobContext, Registry};
 use crate::queue::Queue;
 use crate::scheduler::Scheduler;
@@ -231,26 +233,38 @@ impl Application {
             admin_stop.clone(),
             failed_tx.clone(),
         ));
+        let queue = Queue::new(store.clone());
+        let (intake, intake_writer) = Intake::new(queue.clone());
+        // Ends once the public listener (holding the intake) has stopped and its last
+        // accepted notifications are written.
+        work.spawn(intake_writer);
+        let webhooks = http::webhooks::WebhookState {
+            store: store.clone(),
+            keys: keys.clone(),
+            intake,
+        };
         work.spawn(serve_listener(
             "public",
             public,
-            http::public::router(http::public::PublicState {
-                store: store.clone(),
-                keys: keys.clone(),
-                identity: IdentityClient::new(config.identity.authority.clone()),
-                authority: config
-                    .identity
-                    .authority
-                    .as_str()
-                    .trim_end_matches('/')
-                    .to_string(),
-                scope: config.identity.delegated_scopes.join(" "),
-            }),
+            http::public::router(
+                webhooks,
+                http::public::PublicState {
+                    store: store.clone(),
+                    keys: keys.clone(),
+                    identity: IdentityClient::new(config.identity.authority.clone()),
+                    authority: config
+                        .identity
+                        .authority
+                        .as_str()
+                        .trim_end_matches('/')
+                        .to_string(),
+                    scope: config.identity.delegated_scopes.join(" "),
+                },
+            ),
             work_stop.clone(),
             failed_tx,
         ));
         work.spawn(metrics_upkeep(metrics, tasks.clone(), work_stop.clone()));
-        let queue = Queue::new(store.clone());
         work.spawn(queue_upkeep(
             queue.clone(),
             tasks.clone(),
@@ -271,6 +285,7 @@ impl Application {
                     store: store.clone(),
                     queue,
                     tokens: tokens.clone(),
+                    graph: Arc::new(GraphClient::new(&config.graph, tokens.clone())),
                 },
                 owner: instance.id().to_string(),
                 concurrency: usize::try_from(config.queue.workers).unwrap_or(1),

@@ -45,6 +45,12 @@ pub mod names {
     pub const GRAPH_THROTTLED: &str = "tenantd_graph_throttled_total";
     /// Histogram of time spent waiting in the client-side limits by `family`.
     pub const GRAPH_LIMITER_WAIT: &str = "tenantd_graph_limiter_wait_seconds";
+    /// Counter of notification items received by `endpoint` (`notifications`, `lifecycle`)
+    /// and `outcome` (`accepted`, `unknown_subscription`, `client_state_mismatch`,
+    /// `tenant_mismatch`, `malformed`).
+    pub const WEBHOOK_ITEMS: &str = "tenantd_webhook_items_total";
+    /// Counter of webhook validation handshakes answered.
+    pub const WEBHOOK_HANDSHAKES: &str = "tenantd_webhook_handshakes_total";
 }
 
 /// How often histogram buckets are compacted; the exporter needs this on a timer.
@@ -79,6 +85,11 @@ pub fn recorder() -> PrometheusHandle {
 }
 
 fn describe() {
+    metrics::describe_counter!(
+        names::WEBHOOK_ITEMS,
+        "Notification items received, by endpoint and outcome (only accepted ones are queued)."
+    );
+    metrics::describe_counter!(names::WEBHOOK_HANDSHAKES, "Validation handshakes answered.");
     metrics::describe_gauge!(names::BUILD_INFO, "tenantd version and commit; always 1.");
     metrics::describe_counter!(names::HTTP_REQUESTS, "HTTP requests answered.");
     metrics::describe_histogram!(

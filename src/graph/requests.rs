@@ -12,6 +12,51 @@ fn segment(value: &str) -> String {
 }
 
 impl GraphClient {
+    /// `GET /users/{user}/messages/{id}` with the fields tenantd stores.
+    ///
+    /// # Errors
+    /// [`GraphError`].
+    pub async fn get_message(
+        &self,
+        connection: &Connection,
+        user: &str,
+        message_id: &str,
+        select: &str,
+    ) -> Result<Value, GraphError> {
+        self.send(
+            connection,
+            &GraphRequest::new(
+                Method::GET,
+                format!("/users/{}/messages/{}", segment(user), segment(message_id)),
+                "mail",
+            )
+            .query("$select", select)
+            .mailbox(user),
+        )
+        .await
+    }
+
+    /// `POST /subscriptions/{id}/reauthorize` (answers 204 or 200).
+    ///
+    /// # Errors
+    /// [`GraphError`].
+    pub async fn reauthorize_subscription(
+        &self,
+        connection: &Connection,
+        graph_id: &str,
+    ) -> Result<(), GraphError> {
+        self.send(
+            connection,
+            &GraphRequest::new(
+                Method::POST,
+                format!("/subscriptions/{}/reauthorize", segment(graph_id)),
+                "subscriptions",
+            ),
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// `GET /users/{id or UPN}`.
     ///
     /// # Errors

@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod public;
+pub mod webhooks;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};

@@ -1,5 +1,5 @@
 //! The public listener: the address Microsoft Graph posts change and lifecycle notifications
-//! to (routes arrive with the webhook work), and where browsers come back from Microsoft's
+//! to (`/webhooks/graph`, `/webhooks/graph/lifecycle`, see [`super::webhooks`]), and where browsers come back from Microsoft's
 //! sign-in and admin consent pages (`/oauth/callback`, `/oauth/consent-callback`).
 //!
 //! Owns no tables. Invariants: handlers only validate and record; they never call Graph; the
@@ -34,11 +34,12 @@ pub struct PublicState {
     pub scope: String,
 }
 
-/// The public router.
-pub fn router(state: PublicState) -> Router {
+/// The public router: Graph's webhooks and the OAuth callbacks.
+pub fn router(webhooks: super::webhooks::WebhookState, state: PublicState) -> Router {
     Router::new()
         .route("/oauth/callback", get(sign_in_callback))
         .route("/oauth/consent-callback", get(consent_callback))
+        .merge(super::webhooks::router(webhooks))
         .fallback(super::not_found)
         .with_state(state)
         .layer(axum::middleware::from_fn(|request, next| {

@@ -6,6 +6,8 @@
 //! job fails permanently with `job_payload_invalid` instead of looping.
 
 pub mod connection_check;
+pub mod graph_lifecycle;
+pub mod graph_notification;
 pub mod noop;
 pub mod prune_jobs;
 pub mod token_sweep;
@@ -54,6 +56,8 @@ pub struct JobContext {
     pub queue: Queue,
     /// Access tokens for connections.
     pub tokens: std::sync::Arc<crate::tokens::TokenService>,
+    /// The only path to Graph.
+    pub graph: std::sync::Arc<crate::graph::GraphClient>,
 }
 
 /// A kind of background work.
@@ -126,6 +130,8 @@ impl Registry {
     pub fn standard() -> Self {
         let mut registry = Self::default();
         registry.register::<connection_check::ConnectionCheck>();
+        registry.register::<graph_lifecycle::GraphLifecycle>();
+        registry.register::<graph_notification::GraphNotification>();
         registry.register::<noop::Noop>();
         registry.register::<prune_jobs::PruneJobs>();
         registry.register::<token_sweep::TokenSweep>();

@@ -9,3 +9,4 @@ mod listeners;
 mod process;
 mod queue;
 mod runs;
+mod webhooks;

@@ -405,7 +405,11 @@ mod workers {
             context: JobContext {
                 store,
                 queue: queue.clone(),
-                tokens,
+                tokens: tokens.clone(),
+                graph: std::sync::Arc::new(tenantd::graph::GraphClient::new(
+                    &tenantd::config::GraphConfig::default(),
+                    tokens.clone(),
+                )),
             },
             owner: "test-worker".into(),
             concurrency: 4,

@@ -148,7 +148,11 @@ async fn the_connection_check_runs_on_the_workers_and_records_its_outcome(db: Te
         context: JobContext {
             store: store.clone(),
             queue: queue.clone(),
-            tokens,
+            tokens: tokens.clone(),
+            graph: std::sync::Arc::new(tenantd::graph::GraphClient::new(
+                &tenantd::config::GraphConfig::default(),
+                tokens.clone(),
+            )),
         },
         owner: "w".into(),
         concurrency: 2,

@@ -1,0 +1,92 @@
+//! `graph_lifecycle`: one accepted lifecycle notification. `reauthorizationRequired` →
+//! reauthorize the subscription at Graph; `subscriptionRemoved` → mark it removed (reconcile
+//! creates it again); `missed` → recorded on the subscription (`notifications_missed`) for the
+//! resync; unknown events are logged and ignored, as Microsoft asks.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Job, JobContext, JobError};
+use crate::graph::GraphError;
+use crate::{connections, subscriptions};
+
+/// A lifecycle event to handle (the webhook listener's payload).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GraphLifecycle {
+    /// tenantd's subscription id.
+    pub subscription_id: String,
+    /// The subscription's tenant.
+    pub tenant_id: String,
+    /// `reauthorizationRequired`, `subscriptionRemoved`, `missed`, or a future one.
+    pub event: String,
+}
+
+fn store_failed(err: impl std::fmt::Display) -> JobError {
+    JobError::Retry {
+        reason: "database_unavailable",
+        message: err.to_string(),
+        after: None,
+    }
+}
+
+impl Job for GraphLifecycle {
+    const KIND: &'static str = "graph_lifecycle";
+    const MAX_ATTEMPTS: u32 = 8;
+
+    fn tenant(&self) -> Option<String> {
+        Some(self.tenant_id.clone())
+    }
+
+    async fn run(self, context: JobContext) -> Result<(), JobError> {
+        let subscription = match subscriptions::get(&context.store, &self.subscription_id).await {
+            Ok(subscription) => subscription,
+            Err(subscriptions::SubscriptionError::NotFound(_)) => return Ok(()),
+            Err(err) => return Err(store_failed(err)),
+        };
+        match self.event.as_str() {
+            "reauthorizationRequired" => {
+                let Some(graph_id) = subscription.graph_id.as_deref() else {
+                    return Ok(());
+                };
+                let connection = match &subscription.connection_id {
+                    Some(id) => connections::get(&context.store, id).await,
+                    None => connections::default_app(&context.store, &self.tenant_id).await,
+                }
+                .map_err(|err| JobError::Retry {
+                    reason: err.reason_code(),
+                    message: "no usable connection for the subscription's tenant".into(),
+                    after: None,
+                })?;
+                match context
+                    .graph
+                    .reauthorize_subscription(&connection, graph_id)
+                    .await
+                {
+                    Ok(()) => Ok(()),
+                    // Gone at Graph: create it again.
+                    Err(GraphError::NotFound { .. }) => subscriptions::record_removed(
+                        &context.store,
+                        &subscription.id,
+                        "subscription_not_found",
+                    )
+                    .await
+                    .map_err(store_failed),
+                    Err(err) => Err(err.into_job_error()),
+                }
+            }
+            "subscriptionRemoved" => subscriptions::record_removed(
+                &context.store,
+                &subscription.id,
+                "subscription_removed",
+            )
+            .await
+            .map_err(store_failed),
+            "missed" => subscriptions::record_missed(&context.store, &subscription.id)
+                .await
+                .map_err(store_failed),
+            other => {
+                tracing::warn!(event = other, subscription = %subscription.id, "unknown lifecycle event ignored");
+                Ok(())
+            }
+        }
+    }
+}
