@@ -294,8 +294,99 @@ async fn transient_failures_are_retried_then_reported(db: TestDb) {
     }
 }
 
+async fn a_notified_message_is_fetched_and_stored_once_and_a_delete_marks_it(db: TestDb) {
+    use tenantd::jobs::graph_notification::GraphNotification;
+    use tenantd::jobs::Job;
+    let env = env(&db, 1).await;
+    let client = Arc::new(env.client(|_| {}));
+    let upn = "user0@contoso.onmicrosoft.com";
+    client
+        .send_mail(
+            &env.connection,
+            upn,
+            &serde_json::json!({"subject": "Quarterly numbers", "body": {"contentType": "text", "content": "See the attached figures."},
+                "toRecipients": [{"emailAddress": {"address": upn}}]}),
+            false,
+        )
+        .await
+        .unwrap();
+    let user_id = client.get_user(&env.connection, upn).await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let message = client
+        .list_messages(&env.connection, upn)
+        .await
+        .unwrap()
+        .remove(0);
+    let message_id = message["id"].as_str().unwrap().to_string();
+    let store = db.store().await;
+    let keys = tenantd::vault::Keyring::parse(
+        std::path::Path::new("k"),
+        &tenantd::vault::Keyring::new_key_line("k1"),
+    )
+    .unwrap();
+    let types = vec!["created".to_string()];
+    let subscription = tenantd::subscriptions::declare(
+        &store,
+        &keys,
+        &tenantd::subscriptions::Desired {
+            tenant_id: TENANT,
+            resource: &format!("users/{user_id}/messages"),
+            change_types: &types,
+            origin: tenantd::subscriptions::Origin::Cli,
+        },
+    )
+    .await
+    .unwrap();
+    tenantd::subscriptions::record_created(
+        &store,
+        &subscription.id,
+        "g1",
+        &env.connection.id,
+        4_102_444_800,
+    )
+    .await
+    .unwrap();
+    let context = tenantd::jobs::JobContext {
+        store: store.clone(),
+        queue: tenantd::queue::Queue::new(store.clone()),
+        tokens: env.tokens.clone(),
+        graph: client.clone(),
+    };
+    let notification = |change_type: &str| GraphNotification {
+        subscription_id: subscription.id.clone(),
+        tenant_id: TENANT.into(),
+        change_type: change_type.into(),
+        // Graph's form: `{user id}@{tenant id}`.
+        resource: format!("users/{user_id}@{TENANT}/messages/{message_id}"),
+        resource_id: Some(message_id.clone()),
+        odata_type: Some("#Microsoft.Graph.Message".into()),
+        etag: None,
+    };
+    for _ in 0..2 {
+        notification("created").run(context.clone()).await.unwrap();
+    }
+    let rows = db
+        .strings("SELECT subject || '|' || from_address || '|' || COALESCE(internet_message_id, '') || '|' || user_id FROM messages WHERE deleted = 0")
+        .await;
+    assert_eq!(rows.len(), 1, "processed twice, stored once: {rows:?}");
+    let fields: Vec<&str> = rows[0].split('|').collect();
+    assert_eq!(fields[0], "Quarterly numbers");
+    assert_eq!(fields[1], upn);
+    assert!(!fields[2].is_empty(), "internetMessageId stored");
+    assert_eq!(fields[3], user_id);
+    notification("deleted").run(context.clone()).await.unwrap();
+    assert_eq!(
+        db.strings("SELECT message_id FROM messages WHERE deleted = 1")
+            .await,
+        [message_id.clone()]
+    );
+}
+
 on_both_backends!(
     typed_requests_page_through_collections,
+    a_notified_message_is_fetched_and_stored_once_and_a_delete_marks_it,
     retry_after_is_honoured_inside_the_budget,
     past_the_budget_the_wait_goes_back_to_the_queue,
     a_mailbox_never_sees_more_than_four_requests_at_once,
