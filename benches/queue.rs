@@ -297,6 +297,13 @@ fn worker_pool(store: &Store, queue: &Queue, concurrency: usize) -> tenantd::wor
             store: store.clone(),
             queue: queue.clone(),
             tokens: tokens.clone(),
+            keys: std::sync::Arc::new(
+                tenantd::vault::Keyring::parse(
+                    std::path::Path::new("k"),
+                    &tenantd::vault::Keyring::new_key_line("k1"),
+                )
+                .unwrap(),
+            ),
             graph: std::sync::Arc::new(tenantd::graph::GraphClient::new(
                 &tenantd::config::GraphConfig::default(),
                 tokens.clone(),

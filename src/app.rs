@@ -86,6 +86,9 @@ pub enum AppError {
     /// The vault's key file is missing or malformed.
     #[error(transparent)]
     Vault(#[from] crate::vault::VaultError),
+    /// The configured subscriptions could not be recorded.
+    #[error("subscriptions: {0}")]
+    Subscriptions(#[from] crate::subscriptions::SubscriptionError),
     /// A listener stopped accepting connections on its own.
     #[error("the {listener} listener failed: {reason}")]
     Listener {
@@ -147,6 +150,14 @@ impl Application {
             keys.clone(),
             IdentityClient::new(config.identity.authority.clone()),
         ));
+        let configured =
+            crate::subscriptions::sync_configured(&store, &keys, &config.subscriptions).await?;
+        if configured > 0 && config.listener.public_url.is_none() {
+            tracing::warn!(
+                subscriptions = configured,
+                "subscriptions are configured but listener.public_url is not: Graph has nowhere to post, so none can be created"
+            );
+        }
         let instance = Instance::register(&store).await?;
         Ok(Self {
             keys,
@@ -270,12 +281,26 @@ impl Application {
             tasks.clone(),
             work_stop.clone(),
         ));
+        let public_url = config
+            .listener
+            .public_url
+            .as_ref()
+            .map(|url| url.to_string());
         let scheduler = Scheduler::new(
             store.clone(),
             queue.clone(),
-            crate::scheduler::builtin(config.queue.retention_hours),
+            crate::scheduler::builtin(config.queue.retention_hours, public_url.clone()),
         );
         work.spawn(run_scheduler(scheduler, tasks.clone(), work_stop.clone()));
+        // Subscriptions are reconciled at start too, not only at the next minute.
+        if let Err(err) = crate::jobs::enqueue(
+            &queue,
+            &crate::jobs::reconcile_subscriptions::ReconcileSubscriptions { public_url },
+        )
+        .await
+        {
+            tracing::warn!(error = %err, reason = err.reason_code(), "could not enqueue the first subscription reconcile; the schedule will");
+        }
         if config.queue.workers > 0 {
             let poll = Duration::from_millis(config.queue.poll_interval_ms.max(10));
             let pool = WorkerPool {
@@ -285,6 +310,7 @@ impl Application {
                     store: store.clone(),
                     queue,
                     tokens: tokens.clone(),
+                    keys: keys.clone(),
                     graph: Arc::new(GraphClient::new(&config.graph, tokens.clone())),
                 },
                 owner: instance.id().to_string(),

@@ -54,6 +54,74 @@ pub struct Config {
     pub secrets: SecretsConfig,
     /// The work queue and its workers.
     pub queue: QueueConfig,
+    /// Change-notification subscriptions to keep alive (`[[subscriptions]]`).
+    pub subscriptions: Vec<SubscriptionConfig>,
+}
+
+/// `[[subscriptions]]`: a Graph change-notification subscription tenantd creates and renews.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionConfig {
+    /// Entra tenant ID (GUID) of a connected tenant.
+    pub tenant: String,
+    /// Graph resource path without the base URL, e.g. `users/{id}/messages`.
+    pub resource: String,
+    /// `created`, `updated` and/or `deleted`.
+    pub change_types: Vec<String>,
+}
+
+/// The change types Graph knows, in its order.
+const CHANGE_TYPES: [&str; 3] = ["created", "updated", "deleted"];
+
+/// Checks and normalizes a subscription target: the tenant as a lowercase GUID, the resource
+/// without a leading slash, the change types deduplicated in Graph's order. The error is the
+/// problem and its fix.
+///
+/// # Errors
+/// What is wrong and how to fix it.
+pub fn subscription_target(
+    tenant: &str,
+    resource: &str,
+    change_types: &[String],
+) -> Result<(String, String, String), (String, &'static str)> {
+    let tenant = uuid::Uuid::parse_str(tenant.trim())
+        .map(|id| id.hyphenated().to_string())
+        .map_err(|_| {
+            (
+                format!("tenant `{tenant}` is not a GUID"),
+                "use the Entra tenant ID of a connected tenant",
+            )
+        })?;
+    let trimmed = resource.trim().trim_start_matches('/');
+    if trimmed.is_empty() || trimmed.contains("://") || trimmed.chars().any(char::is_whitespace) {
+        return Err((
+            format!("resource `{resource}` is not a Graph resource path"),
+            "write it like `users/{id}/messages`, without the base URL",
+        ));
+    }
+    let mut wanted = Vec::new();
+    for change in change_types {
+        let change = change.trim();
+        if !CHANGE_TYPES.contains(&change) {
+            return Err((
+                format!("change type `{change}` is unknown"),
+                "use created, updated and/or deleted",
+            ));
+        }
+        wanted.push(change);
+    }
+    if wanted.is_empty() {
+        return Err((
+            "no change types".into(),
+            "use created, updated and/or deleted",
+        ));
+    }
+    let ordered: Vec<&str> = CHANGE_TYPES
+        .iter()
+        .copied()
+        .filter(|t| wanted.contains(t))
+        .collect();
+    Ok((tenant, trimmed.to_string(), ordered.join(",")))
 }
 
 /// `[queue]`
@@ -629,6 +697,15 @@ fn validate(config: &Config, figment: &Figment) -> Vec<ConfigProblem> {
             format!("same address as listener.bind ({})", config.listener.bind),
             "give the admin and public listeners different ports",
         );
+    }
+    for (n, subscription) in config.subscriptions.iter().enumerate() {
+        if let Err((what, fix)) = subscription_target(
+            &subscription.tenant,
+            &subscription.resource,
+            &subscription.change_types,
+        ) {
+            problem(&format!("subscriptions[{n}]"), what, fix);
+        }
     }
     if config.shutdown.grace_seconds > 3600 {
         problem(

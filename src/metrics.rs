@@ -49,6 +49,13 @@ pub mod names {
     /// and `outcome` (`accepted`, `unknown_subscription`, `client_state_mismatch`,
     /// `tenant_mismatch`, `malformed`).
     pub const WEBHOOK_ITEMS: &str = "tenantd_webhook_items_total";
+    /// Counter of subscription reconcile actions by `result` (`created`, `renewed`,
+    /// `recreated`, `deleted`, `create_failed`, `renew_failed`, `delete_failed`).
+    pub const SUBSCRIPTION_RENEWALS: &str = "tenantd_subscription_renewals_total";
+    /// Gauge of subscriptions by `status`.
+    pub const SUBSCRIPTIONS: &str = "tenantd_subscriptions";
+    /// Gauge: seconds until the soonest expiry of an active subscription.
+    pub const SUBSCRIPTION_EXPIRY: &str = "tenantd_subscription_soonest_expiry_seconds";
     /// Counter of webhook validation handshakes answered.
     pub const WEBHOOK_HANDSHAKES: &str = "tenantd_webhook_handshakes_total";
 }

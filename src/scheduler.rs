@@ -15,6 +15,7 @@ use chrono_tz::Tz;
 use croner::Cron;
 
 use crate::jobs::prune_jobs::PruneJobs;
+use crate::jobs::reconcile_subscriptions::ReconcileSubscriptions;
 use crate::jobs::token_sweep::TokenSweep;
 use crate::jobs::Job;
 use crate::queue::{NewJob, Queue, QueueError};
@@ -161,9 +162,17 @@ impl Schedule {
     }
 }
 
-/// The built-in schedules: token sweep every two minutes, pruning hourly.
-pub fn builtin(retention_hours: u64) -> Vec<Schedule> {
+/// The built-in schedules: subscription reconcile every minute, token sweep every two minutes,
+/// pruning hourly.
+pub fn builtin(retention_hours: u64, public_url: Option<String>) -> Vec<Schedule> {
     vec![
+        Schedule::new(
+            "reconcile_subscriptions",
+            "0 * * * * *",
+            "UTC",
+            job_of(ReconcileSubscriptions { public_url }),
+        )
+        .expect("valid built-in schedule"),
         Schedule::new("token_sweep", "0 */2 * * * *", "UTC", job_of(TokenSweep {}))
             .expect("valid built-in schedule"),
         Schedule::new(
@@ -351,8 +360,8 @@ mod tests {
 
     #[test]
     fn the_built_in_schedules_parse() {
-        let schedules = builtin(168);
-        assert_eq!(schedules.len(), 2);
+        let schedules = builtin(168, None);
+        assert_eq!(schedules.len(), 3);
         assert!(schedules.iter().all(|s| s.next_after(Utc::now()).is_some()));
     }
 }

@@ -130,7 +130,40 @@ impl SubscriptionError {
     }
 }
 
-const CHANGE_TYPES: [&str; 3] = ["created", "updated", "deleted"];
+/// The longest lifetime Graph allows for a subscription on `resource` (basic notifications),
+/// a few minutes short so a create or renewal is never refused for asking too much
+/// (graph-protocol.md §1.2: Outlook 10,080 min; driveItem 42,300; directory 41,760; Teams chat
+/// and channel messages 4,320; presence 60).
+pub fn max_lifetime(resource: &str) -> std::time::Duration {
+    let lower = resource.to_ascii_lowercase();
+    let minutes: u64 = if lower.contains("/messages")
+        && (lower.starts_with("chats") || lower.starts_with("teams"))
+    {
+        4_320
+    } else if lower.contains("presence") {
+        60
+    } else if lower.contains("/messages")
+        || lower.contains("/events")
+        || lower.contains("/contacts")
+    {
+        10_080
+    } else if lower.contains("/drive") || lower.starts_with("drives/") {
+        42_300
+    } else if lower.starts_with("chats") || lower.starts_with("teams") {
+        4_320
+    } else {
+        41_760
+    };
+    std::time::Duration::from_secs((minutes - 5) * 60)
+}
+
+/// Whether a subscription expiring at `expires_at` should be renewed at `now`: within the last
+/// quarter of its life or the last 2 hours, whichever comes first.
+pub fn renewal_due(expires_at: i64, now: i64, lifetime: std::time::Duration) -> bool {
+    let quarter = i64::try_from(lifetime.as_secs() / 4).unwrap_or(i64::MAX);
+    let ahead = quarter.max(2 * 3600);
+    expires_at - now <= ahead
+}
 
 fn client_state_slot(id: &str) -> Slot<'_> {
     Slot {
@@ -140,48 +173,11 @@ fn client_state_slot(id: &str) -> Slot<'_> {
     }
 }
 
-/// Checks and normalizes a desired subscription: a GUID tenant, a relative resource path, and
-/// known change types in Graph's order.
+/// Checks and normalizes a desired subscription (the rules live with the configuration, which
+/// checks `[[subscriptions]]` at load).
 fn normalize(desired: &Desired<'_>) -> Result<(String, String, String), SubscriptionError> {
-    let tenant = uuid::Uuid::parse_str(desired.tenant_id)
-        .map(|id| id.hyphenated().to_string())
-        .map_err(|_| {
-            SubscriptionError::Invalid(format!(
-                "tenant `{}` is not a GUID: use the Entra tenant ID",
-                desired.tenant_id
-            ))
-        })?;
-    let resource = desired.resource.trim().trim_start_matches('/');
-    if resource.is_empty() || resource.contains("://") || resource.chars().any(char::is_whitespace)
-    {
-        return Err(SubscriptionError::Invalid(format!(
-            "resource `{}` is not a Graph resource path: write it like `users/{{id}}/messages`, without the base URL",
-            desired.resource
-        )));
-    }
-    let mut types = Vec::new();
-    for wanted in desired.change_types {
-        let wanted = wanted.trim();
-        if !CHANGE_TYPES.contains(&wanted) {
-            return Err(SubscriptionError::Invalid(format!(
-                "change type `{wanted}` is unknown: use created, updated and/or deleted"
-            )));
-        }
-        if !types.contains(&wanted) {
-            types.push(wanted);
-        }
-    }
-    if types.is_empty() {
-        return Err(SubscriptionError::Invalid(
-            "no change types: use created, updated and/or deleted".into(),
-        ));
-    }
-    let ordered: Vec<&str> = CHANGE_TYPES
-        .iter()
-        .copied()
-        .filter(|t| types.contains(t))
-        .collect();
-    Ok((tenant, resource.to_string(), ordered.join(",")))
+    crate::config::subscription_target(desired.tenant_id, desired.resource, desired.change_types)
+        .map_err(|(what, fix)| SubscriptionError::Invalid(format!("{what}: {fix}")))
 }
 
 fn new_client_state() -> Zeroizing<String> {
@@ -282,6 +278,40 @@ pub async fn declare(
     Ok(from_row(row))
 }
 
+/// Makes the configured subscriptions wanted and stops wanting configured ones that were
+/// removed from the configuration (rows made by the CLI are left alone). Returns how many are
+/// configured.
+///
+/// # Errors
+/// An invalid entry (configuration validation catches these first), or the database.
+pub async fn sync_configured(
+    store: &Store,
+    keys: &Keyring,
+    configured: &[crate::config::SubscriptionConfig],
+) -> Result<usize, SubscriptionError> {
+    let mut kept = Vec::new();
+    for entry in configured {
+        let row = declare(
+            store,
+            keys,
+            &Desired {
+                tenant_id: &entry.tenant,
+                resource: &entry.resource,
+                change_types: &entry.change_types,
+                origin: Origin::Config,
+            },
+        )
+        .await?;
+        kept.push(row.id);
+    }
+    for row in list(store, None).await? {
+        if row.origin == Origin::Config.as_str() && row.wanted && !kept.contains(&row.id) {
+            unwant(store, &row.id).await?;
+        }
+    }
+    Ok(kept.len())
+}
+
 /// Subscriptions, optionally of one tenant, oldest first.
 ///
 /// # Errors
@@ -374,6 +404,31 @@ pub async fn client_state(
         .map_err(StoreError::from)?);
     let sealed = sealed.ok_or_else(|| SubscriptionError::NotFound(id.to_string()))?;
     Ok(keys.open_string(&sealed, client_state_slot(id))?)
+}
+
+/// How long a create may be in flight before another reconcile may try again.
+const CREATE_TIMEOUT_SECONDS: i64 = 300;
+
+/// Claims the right to create the subscription at Graph, so two reconciles running at once
+/// (a slow tick overlapping the next, several instances) never create it twice. False when
+/// another create is in flight (marked with reason `creating` for up to five minutes) or
+/// Graph's id is already known.
+///
+/// # Errors
+/// The database failed.
+pub async fn begin_create(store: &Store, id: &str) -> Result<bool, SubscriptionError> {
+    const SQL: &str = "UPDATE subscriptions SET reason = 'creating', updated_at = $1 \
+         WHERE id = $2 AND graph_id IS NULL AND NOT (reason IS NOT NULL AND reason = 'creating' AND updated_at > $3)";
+    let now = now_unix();
+    let claimed = write_tx!(store, |conn| sqlx::query(SQL)
+        .bind(now)
+        .bind(id)
+        .bind(now - CREATE_TIMEOUT_SECONDS)
+        .execute(conn)
+        .await
+        .map_err(StoreError::from)?
+        .rows_affected());
+    Ok(claimed == 1)
 }
 
 /// Records Graph's answer to a create: its id, the connection used and the expiry.
@@ -559,6 +614,26 @@ mod tests {
         let err = normalize(&desired("users/abc/messages", &bad)).unwrap_err();
         assert!(err.to_string().contains("created, updated and/or deleted"));
         assert!(normalize(&desired("users/abc/messages", &[])).is_err());
+    }
+
+    #[test]
+    fn lifetimes_follow_graphs_table_and_renewal_starts_early_enough() {
+        let minutes = |r: &str| max_lifetime(r).as_secs() / 60;
+        assert_eq!(minutes("users/u/messages"), 10_075);
+        assert_eq!(minutes("users/u/mailFolders('Inbox')/messages"), 10_075);
+        assert_eq!(minutes("users/u/events"), 10_075);
+        assert_eq!(minutes("users/u/drive/root"), 42_295);
+        assert_eq!(minutes("users"), 41_755);
+        assert_eq!(minutes("chats/getAllMessages"), 4_315);
+        assert_eq!(minutes("teams/t/channels/c/messages"), 4_315);
+        // Mail: a week; renew in its last quarter (~42 h), not just the last 2 hours.
+        let week = max_lifetime("users/u/messages");
+        let quarter = i64::try_from(week.as_secs() / 4).unwrap();
+        assert!(!renewal_due(1_000_000 + quarter + 60, 1_000_000, week));
+        assert!(renewal_due(1_000_000 + quarter - 60, 1_000_000, week));
+        // Presence: an hour; its quarter is shorter than 2 hours, so 2 hours wins (always due).
+        let hour = max_lifetime("communications/presences/x/presence");
+        assert!(renewal_due(1_000_000 + 3_000, 1_000_000, hour));
     }
 
     #[test]

@@ -36,6 +36,68 @@ impl GraphClient {
         .await
     }
 
+    /// `POST /subscriptions`: creates a subscription (Graph first runs the validation handshake
+    /// against both URLs). Returns Graph's subscription object.
+    ///
+    /// # Errors
+    /// [`GraphError`].
+    pub async fn create_subscription(
+        &self,
+        connection: &Connection,
+        subscription: &Value,
+    ) -> Result<Value, GraphError> {
+        self.send(
+            connection,
+            &GraphRequest::new(Method::POST, "/subscriptions", "subscriptions")
+                .json(subscription.clone()),
+        )
+        .await
+    }
+
+    /// `PATCH /subscriptions/{id}` with a new `expirationDateTime` (RFC 3339). Returns Graph's
+    /// subscription object.
+    ///
+    /// # Errors
+    /// [`GraphError`]; `NotFound` when Graph no longer has it.
+    pub async fn renew_subscription(
+        &self,
+        connection: &Connection,
+        graph_id: &str,
+        expiration: &str,
+    ) -> Result<Value, GraphError> {
+        self.send(
+            connection,
+            &GraphRequest::new(
+                Method::PATCH,
+                format!("/subscriptions/{}", segment(graph_id)),
+                "subscriptions",
+            )
+            .json(json!({ "expirationDateTime": expiration })),
+        )
+        .await
+    }
+
+    /// `DELETE /subscriptions/{id}`.
+    ///
+    /// # Errors
+    /// [`GraphError`]; `NotFound` when Graph no longer has it.
+    pub async fn delete_subscription(
+        &self,
+        connection: &Connection,
+        graph_id: &str,
+    ) -> Result<(), GraphError> {
+        self.send(
+            connection,
+            &GraphRequest::new(
+                Method::DELETE,
+                format!("/subscriptions/{}", segment(graph_id)),
+                "subscriptions",
+            ),
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// `POST /subscriptions/{id}/reauthorize` (answers 204 or 200).
     ///
     /// # Errors

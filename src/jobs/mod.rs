@@ -10,6 +10,7 @@ pub mod graph_lifecycle;
 pub mod graph_notification;
 pub mod noop;
 pub mod prune_jobs;
+pub mod reconcile_subscriptions;
 pub mod token_sweep;
 
 use std::collections::HashMap;
@@ -58,6 +59,8 @@ pub struct JobContext {
     pub tokens: std::sync::Arc<crate::tokens::TokenService>,
     /// The only path to Graph.
     pub graph: std::sync::Arc<crate::graph::GraphClient>,
+    /// The vault keys (secrets sent to Graph, such as clientStates).
+    pub keys: std::sync::Arc<crate::vault::Keyring>,
 }
 
 /// A kind of background work.
@@ -134,6 +137,7 @@ impl Registry {
         registry.register::<graph_notification::GraphNotification>();
         registry.register::<noop::Noop>();
         registry.register::<prune_jobs::PruneJobs>();
+        registry.register::<reconcile_subscriptions::ReconcileSubscriptions>();
         registry.register::<token_sweep::TokenSweep>();
         registry
     }

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use graph_emulator::throttle::{Budgets, Faults};
-use graph_emulator::world::{AppSeed, TenantSeed, UserSeed};
 use graph_emulator::Emulator;
 use reqwest::Method;
 use tenantd::config::GraphConfig;
@@ -27,57 +26,17 @@ struct Env {
 }
 
 async fn env(db: &TestDb, users: usize) -> Env {
-    let emulator = Emulator::start_local().await.unwrap();
-    let now = graph_emulator::clock::now();
-    let (client_id, secret) = {
-        let mut world = emulator.shared().world();
-        world
-            .seed_tenant(TenantSeed {
-                id: Some(TENANT.into()),
-                domain: "contoso.onmicrosoft.com".into(),
-                display_name: None,
-                skus: None,
-            })
-            .unwrap();
-        for n in 0..users {
-            let license = (n == 0).then(|| "ENTERPRISEPACK".to_string());
-            world
-                .seed_user(
-                    TENANT,
-                    UserSeed {
-                        user_principal_name: format!("user{n}@contoso.onmicrosoft.com"),
-                        display_name: None,
-                        usage_location: Some("DE".into()),
-                        license,
-                    },
-                    now,
-                    time::Duration::ZERO,
-                )
-                .unwrap();
-        }
-        let (client_id, secret) = world
-            .seed_app(
-                TENANT,
-                AppSeed {
-                    client_id: None,
-                    client_secret: None,
-                    public_client: false,
-                    display_name: None,
-                    redirect_uris: vec![],
-                    application_permissions: vec![
-                        "User.ReadWrite.All".into(),
-                        "Organization.Read.All".into(),
-                        "Mail.ReadWrite".into(),
-                        "Mail.Send".into(),
-                    ],
-                    delegated_permissions: vec![],
-                    admin_consented: true,
-                },
-                now,
-            )
-            .unwrap();
-        (client_id, secret.unwrap())
-    };
+    let (emulator, client_id, secret) = crate::helpers::seeded_emulator(
+        TENANT,
+        users,
+        &[
+            "User.ReadWrite.All",
+            "Organization.Read.All",
+            "Mail.ReadWrite",
+            "Mail.Send",
+        ],
+    )
+    .await;
     let store = db.store().await;
     store.migrate().await.unwrap();
     let (connection, tokens) =
@@ -352,6 +311,13 @@ async fn a_notified_message_is_fetched_and_stored_once_and_a_delete_marks_it(db:
         store: store.clone(),
         queue: tenantd::queue::Queue::new(store.clone()),
         tokens: env.tokens.clone(),
+        keys: std::sync::Arc::new(
+            tenantd::vault::Keyring::parse(
+                std::path::Path::new("k"),
+                &tenantd::vault::Keyring::new_key_line("k1"),
+            )
+            .unwrap(),
+        ),
         graph: client.clone(),
     };
     let notification = |change_type: &str| GraphNotification {
@@ -380,7 +346,7 @@ async fn a_notified_message_is_fetched_and_stored_once_and_a_delete_marks_it(db:
     assert_eq!(
         db.strings("SELECT message_id FROM messages WHERE deleted = 1")
             .await,
-        [message_id.clone()]
+        std::slice::from_ref(&message_id)
     );
 }
 

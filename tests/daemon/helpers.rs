@@ -687,3 +687,61 @@ pub(crate) async fn connect_app(
     ));
     (connection, tokens)
 }
+
+/// The Graph emulator with one tenant (domain contoso.onmicrosoft.com), `users` users
+/// (`user{n}@…`, the first licensed, so with a mailbox) and an admin-consented app holding
+/// `permissions`; the app's client id and secret.
+pub(crate) async fn seeded_emulator(
+    tenant: &str,
+    users: usize,
+    permissions: &[&str],
+) -> (graph_emulator::Emulator, String, String) {
+    use graph_emulator::world::{AppSeed, TenantSeed, UserSeed};
+    let emulator = graph_emulator::Emulator::start_local().await.unwrap();
+    let now = graph_emulator::clock::now();
+    let (client_id, secret) = {
+        let mut world = emulator.shared().world();
+        world
+            .seed_tenant(TenantSeed {
+                id: Some(tenant.into()),
+                domain: "contoso.onmicrosoft.com".into(),
+                display_name: None,
+                skus: None,
+            })
+            .unwrap();
+        for n in 0..users {
+            let license = (n == 0).then(|| "ENTERPRISEPACK".to_string());
+            world
+                .seed_user(
+                    tenant,
+                    UserSeed {
+                        user_principal_name: format!("user{n}@contoso.onmicrosoft.com"),
+                        display_name: None,
+                        usage_location: Some("DE".into()),
+                        license,
+                    },
+                    now,
+                    time::Duration::ZERO,
+                )
+                .unwrap();
+        }
+        let (client_id, secret) = world
+            .seed_app(
+                tenant,
+                AppSeed {
+                    client_id: None,
+                    client_secret: None,
+                    public_client: false,
+                    display_name: None,
+                    redirect_uris: vec![],
+                    application_permissions: permissions.iter().map(|p| p.to_string()).collect(),
+                    delegated_permissions: vec![],
+                    admin_consented: true,
+                },
+                now,
+            )
+            .unwrap();
+        (client_id, secret.unwrap())
+    };
+    (emulator, client_id, secret)
+}

@@ -406,6 +406,13 @@ mod workers {
                 store,
                 queue: queue.clone(),
                 tokens: tokens.clone(),
+                keys: std::sync::Arc::new(
+                    tenantd::vault::Keyring::parse(
+                        std::path::Path::new("k"),
+                        &tenantd::vault::Keyring::new_key_line("k1"),
+                    )
+                    .unwrap(),
+                ),
                 graph: std::sync::Arc::new(tenantd::graph::GraphClient::new(
                     &tenantd::config::GraphConfig::default(),
                     tokens.clone(),

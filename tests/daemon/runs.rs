@@ -149,6 +149,13 @@ async fn the_connection_check_runs_on_the_workers_and_records_its_outcome(db: Te
             store: store.clone(),
             queue: queue.clone(),
             tokens: tokens.clone(),
+            keys: std::sync::Arc::new(
+                tenantd::vault::Keyring::parse(
+                    std::path::Path::new("k"),
+                    &tenantd::vault::Keyring::new_key_line("k1"),
+                )
+                .unwrap(),
+            ),
             graph: std::sync::Arc::new(tenantd::graph::GraphClient::new(
                 &tenantd::config::GraphConfig::default(),
                 tokens.clone(),

@@ -269,8 +269,110 @@ async fn forged_unknown_and_malformed_notifications_queue_nothing(db: TestDb) {
     env.app.stop().await.unwrap();
 }
 
+/// Waits up to 20 s for `sql` to return a row.
+async fn eventually(db: &TestDb, sql: &str) -> Vec<String> {
+    for _ in 0..200 {
+        let rows = db.strings(sql).await;
+        if !rows.is_empty() {
+            return rows;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("nothing for `{sql}` within 20 s");
+}
+
+async fn a_configured_subscription_is_created_and_a_new_message_ends_up_stored(db: TestDb) {
+    let (emulator, client_id, secret) = crate::helpers::seeded_emulator(
+        TENANT,
+        1,
+        &["User.Read.All", "Mail.ReadWrite", "Mail.Send"],
+    )
+    .await;
+    let user_id = {
+        let world = emulator.shared().world();
+        world.tenants[TENANT]
+            .users
+            .values()
+            .next()
+            .unwrap()
+            .id
+            .clone()
+    };
+    // The public listener's port is chosen first: Graph must be told where to post.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut config = test_config(&db);
+    config.listener.bind = format!("127.0.0.1:{port}").parse().unwrap();
+    config.listener.public_url =
+        Some(url::Url::parse(&format!("http://127.0.0.1:{port}")).unwrap());
+    config.graph.base_url = url::Url::parse(&emulator.graph_url()).unwrap();
+    config.identity.authority = url::Url::parse(&emulator.base_url()).unwrap();
+    config.subscriptions = vec![tenantd::config::SubscriptionConfig {
+        tenant: TENANT.into(),
+        resource: format!("users/{user_id}/messages"),
+        change_types: vec!["created".into()],
+    }];
+    let keys = Keyring::load(&config.secrets.key_file).unwrap();
+    let store = db.store().await;
+    store.migrate().await.unwrap();
+    tenantd::connections::add_app(
+        &store,
+        &keys,
+        tenantd::connections::NewAppConnection {
+            tenant_id: TENANT,
+            client_id: &client_id,
+            client_secret: &secret,
+            label: None,
+            make_default: true,
+            authority: &emulator.base_url(),
+        },
+        tenantd::audit::Actor::Cli,
+    )
+    .await
+    .unwrap();
+    let app = spawn_app_with(config).await;
+    // Created at start through Graph's handshake against the daemon's own listener.
+    let graph_id = eventually(
+        &db,
+        "SELECT graph_id FROM subscriptions WHERE status = 'active' AND graph_id IS NOT NULL",
+    )
+    .await
+    .remove(0);
+    assert!(
+        emulator.shared().counters()["validation_handshakes"] >= 2,
+        "notification and lifecycle URLs both answered the handshake"
+    );
+    // A new message in the mailbox: Graph posts, the listener queues, a worker fetches it.
+    let token =
+        tenantd::identity::IdentityClient::new(url::Url::parse(&emulator.base_url()).unwrap())
+            .client_credentials(TENANT, &client_id, &secret, "https://graph.microsoft.com")
+            .await
+            .unwrap();
+    let sent = reqwest::Client::new()
+        .post(format!("{}/users/{user_id}/sendMail", emulator.graph_url()))
+        .bearer_auth(token.access_token.expose())
+        .json(&serde_json::json!({"message": {"subject": "Welcome aboard", "body": {"contentType": "text", "content": "Hello"},
+            "toRecipients": [{"emailAddress": {"address": "user0@contoso.onmicrosoft.com"}}]}, "saveToSentItems": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 202);
+    let stored = eventually(
+        &db,
+        "SELECT subject FROM messages WHERE deleted = 0 AND subject = 'Welcome aboard'",
+    )
+    .await;
+    assert_eq!(stored, ["Welcome aboard"]);
+    assert!(!graph_id.is_empty());
+    app.stop().await.unwrap();
+}
+
 on_both_backends!(
     handshake_tokens_are_echoed_exactly_as_text,
+    a_configured_subscription_is_created_and_a_new_message_ends_up_stored,
     microsofts_samples_are_accepted_and_a_redelivery_is_one_job,
     forged_unknown_and_malformed_notifications_queue_nothing,
 );
