@@ -540,6 +540,45 @@ pub async fn record_failed(store: &Store, id: &str, reason: &str) -> Result<(), 
     Ok(())
 }
 
+/// Re-seals every clientState not under the active key, row by row and only if unchanged since
+/// read (safe to interrupt, resume, and run beside a daemon). Returns (re-sealed, already
+/// current).
+///
+/// # Errors
+/// A vault failure (a key missing for some row) or the database.
+pub async fn rotate_keys(
+    store: &Store,
+    keys: &Keyring,
+) -> Result<(usize, usize), SubscriptionError> {
+    let rows: Vec<(String, String)> = with_pool!(store, |pool| sqlx::query_as(
+        "SELECT id, client_state FROM subscriptions"
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(StoreError::from)?);
+    let (mut rotated, mut current) = (0, 0);
+    for (id, sealed) in rows {
+        if crate::vault::key_id_of(&sealed) == Some(keys.active_id()) {
+            current += 1;
+            continue;
+        }
+        let plain = keys.open(&sealed, client_state_slot(&id))?;
+        let resealed = keys.seal(&plain, client_state_slot(&id));
+        write_tx!(store, |conn| sqlx::query(
+            "UPDATE subscriptions SET client_state = $1 WHERE id = $2 AND client_state = $3"
+        )
+        .bind(&resealed)
+        .bind(&id)
+        .bind(&sealed)
+        .execute(conn)
+        .await
+        .map_err(StoreError::from)?
+        .rows_affected());
+        rotated += 1;
+    }
+    Ok((rotated, current))
+}
+
 /// What notifications naming these Graph subscription ids are checked against; ids tenantd
 /// does not know are absent.
 ///

@@ -663,7 +663,20 @@ pub(crate) async fn run_keys(config: &Config, command: &KeysCommand) -> i32 {
                     eprintln!("tenantd: re-encrypted {} so far", progress.rotated);
                 }
             })
-            .await;
+            .await
+            .map_err(|err| (err.reason_code(), err.to_string()));
+            // Subscriptions' clientStates are vault secrets too.
+            let result = match result {
+                Ok(mut report) => crate::subscriptions::rotate_keys(&store, &keys)
+                    .await
+                    .map(|(rotated, current)| {
+                        report.rotated += rotated;
+                        report.current += current;
+                        report
+                    })
+                    .map_err(|err| (err.reason_code(), err.to_string())),
+                Err(err) => Err(err),
+            };
             store.close().await;
             match result {
                 Ok(report) => {
@@ -675,10 +688,9 @@ pub(crate) async fn run_keys(config: &Config, command: &KeysCommand) -> i32 {
                     );
                     EXIT_OK
                 }
-                Err(err) => {
+                Err((reason, err)) => {
                     eprintln!(
-                        "tenantd: rotation stopped ({}): {err}; run it again after fixing",
-                        err.reason_code()
+                        "tenantd: rotation stopped ({reason}): {err}; run it again after fixing"
                     );
                     EXIT_FAILURE
                 }

@@ -384,6 +384,23 @@ async fn keys_rotate_leaves_nothing_under_the_old_key(db: TestDb) {
         .access_token(&connection, GRAPH_RESOURCE)
         .await
         .unwrap();
+    let types = vec!["created".to_string()];
+    let subscription = tenantd::subscriptions::declare(
+        &env.store,
+        &env.keys,
+        &tenantd::subscriptions::Desired {
+            tenant_id: "84bd8158-6d4d-4958-8b9f-9d6445542f95",
+            resource: "users/u1/messages",
+            change_types: &types,
+            origin: tenantd::subscriptions::Origin::Cli,
+        },
+    )
+    .await
+    .unwrap();
+    let client_state =
+        tenantd::subscriptions::client_state(&env.store, &env.keys, &subscription.id)
+            .await
+            .unwrap();
     // The new key first, the old one kept for reading.
     let k2 = Keyring::new_key_line("k2");
     let rotating = Arc::new(
@@ -410,9 +427,17 @@ async fn keys_rotate_leaves_nothing_under_the_old_key(db: TestDb) {
         (0, 2),
         "resumable: nothing left to do"
     );
+    assert_eq!(
+        tenantd::subscriptions::rotate_keys(&env.store, &rotating)
+            .await
+            .unwrap(),
+        (1, 0),
+        "the subscription's clientState too"
+    );
     let mut sealed = db.strings("SELECT client_secret FROM connections").await;
     sealed.extend(db.strings("SELECT token FROM connection_tokens").await);
-    assert_eq!(sealed.len(), 2);
+    sealed.extend(db.strings("SELECT client_state FROM subscriptions").await);
+    assert_eq!(sealed.len(), 3);
     assert!(
         sealed.iter().all(|c| c.starts_with("tdv1.k2.")),
         "no row is left under the old key: {sealed:?}"
@@ -430,6 +455,12 @@ async fn keys_rotate_leaves_nothing_under_the_old_key(db: TestDb) {
             .await
             .unwrap()
             .is_some()
+    );
+    assert_eq!(
+        *tenantd::subscriptions::client_state(&env.store, &env.keys, &subscription.id)
+            .await
+            .unwrap(),
+        *client_state
     );
 }
 
