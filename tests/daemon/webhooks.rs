@@ -281,7 +281,19 @@ async fn eventually(db: &TestDb, sql: &str) -> Vec<String> {
     panic!("nothing for `{sql}` within 20 s");
 }
 
-async fn a_configured_subscription_is_created_and_a_new_message_ends_up_stored(db: TestDb) {
+/// The daemon with one configured subscription on a user's messages, an app connection to the
+/// emulator, and Graph's subscription created.
+struct Live {
+    app: TestApp,
+    emulator: graph_emulator::Emulator,
+    client_id: String,
+    secret: String,
+    user_id: String,
+    public_url: String,
+    graph_id: String,
+}
+
+async fn live(db: &TestDb) -> Live {
     let (emulator, client_id, secret) = crate::helpers::seeded_emulator(
         TENANT,
         1,
@@ -304,7 +316,7 @@ async fn a_configured_subscription_is_created_and_a_new_message_ends_up_stored(d
         .local_addr()
         .unwrap()
         .port();
-    let mut config = test_config(&db);
+    let mut config = test_config(db);
     config.listener.bind = format!("127.0.0.1:{port}").parse().unwrap();
     config.listener.public_url =
         Some(url::Url::parse(&format!("http://127.0.0.1:{port}")).unwrap());
@@ -336,7 +348,7 @@ async fn a_configured_subscription_is_created_and_a_new_message_ends_up_stored(d
     let app = spawn_app_with(config).await;
     // Created at start through Graph's handshake against the daemon's own listener.
     let graph_id = eventually(
-        &db,
+        db,
         "SELECT graph_id FROM subscriptions WHERE status = 'active' AND graph_id IS NOT NULL",
     )
     .await
@@ -345,6 +357,27 @@ async fn a_configured_subscription_is_created_and_a_new_message_ends_up_stored(d
         emulator.shared().counters()["validation_handshakes"] >= 2,
         "notification and lifecycle URLs both answered the handshake"
     );
+    Live {
+        app,
+        emulator,
+        client_id,
+        secret,
+        user_id,
+        public_url: format!("http://127.0.0.1:{port}"),
+        graph_id,
+    }
+}
+
+async fn a_configured_subscription_is_created_and_a_new_message_ends_up_stored(db: TestDb) {
+    let Live {
+        app,
+        emulator,
+        client_id,
+        secret,
+        user_id,
+        graph_id,
+        ..
+    } = live(&db).await;
     // A new message in the mailbox: Graph posts, the listener queues, a worker fetches it.
     let token =
         tenantd::identity::IdentityClient::new(url::Url::parse(&emulator.base_url()).unwrap())
@@ -370,8 +403,72 @@ async fn a_configured_subscription_is_created_and_a_new_message_ends_up_stored(d
     app.stop().await.unwrap();
 }
 
+async fn subscriptions_are_renewed_before_expiry_and_recreated_when_graph_lost_them(db: TestDb) {
+    let live = live(&db).await;
+    let store = db.store().await;
+    let queue = tenantd::queue::Queue::new(store.clone());
+    let reconcile = tenantd::jobs::reconcile_subscriptions::ReconcileSubscriptions {
+        public_url: Some(live.public_url.clone()),
+    };
+    let now = tenantd::audit::now_unix();
+    // Due: an hour left (a week's subscription renews in its last quarter).
+    db.execute(&format!(
+        "UPDATE subscriptions SET expires_at = {}, last_renewed_at = 0",
+        now + 3600
+    ))
+    .await;
+    tenantd::jobs::enqueue(&queue, &reconcile).await.unwrap();
+    let renewed = eventually(
+        &db,
+        &format!(
+            "SELECT graph_id FROM subscriptions WHERE last_renewed_at > 0 AND expires_at > {}",
+            now + 6 * 24 * 3600
+        ),
+    )
+    .await;
+    assert_eq!(
+        renewed,
+        [live.graph_id.clone()],
+        "renewed in place, same id"
+    );
+    // Not due: nothing happens to a subscription with days left.
+    assert!(!tenantd::subscriptions::renewal_due(
+        now + 6 * 24 * 3600,
+        now,
+        tenantd::subscriptions::max_lifetime("users/u/messages")
+    ));
+    // Graph lost it (expired, removed): the renewal gets 404 and it is created again.
+    live.emulator
+        .shared()
+        .world()
+        .subscriptions
+        .remove(&live.graph_id);
+    db.execute(&format!(
+        "UPDATE subscriptions SET expires_at = {}",
+        now + 3600
+    ))
+    .await;
+    tenantd::jobs::enqueue(&queue, &reconcile).await.unwrap();
+    let recreated = eventually(
+        &db,
+        &format!(
+            "SELECT graph_id FROM subscriptions WHERE status = 'active' AND graph_id <> '{}'",
+            live.graph_id
+        ),
+    )
+    .await;
+    assert!(live
+        .emulator
+        .shared()
+        .world()
+        .subscriptions
+        .contains_key(&recreated[0]));
+    live.app.stop().await.unwrap();
+}
+
 on_both_backends!(
     handshake_tokens_are_echoed_exactly_as_text,
+    subscriptions_are_renewed_before_expiry_and_recreated_when_graph_lost_them,
     a_configured_subscription_is_created_and_a_new_message_ends_up_stored,
     microsofts_samples_are_accepted_and_a_redelivery_is_one_job,
     forged_unknown_and_malformed_notifications_queue_nothing,
