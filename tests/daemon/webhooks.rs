@@ -428,7 +428,7 @@ async fn subscriptions_are_renewed_before_expiry_and_recreated_when_graph_lost_t
     .await;
     assert_eq!(
         renewed,
-        [live.graph_id.clone()],
+        std::slice::from_ref(&live.graph_id),
         "renewed in place, same id"
     );
     // Not due: nothing happens to a subscription with days left.
