@@ -6,6 +6,7 @@
 
 mod queue;
 mod runs;
+mod subscription;
 mod tenant;
 
 use std::path::PathBuf;
@@ -82,6 +83,9 @@ enum Command {
     /// Start operations as operation runs and list them
     #[command(subcommand)]
     Runs(runs::RunsCommand),
+    /// Graph change-notification subscriptions: want, list, stop wanting
+    #[command(subcommand)]
+    Subscription(subscription::SubscriptionCommand),
     /// Apply pending database migrations and exit (`run` also applies them at start).
     Migrate,
     /// Validate the configuration and print the effective values, secrets redacted.
@@ -165,6 +169,10 @@ pub fn main() -> i32 {
         Command::Runs(command) => {
             print_warnings(&loaded);
             runtime.block_on(runs::run(&loaded.config, command))
+        }
+        Command::Subscription(command) => {
+            print_warnings(&loaded);
+            runtime.block_on(subscription::run(&loaded.config, command))
         }
         Command::Migrate => {
             print_warnings(&loaded);

@@ -113,7 +113,7 @@ pub(crate) enum KeysCommand {
     Rotate,
 }
 
-async fn open(config: &Config) -> Result<(Store, Arc<Keyring>), String> {
+pub(crate) async fn open(config: &Config) -> Result<(Store, Arc<Keyring>), String> {
     let (keys, created) =
         Keyring::open_configured(&config.secrets.key_file).map_err(|e| e.to_string())?;
     if created {

@@ -466,8 +466,65 @@ async fn subscriptions_are_renewed_before_expiry_and_recreated_when_graph_lost_t
     live.app.stop().await.unwrap();
 }
 
+async fn the_subscription_commands_want_list_and_unwant(db: TestDb) {
+    let keys = crate::helpers::test_key_file();
+    let run = |args: &[&str]| {
+        let output = crate::helpers::tenantd_command()
+            .args(["--database-url", db.url(), "subscription"])
+            .args(args)
+            .env("TENANTD_SECRETS__KEY_FILE", &keys)
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).to_string(),
+            String::from_utf8_lossy(&output.stderr).to_string(),
+        )
+    };
+    let (code, out, err) = run(&[
+        "create",
+        "--tenant",
+        TENANT,
+        "--resource",
+        "users/u1/messages",
+        "--change-types",
+        "created,updated",
+    ]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        err.contains("listener.public_url"),
+        "warns that Graph needs it: {err}"
+    );
+    let (code, out, _) = run(&["list", "--json"]);
+    assert_eq!(code, Some(0));
+    let listed: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(listed[0]["resource"], "users/u1/messages");
+    assert_eq!(listed[0]["change_types"], "created,updated");
+    assert_eq!(listed[0]["status"], "pending");
+    assert!(
+        listed[0].get("client_state").is_none(),
+        "the clientState is never listed"
+    );
+    let id = listed[0]["id"].as_str().unwrap().to_string();
+    let (code, _, err) = run(&[
+        "create",
+        "--tenant",
+        "contoso.com",
+        "--resource",
+        "users/u1/messages",
+    ]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("Entra tenant ID"), "{err}");
+    assert_eq!(run(&["delete", &id]).0, Some(0));
+    let (_, out, _) = run(&["list", "--json"]);
+    let listed: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(listed[0]["wanted"], false);
+    assert_eq!(run(&["delete", "nope"]).0, Some(2));
+}
+
 on_both_backends!(
     handshake_tokens_are_echoed_exactly_as_text,
+    the_subscription_commands_want_list_and_unwant,
     subscriptions_are_renewed_before_expiry_and_recreated_when_graph_lost_them,
     a_configured_subscription_is_created_and_a_new_message_ends_up_stored,
     microsofts_samples_are_accepted_and_a_redelivery_is_one_job,
