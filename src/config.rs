@@ -978,6 +978,41 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_subscription_names_its_entry_and_the_fix() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "t.toml",
+                "[[subscriptions]]\ntenant = \"84bd8158-6d4d-4958-8b9f-9d6445542f95\"\nresource = \"users/u/messages\"\nchange_types = [\"created\"]\n\n\
+                 [[subscriptions]]\ntenant = \"contoso.com\"\nresource = \"users/u/events\"\nchange_types = [\"created\"]\n\n\
+                 [[subscriptions]]\ntenant = \"84bd8158-6d4d-4958-8b9f-9d6445542f95\"\nresource = \"users/u/events\"\nchange_types = [\"moved\"]\n",
+            )?;
+            let err = load(Some(Path::new("t.toml")), &[]).unwrap_err();
+            let problems: Vec<(&str, &str)> = err
+                .problems()
+                .iter()
+                .map(|p| (p.key.as_str(), p.fix.as_str()))
+                .collect();
+            assert_eq!(
+                problems,
+                [
+                    (
+                        "subscriptions[1]",
+                        "use the Entra tenant ID of a connected tenant"
+                    ),
+                    ("subscriptions[2]", "use created, updated and/or deleted"),
+                ]
+            );
+            jail.create_file(
+                "ok.toml",
+                "[[subscriptions]]\ntenant = \"84BD8158-6D4D-4958-8B9F-9D6445542F95\"\nresource = \"/users/u/messages\"\nchange_types = [\"updated\", \"created\"]\n",
+            )?;
+            let loaded = load(Some(Path::new("ok.toml")), &[]).unwrap();
+            assert_eq!(loaded.config.subscriptions.len(), 1);
+            Ok(())
+        });
+    }
+
+    #[test]
     fn a_bad_log_format_lists_the_choices() {
         Jail::expect_with(|_jail| {
             let err = load(None, &[flag("log.format", "--log-format", "xml")]).unwrap_err();
