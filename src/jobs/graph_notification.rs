@@ -1,8 +1,8 @@
 //! `graph_notification`: one accepted change notification. Fetches the changed resource
 //! through the Graph client with the connection that created the subscription and stores it
-//! idempotently: mail into `messages` (a `deleted` change marks the row). Other resources are
-//! fetched to confirm the change and counted; storing them comes with the features that need
-//! them.
+//! idempotently: mail into `messages` (a `deleted` change marks the row). Notifications for
+//! other resources (events, users, drive items) are counted (`outcome="not_stored"`) and not
+//! fetched yet; storing them comes with the features that need them.
 
 use serde::{Deserialize, Serialize};
 
