@@ -522,8 +522,70 @@ async fn the_subscription_commands_want_list_and_unwant(db: TestDb) {
     assert_eq!(run(&["delete", "nope"]).0, Some(2));
 }
 
+async fn a_notification_answered_202_survives_a_kill_right_after(db: TestDb) {
+    let key_file = crate::helpers::test_key_file();
+    let keys = Keyring::load(&key_file).unwrap();
+    let store = db.store().await;
+    store.migrate().await.unwrap();
+    let types = vec!["created".to_string()];
+    let row = subscriptions::declare(
+        &store,
+        &keys,
+        &Desired {
+            tenant_id: TENANT,
+            resource: "users/u1/messages",
+            change_types: &types,
+            origin: Origin::Cli,
+        },
+    )
+    .await
+    .unwrap();
+    subscriptions::record_created(&store, &row.id, "g-kill", "c1", 4_102_444_800)
+        .await
+        .unwrap();
+    let state = subscriptions::client_state(&store, &keys, &row.id)
+        .await
+        .unwrap()
+        .to_string();
+    let mut command = crate::helpers::tenantd_command();
+    command
+        .env("TENANTD_DATABASE__URL", db.url())
+        .env("TENANTD_SECRETS__KEY_FILE", &key_file)
+        .env("TENANTD_QUEUE__WORKERS", "0");
+    let mut daemon = crate::helpers::Daemon::run(command);
+    let (_, public) = tokio::task::block_in_place(|| daemon.wait_until_running());
+    let body = serde_json::json!({"value": [{
+        "subscriptionId": "g-kill",
+        "subscriptionExpirationDateTime": "2030-01-01T00:00:00Z",
+        "clientState": state,
+        "changeType": "created",
+        "resource": "users/u1/messages/m-kill",
+        "tenantId": TENANT,
+        "resourceData": {"@odata.type": "#Microsoft.Graph.Message", "@odata.etag": "W/\"1\"", "id": "m-kill"}
+    }]});
+    let response = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .post(format!("http://{public}/webhooks/graph"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    // Killed the moment the answer arrived: no graceful stop, no flush.
+    daemon.signal("KILL");
+    tokio::task::block_in_place(|| daemon.wait_exit(std::time::Duration::from_secs(10)));
+    let queued = db
+        .strings("SELECT payload FROM jobs WHERE kind = 'graph_notification'")
+        .await;
+    assert_eq!(queued.len(), 1, "acknowledged means committed");
+    assert!(queued[0].contains("m-kill"));
+}
+
 on_both_backends!(
     handshake_tokens_are_echoed_exactly_as_text,
+    a_notification_answered_202_survives_a_kill_right_after,
     the_subscription_commands_want_list_and_unwant,
     subscriptions_are_renewed_before_expiry_and_recreated_when_graph_lost_them,
     a_configured_subscription_is_created_and_a_new_message_ends_up_stored,
