@@ -241,6 +241,7 @@ impl Application {
             "admin",
             admin,
             http::admin::router(admin_state),
+            http::ServeLimits::default(),
             admin_stop.clone(),
             failed_tx.clone(),
         ));
@@ -272,6 +273,13 @@ impl Application {
                     scope: config.identity.delegated_scopes.join(" "),
                 },
             ),
+            http::ServeLimits {
+                header_read_timeout: Duration::from_millis(
+                    config.listener.header_read_timeout_ms.max(1),
+                ),
+                max_connections: usize::try_from(config.listener.max_connections)
+                    .unwrap_or(usize::MAX),
+            },
             work_stop.clone(),
             failed_tx,
         ));
@@ -409,10 +417,11 @@ async fn serve_listener(
     listener_name: &'static str,
     listener: TcpListener,
     router: axum::Router,
+    limits: http::ServeLimits,
     stop: CancellationToken,
     failed: mpsc::Sender<AppError>,
 ) {
-    if let Err(err) = http::serve(listener, router, stop).await {
+    if let Err(err) = http::serve(listener_name, listener, router, stop, limits).await {
         let _ = failed
             .send(AppError::Listener {
                 listener: listener_name,

@@ -213,6 +213,11 @@ pub struct ListenerConfig {
     /// The https base URL Microsoft Graph reaches the listener at (behind a proxy or tunnel).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub public_url: Option<Url>,
+    /// A connection that has not sent a request's headers within this is closed (keep-alive
+    /// connections idle this long too).
+    pub header_read_timeout_ms: u64,
+    /// Open connections at most; more are closed on arrival (Graph retries).
+    pub max_connections: u32,
 }
 
 impl Default for ListenerConfig {
@@ -220,6 +225,8 @@ impl Default for ListenerConfig {
         Self {
             bind: SocketAddr::from(([0, 0, 0, 0], 8080)),
             public_url: None,
+            header_read_timeout_ms: 10_000,
+            max_connections: 1_024,
         }
     }
 }
@@ -654,6 +661,20 @@ fn validate(config: &Config, figment: &Figment) -> Vec<ConfigProblem> {
             "not a URL (no scheme)".into(),
             FIX_DATABASE_URL,
         ),
+    }
+    if config.listener.header_read_timeout_ms == 0 {
+        problem(
+            "listener.header_read_timeout_ms",
+            "must be at least 1".into(),
+            "use a few seconds, such as 10000",
+        );
+    }
+    if config.listener.max_connections == 0 {
+        problem(
+            "listener.max_connections",
+            "must be at least 1".into(),
+            "use a whole number such as 1024",
+        );
     }
     if config.database.max_connections == 0 {
         problem(

@@ -21,6 +21,9 @@ pub mod names {
     pub const HTTP_REQUESTS: &str = "tenantd_http_requests_total";
     /// Histogram of HTTP request durations by `listener` and `route`.
     pub const HTTP_REQUEST_DURATION: &str = "tenantd_http_request_duration_seconds";
+    /// Counter of connections closed at once because a listener had `max_connections` open,
+    /// by `listener`.
+    pub const HTTP_CONNECTIONS_SHED: &str = "tenantd_http_connections_shed_total";
     /// Gauge: 1 while `/readyz` would answer 200.
     pub const READY: &str = "tenantd_ready";
     /// Counter of token requests by `grant` and `result`.
@@ -105,6 +108,10 @@ fn describe() {
         "Time from request to response."
     );
     metrics::describe_gauge!(names::READY, "1 while /readyz answers 200.");
+    metrics::describe_counter!(
+        names::HTTP_CONNECTIONS_SHED,
+        "Connections closed on arrival because the listener was at its connection limit."
+    );
     metrics::describe_counter!(
         names::TOKEN_REQUESTS,
         "Token requests to the identity platform by grant and result."

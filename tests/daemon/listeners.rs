@@ -145,3 +145,93 @@ async fn a_graceful_stop_records_the_instance_as_stopped(db: TestDb) {
     assert!(!Instance::running(&store).await.unwrap().contains(&id));
     store.close().await;
 }
+
+/// Reads until the server closes the connection (or answers); how long that took.
+async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> Option<Duration> {
+    use tokio::io::AsyncReadExt;
+    let started = std::time::Instant::now();
+    let mut buffer = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(limit, stream.read(&mut buffer)).await {
+            Ok(Ok(0) | Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(_)) => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+/// A handshake on a new connection (a pooled one may have been closed as idle).
+async fn handshake_ok(app: &crate::helpers::TestApp) -> bool {
+    reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap()
+        .get(format!(
+            "http://{}/webhooks/graph?validationToken=still%20served",
+            app.public
+        ))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        == 200
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_headers_is_cut_off_without_stalling_others() {
+    use tokio::io::AsyncWriteExt;
+    let db = TestDb::sqlite();
+    let mut config = crate::helpers::test_config(&db);
+    config.listener.header_read_timeout_ms = 300;
+    let app = crate::helpers::spawn_app_with(config).await;
+    let mut slow = tokio::net::TcpStream::connect(app.public).await.unwrap();
+    slow.write_all(b"POST /webhooks/graph HTTP/1.1\r\nHost: tenantd\r\nContent-Type: appl")
+        .await
+        .unwrap();
+    // Meanwhile others are answered.
+    assert!(handshake_ok(&app).await);
+    let took = closed_within(&mut slow, Duration::from_secs(10))
+        .await
+        .expect("the slow client is cut off");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert!(handshake_ok(&app).await);
+    app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_connection_limit_new_connections_are_closed_and_open_ones_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = TestDb::sqlite();
+    let mut config = crate::helpers::test_config(&db);
+    config.listener.max_connections = 2;
+    config.listener.header_read_timeout_ms = 30_000;
+    let app = crate::helpers::spawn_app_with(config).await;
+    let mut first = tokio::net::TcpStream::connect(app.public).await.unwrap();
+    let second = tokio::net::TcpStream::connect(app.public).await.unwrap();
+    // Give the listener a moment to accept both before the third arrives.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut third = tokio::net::TcpStream::connect(app.public).await.unwrap();
+    assert!(
+        closed_within(&mut third, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "the third connection is closed at once"
+    );
+    // An open connection is still served.
+    first
+        .write_all(b"GET /webhooks/graph?validationToken=open HTTP/1.1\r\nHost: tenantd\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = vec![0u8; 512];
+    let read = first.read(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer[..read]);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("open"), "{answer}");
+    // Once one closes, new connections are accepted again.
+    drop(second);
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(handshake_ok(&app).await);
+    app.stop().await.unwrap();
+}
