@@ -13,52 +13,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sqlx::Connection;
-use tenantd::config::{DatabaseConfig, DatabaseUrl};
+
 use tenantd::queue::{NewJob, Queue};
 use tenantd::store::Store;
 
+mod common;
+use common::{env_list, fresh, settle};
+
 const LEASE: Duration = Duration::from_secs(60);
-
-fn env_list(name: &str, default: &str) -> Vec<String> {
-    std::env::var(name)
-        .unwrap_or_else(|_| default.into())
-        .split_whitespace()
-        .map(str::to_string)
-        .collect()
-}
-
-async fn fresh(backend: &str, dir: &std::path::Path) -> Store {
-    let url = if backend == "postgres" {
-        let server = std::env::var("BENCH_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let mut conn = sqlx::PgConnection::connect(&server)
-            .await
-            .expect("postgres");
-        sqlx::query("DROP DATABASE IF EXISTS tenantd_bench WITH (FORCE)")
-            .execute(&mut conn)
-            .await
-            .expect("drop");
-        sqlx::query("CREATE DATABASE tenantd_bench")
-            .execute(&mut conn)
-            .await
-            .expect("create");
-        let mut url = url::Url::parse(&server).unwrap();
-        url.set_path("/tenantd_bench");
-        url.to_string()
-    } else {
-        let file = dir.join(format!("bench-{}.db", uuid::Uuid::new_v4().simple()));
-        format!("sqlite://{}", file.display())
-    };
-    let config = DatabaseConfig {
-        url: DatabaseUrl::new(url),
-        max_connections: 16,
-        ..Default::default()
-    };
-    let store = Store::connect(&config).await.expect("connect");
-    store.migrate().await.expect("migrate");
-    store
-}
 
 fn noop(n: usize) -> NewJob {
     NewJob {
@@ -69,27 +31,6 @@ fn noop(n: usize) -> NewJob {
         priority: 0,
         run_at: None,
         max_attempts: 3,
-    }
-}
-
-/// `CHECKPOINT; ANALYZE` between enqueue and drain, as the peer script does.
-async fn settle(backend: &str) {
-    if backend == "postgres" {
-        let server = std::env::var("BENCH_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let mut url = url::Url::parse(&server).unwrap();
-        url.set_path("/tenantd_bench");
-        let mut conn = sqlx::PgConnection::connect(url.as_str())
-            .await
-            .expect("connect");
-        sqlx::query("CHECKPOINT")
-            .execute(&mut conn)
-            .await
-            .expect("checkpoint");
-        sqlx::query("ANALYZE jobs")
-            .execute(&mut conn)
-            .await
-            .expect("analyze");
     }
 }
 
