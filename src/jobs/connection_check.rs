@@ -20,14 +20,6 @@ pub struct ConnectionCheck {
     pub run_id: Option<String>,
 }
 
-fn store_failed(err: impl std::fmt::Display) -> JobError {
-    JobError::Retry {
-        reason: "database_unavailable",
-        message: err.to_string(),
-        after: None,
-    }
-}
-
 impl Job for ConnectionCheck {
     const KIND: &'static str = "connection_check";
     const MAX_ATTEMPTS: u32 = 3;
@@ -40,10 +32,10 @@ impl Job for ConnectionCheck {
         let run_id = self.run_id.clone().unwrap_or_default();
         runs::mark_running(&context.store, &run_id)
             .await
-            .map_err(store_failed)?;
+            .map_err(JobError::database)?;
         let list = connections::list(&context.store, Some(&self.tenant_id))
             .await
-            .map_err(store_failed)?;
+            .map_err(JobError::database)?;
         let mut failures: Vec<(String, &'static str)> = Vec::new();
         for connection in &list {
             if let Err(err) = context
@@ -75,7 +67,7 @@ impl Job for ConnectionCheck {
         };
         runs::finish(&context.store, &run_id, ok, reason, &message)
             .await
-            .map_err(store_failed)?;
+            .map_err(JobError::database)?;
         Ok(())
     }
 }

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Job, JobContext, JobError};
 use crate::graph::GraphError;
-use crate::{connections, subscriptions};
+use crate::subscriptions;
 
 /// A lifecycle event to handle (the webhook listener's payload).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -18,14 +18,6 @@ pub struct GraphLifecycle {
     pub tenant_id: String,
     /// `reauthorizationRequired`, `subscriptionRemoved`, `missed`, or a future one.
     pub event: String,
-}
-
-fn store_failed(err: impl std::fmt::Display) -> JobError {
-    JobError::Retry {
-        reason: "database_unavailable",
-        message: err.to_string(),
-        after: None,
-    }
 }
 
 impl Job for GraphLifecycle {
@@ -40,22 +32,20 @@ impl Job for GraphLifecycle {
         let subscription = match subscriptions::get(&context.store, &self.subscription_id).await {
             Ok(subscription) => subscription,
             Err(subscriptions::SubscriptionError::NotFound(_)) => return Ok(()),
-            Err(err) => return Err(store_failed(err)),
+            Err(err) => return Err(JobError::database(err)),
         };
         match self.event.as_str() {
             "reauthorizationRequired" => {
                 let Some(graph_id) = subscription.graph_id.as_deref() else {
                     return Ok(());
                 };
-                let connection = match &subscription.connection_id {
-                    Some(id) => connections::get(&context.store, id).await,
-                    None => connections::default_app(&context.store, &self.tenant_id).await,
-                }
-                .map_err(|err| JobError::Retry {
-                    reason: err.reason_code(),
-                    message: "no usable connection for the subscription's tenant".into(),
-                    after: None,
-                })?;
+                let connection = super::subscription_connection(&context.store, &subscription)
+                    .await
+                    .map_err(|err| JobError::Retry {
+                        reason: err.reason_code(),
+                        message: "no usable connection for the subscription's tenant".into(),
+                        after: None,
+                    })?;
                 match context
                     .graph
                     .reauthorize_subscription(&connection, graph_id)
@@ -69,7 +59,7 @@ impl Job for GraphLifecycle {
                         "subscription_not_found",
                     )
                     .await
-                    .map_err(store_failed),
+                    .map_err(JobError::database),
                     Err(err) => Err(err.into_job_error()),
                 }
             }
@@ -79,10 +69,10 @@ impl Job for GraphLifecycle {
                 "subscription_removed",
             )
             .await
-            .map_err(store_failed),
+            .map_err(JobError::database),
             "missed" => subscriptions::record_missed(&context.store, &subscription.id)
                 .await
-                .map_err(store_failed),
+                .map_err(JobError::database),
             other => {
                 tracing::warn!(event = other, subscription = %subscription.id, "unknown lifecycle event ignored");
                 Ok(())

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::{Job, JobContext, JobError};
 use crate::graph::GraphError;
 use crate::mailbox::{self, StoredMessage};
-use crate::{connections, subscriptions};
+use crate::subscriptions;
 
 /// A notification to process (the webhook listener's payload).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -52,14 +52,6 @@ pub fn message_target(resource: &str, tenant_id: &str) -> Option<(String, String
     (!user.is_empty() && !id.is_empty()).then(|| (user.to_string(), id.to_string()))
 }
 
-fn store_failed(err: impl std::fmt::Display) -> JobError {
-    JobError::Retry {
-        reason: "database_unavailable",
-        message: err.to_string(),
-        after: None,
-    }
-}
-
 impl Job for GraphNotification {
     const KIND: &'static str = "graph_notification";
     const MAX_ATTEMPTS: u32 = 8;
@@ -77,17 +69,15 @@ impl Job for GraphNotification {
                     message: "the subscription was deleted before its notification ran".into(),
                 })
             }
-            Err(err) => return Err(store_failed(err)),
+            Err(err) => return Err(JobError::database(err)),
         };
-        let connection = match &subscription.connection_id {
-            Some(id) => connections::get(&context.store, id).await,
-            None => connections::default_app(&context.store, &self.tenant_id).await,
-        }
-        .map_err(|err| JobError::Retry {
-            reason: err.reason_code(),
-            message: "no usable connection for the subscription's tenant".into(),
-            after: None,
-        })?;
+        let connection = super::subscription_connection(&context.store, &subscription)
+            .await
+            .map_err(|err| JobError::Retry {
+                reason: err.reason_code(),
+                message: "no usable connection for the subscription's tenant".into(),
+                after: None,
+            })?;
         let Some((user, message_id)) = message_target(&self.resource, &self.tenant_id) else {
             // Not mail: nothing is stored for it yet.
             metrics::counter!(crate::metrics::names::WEBHOOK_ITEMS, "endpoint" => "worker", "outcome" => "not_stored").increment(1);
@@ -102,7 +92,7 @@ impl Job for GraphNotification {
                 &subscription.id,
             )
             .await
-            .map_err(store_failed);
+            .map_err(JobError::database);
         }
         let message = match context
             .graph
@@ -123,7 +113,7 @@ impl Job for GraphNotification {
             })?;
         mailbox::upsert(&context.store, &self.tenant_id, &stored)
             .await
-            .map_err(store_failed)
+            .map_err(JobError::database)
     }
 }
 

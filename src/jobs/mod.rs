@@ -48,6 +48,34 @@ pub enum JobError {
     },
 }
 
+impl JobError {
+    /// The database failed: try again later (`database_unavailable`).
+    pub fn database(err: impl std::fmt::Display) -> Self {
+        JobError::Retry {
+            reason: "database_unavailable",
+            message: err.to_string(),
+            after: None,
+        }
+    }
+}
+
+/// The connection a subscription's Graph calls use: the one that created it, or the tenant's
+/// default app connection when it has none or that one is gone.
+///
+/// # Errors
+/// The tenant has no usable connection, or the database failed.
+pub async fn subscription_connection(
+    store: &Store,
+    subscription: &crate::subscriptions::Subscription,
+) -> Result<crate::connections::Connection, crate::connections::ConnectionError> {
+    if let Some(id) = &subscription.connection_id {
+        if let Ok(connection) = crate::connections::get(store, id).await {
+            return Ok(connection);
+        }
+    }
+    crate::connections::default_app(store, &subscription.tenant_id).await
+}
+
 /// What a running job may use.
 #[derive(Clone)]
 pub struct JobContext {

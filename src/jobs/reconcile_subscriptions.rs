@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::{Job, JobContext, JobError};
 use crate::audit::now_unix;
-use crate::connections::{self, Connection};
+use crate::connections::Connection;
 use crate::graph::GraphError;
 use crate::subscriptions::{self, Subscription};
 
@@ -19,14 +19,6 @@ pub struct ReconcileSubscriptions {
     /// `listener.public_url`: where Graph posts; without it nothing can be created.
     #[serde(default)]
     pub public_url: Option<String>,
-}
-
-fn store_failed(err: impl std::fmt::Display) -> JobError {
-    JobError::Retry {
-        reason: "database_unavailable",
-        message: err.to_string(),
-        after: None,
-    }
 }
 
 fn rfc3339(unix: i64) -> String {
@@ -46,18 +38,6 @@ fn endpoint(public_url: &str, path: &str) -> String {
     format!("{}{path}", public_url.trim_end_matches('/'))
 }
 
-async fn connection_for(
-    context: &JobContext,
-    subscription: &Subscription,
-) -> Result<Connection, connections::ConnectionError> {
-    if let Some(id) = &subscription.connection_id {
-        if let Ok(connection) = connections::get(&context.store, id).await {
-            return Ok(connection);
-        }
-    }
-    connections::default_app(&context.store, &subscription.tenant_id).await
-}
-
 /// What happened to one subscription, for the metric.
 fn count(result: &'static str) {
     metrics::counter!(crate::metrics::names::SUBSCRIPTION_RENEWALS, "result" => result)
@@ -74,19 +54,19 @@ impl ReconcileSubscriptions {
         let Some(public_url) = self.public_url.as_deref() else {
             subscriptions::record_failed(&context.store, &subscription.id, "public_url_missing")
                 .await
-                .map_err(store_failed)?;
+                .map_err(JobError::database)?;
             return Ok(());
         };
         if !subscriptions::begin_create(&context.store, &subscription.id)
             .await
-            .map_err(store_failed)?
+            .map_err(JobError::database)?
         {
             return Ok(());
         }
         let client_state =
             subscriptions::client_state(&context.store, &context.keys, &subscription.id)
                 .await
-                .map_err(store_failed)?;
+                .map_err(JobError::database)?;
         let lifetime = subscriptions::max_lifetime(&subscription.resource);
         let expires = now_unix() + i64::try_from(lifetime.as_secs()).unwrap_or(0);
         let body = json!({
@@ -114,7 +94,7 @@ impl ReconcileSubscriptions {
                     expiry_of(&answer, expires),
                 )
                 .await
-                .map_err(store_failed)?;
+                .map_err(JobError::database)?;
                 count("created");
                 Ok(())
             }
@@ -123,7 +103,7 @@ impl ReconcileSubscriptions {
                 tracing::warn!(subscription = %subscription.id, reason, "creating a subscription failed");
                 subscriptions::record_failed(&context.store, &subscription.id, reason)
                     .await
-                    .map_err(store_failed)?;
+                    .map_err(JobError::database)?;
                 count("create_failed");
                 // Throttling and outages are retried on the next tick.
                 Ok(())
@@ -152,7 +132,7 @@ impl ReconcileSubscriptions {
                     expiry_of(&answer, expires),
                 )
                 .await
-                .map_err(store_failed)?;
+                .map_err(JobError::database)?;
                 count("renewed");
                 Ok(())
             }
@@ -164,7 +144,7 @@ impl ReconcileSubscriptions {
                     "subscription_not_found",
                 )
                 .await
-                .map_err(store_failed)?;
+                .map_err(JobError::database)?;
                 count("recreated");
                 self.create(context, subscription, connection).await
             }
@@ -173,7 +153,7 @@ impl ReconcileSubscriptions {
                 tracing::warn!(subscription = %subscription.id, reason, "renewing a subscription failed");
                 subscriptions::record_failed(&context.store, &subscription.id, reason)
                     .await
-                    .map_err(store_failed)?;
+                    .map_err(JobError::database)?;
                 count("renew_failed");
                 Ok(())
             }
@@ -193,22 +173,23 @@ impl Job for ReconcileSubscriptions {
     async fn run(self, context: JobContext) -> Result<(), JobError> {
         let all = subscriptions::list(&context.store, None)
             .await
-            .map_err(store_failed)?;
+            .map_err(JobError::database)?;
         let now = now_unix();
         for subscription in &all {
-            let connection = match connection_for(&context, subscription).await {
-                Ok(connection) => connection,
-                Err(err) => {
-                    subscriptions::record_failed(
-                        &context.store,
-                        &subscription.id,
-                        err.reason_code(),
-                    )
-                    .await
-                    .map_err(store_failed)?;
-                    continue;
-                }
-            };
+            let connection =
+                match super::subscription_connection(&context.store, subscription).await {
+                    Ok(connection) => connection,
+                    Err(err) => {
+                        subscriptions::record_failed(
+                            &context.store,
+                            &subscription.id,
+                            err.reason_code(),
+                        )
+                        .await
+                        .map_err(JobError::database)?;
+                        continue;
+                    }
+                };
             match (&subscription.graph_id, subscription.wanted) {
                 (Some(graph_id), false) => {
                     match context
@@ -219,7 +200,7 @@ impl Job for ReconcileSubscriptions {
                         Ok(()) | Err(GraphError::NotFound { .. }) => {
                             subscriptions::forget(&context.store, &subscription.id)
                                 .await
-                                .map_err(store_failed)?;
+                                .map_err(JobError::database)?;
                             count("deleted");
                         }
                         Err(err) => {
@@ -230,7 +211,7 @@ impl Job for ReconcileSubscriptions {
                 }
                 (None, false) => subscriptions::forget(&context.store, &subscription.id)
                     .await
-                    .map_err(store_failed)?,
+                    .map_err(JobError::database)?,
                 (None, true) => self.create(&context, subscription, &connection).await?,
                 (Some(graph_id), true) => {
                     let lifetime = subscriptions::max_lifetime(&subscription.resource);

@@ -308,17 +308,8 @@ async fn a_notified_message_is_fetched_and_stored_once_and_a_delete_marks_it(db:
     .await
     .unwrap();
     let context = tenantd::jobs::JobContext {
-        store: store.clone(),
-        queue: tenantd::queue::Queue::new(store.clone()),
-        tokens: env.tokens.clone(),
-        keys: std::sync::Arc::new(
-            tenantd::vault::Keyring::parse(
-                std::path::Path::new("k"),
-                &tenantd::vault::Keyring::new_key_line("k1"),
-            )
-            .unwrap(),
-        ),
         graph: client.clone(),
+        ..crate::helpers::job_context(&store, env.tokens.clone())
     };
     let notification = |change_type: &str| GraphNotification {
         subscription_id: subscription.id.clone(),

@@ -745,3 +745,27 @@ pub(crate) async fn seeded_emulator(
     };
     (emulator, client_id, secret)
 }
+
+/// A job context on `store` using `tokens`, with a throwaway vault key and a Graph client on
+/// the default configuration (tests that call Graph replace `graph`).
+pub(crate) fn job_context(
+    store: &tenantd::store::Store,
+    tokens: Arc<tenantd::tokens::TokenService>,
+) -> tenantd::jobs::JobContext {
+    tenantd::jobs::JobContext {
+        store: store.clone(),
+        queue: tenantd::queue::Queue::new(store.clone()),
+        graph: Arc::new(tenantd::graph::GraphClient::new(
+            &tenantd::config::GraphConfig::default(),
+            tokens.clone(),
+        )),
+        tokens,
+        keys: Arc::new(
+            tenantd::vault::Keyring::parse(
+                std::path::Path::new("k"),
+                &tenantd::vault::Keyring::new_key_line("k1"),
+            )
+            .unwrap(),
+        ),
+    }
+}

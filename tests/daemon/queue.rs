@@ -402,21 +402,9 @@ mod workers {
         let pool = WorkerPool {
             queue: queue.clone(),
             registry: Arc::new(registry),
-            context: JobContext {
-                store,
+            context: tenantd::jobs::JobContext {
                 queue: queue.clone(),
-                tokens: tokens.clone(),
-                keys: std::sync::Arc::new(
-                    tenantd::vault::Keyring::parse(
-                        std::path::Path::new("k"),
-                        &tenantd::vault::Keyring::new_key_line("k1"),
-                    )
-                    .unwrap(),
-                ),
-                graph: std::sync::Arc::new(tenantd::graph::GraphClient::new(
-                    &tenantd::config::GraphConfig::default(),
-                    tokens.clone(),
-                )),
+                ..crate::helpers::job_context(&store, tokens)
             },
             owner: "test-worker".into(),
             concurrency: 4,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use graph_emulator::world::{AppSeed, FailureRule, IdentityFailure, TenantSeed};
 use graph_emulator::Emulator;
 use serde_json::json;
-use tenantd::jobs::{JobContext, Registry};
+use tenantd::jobs::Registry;
 use tenantd::queue::{NewJob, Queue};
 use tenantd::runs::{self, Started};
 use tenantd::store::Store;
@@ -145,21 +145,9 @@ async fn the_connection_check_runs_on_the_workers_and_records_its_outcome(db: Te
     let pool = WorkerPool {
         queue: queue.clone(),
         registry: Arc::new(Registry::standard()),
-        context: JobContext {
-            store: store.clone(),
+        context: tenantd::jobs::JobContext {
             queue: queue.clone(),
-            tokens: tokens.clone(),
-            keys: std::sync::Arc::new(
-                tenantd::vault::Keyring::parse(
-                    std::path::Path::new("k"),
-                    &tenantd::vault::Keyring::new_key_line("k1"),
-                )
-                .unwrap(),
-            ),
-            graph: std::sync::Arc::new(tenantd::graph::GraphClient::new(
-                &tenantd::config::GraphConfig::default(),
-                tokens.clone(),
-            )),
+            ..crate::helpers::job_context(&store, tokens)
         },
         owner: "w".into(),
         concurrency: 2,
