@@ -189,6 +189,22 @@ pub fn main() -> i32 {
     }
 }
 
+/// The database, migrated; `None` after saying why on stderr.
+async fn open_store(config: &config::Config) -> Option<crate::store::Store> {
+    let store = match crate::store::Store::connect(&config.database).await {
+        Ok(store) => store,
+        Err(err) => {
+            eprintln!("tenantd: {err}");
+            return None;
+        }
+    };
+    if let Err(err) = store.migrate().await {
+        eprintln!("tenantd: {err}");
+        return None;
+    }
+    Some(store)
+}
+
 fn print_warnings(loaded: &LoadedConfig) {
     for warning in &loaded.warnings {
         eprintln!("tenantd: warning: {warning}");

@@ -6,7 +6,6 @@ use clap::Subcommand;
 use super::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
 use crate::config::Config;
 use crate::queue::{JobState, Queue};
-use crate::store::Store;
 
 /// `tenantd queue ...`
 #[derive(Debug, Subcommand)]
@@ -43,17 +42,9 @@ pub(crate) enum QueueCommand {
 
 /// Runs one `queue` command and returns the exit code.
 pub(crate) async fn run(config: &Config, command: &QueueCommand) -> i32 {
-    let store = match Store::connect(&config.database).await {
-        Ok(store) => store,
-        Err(err) => {
-            eprintln!("tenantd: {err}");
-            return EXIT_FAILURE;
-        }
-    };
-    if let Err(err) = store.migrate().await {
-        eprintln!("tenantd: {err}");
+    let Some(store) = super::open_store(config).await else {
         return EXIT_FAILURE;
-    }
+    };
     let queue = Queue::new(store.clone());
     let code = match command {
         QueueCommand::Stats { json } => match queue.stats().await {

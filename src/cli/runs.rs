@@ -9,7 +9,6 @@ use crate::jobs::connection_check::ConnectionCheck;
 use crate::jobs::Job;
 use crate::queue::{NewJob, Queue};
 use crate::runs::{self, Started};
-use crate::store::Store;
 
 /// `tenantd runs ...`
 #[derive(Debug, Subcommand)]
@@ -33,17 +32,9 @@ pub(crate) enum RunsCommand {
 
 /// Runs one `runs` command and returns the exit code.
 pub(crate) async fn run(config: &Config, command: &RunsCommand) -> i32 {
-    let store = match Store::connect(&config.database).await {
-        Ok(store) => store,
-        Err(err) => {
-            eprintln!("tenantd: {err}");
-            return EXIT_FAILURE;
-        }
-    };
-    if let Err(err) = store.migrate().await {
-        eprintln!("tenantd: {err}");
+    let Some(store) = super::open_store(config).await else {
         return EXIT_FAILURE;
-    }
+    };
     let code = match command {
         RunsCommand::List { limit, json } => match runs::list(&store, *limit).await {
             Ok(list) if *json => {
