@@ -251,9 +251,12 @@ impl Application {
         // accepted notifications are written.
         work.spawn(intake_writer);
         let webhooks = http::webhooks::WebhookState {
-            store: store.clone(),
-            keys: keys.clone(),
+            checks: Arc::new(crate::subscriptions::CheckCache::new(
+                store.clone(),
+                keys.clone(),
+            )),
             intake,
+            counters: Arc::default(),
         };
         work.spawn(serve_listener(
             "public",

@@ -8,12 +8,12 @@
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::queue::{NewJob, Queue};
+use crate::queue::{EncodedJob, Queue};
 
 /// Most requests gathered into one transaction.
 const MAX_REQUESTS_PER_COMMIT: usize = 256;
 
-type Submission = (Vec<NewJob>, oneshot::Sender<Result<(), IntakeError>>);
+type Submission = (Vec<EncodedJob>, oneshot::Sender<Result<(), IntakeError>>);
 
 /// Why notifications could not be committed.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
@@ -45,7 +45,7 @@ impl Intake {
     ///
     /// # Errors
     /// [`IntakeError`] when they could not be written.
-    pub async fn submit(&self, jobs: Vec<NewJob>) -> Result<(), IntakeError> {
+    pub async fn submit(&self, jobs: Vec<EncodedJob>) -> Result<(), IntakeError> {
         let (done, committed) = oneshot::channel();
         self.submissions
             .send((jobs, done))
@@ -56,19 +56,25 @@ impl Intake {
 }
 
 async fn write(queue: Queue, mut received: mpsc::Receiver<Submission>) {
+    let mut writer = queue.batch_writer();
     let mut batch = Vec::with_capacity(MAX_REQUESTS_PER_COMMIT);
+    let mut rows = Vec::new();
+    let mut waiting = Vec::with_capacity(MAX_REQUESTS_PER_COMMIT);
     while received
         .recv_many(&mut batch, MAX_REQUESTS_PER_COMMIT)
         .await
         > 0
     {
-        let (jobs, waiting): (Vec<Vec<NewJob>>, Vec<_>) = batch.drain(..).unzip();
-        let jobs: Vec<NewJob> = jobs.into_iter().flatten().collect();
-        let outcome = queue.enqueue_many(&jobs).await.map(|_| ()).map_err(|err| {
-            tracing::error!(error = %err, reason = err.reason_code(), jobs = jobs.len(), "notifications could not be queued; Graph will redeliver them");
+        for (jobs, done) in batch.drain(..) {
+            rows.extend(jobs);
+            waiting.push(done);
+        }
+        let outcome = writer.insert(&rows).await.map(|_| ()).map_err(|err| {
+            tracing::error!(error = %err, reason = err.reason_code(), jobs = rows.len(), "notifications could not be queued; Graph will redeliver them");
             IntakeError::Unavailable
         });
-        for done in waiting {
+        rows.clear();
+        for done in waiting.drain(..) {
             let _ = done.send(outcome);
         }
     }

@@ -142,6 +142,15 @@ macro_rules! transaction {
 }
 pub(crate) use transaction;
 
+/// A connection outside the pool (see [`Store::open_dedicated`]).
+#[derive(Debug)]
+pub(crate) enum DedicatedConnection {
+    /// On SQLite.
+    Sqlite(sqlx::SqliteConnection),
+    /// On PostgreSQL.
+    Postgres(sqlx::PgConnection),
+}
+
 /// Why the database could not be used. Messages carry no password.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -298,6 +307,9 @@ impl Store {
                 }
                 let pool = SqlitePoolOptions::new()
                     .max_connections(config.max_connections)
+                    // A SQLite connection is a handle on a local file: nothing can hang up on
+                    // it, so the ping sqlx sends before every acquire is only a thread hand-off.
+                    .test_before_acquire(false)
                     .acquire_timeout(acquire_timeout)
                     .connect_with(options)
                     .await
@@ -448,6 +460,24 @@ impl Store {
     /// Waits for this process's turn to write to SQLite (see `writer`).
     pub(crate) async fn sqlite_write_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.writer.lock().await
+    }
+
+    /// A connection of its own, outside the pool, with the pool's settings, for a writer that
+    /// is busy all the time (the webhook intake): it never waits for the pool or pings before
+    /// use, and on SQLite its page cache stays warm.
+    ///
+    /// # Errors
+    /// The database cannot be opened.
+    pub(crate) async fn open_dedicated(&self) -> Result<DedicatedConnection, StoreError> {
+        use sqlx::ConnectOptions;
+        match &self.pool {
+            Pool::Sqlite { pool, .. } => Ok(DedicatedConnection::Sqlite(
+                pool.connect_options().connect().await?,
+            )),
+            Pool::Postgres(pool) => Ok(DedicatedConnection::Postgres(
+                pool.connect_options().connect().await?,
+            )),
+        }
     }
 
     pub(crate) fn sqlite(&self) -> Option<&SqlitePool> {

@@ -579,6 +579,91 @@ pub async fn rotate_keys(
     Ok((rotated, current))
 }
 
+/// How long the webhook keeps a subscription's check before reading the table again.
+pub const CHECK_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The webhook's view of the subscriptions: each Graph id's check, read from the table and
+/// kept for [`CHECK_CACHE_TTL`], so a burst of notifications costs one read and one decryption
+/// per subscription instead of per request.
+///
+/// A Graph id's check never changes (its clientState is set when the subscription is
+/// created), so an entry can only go stale by its subscription being deleted or recreated;
+/// an item accepted in that window is harmless (its job finds the subscription gone, or
+/// fetches a resource tenantd subscribed to). Ids the table does not have are not remembered,
+/// so a subscription created a moment ago is accepted at once, and nothing an attacker sends
+/// grows the cache.
+pub struct CheckCache {
+    store: Store,
+    keys: std::sync::Arc<Keyring>,
+    ttl: std::time::Duration,
+    entries: std::sync::RwLock<HashMap<String, (std::sync::Arc<Check>, tokio::time::Instant)>>,
+}
+
+impl std::fmt::Debug for CheckCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckCache").finish_non_exhaustive()
+    }
+}
+
+impl CheckCache {
+    /// An empty cache over `store`, opening clientStates with `keys`, keeping entries for
+    /// [`CHECK_CACHE_TTL`].
+    pub fn new(store: Store, keys: std::sync::Arc<Keyring>) -> Self {
+        Self::with_ttl(store, keys, CHECK_CACHE_TTL)
+    }
+
+    /// The same with entries kept for `ttl`.
+    pub fn with_ttl(store: Store, keys: std::sync::Arc<Keyring>, ttl: std::time::Duration) -> Self {
+        Self {
+            store,
+            keys,
+            ttl,
+            entries: std::sync::RwLock::default(),
+        }
+    }
+
+    /// The checks for these Graph ids; ids tenantd does not know are absent.
+    ///
+    /// # Errors
+    /// A vault failure, or the database.
+    pub async fn get(
+        &self,
+        graph_ids: &[&str],
+    ) -> Result<HashMap<String, std::sync::Arc<Check>>, SubscriptionError> {
+        let now = tokio::time::Instant::now();
+        let mut found = HashMap::with_capacity(graph_ids.len());
+        let mut missing: Vec<&str> = Vec::new();
+        {
+            let entries = self.entries.read().expect("check cache lock");
+            for id in graph_ids {
+                match entries.get(*id) {
+                    Some((check, read_at)) if now.duration_since(*read_at) < self.ttl => {
+                        found.insert((*id).to_string(), std::sync::Arc::clone(check));
+                    }
+                    _ if !missing.contains(id) => missing.push(id),
+                    _ => {}
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(found);
+        }
+        let read = checks_for(&self.store, &self.keys, &missing).await?;
+        let mut entries = self.entries.write().expect("check cache lock");
+        // Entries of deleted subscriptions would otherwise stay: drop the stale ones now and
+        // then (the map holds at most the subscriptions seen within the TTL).
+        if entries.len() >= 64 && entries.len() % 64 == 0 {
+            entries.retain(|_, (_, read_at)| now.duration_since(*read_at) < self.ttl);
+        }
+        for (graph_id, check) in read {
+            let check = std::sync::Arc::new(check);
+            entries.insert(graph_id.clone(), (std::sync::Arc::clone(&check), now));
+            found.insert(graph_id, check);
+        }
+        Ok(found)
+    }
+}
+
 /// What notifications naming these Graph subscription ids are checked against; ids tenantd
 /// does not know are absent.
 ///

@@ -18,16 +18,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 
 use crate::intake::Intake;
-use crate::jobs::{graph_lifecycle, graph_notification, Job};
+use crate::jobs::{self, graph_lifecycle, graph_notification};
 use crate::metrics::names;
-use crate::queue::NewJob;
-use crate::store::Store;
+use crate::queue::EncodedJob;
 use crate::subscriptions;
-use crate::vault::Keyring;
 
 /// Largest notification body accepted. Graph batches notifications; a batch of basic
 /// notifications is a few KiB per item.
@@ -36,12 +35,53 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// What the webhook handlers need.
 #[derive(Clone)]
 pub struct WebhookState {
-    /// The database (subscriptions).
-    pub store: Store,
-    /// The vault keys (clientStates).
-    pub keys: Arc<Keyring>,
+    /// The subscriptions' checks (clientStates, tenants).
+    pub checks: Arc<subscriptions::CheckCache>,
     /// Where accepted notifications go.
     pub intake: Intake,
+    /// Items counted by endpoint and outcome.
+    pub counters: Arc<ItemCounters>,
+}
+
+/// `tenantd_webhook_items_total` by endpoint and outcome, registered once: looking a labelled
+/// counter up in the registry on every item costs more than the increment.
+pub struct ItemCounters {
+    counters: HashMap<(&'static str, &'static str), metrics::Counter>,
+}
+
+/// Every outcome an item can have.
+const OUTCOMES: [&str; 5] = [
+    "accepted",
+    "malformed",
+    "unknown_subscription",
+    "client_state_mismatch",
+    "tenant_mismatch",
+];
+
+impl Default for ItemCounters {
+    fn default() -> Self {
+        let mut counters = HashMap::new();
+        for endpoint in [Endpoint::Notifications, Endpoint::Lifecycle] {
+            for outcome in OUTCOMES {
+                counters.insert(
+                    (endpoint.label(), outcome),
+                    metrics::counter!(names::WEBHOOK_ITEMS, "endpoint" => endpoint.label(), "outcome" => outcome),
+                );
+            }
+        }
+        Self { counters }
+    }
+}
+
+impl ItemCounters {
+    fn item(&self, endpoint: Endpoint, outcome: &'static str) -> metrics::Counter {
+        self.counters
+            .get(&(endpoint.label(), outcome))
+            .cloned()
+            .unwrap_or_else(|| {
+                metrics::counter!(names::WEBHOOK_ITEMS, "endpoint" => endpoint.label(), "outcome" => outcome)
+            })
+    }
 }
 
 /// The webhook routes, for merging into the public router.
@@ -132,9 +172,48 @@ async fn lifecycle_notifications(
     receive(&state, Endpoint::Lifecycle, &headers, &body).await
 }
 
+/// A `changeNotificationCollection`. Items stay raw until each is read on its own, so one
+/// item Graph's schema would not produce is dropped (`malformed`) without refusing the rest.
 #[derive(Deserialize)]
-struct Collection {
-    value: Vec<Value>,
+struct Collection<'a> {
+    #[serde(borrow)]
+    value: Vec<&'a RawValue>,
+}
+
+/// The fields of a `changeNotification` tenantd reads (graph-protocol.md §2.1), borrowed from
+/// the body where they hold no escapes.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Notification<'a> {
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    subscription_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    subscription_expiration_date_time: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    client_state: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    tenant_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    change_type: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    resource: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    lifecycle_event: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    resource_data: Option<&'a RawValue>,
+}
+
+/// `resourceData`'s fields tenantd reads.
+#[derive(Deserialize, Default)]
+struct ResourceData<'a> {
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "@odata.type")]
+    odata_type: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "@odata.etag")]
+    etag: Option<Cow<'a, str>>,
 }
 
 /// The same answer for every refusal: which check failed is logged, not told.
@@ -163,22 +242,27 @@ async fn receive(
             "The body is not a notification collection.\n",
         );
     };
-    let ids: Vec<&str> = collection
+    let items: Vec<Option<Notification>> = collection
         .value
         .iter()
-        .filter_map(|item| item["subscriptionId"].as_str())
+        .map(|raw| serde_json::from_str(raw.get()).ok())
         .collect();
-    let checks = match subscriptions::checks_for(&state.store, &state.keys, &ids).await {
+    let ids: Vec<&str> = items
+        .iter()
+        .flatten()
+        .filter_map(|item| item.subscription_id.as_deref())
+        .collect();
+    let checks = match state.checks.get(&ids).await {
         Ok(checks) => checks,
         Err(err) => {
             tracing::error!(error = %err, reason = err.reason_code(), "cannot check notifications; asking Graph to redeliver");
             return plain(StatusCode::SERVICE_UNAVAILABLE, "Try again later.\n");
         }
     };
-    let mut accepted = Vec::new();
-    for item in &collection.value {
-        let outcome = match vet(item, &checks) {
-            Ok(check) => {
+    let mut accepted = Vec::with_capacity(items.len());
+    for item in &items {
+        let outcome = match vet(item.as_ref(), &checks) {
+            Ok((item, check)) => {
                 accepted.push(to_job(endpoint, item, check));
                 "accepted"
             }
@@ -186,14 +270,16 @@ async fn receive(
                 tracing::warn!(
                     endpoint = endpoint.label(),
                     reason,
-                    subscription = item["subscriptionId"].as_str().unwrap_or("-"),
+                    subscription = item
+                        .as_ref()
+                        .and_then(|item| item.subscription_id.as_deref())
+                        .unwrap_or("-"),
                     "notification item dropped"
                 );
                 reason
             }
         };
-        metrics::counter!(names::WEBHOOK_ITEMS, "endpoint" => endpoint.label(), "outcome" => outcome)
-            .increment(1);
+        state.counters.item(endpoint, outcome).increment(1);
     }
     if accepted.is_empty() {
         return plain(StatusCode::FORBIDDEN, REJECTED);
@@ -219,85 +305,95 @@ fn same_secret(given: &[u8], expected: &[u8]) -> bool {
     std::hint::black_box(difference) == 0
 }
 
-/// The subscription an item belongs to, or why it is dropped.
-fn vet<'a>(
-    item: &Value,
-    checks: &'a HashMap<String, subscriptions::Check>,
-) -> Result<&'a subscriptions::Check, &'static str> {
-    let Some(subscription) = item["subscriptionId"].as_str() else {
+/// The item and the subscription it belongs to, or why it is dropped.
+fn vet<'i, 'a, 'c>(
+    item: Option<&'i Notification<'a>>,
+    checks: &'c HashMap<String, Arc<subscriptions::Check>>,
+) -> Result<(&'i Notification<'a>, &'c subscriptions::Check), &'static str> {
+    let Some(item) = item else {
+        return Err("malformed");
+    };
+    let Some(subscription) = item.subscription_id.as_deref() else {
         return Err("malformed");
     };
     let Some(check) = checks.get(subscription) else {
         return Err("unknown_subscription");
     };
-    let given = item["clientState"].as_str().unwrap_or_default();
+    let given = item.client_state.as_deref().unwrap_or_default();
     if !same_secret(given.as_bytes(), check.client_state.as_bytes()) {
         return Err("client_state_mismatch");
     }
-    let tenant = item["tenantId"].as_str().unwrap_or_default();
+    let tenant = item.tenant_id.as_deref().unwrap_or_default();
     if !tenant.eq_ignore_ascii_case(&check.tenant_id) {
         return Err("tenant_mismatch");
     }
-    Ok(check)
+    Ok((item, check))
 }
 
 /// A queued job for an accepted item. The dedupe key makes Graph's redeliveries of the same
 /// change one job: subscription, resource, change type and the etag (or, without one, a hash
-/// of the item).
-fn to_job(endpoint: Endpoint, item: &Value, check: &subscriptions::Check) -> NewJob {
-    let lifecycle = item["lifecycleEvent"].as_str();
+/// of the item's fields but its clientState).
+fn to_job(endpoint: Endpoint, item: &Notification, check: &subscriptions::Check) -> EncodedJob {
+    let lifecycle = item.lifecycle_event.as_deref();
     if matches!(endpoint, Endpoint::Lifecycle) || lifecycle.is_some() {
         let event = lifecycle.unwrap_or("unknown").to_string();
-        let job = graph_lifecycle::GraphLifecycle {
-            subscription_id: check.id.clone(),
-            tenant_id: check.tenant_id.clone(),
-            event: event.clone(),
-        };
         let dedupe = format!(
             "{}|{event}|{}",
             check.id,
-            item["subscriptionExpirationDateTime"]
-                .as_str()
+            item.subscription_expiration_date_time
+                .as_deref()
                 .unwrap_or_default()
         );
-        return new_job(&job, check, dedupe);
+        let job = graph_lifecycle::GraphLifecycle {
+            subscription_id: check.id.clone(),
+            tenant_id: check.tenant_id.clone(),
+            event,
+        };
+        return jobs::encode(&job, Some(&dedupe));
     }
-    let resource = item["resource"].as_str().unwrap_or_default().to_string();
-    let change_type = item["changeType"].as_str().unwrap_or_default().to_string();
-    let data = &item["resourceData"];
-    let etag = data["@odata.etag"].as_str().map(str::to_string);
-    let version = etag.clone().unwrap_or_else(|| {
-        // The item without its clientState, so no secret feeds the stored key.
-        let mut item = item.clone();
-        if let Some(fields) = item.as_object_mut() {
-            fields.remove("clientState");
-        }
-        let digest = Sha256::digest(item.to_string().as_bytes());
-        digest.iter().map(|b| format!("{b:02x}")).collect()
-    });
-    let dedupe = format!("{}|{resource}|{change_type}|{version}", check.id);
+    let resource = item.resource.as_deref().unwrap_or_default();
+    let change_type = item.change_type.as_deref().unwrap_or_default();
+    let data: ResourceData = item
+        .resource_data
+        .and_then(|raw| serde_json::from_str(raw.get()).ok())
+        .unwrap_or_default();
+    let dedupe = match data.etag.as_deref() {
+        Some(etag) => format!("{}|{resource}|{change_type}|{etag}", check.id),
+        None => format!(
+            "{}|{resource}|{change_type}|{}",
+            check.id,
+            content_hash(item)
+        ),
+    };
     let job = graph_notification::GraphNotification {
         subscription_id: check.id.clone(),
         tenant_id: check.tenant_id.clone(),
-        change_type,
-        resource,
-        resource_id: data["id"].as_str().map(str::to_string),
-        odata_type: data["@odata.type"].as_str().map(str::to_string),
-        etag,
+        change_type: change_type.to_string(),
+        resource: resource.to_string(),
+        resource_id: data.id.map(Cow::into_owned),
+        odata_type: data.odata_type.map(Cow::into_owned),
+        etag: data.etag.map(Cow::into_owned),
     };
-    new_job(&job, check, dedupe)
+    jobs::encode(&job, Some(&dedupe))
 }
 
-fn new_job<J: Job>(job: &J, check: &subscriptions::Check, dedupe: String) -> NewJob {
-    NewJob {
-        kind: J::KIND.into(),
-        payload: serde_json::to_value(job).unwrap_or_else(|_| json!({})),
-        tenant_id: check.tenant_id.clone(),
-        dedupe_key: Some(dedupe),
-        priority: 0,
-        run_at: None,
-        max_attempts: J::MAX_ATTEMPTS,
+/// A hash of what identifies a notification without an etag: every field tenantd reads but
+/// the clientState, so no secret feeds the stored key.
+fn content_hash(item: &Notification) -> String {
+    let mut hash = Sha256::new();
+    for field in [
+        item.id.as_deref(),
+        item.subscription_expiration_date_time.as_deref(),
+        item.tenant_id.as_deref(),
+        item.change_type.as_deref(),
+        item.resource.as_deref(),
+        item.resource_data.map(RawValue::get),
+    ] {
+        let field = field.unwrap_or_default();
+        hash.update((field.len() as u64).to_le_bytes());
+        hash.update(field.as_bytes());
     }
+    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::queue::{Enqueued, NewJob, Queue, QueueError};
+use crate::queue::{EncodedJob, Enqueued, JobRow, NewJob, Queue, QueueError};
 use crate::store::Store;
 
 /// What a job run reports when it does not succeed.
@@ -130,6 +130,21 @@ pub async fn enqueue<J: Job>(queue: &Queue, job: &J) -> Result<Enqueued, QueueEr
             max_attempts: J::MAX_ATTEMPTS,
         })
         .await
+}
+
+/// `job` rendered for a batch insert with `dedupe_key` in place of the kind's own (the webhook
+/// derives keys from the notification); see [`crate::queue::EncodedJob`].
+pub fn encode<J: Job>(job: &J, dedupe_key: Option<&str>) -> EncodedJob {
+    JobRow {
+        kind: J::KIND,
+        payload: job,
+        tenant_id: job.tenant().as_deref().unwrap_or_default(),
+        dedupe_key,
+        priority: 0,
+        run_at: None,
+        max_attempts: J::MAX_ATTEMPTS,
+    }
+    .encode()
 }
 
 type Run = Pin<Box<dyn Future<Output = Result<(), JobError>> + Send>>;

@@ -324,6 +324,8 @@ on_both_backends!(
     finished_jobs_are_pruned_after_retention_and_cancel_only_touches_waiting_jobs,
     the_queue_commands_show_retry_and_cancel_jobs,
     bulk_enqueue_and_batched_completion,
+    payloads_come_back_exactly_as_enqueued,
+    a_batch_writer_commits_whole_batches_or_nothing_and_recovers,
 );
 
 mod workers {
@@ -622,6 +624,94 @@ async fn bulk_enqueue_and_batched_completion(db: TestDb) {
         queue.list(JobState::Succeeded, 1000).await.unwrap().len(),
         110
     );
+}
+
+/// Payloads go through the batch insert's JSON (`jsonb_each` on SQLite, `json` on PostgreSQL):
+/// escapes, non-ASCII text, integers past 2^53 and nesting come back as they went in.
+async fn payloads_come_back_exactly_as_enqueued(db: TestDb) {
+    let queue = queue(&db).await;
+    let payload = json!({
+        "text": "quote \" backslash \\ newline \n tab \t nul \u{0} é ✓ 𝄞",
+        "big": 9_007_199_254_740_993_u64,
+        "negative": -42,
+        "float": 1.5e300,
+        "nested": {"list": [1, "two", null, true, {"deep": []}]},
+        "empty": ""
+    });
+    let mut single = job("fidelity", "t1", None);
+    single.payload = payload.clone();
+    queue.enqueue_many(&[single]).await.unwrap();
+    let mut writer = queue.batch_writer();
+    let mut batched = job("fidelity", "t2", None);
+    batched.payload = payload.clone();
+    writer.insert(&[batched.encode()]).await.unwrap();
+    let claimed = queue.claim("w", 10, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    for job in claimed {
+        assert_eq!(job.payload, payload, "{}", job.tenant_id);
+    }
+}
+
+/// The intake's writer: a batch is one transaction (a failing row leaves none of its batch
+/// behind), dedupe keys taken in the table or earlier in the batch are skipped, and after a
+/// failure the next batch goes through on a fresh connection.
+async fn a_batch_writer_commits_whole_batches_or_nothing_and_recovers(db: TestDb) {
+    let queue = queue(&db).await;
+    queue
+        .enqueue(&job("notify", "t1", Some("taken")))
+        .await
+        .unwrap();
+    let mut writer = queue.batch_writer();
+    let batch = [
+        job("notify", "t1", Some("taken")).encode(),
+        job("notify", "t1", Some("new")).encode(),
+        job("notify", "t1", Some("new")).encode(),
+        job("notify", "t2", None).encode(),
+    ];
+    assert_eq!(
+        writer.insert(&batch).await.unwrap(),
+        2,
+        "taken and repeated keys are skipped"
+    );
+    // A row the database refuses, in the middle of a batch.
+    if db.is_postgres() {
+        db.execute(
+            "CREATE FUNCTION refuse_job() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$ LANGUAGE plpgsql",
+        )
+        .await;
+        db.execute(
+            "CREATE TRIGGER refuse_job BEFORE INSERT ON jobs FOR EACH ROW WHEN (NEW.kind = 'refused') EXECUTE FUNCTION refuse_job()",
+        )
+        .await;
+    } else {
+        db.execute(
+            "CREATE TRIGGER refuse_job BEFORE INSERT ON jobs WHEN NEW.kind = 'refused' BEGIN SELECT RAISE(ABORT, 'refused'); END",
+        )
+        .await;
+    }
+    let failing = [
+        job("notify", "t3", Some("before")).encode(),
+        job("refused", "t3", None).encode(),
+        job("notify", "t3", Some("after")).encode(),
+    ];
+    assert!(writer.insert(&failing).await.is_err());
+    assert_eq!(
+        db.strings("SELECT id FROM jobs WHERE tenant_id = 't3'")
+            .await
+            .len(),
+        0,
+        "nothing of a failed batch is committed"
+    );
+    assert_eq!(
+        writer
+            .insert(&[job("notify", "t3", Some("before")).encode()])
+            .await
+            .unwrap(),
+        1,
+        "the writer recovers after a failure"
+    );
+    let total = db.strings("SELECT id FROM jobs").await.len();
+    assert_eq!(total, 4);
 }
 
 async fn the_queue_commands_show_retry_and_cancel_jobs(db: TestDb) {

@@ -204,6 +204,43 @@ async fn microsofts_samples_are_accepted_and_a_redelivery_is_one_job(db: TestDb)
     env.app.stop().await.unwrap();
 }
 
+/// The listener's cache of subscription checks: ids the table does not have are never
+/// remembered (a subscription created a moment ago is accepted at once), and an entry is read
+/// again once its time is up (a deleted subscription stops being accepted).
+async fn subscription_checks_are_cached_for_their_ttl_and_unknown_ids_never(db: TestDb) {
+    let env = env(db).await;
+    let store = env.db.store().await;
+    let graph_id = "5a4b3c2d-1e0f-4a9b-8c7d-6e5f4a3b2c1d";
+    let long = subscriptions::CheckCache::with_ttl(
+        store.clone(),
+        env.keys.clone(),
+        std::time::Duration::from_secs(3600),
+    );
+    let none = subscriptions::CheckCache::with_ttl(
+        store.clone(),
+        env.keys.clone(),
+        std::time::Duration::ZERO,
+    );
+    assert!(long.get(&[graph_id]).await.unwrap().is_empty());
+    let (id, state) = env.subscription("users/u9/messages", graph_id).await;
+    let found = long.get(&[graph_id, graph_id]).await.unwrap();
+    assert_eq!(found.len(), 1, "a new subscription is found at once");
+    assert_eq!(found[graph_id].id, id);
+    assert_eq!(found[graph_id].client_state.as_str(), state);
+    assert_eq!(none.get(&[graph_id]).await.unwrap().len(), 1);
+    subscriptions::forget(&store, &id).await.unwrap();
+    assert_eq!(
+        long.get(&[graph_id]).await.unwrap().len(),
+        1,
+        "within its time the entry is not read again"
+    );
+    assert!(
+        none.get(&[graph_id]).await.unwrap().is_empty(),
+        "once its time is up the deletion is seen"
+    );
+    env.app.stop().await.unwrap();
+}
+
 async fn forged_unknown_and_malformed_notifications_queue_nothing(db: TestDb) {
     let env = env(db).await;
     let graph_id = "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9";
@@ -591,4 +628,5 @@ on_both_backends!(
     a_configured_subscription_is_created_and_a_new_message_ends_up_stored,
     microsofts_samples_are_accepted_and_a_redelivery_is_one_job,
     forged_unknown_and_malformed_notifications_queue_nothing,
+    subscription_checks_are_cached_for_their_ttl_and_unknown_ids_never,
 );
