@@ -5,10 +5,12 @@
 //! are the matched pattern or `unmatched`, never a raw path); no secret or personal data is
 //! ever a label value.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -129,35 +131,87 @@ pub fn render(handle: &PrometheusHandle) -> String {
     text
 }
 
-/// Records one HTTP request on `listener` (`admin` or `public`).
-pub async fn track_http(listener: &'static str, request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |path| path.as_str().to_string());
-    let method = request.method().as_str().to_string();
+/// The request counter and duration histogram of one route, method and status.
+#[derive(Clone)]
+struct RouteHandles {
+    requests: metrics::Counter,
+    duration: metrics::Histogram,
+}
+
+/// A listener's HTTP metrics with their handles kept per route, method and status: a
+/// registry lookup builds and hashes four labels, which on the webhook path cost more than the
+/// rest of the bookkeeping. Routes are matched patterns (a bounded set), so the map is too.
+pub struct HttpMetrics {
+    listener: &'static str,
+    handles: std::sync::RwLock<HashMap<String, ByMethodAndStatus>>,
+}
+
+type ByMethodAndStatus = HashMap<(Method, u16), RouteHandles>;
+
+impl HttpMetrics {
+    /// Metrics for the listener named `listener` (`admin` or `public`).
+    pub fn new(listener: &'static str) -> Self {
+        Self {
+            listener,
+            handles: std::sync::RwLock::default(),
+        }
+    }
+
+    fn handles(&self, route: &str, method: &Method, status: u16) -> RouteHandles {
+        if let Some(found) = self
+            .handles
+            .read()
+            .expect("http metrics lock")
+            .get(route)
+            .and_then(|statuses| statuses.get(&(method.clone(), status)))
+        {
+            return found.clone();
+        }
+        let created = RouteHandles {
+            requests: metrics::counter!(
+                names::HTTP_REQUESTS,
+                "listener" => self.listener,
+                "route" => route.to_string(),
+                "method" => method.as_str().to_string(),
+                "status" => status.to_string(),
+            ),
+            duration: metrics::histogram!(
+                names::HTTP_REQUEST_DURATION,
+                "listener" => self.listener,
+                "route" => route.to_string()
+            ),
+        };
+        self.handles
+            .write()
+            .expect("http metrics lock")
+            .entry(route.to_string())
+            .or_default()
+            .insert((method.clone(), status), created.clone());
+        created
+    }
+}
+
+/// Records one HTTP request in `metrics`.
+pub async fn track_http(metrics: Arc<HttpMetrics>, request: Request, next: Next) -> Response {
+    // The matched pattern is shared, not copied.
+    let matched = request.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let method = request.method().clone();
     let started = Instant::now();
     let response = next.run(request).await;
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
     tracing::debug!(
-        http.listener = listener,
+        http.listener = metrics.listener,
         http.route = %route,
         http.method = %method,
         http.status = status,
         duration_ms = elapsed.as_secs_f64() * 1000.0,
         "request served"
     );
-    metrics::counter!(
-        names::HTTP_REQUESTS,
-        "listener" => listener,
-        "route" => route.clone(),
-        "method" => method,
-        "status" => status.to_string(),
-    )
-    .increment(1);
-    metrics::histogram!(names::HTTP_REQUEST_DURATION, "listener" => listener, "route" => route)
-        .record(elapsed.as_secs_f64());
+    let handles = metrics.handles(route, &method, status);
+    handles.requests.increment(1);
+    handles.duration.record(elapsed.as_secs_f64());
     response
 }
 

@@ -106,8 +106,9 @@ pub fn router(state: AdminState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .fallback(super::not_found)
-        .layer(axum::middleware::from_fn(|request, next| {
-            crate::metrics::track_http("admin", request, next)
+        .layer(axum::middleware::from_fn({
+            let metrics = std::sync::Arc::new(crate::metrics::HttpMetrics::new("admin"));
+            move |request, next| crate::metrics::track_http(metrics.clone(), request, next)
         }))
         .with_state(state)
 }

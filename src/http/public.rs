@@ -42,8 +42,9 @@ pub fn router(webhooks: super::webhooks::WebhookState, state: PublicState) -> Ro
         .merge(super::webhooks::router(webhooks))
         .fallback(super::not_found)
         .with_state(state)
-        .layer(axum::middleware::from_fn(|request, next| {
-            crate::metrics::track_http("public", request, next)
+        .layer(axum::middleware::from_fn({
+            let metrics = std::sync::Arc::new(crate::metrics::HttpMetrics::new("public"));
+            move |request, next| crate::metrics::track_http(metrics.clone(), request, next)
         }))
 }
 
