@@ -121,6 +121,7 @@ async fn main() {
                     resource: "users/5f2a/messages",
                     change_types: &types,
                     origin: Origin::Cli,
+                    include_resource_data: false,
                 },
             )
             .await

@@ -257,6 +257,9 @@ impl Application {
             )),
             intake,
             counters: Arc::default(),
+            tokens: Arc::new(crate::validation_tokens::TokenValidator::new(
+                &config.identity.authority,
+            )),
         };
         work.spawn(serve_listener(
             "public",

@@ -68,6 +68,10 @@ pub struct SubscriptionConfig {
     pub resource: String,
     /// `created`, `updated` and/or `deleted`.
     pub change_types: Vec<String>,
+    /// Rich notifications: Graph sends the changed resource, encrypted, with each notification
+    /// (tenantd makes the encryption certificate). Outlook resources need `?$select=...`.
+    #[serde(default)]
+    pub include_resource_data: bool,
 }
 
 /// The change types Graph knows, in its order.
@@ -122,6 +126,25 @@ pub fn subscription_target(
         .filter(|t| wanted.contains(t))
         .collect();
     Ok((tenant, trimmed.to_string(), ordered.join(",")))
+}
+
+/// Graph sends Outlook resources (messages, events, contacts) with resource data only for a
+/// `$select` (the rich-notifications supported-resources table).
+fn rich_target_problem(subscription: &SubscriptionConfig) -> Option<(String, &'static str)> {
+    let lower = subscription.resource.to_ascii_lowercase();
+    let outlook = lower.trim_start_matches('/').starts_with("users/")
+        && (lower.contains("/messages")
+            || lower.contains("/events")
+            || lower.contains("/contacts"));
+    (subscription.include_resource_data && outlook && !lower.contains("$select=")).then(|| {
+        (
+            format!(
+                "resource `{}` is an Outlook resource without $select",
+                subscription.resource
+            ),
+            "add the properties Graph should send, e.g. `?$select=subject,from,receivedDateTime`",
+        )
+    })
 }
 
 /// `[queue]`
@@ -727,6 +750,13 @@ fn validate(config: &Config, figment: &Figment) -> Vec<ConfigProblem> {
         ) {
             problem(&format!("subscriptions[{n}]"), what, fix);
         }
+        if let Some((what, fix)) = rich_target_problem(subscription) {
+            problem(
+                &format!("subscriptions[{n}].include_resource_data"),
+                what,
+                fix,
+            );
+        }
     }
     if config.shutdown.grace_seconds > 3600 {
         problem(
@@ -1005,7 +1035,8 @@ mod tests {
                 "t.toml",
                 "[[subscriptions]]\ntenant = \"84bd8158-6d4d-4958-8b9f-9d6445542f95\"\nresource = \"users/u/messages\"\nchange_types = [\"created\"]\n\n\
                  [[subscriptions]]\ntenant = \"contoso.com\"\nresource = \"users/u/events\"\nchange_types = [\"created\"]\n\n\
-                 [[subscriptions]]\ntenant = \"84bd8158-6d4d-4958-8b9f-9d6445542f95\"\nresource = \"users/u/events\"\nchange_types = [\"moved\"]\n",
+                 [[subscriptions]]\ntenant = \"84bd8158-6d4d-4958-8b9f-9d6445542f95\"\nresource = \"users/u/events\"\nchange_types = [\"moved\"]\n\n\
+                 [[subscriptions]]\ntenant = \"84bd8158-6d4d-4958-8b9f-9d6445542f95\"\nresource = \"users/u/messages\"\nchange_types = [\"created\"]\ninclude_resource_data = true\n",
             )?;
             let err = load(Some(Path::new("t.toml")), &[]).unwrap_err();
             let problems: Vec<(&str, &str)> = err
@@ -1021,14 +1052,20 @@ mod tests {
                         "use the Entra tenant ID of a connected tenant"
                     ),
                     ("subscriptions[2]", "use created, updated and/or deleted"),
+                    (
+                        "subscriptions[3].include_resource_data",
+                        "add the properties Graph should send, e.g. `?$select=subject,from,receivedDateTime`"
+                    ),
                 ]
             );
             jail.create_file(
                 "ok.toml",
-                "[[subscriptions]]\ntenant = \"84BD8158-6D4D-4958-8B9F-9D6445542F95\"\nresource = \"/users/u/messages\"\nchange_types = [\"updated\", \"created\"]\n",
+                "[[subscriptions]]\ntenant = \"84BD8158-6D4D-4958-8B9F-9D6445542F95\"\nresource = \"/users/u/messages\"\nchange_types = [\"updated\", \"created\"]\n\n\
+                 [[subscriptions]]\ntenant = \"84bd8158-6d4d-4958-8b9f-9d6445542f95\"\nresource = \"users/u/messages?$select=subject\"\nchange_types = [\"created\"]\ninclude_resource_data = true\n",
             )?;
             let loaded = load(Some(Path::new("ok.toml")), &[]).unwrap();
-            assert_eq!(loaded.config.subscriptions.len(), 1);
+            assert_eq!(loaded.config.subscriptions.len(), 2);
+            assert!(loaded.config.subscriptions[1].include_resource_data);
             Ok(())
         });
     }

@@ -66,6 +66,16 @@ pub struct Subscription {
     pub status: String,
     /// Reason code of the last failure.
     pub reason: Option<String>,
+    /// Rich notifications: Graph sends the resource, encrypted, with each notification.
+    pub include_resource_data: bool,
+    /// The encryption certificate's id (rich notifications only).
+    pub encryption_certificate_id: Option<String>,
+    /// The encryption certificate, base64 DER (public; rich notifications only).
+    #[serde(skip)]
+    pub encryption_certificate: Option<String>,
+    /// Where the last resync of the resource stopped (Graph's `@odata.deltaLink`).
+    #[serde(skip)]
+    pub delta_link: Option<String>,
 }
 
 /// A subscription to want.
@@ -79,6 +89,8 @@ pub struct Desired<'a> {
     pub change_types: &'a [String],
     /// Where it was declared.
     pub origin: Origin,
+    /// With resource data (rich notifications): tenantd makes an encryption certificate.
+    pub include_resource_data: bool,
 }
 
 /// What a notification for one Graph subscription id is checked against.
@@ -89,6 +101,17 @@ pub struct Check {
     pub tenant_id: String,
     /// The clientState Graph echoes.
     pub client_state: Zeroizing<String>,
+    /// For a subscription with resource data: its decryption key and the app ids its
+    /// validation tokens may be issued for.
+    pub rich: Option<RichCheck>,
+}
+
+/// What a rich notification is checked and opened with.
+pub struct RichCheck {
+    /// The subscription's certificate key.
+    pub key: crate::rich_notifications::DecryptionKey,
+    /// The tenant's application (client) ids: a validation token's `aud` must be one.
+    pub app_ids: Vec<String>,
 }
 
 impl std::fmt::Debug for Check {
@@ -96,7 +119,8 @@ impl std::fmt::Debug for Check {
         f.debug_struct("Check")
             .field("id", &self.id)
             .field("tenant_id", &self.tenant_id)
-            .field("client_state", &"<redacted>")
+            .field("client_state", &crate::secret::REDACTED)
+            .field("rich", &self.rich.as_ref().map(|rich| &rich.app_ids))
             .finish()
     }
 }
@@ -116,6 +140,9 @@ pub enum SubscriptionError {
     /// No such subscription.
     #[error("no subscription with id {0}")]
     NotFound(String),
+    /// The encryption certificate could not be made or its key used.
+    #[error(transparent)]
+    Certificate(#[from] crate::rich_notifications::RichError),
 }
 
 impl SubscriptionError {
@@ -126,17 +153,25 @@ impl SubscriptionError {
             SubscriptionError::Vault(err) => err.reason_code(),
             SubscriptionError::Invalid(_) => "subscription_invalid",
             SubscriptionError::NotFound(_) => "subscription_not_found",
+            SubscriptionError::Certificate(err) => err.reason_code(),
         }
     }
 }
 
-/// The longest lifetime Graph allows for a subscription on `resource` (basic notifications),
-/// a few minutes short so a create or renewal is never refused for asking too much
-/// (graph-protocol.md §1.2: Outlook 10,080 min; driveItem 42,300; directory 41,760; Teams chat
-/// and channel messages 4,320; presence 60).
-pub fn max_lifetime(resource: &str) -> std::time::Duration {
+/// The longest lifetime Graph allows for a subscription on `resource`, a few minutes short so
+/// a create or renewal is never refused for asking too much (graph-protocol.md §1.2: Outlook
+/// 10,080 min, or 1,440 with resource data; driveItem 42,300; directory 41,760; Teams chat and
+/// channel messages 4,320; presence 60).
+pub fn max_lifetime(resource: &str, include_resource_data: bool) -> std::time::Duration {
     let lower = resource.to_ascii_lowercase();
-    let minutes: u64 = if lower.contains("/messages")
+    let outlook = lower.starts_with("users/")
+        && (lower.contains("/messages")
+            || lower.contains("/events")
+            || lower.contains("/contacts"));
+    let minutes: u64 = if outlook && include_resource_data {
+        // Outlook with resource data: under a day.
+        1_440
+    } else if lower.contains("/messages")
         && (lower.starts_with("chats") || lower.starts_with("teams"))
     {
         4_320
@@ -173,6 +208,14 @@ fn client_state_slot(id: &str) -> Slot<'_> {
     }
 }
 
+fn encryption_key_slot(id: &str) -> Slot<'_> {
+    Slot {
+        table: "subscriptions",
+        column: "encryption_key",
+        row: id,
+    }
+}
+
 /// Checks and normalizes a desired subscription (the rules live with the configuration, which
 /// checks `[[subscriptions]]` at load).
 fn normalize(desired: &Desired<'_>) -> Result<(String, String, String), SubscriptionError> {
@@ -186,6 +229,7 @@ fn new_client_state() -> Zeroizing<String> {
     Zeroizing::new(URL_SAFE_NO_PAD.encode(bytes.as_ref()))
 }
 
+// The columns of [`COLUMNS`], in order (sqlx decodes tuples of up to 16).
 type Row = (
     String,
     String,
@@ -199,9 +243,14 @@ type Row = (
     Option<i64>,
     String,
     Option<String>,
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<String>,
 );
 
-const COLUMNS: &str = "id, tenant_id, resource, change_types, origin, wanted, graph_id, connection_id, expires_at, last_renewed_at, status, reason";
+const COLUMNS: &str = "id, tenant_id, resource, change_types, origin, wanted, graph_id, connection_id, expires_at, last_renewed_at, status, reason, \
+     include_resource_data, encryption_certificate_id, encryption_certificate, delta_link";
 
 fn from_row(row: Row) -> Subscription {
     let (
@@ -217,6 +266,10 @@ fn from_row(row: Row) -> Subscription {
         last_renewed_at,
         status,
         reason,
+        include_resource_data,
+        encryption_certificate_id,
+        encryption_certificate,
+        delta_link,
     ) = row;
     Subscription {
         id,
@@ -231,25 +284,83 @@ fn from_row(row: Row) -> Subscription {
         last_renewed_at,
         status,
         reason,
+        include_resource_data: include_resource_data != 0,
+        encryption_certificate_id,
+        encryption_certificate,
+        delta_link,
     }
 }
 
-/// Wants a subscription: a new row with a fresh clientState, or the existing row for the same
-/// tenant, resource and change types marked wanted again.
+/// Wants a subscription: a new row with a fresh clientState (and, with resource data, a new
+/// encryption certificate), or the existing row for the same tenant, resource, change types
+/// and resource-data choice marked wanted again.
 ///
 /// # Errors
-/// [`SubscriptionError::Invalid`] naming what to fix, or the database.
+/// [`SubscriptionError::Invalid`] naming what to fix, a certificate that could not be made,
+/// or the database.
 pub async fn declare(
     store: &Store,
     keys: &Keyring,
     desired: &Desired<'_>,
 ) -> Result<Subscription, SubscriptionError> {
     let (tenant, resource, change_types) = normalize(desired)?;
+    let rich = i64::from(desired.include_resource_data);
+    let sql = format!(
+        "SELECT {COLUMNS} FROM subscriptions WHERE tenant_id = $1 AND resource = $2 AND change_types = $3 AND include_resource_data = $4"
+    );
+    let find = || async {
+        let row: Option<Row> = with_pool!(store, |pool| sqlx::query_as(sqlx::AssertSqlSafe(
+            sql.as_str()
+        ))
+        .bind(&tenant)
+        .bind(&resource)
+        .bind(&change_types)
+        .bind(rich)
+        .fetch_optional(pool)
+        .await
+        .map_err(StoreError::from)?);
+        Ok::<_, SubscriptionError>(row)
+    };
+    if let Some(existing) = find().await?.map(from_row) {
+        if !existing.wanted {
+            const WANT: &str = "UPDATE subscriptions SET wanted = 1, updated_at = $1 WHERE id = $2";
+            write_tx!(store, |conn| sqlx::query(WANT)
+                .bind(now_unix())
+                .bind(&existing.id)
+                .execute(conn)
+                .await
+                .map_err(StoreError::from)?
+                .rows_affected());
+        }
+        return Ok(Subscription {
+            wanted: true,
+            ..existing
+        });
+    }
     let id = uuid::Uuid::new_v4().simple().to_string();
     let sealed = keys.seal(new_client_state().as_bytes(), client_state_slot(&id));
+    let certificate = if desired.include_resource_data {
+        // RSA key generation takes a while: off the async threads.
+        let for_id = id.clone();
+        let made = tokio::task::spawn_blocking(move || {
+            crate::rich_notifications::new_certificate(&for_id)
+        })
+        .await
+        .map_err(|err| crate::rich_notifications::RichError::Certificate(err.to_string()))??;
+        let sealed_key = keys.seal(&made.key_pkcs8, encryption_key_slot(&id));
+        Some((made.id, made.certificate, sealed_key))
+    } else {
+        None
+    };
+    let (certificate_id, certificate, sealed_key) = match certificate {
+        Some((a, b, c)) => (Some(a), Some(b), Some(c)),
+        None => (None, None, None),
+    };
     let now = now_unix();
-    const INSERT: &str = "INSERT INTO subscriptions (id, tenant_id, resource, change_types, origin, client_state, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (tenant_id, resource, change_types) DO UPDATE SET wanted = 1, updated_at = excluded.updated_at";
+    const INSERT: &str = "INSERT INTO subscriptions (id, tenant_id, resource, change_types, origin, client_state, created_at, updated_at, \
+         include_resource_data, encryption_certificate_id, encryption_certificate, encryption_key) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+         ON CONFLICT (tenant_id, resource, change_types, include_resource_data) DO UPDATE SET wanted = 1, updated_at = excluded.updated_at";
     write_tx!(store, |conn| sqlx::query(INSERT)
         .bind(&id)
         .bind(&tenant)
@@ -259,23 +370,56 @@ pub async fn declare(
         .bind(&sealed)
         .bind(now)
         .bind(now)
+        .bind(rich)
+        .bind(&certificate_id)
+        .bind(&certificate)
+        .bind(&sealed_key)
         .execute(conn)
         .await
         .map_err(StoreError::from)?
         .rows_affected());
-    let sql = format!(
-        "SELECT {COLUMNS} FROM subscriptions WHERE tenant_id = $1 AND resource = $2 AND change_types = $3"
-    );
-    let row: Row = with_pool!(store, |pool| sqlx::query_as(sqlx::AssertSqlSafe(
-        sql.as_str()
-    ))
-    .bind(&tenant)
-    .bind(&resource)
-    .bind(&change_types)
-    .fetch_one(pool)
-    .await
-    .map_err(StoreError::from)?);
-    Ok(from_row(row))
+    // Another declare may have won the insert: the row in the table is the one.
+    find()
+        .await?
+        .map(from_row)
+        .ok_or(SubscriptionError::NotFound(id))
+}
+
+/// Records where a resync of the subscription's resource stopped (`None` to start over).
+///
+/// # Errors
+/// The database failed.
+pub async fn record_delta_link(
+    store: &Store,
+    id: &str,
+    delta_link: Option<&str>,
+) -> Result<(), SubscriptionError> {
+    const SQL: &str = "UPDATE subscriptions SET delta_link = $1, updated_at = $2 WHERE id = $3";
+    write_tx!(store, |conn| sqlx::query(SQL)
+        .bind(delta_link)
+        .bind(now_unix())
+        .bind(id)
+        .execute(conn)
+        .await
+        .map_err(StoreError::from)?
+        .rows_affected());
+    Ok(())
+}
+
+/// Clears the `notifications_missed` reason once the resource is resynchronized.
+///
+/// # Errors
+/// The database failed.
+pub async fn record_resynced(store: &Store, id: &str) -> Result<(), SubscriptionError> {
+    const SQL: &str = "UPDATE subscriptions SET reason = NULL, updated_at = $1 WHERE id = $2 AND reason = 'notifications_missed'";
+    write_tx!(store, |conn| sqlx::query(SQL)
+        .bind(now_unix())
+        .bind(id)
+        .execute(conn)
+        .await
+        .map_err(StoreError::from)?
+        .rows_affected());
+    Ok(())
 }
 
 /// Makes the configured subscriptions wanted and stops wanting configured ones that were
@@ -299,6 +443,7 @@ pub async fn sync_configured(
                 resource: &entry.resource,
                 change_types: &entry.change_types,
                 origin: Origin::Config,
+                include_resource_data: entry.include_resource_data,
             },
         )
         .await?;
@@ -550,31 +695,39 @@ pub async fn rotate_keys(
     store: &Store,
     keys: &Keyring,
 ) -> Result<(usize, usize), SubscriptionError> {
-    let rows: Vec<(String, String)> = with_pool!(store, |pool| sqlx::query_as(
-        "SELECT id, client_state FROM subscriptions"
+    let rows: Vec<(String, String, Option<String>)> = with_pool!(store, |pool| sqlx::query_as(
+        "SELECT id, client_state, encryption_key FROM subscriptions"
     )
     .fetch_all(pool)
     .await
     .map_err(StoreError::from)?);
     let (mut rotated, mut current) = (0, 0);
-    for (id, sealed) in rows {
-        if crate::vault::key_id_of(&sealed) == Some(keys.active_id()) {
-            current += 1;
-            continue;
+    for (id, client_state, encryption_key) in rows {
+        // The clientState, and for rich subscriptions the certificate key.
+        let sealed_values = [
+            ("client_state", Some(client_state), client_state_slot(&id)),
+            ("encryption_key", encryption_key, encryption_key_slot(&id)),
+        ];
+        for (column, sealed, slot) in sealed_values {
+            let Some(sealed) = sealed else { continue };
+            if crate::vault::key_id_of(&sealed) == Some(keys.active_id()) {
+                current += 1;
+                continue;
+            }
+            let plain = keys.open(&sealed, slot)?;
+            let resealed = keys.seal(&plain, slot);
+            let sql =
+                format!("UPDATE subscriptions SET {column} = $1 WHERE id = $2 AND {column} = $3");
+            write_tx!(store, |conn| sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(&resealed)
+                .bind(&id)
+                .bind(&sealed)
+                .execute(conn)
+                .await
+                .map_err(StoreError::from)?
+                .rows_affected());
+            rotated += 1;
         }
-        let plain = keys.open(&sealed, client_state_slot(&id))?;
-        let resealed = keys.seal(&plain, client_state_slot(&id));
-        write_tx!(store, |conn| sqlx::query(
-            "UPDATE subscriptions SET client_state = $1 WHERE id = $2 AND client_state = $3"
-        )
-        .bind(&resealed)
-        .bind(&id)
-        .bind(&sealed)
-        .execute(conn)
-        .await
-        .map_err(StoreError::from)?
-        .rows_affected());
-        rotated += 1;
     }
     Ok((rotated, current))
 }
@@ -652,7 +805,7 @@ impl CheckCache {
         let mut entries = self.entries.write().expect("check cache lock");
         // Entries of deleted subscriptions would otherwise stay: drop the stale ones now and
         // then (the map holds at most the subscriptions seen within the TTL).
-        if entries.len() >= 64 && entries.len() % 64 == 0 {
+        if entries.len() >= 64 {
             entries.retain(|_, (_, read_at)| now.duration_since(*read_at) < self.ttl);
         }
         for (graph_id, check) in read {
@@ -677,9 +830,18 @@ pub async fn checks_for(
     if graph_ids.is_empty() {
         return Ok(HashMap::new());
     }
-    let rows: Vec<(String, String, String, String)> = with_pool!(store, |pool| {
+    type CheckRow = (
+        String,
+        String,
+        String,
+        String,
+        Option<String>,
+        Option<String>,
+    );
+    let rows: Vec<CheckRow> = with_pool!(store, |pool| {
         let mut query = sqlx::QueryBuilder::new(
-            "SELECT graph_id, id, tenant_id, client_state FROM subscriptions WHERE graph_id IN (",
+            "SELECT graph_id, id, tenant_id, client_state, encryption_certificate_id, encryption_key \
+             FROM subscriptions WHERE graph_id IN (",
         );
         let mut ids = query.separated(", ");
         for id in graph_ids {
@@ -693,14 +855,34 @@ pub async fn checks_for(
             .map_err(StoreError::from)?
     });
     let mut checks = HashMap::with_capacity(rows.len());
-    for (graph_id, id, tenant_id, sealed) in rows {
+    for (graph_id, id, tenant_id, sealed, certificate_id, sealed_key) in rows {
         let client_state = keys.open_string(&sealed, client_state_slot(&id))?;
+        let rich = match (certificate_id, sealed_key) {
+            (Some(certificate_id), Some(sealed_key)) => {
+                let pkcs8 = keys.open(&sealed_key, encryption_key_slot(&id))?;
+                let app_ids = crate::connections::list(store, Some(&tenant_id))
+                    .await
+                    .map_err(|err| StoreError::Query(err.to_string()))?
+                    .into_iter()
+                    .map(|connection| connection.client_id)
+                    .collect();
+                Some(RichCheck {
+                    key: crate::rich_notifications::DecryptionKey::from_pkcs8(
+                        &certificate_id,
+                        &pkcs8,
+                    )?,
+                    app_ids,
+                })
+            }
+            _ => None,
+        };
         checks.insert(
             graph_id,
             Check {
                 id,
                 tenant_id,
                 client_state,
+                rich,
             },
         );
     }
@@ -717,6 +899,7 @@ mod tests {
             resource,
             change_types: types,
             origin: Origin::Config,
+            include_resource_data: false,
         }
     }
 
@@ -742,7 +925,7 @@ mod tests {
 
     #[test]
     fn lifetimes_follow_graphs_table_and_renewal_starts_early_enough() {
-        let minutes = |r: &str| max_lifetime(r).as_secs() / 60;
+        let minutes = |r: &str| max_lifetime(r, false).as_secs() / 60;
         assert_eq!(minutes("users/u/messages"), 10_075);
         assert_eq!(minutes("users/u/mailFolders('Inbox')/messages"), 10_075);
         assert_eq!(minutes("users/u/events"), 10_075);
@@ -751,12 +934,21 @@ mod tests {
         assert_eq!(minutes("chats/getAllMessages"), 4_315);
         assert_eq!(minutes("teams/t/channels/c/messages"), 4_315);
         // Mail: a week; renew in its last quarter (~42 h), not just the last 2 hours.
-        let week = max_lifetime("users/u/messages");
+        assert_eq!(
+            max_lifetime("users/u/messages?$select=subject", true).as_secs() / 60,
+            1_435,
+            "Outlook with resource data: under a day"
+        );
+        assert_eq!(
+            max_lifetime("chats/getAllMessages", true).as_secs() / 60,
+            4_315
+        );
+        let week = max_lifetime("users/u/messages", false);
         let quarter = i64::try_from(week.as_secs() / 4).unwrap();
         assert!(!renewal_due(1_000_000 + quarter + 60, 1_000_000, week));
         assert!(renewal_due(1_000_000 + quarter - 60, 1_000_000, week));
         // Presence: an hour; its quarter is shorter than 2 hours, so 2 hours wins (always due).
-        let hour = max_lifetime("communications/presences/x/presence");
+        let hour = max_lifetime("communications/presences/x/presence", false);
         assert!(renewal_due(1_000_000 + 3_000, 1_000_000, hour));
     }
 
@@ -774,6 +966,7 @@ mod tests {
             id: "s1".into(),
             tenant_id: "t".into(),
             client_state: Zeroizing::new("very-secret-state".into()),
+            rich: None,
         };
         assert!(!format!("{check:?}").contains("very-secret-state"));
     }

@@ -40,6 +40,15 @@ pub fn router() -> Router<AppState> {
         .route("/{tenant}/v2.0/adminconsent", get(admin_consent))
         .route("/{tenant}/adminconsent", get(admin_consent))
         .route("/devicelogin", get(device_login_page))
+        // The keys validation tokens are signed with, where Microsoft publishes its own.
+        .route("/{tenant}/discovery/v2.0/keys", get(signing_keys))
+        .route("/{tenant}/discovery/keys", get(signing_keys))
+}
+
+async fn signing_keys(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> axum::Json<serde_json::Value> {
+    axum::Json(state.token_signer.jwks())
 }
 
 /// An identity platform error, rendered as Microsoft renders it.

@@ -24,6 +24,7 @@ pub mod identity;
 pub mod jwt;
 pub mod notifications;
 pub mod package;
+pub mod rich;
 pub mod throttle;
 pub mod world;
 
@@ -94,6 +95,8 @@ pub struct Shared {
     counters: Mutex<BTreeMap<String, u64>>,
     /// Signs and verifies tokens.
     pub signer: jwt::Signer,
+    /// Signs the `validationTokens` of rich notifications (RS256, published as a JWKS).
+    pub token_signer: rich::TokenSigner,
     /// Budgets, mailbox concurrency, faults and the request log.
     pub throttle: Throttle,
     /// Delivers change and lifecycle notifications.
@@ -191,6 +194,7 @@ impl Emulator {
             settings: Mutex::new(settings),
             counters: Mutex::new(BTreeMap::new()),
             signer: jwt::Signer::random(),
+            token_signer: rich::TokenSigner::default(),
             throttle: Throttle::default(),
             notifier: notifications::Notifier::default(),
             base_url,

@@ -64,6 +64,9 @@ pub struct Change {
     pub resource: String,
     /// The `resourceData` of the notification.
     pub resource_data: Value,
+    /// The whole resource as Graph would return it, for rich notifications (`None` for
+    /// resources Graph sends no resource data for).
+    pub content: Option<Value>,
 }
 
 fn watches(watched: &Watched, target: &ChangeTarget) -> bool {
@@ -196,6 +199,22 @@ fn item(subscription: &Subscription, change: &Change) -> Value {
     if let Some(client_state) = &subscription.client_state {
         item["clientState"] = json!(client_state);
     }
+    if subscription.include_resource_data {
+        let certificate = subscription
+            .echo
+            .get("encryptionCertificate")
+            .and_then(Value::as_str)
+            .and_then(crate::rich::Certificate::parse);
+        let id = subscription
+            .echo
+            .get("encryptionCertificateId")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if let (Some(certificate), Some(content)) = (certificate, &change.content) {
+            let content = crate::rich::selected(content, &subscription.resource);
+            item["encryptedContent"] = certificate.encrypt(id, &content);
+        }
+    }
     item
 }
 
@@ -212,11 +231,23 @@ pub fn publish(state: &AppState, world: &World, change: Change) {
                 .any(|c| c == change.change_type)
             && watches(&subscription.watched, &change.target)
         {
+            let mut body = json!({"value": [item(subscription, &change)]});
+            if subscription.include_resource_data {
+                // One token per app and tenant in the delivery (here: one item).
+                body["validationTokens"] =
+                    json!([state
+                        .token_signer
+                        .sign(&crate::rich::TokenClaims::for_delivery(
+                            &subscription.tenant,
+                            &subscription.application_id,
+                            now,
+                        ))]);
+            }
             state.notifier.send(Delivery {
                 subscription_id: subscription.id.clone(),
                 kind: "change",
                 url: subscription.notification_url.clone(),
-                body: json!({"value": [item(subscription, &change)]}),
+                body,
             });
         }
     }

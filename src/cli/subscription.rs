@@ -22,6 +22,10 @@ pub(crate) enum SubscriptionCommand {
         /// Change types, comma-separated: created, updated, deleted
         #[arg(long, value_name = "TYPES", default_value = "created,updated,deleted")]
         change_types: String,
+        /// Rich notifications: Graph sends the resource, encrypted for a certificate tenantd
+        /// makes (Outlook resources need `?$select=...`)
+        #[arg(long)]
+        include_resource_data: bool,
     },
     /// Subscriptions with their Graph id, status and expiry
     List {
@@ -61,6 +65,7 @@ pub(crate) async fn run(config: &Config, command: &SubscriptionCommand) -> i32 {
             tenant,
             resource,
             change_types,
+            include_resource_data,
         } => {
             let types: Vec<String> = change_types.split(',').map(str::to_string).collect();
             let desired = Desired {
@@ -68,6 +73,7 @@ pub(crate) async fn run(config: &Config, command: &SubscriptionCommand) -> i32 {
                 resource,
                 change_types: &types,
                 origin: Origin::Cli,
+                include_resource_data: *include_resource_data,
             };
             match subscriptions::declare(&store, &keys, &desired).await {
                 Ok(row) => {

@@ -4,9 +4,11 @@
 //! Owns no tables. Invariants: a handshake answers 200, `text/plain`, `nosniff` and the decoded
 //! token, and nothing else happens; a notification item is queued only when its subscription
 //! is known, its clientState matches (compared in constant time) and its tenant is the
-//! subscription's; 202 goes out only after the accepted items are committed; a request with
-//! nothing acceptable gets a 4xx and queues nothing; answers never say which check failed and
-//! nothing secret is logged.
+//! subscription's; an item with resource data (rich) is queued only when a valid validation
+//! token of its tenant and app covers it and its `dataSignature` matches (it is then queued
+//! decrypted), and one failing validation token refuses the whole delivery; 202 goes out only
+//! after the accepted items are committed; a request with nothing acceptable gets a 4xx and
+//! queues nothing; answers never say which check failed and nothing secret is logged.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,7 +28,9 @@ use crate::intake::Intake;
 use crate::jobs::{self, graph_lifecycle, graph_notification};
 use crate::metrics::names;
 use crate::queue::EncodedJob;
+use crate::rich_notifications::EncryptedContent;
 use crate::subscriptions;
+use crate::validation_tokens::{TokenError, TokenValidator, ValidToken};
 
 /// Largest notification body accepted. Graph batches notifications; a batch of basic
 /// notifications is a few KiB per item.
@@ -41,6 +45,8 @@ pub struct WebhookState {
     pub intake: Intake,
     /// Items counted by endpoint and outcome.
     pub counters: Arc<ItemCounters>,
+    /// Checks rich notifications' validation tokens.
+    pub tokens: Arc<TokenValidator>,
 }
 
 /// `tenantd_webhook_items_total` by endpoint and outcome, registered once: looking a labelled
@@ -50,12 +56,15 @@ pub struct ItemCounters {
 }
 
 /// Every outcome an item can have.
-const OUTCOMES: [&str; 5] = [
+const OUTCOMES: [&str; 8] = [
     "accepted",
     "malformed",
     "unknown_subscription",
     "client_state_mismatch",
     "tenant_mismatch",
+    "validation_token_missing",
+    "data_signature_invalid",
+    "data_key_invalid",
 ];
 
 impl Default for ItemCounters {
@@ -178,6 +187,9 @@ async fn lifecycle_notifications(
 struct Collection<'a> {
     #[serde(borrow)]
     value: Vec<&'a RawValue>,
+    /// Rich notifications: one token per application and tenant in `value`.
+    #[serde(default, rename = "validationTokens")]
+    validation_tokens: Vec<String>,
 }
 
 /// The fields of a `changeNotification` tenantd reads (graph-protocol.md §2.1), borrowed from
@@ -203,6 +215,8 @@ struct Notification<'a> {
     lifecycle_event: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     resource_data: Option<&'a RawValue>,
+    #[serde(default)]
+    encrypted_content: Option<EncryptedContent>,
 }
 
 /// `resourceData`'s fields tenantd reads.
@@ -259,18 +273,78 @@ async fn receive(
             return plain(StatusCode::SERVICE_UNAVAILABLE, "Try again later.\n");
         }
     };
+    let mut vetted: Vec<Result<(&Notification, &Arc<subscriptions::Check>), &'static str>> = items
+        .iter()
+        .map(|item| vet(item.as_ref(), &checks))
+        .collect();
+    // Rich notifications: the resource travels encrypted and is opened here, once the
+    // delivery's validation tokens prove it comes from Graph.
+    let mut contents: HashMap<usize, serde_json::Value> = HashMap::new();
+    let rich: Vec<usize> = vetted
+        .iter()
+        .enumerate()
+        .filter_map(|(n, vetted)| match vetted {
+            Ok((item, check)) if check.rich.is_some() && item.encrypted_content.is_some() => {
+                Some(n)
+            }
+            _ => None,
+        })
+        .collect();
+    if !rich.is_empty() {
+        let vouched = match vouched_for(state, &collection.validation_tokens).await {
+            Ok(vouched) => vouched,
+            Err(response) => return response,
+        };
+        let mut to_open = Vec::new();
+        for n in rich {
+            let Ok((item, check)) = vetted[n] else {
+                continue;
+            };
+            let rich_check = check.rich.as_ref().expect("rich checked above");
+            let covered = vouched.iter().any(|token| {
+                token.tenant_id.eq_ignore_ascii_case(&check.tenant_id)
+                    && rich_check.app_ids.contains(&token.audience)
+            });
+            if covered {
+                let content = item.encrypted_content.clone().expect("rich checked above");
+                to_open.push((n, Arc::clone(check), content));
+            } else {
+                vetted[n] = Err("validation_token_missing");
+            }
+        }
+        // RSA decryption takes about a millisecond an item: off the async threads.
+        let opened = tokio::task::spawn_blocking(move || {
+            to_open
+                .into_iter()
+                .map(|(n, check, content)| {
+                    let key = &check.rich.as_ref().expect("rich checked above").key;
+                    (n, key.open(&content))
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        for (n, result) in opened {
+            match result {
+                Ok(content) => {
+                    contents.insert(n, content);
+                }
+                Err(err) => vetted[n] = Err(err.reason_code()),
+            }
+        }
+    }
     let mut accepted = Vec::with_capacity(items.len());
-    for item in &items {
-        let outcome = match vet(item.as_ref(), &checks) {
+    for (n, vetted) in vetted.into_iter().enumerate() {
+        let outcome = match vetted {
             Ok((item, check)) => {
-                accepted.push(to_job(endpoint, item, check));
+                accepted.push(to_job(endpoint, item, check, contents.remove(&n)));
                 "accepted"
             }
             Err(reason) => {
                 tracing::warn!(
                     endpoint = endpoint.label(),
                     reason,
-                    subscription = item
+                    subscription = items[n]
                         .as_ref()
                         .and_then(|item| item.subscription_id.as_deref())
                         .unwrap_or("-"),
@@ -293,6 +367,35 @@ async fn receive(
     }
 }
 
+/// What a delivery's validation tokens vouch for, or the answer to give when one fails: any
+/// token that does not validate makes the whole delivery suspect (403), and signing keys that
+/// cannot be fetched ask Graph to deliver again (503).
+async fn vouched_for(state: &WebhookState, tokens: &[String]) -> Result<Vec<ValidToken>, Response> {
+    let now = crate::audit::now_unix();
+    let mut vouched = Vec::with_capacity(tokens.len());
+    for token in tokens {
+        match state.tokens.validate(token, now).await {
+            Ok(valid) => vouched.push(valid),
+            Err(err @ TokenError::KeysUnavailable(_)) => {
+                tracing::error!(reason = err.reason_code(), error = %err, "cannot check validation tokens; asking Graph to redeliver");
+                return Err(plain(StatusCode::SERVICE_UNAVAILABLE, "Try again later.\n"));
+            }
+            Err(err) => {
+                tracing::warn!(
+                    reason = err.reason_code(),
+                    "a validation token failed; the delivery is refused"
+                );
+                state
+                    .counters
+                    .item(Endpoint::Notifications, err.reason_code())
+                    .increment(1);
+                return Err(plain(StatusCode::FORBIDDEN, REJECTED));
+            }
+        }
+    }
+    Ok(vouched)
+}
+
 /// Equal secrets, compared without an early exit.
 fn same_secret(given: &[u8], expected: &[u8]) -> bool {
     if given.len() != expected.len() {
@@ -309,7 +412,7 @@ fn same_secret(given: &[u8], expected: &[u8]) -> bool {
 fn vet<'i, 'a, 'c>(
     item: Option<&'i Notification<'a>>,
     checks: &'c HashMap<String, Arc<subscriptions::Check>>,
-) -> Result<(&'i Notification<'a>, &'c subscriptions::Check), &'static str> {
+) -> Result<(&'i Notification<'a>, &'c Arc<subscriptions::Check>), &'static str> {
     let Some(item) = item else {
         return Err("malformed");
     };
@@ -333,7 +436,12 @@ fn vet<'i, 'a, 'c>(
 /// A queued job for an accepted item. The dedupe key makes Graph's redeliveries of the same
 /// change one job: subscription, resource, change type and the etag (or, without one, a hash
 /// of the item's fields but its clientState).
-fn to_job(endpoint: Endpoint, item: &Notification, check: &subscriptions::Check) -> EncodedJob {
+fn to_job(
+    endpoint: Endpoint,
+    item: &Notification,
+    check: &subscriptions::Check,
+    content: Option<serde_json::Value>,
+) -> EncodedJob {
     let lifecycle = item.lifecycle_event.as_deref();
     if matches!(endpoint, Endpoint::Lifecycle) || lifecycle.is_some() {
         let event = lifecycle.unwrap_or("unknown").to_string();
@@ -373,6 +481,7 @@ fn to_job(endpoint: Endpoint, item: &Notification, check: &subscriptions::Check)
         resource_id: data.id.map(Cow::into_owned),
         odata_type: data.odata_type.map(Cow::into_owned),
         etag: data.etag.map(Cow::into_owned),
+        content,
     };
     jobs::encode(&job, Some(&dedupe))
 }

@@ -1,6 +1,7 @@
 //! `graph_notification`: one accepted change notification. Fetches the changed resource
 //! through the Graph client with the connection that created the subscription and stores it
-//! idempotently: mail into `messages` (a `deleted` change marks the row). Notifications for
+//! idempotently: mail into `messages` (a `deleted` change marks the row). A rich notification
+//! carries the resource already (decrypted by the listener) and is stored without a fetch. Notifications for
 //! other resources (events, users, drive items) are counted (`outcome="not_stored"`) and not
 //! fetched yet; storing them comes with the features that need them.
 
@@ -31,6 +32,10 @@ pub struct GraphNotification {
     /// `resourceData.@odata.etag`.
     #[serde(default)]
     pub etag: Option<String>,
+    /// The resource itself, from a rich notification's decrypted `encryptedContent` (no
+    /// fetch needed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<serde_json::Value>,
 }
 
 /// The mailbox owner and message id in a message resource path (`users/{u}/messages/{id}`,
@@ -94,15 +99,19 @@ impl Job for GraphNotification {
             .await
             .map_err(JobError::database);
         }
-        let message = match context
-            .graph
-            .get_message(&connection, &user, &message_id, mailbox::SELECT)
-            .await
-        {
-            Ok(message) => message,
-            // Deleted since the notification: the later `deleted` notification marks it.
-            Err(GraphError::NotFound { .. }) => return Ok(()),
-            Err(err) => return Err(err.into_job_error()),
+        let message = match self.content {
+            // A rich notification carried the message.
+            Some(content) => content,
+            None => match context
+                .graph
+                .get_message(&connection, &user, &message_id, mailbox::SELECT)
+                .await
+            {
+                Ok(message) => message,
+                // Deleted since the notification: the later `deleted` notification marks it.
+                Err(GraphError::NotFound { .. }) => return Ok(()),
+                Err(err) => return Err(err.into_job_error()),
+            },
         };
         let stored =
             StoredMessage::from_graph(&message, &user, &subscription.id).ok_or_else(|| {

@@ -67,9 +67,10 @@ impl ReconcileSubscriptions {
             subscriptions::client_state(&context.store, &context.keys, &subscription.id)
                 .await
                 .map_err(JobError::database)?;
-        let lifetime = subscriptions::max_lifetime(&subscription.resource);
+        let lifetime =
+            subscriptions::max_lifetime(&subscription.resource, subscription.include_resource_data);
         let expires = now_unix() + i64::try_from(lifetime.as_secs()).unwrap_or(0);
-        let body = json!({
+        let mut body = json!({
             "changeType": subscription.change_types,
             "notificationUrl": endpoint(public_url, "/webhooks/graph"),
             "lifecycleNotificationUrl": endpoint(public_url, "/webhooks/graph/lifecycle"),
@@ -77,6 +78,12 @@ impl ReconcileSubscriptions {
             "expirationDateTime": rfc3339(expires),
             "clientState": client_state.as_str(),
         });
+        if subscription.include_resource_data {
+            // Graph encrypts each notification's resource for this certificate.
+            body["includeResourceData"] = json!(true);
+            body["encryptionCertificate"] = json!(subscription.encryption_certificate);
+            body["encryptionCertificateId"] = json!(subscription.encryption_certificate_id);
+        }
         match context.graph.create_subscription(connection, &body).await {
             Ok(answer) => {
                 let Some(graph_id) = answer["id"].as_str() else {
@@ -118,7 +125,8 @@ impl ReconcileSubscriptions {
         connection: &Connection,
         graph_id: &str,
     ) -> Result<(), JobError> {
-        let lifetime = subscriptions::max_lifetime(&subscription.resource);
+        let lifetime =
+            subscriptions::max_lifetime(&subscription.resource, subscription.include_resource_data);
         let expires = now_unix() + i64::try_from(lifetime.as_secs()).unwrap_or(0);
         match context
             .graph
@@ -214,7 +222,10 @@ impl Job for ReconcileSubscriptions {
                     .map_err(JobError::database)?,
                 (None, true) => self.create(&context, subscription, &connection).await?,
                 (Some(graph_id), true) => {
-                    let lifetime = subscriptions::max_lifetime(&subscription.resource);
+                    let lifetime = subscriptions::max_lifetime(
+                        &subscription.resource,
+                        subscription.include_resource_data,
+                    );
                     let due = subscription
                         .expires_at
                         .is_none_or(|at| subscriptions::renewal_due(at, now, lifetime));

@@ -393,6 +393,7 @@ async fn keys_rotate_leaves_nothing_under_the_old_key(db: TestDb) {
             resource: "users/u1/messages",
             change_types: &types,
             origin: tenantd::subscriptions::Origin::Cli,
+            include_resource_data: false,
         },
     )
     .await
@@ -401,6 +402,49 @@ async fn keys_rotate_leaves_nothing_under_the_old_key(db: TestDb) {
         tenantd::subscriptions::client_state(&env.store, &env.keys, &subscription.id)
             .await
             .unwrap();
+    // A rich subscription also holds its certificate's key, sealed.
+    let rich = tenantd::subscriptions::declare(
+        &env.store,
+        &env.keys,
+        &tenantd::subscriptions::Desired {
+            tenant_id: "84bd8158-6d4d-4958-8b9f-9d6445542f95",
+            resource: "chats/getAllMessages",
+            change_types: &types,
+            origin: tenantd::subscriptions::Origin::Cli,
+            include_resource_data: true,
+        },
+    )
+    .await
+    .unwrap();
+    tenantd::subscriptions::record_created(
+        &env.store,
+        &rich.id,
+        "g-rich",
+        &connection.id,
+        4_102_444_800,
+    )
+    .await
+    .unwrap();
+    let sealed_key = db
+        .strings("SELECT encryption_key FROM subscriptions WHERE encryption_key IS NOT NULL")
+        .await
+        .remove(0);
+    let pkcs8 = env
+        .keys
+        .open(
+            &sealed_key,
+            tenantd::vault::Slot {
+                table: "subscriptions",
+                column: "encryption_key",
+                row: &rich.id,
+            },
+        )
+        .unwrap();
+    let raw = db.raw_contents().await;
+    assert!(
+        !raw.windows(32).any(|w| w == &pkcs8[pkcs8.len() - 32..]),
+        "the certificate's private key is not in the database in plaintext"
+    );
     // The new key first, the old one kept for reading.
     let k2 = Keyring::new_key_line("k2");
     let rotating = Arc::new(
@@ -431,13 +475,17 @@ async fn keys_rotate_leaves_nothing_under_the_old_key(db: TestDb) {
         tenantd::subscriptions::rotate_keys(&env.store, &rotating)
             .await
             .unwrap(),
-        (1, 0),
-        "the subscription's clientState too"
+        (3, 0),
+        "the subscriptions' clientStates and the rich one's certificate key too"
     );
     let mut sealed = db.strings("SELECT client_secret FROM connections").await;
     sealed.extend(db.strings("SELECT token FROM connection_tokens").await);
     sealed.extend(db.strings("SELECT client_state FROM subscriptions").await);
-    assert_eq!(sealed.len(), 3);
+    sealed.extend(
+        db.strings("SELECT encryption_key FROM subscriptions WHERE encryption_key IS NOT NULL")
+            .await,
+    );
+    assert_eq!(sealed.len(), 5);
     assert!(
         sealed.iter().all(|c| c.starts_with("tdv1.k2.")),
         "no row is left under the old key: {sealed:?}"
@@ -462,6 +510,10 @@ async fn keys_rotate_leaves_nothing_under_the_old_key(db: TestDb) {
             .unwrap(),
         *client_state
     );
+    let checks = tenantd::subscriptions::checks_for(&env.store, &env.keys, &["g-rich"])
+        .await
+        .unwrap();
+    assert!(checks["g-rich"].rich.is_some(), "the certificate key opens");
 }
 
 async fn secrets_never_leak_into_the_database_listings_or_metrics(db: TestDb) {

@@ -294,6 +294,7 @@ async fn a_notified_message_is_fetched_and_stored_once_and_a_delete_marks_it(db:
             resource: &format!("users/{user_id}/messages"),
             change_types: &types,
             origin: tenantd::subscriptions::Origin::Cli,
+            include_resource_data: false,
         },
     )
     .await
@@ -320,6 +321,7 @@ async fn a_notified_message_is_fetched_and_stored_once_and_a_delete_marks_it(db:
         resource_id: Some(message_id.clone()),
         odata_type: Some("#Microsoft.Graph.Message".into()),
         etag: None,
+        content: None,
     };
     for _ in 0..2 {
         notification("created").run(context.clone()).await.unwrap();

@@ -8,5 +8,6 @@ mod graph_client;
 mod listeners;
 mod process;
 mod queue;
+mod rich_notifications;
 mod runs;
 mod webhooks;

@@ -11,11 +11,11 @@ use tenantd::vault::Keyring;
 use crate::helpers::{spawn_app_with, test_config, TestApp, TestDb};
 use crate::on_both_backends;
 
-const TENANT: &str = "84bd8158-6d4d-4958-8b9f-9d6445542f95";
+pub(crate) const TENANT: &str = "84bd8158-6d4d-4958-8b9f-9d6445542f95";
 // Microsoft's samples, copied verbatim (graph-emulator/tests/samples/sources.md).
 const SAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/graph-emulator/tests/samples");
 
-fn sample(name: &str) -> String {
+pub(crate) fn sample(name: &str) -> String {
     std::fs::read_to_string(format!("{SAMPLES}/{name}"))
         .unwrap_or_else(|err| panic!("{name}: {err}"))
 }
@@ -47,6 +47,7 @@ impl Env {
                 resource,
                 change_types: &types,
                 origin: Origin::Cli,
+                include_resource_data: false,
             },
         )
         .await
@@ -307,7 +308,7 @@ async fn forged_unknown_and_malformed_notifications_queue_nothing(db: TestDb) {
 }
 
 /// Waits up to 20 s for `sql` to return a row.
-async fn eventually(db: &TestDb, sql: &str) -> Vec<String> {
+pub(crate) async fn eventually(db: &TestDb, sql: &str) -> Vec<String> {
     for _ in 0..200 {
         let rows = db.strings(sql).await;
         if !rows.is_empty() {
@@ -320,17 +321,22 @@ async fn eventually(db: &TestDb, sql: &str) -> Vec<String> {
 
 /// The daemon with one configured subscription on a user's messages, an app connection to the
 /// emulator, and Graph's subscription created.
-struct Live {
-    app: TestApp,
-    emulator: graph_emulator::Emulator,
-    client_id: String,
-    secret: String,
-    user_id: String,
-    public_url: String,
-    graph_id: String,
+pub(crate) struct Live {
+    pub(crate) app: TestApp,
+    pub(crate) emulator: graph_emulator::Emulator,
+    pub(crate) client_id: String,
+    pub(crate) secret: String,
+    pub(crate) user_id: String,
+    pub(crate) public_url: String,
+    pub(crate) graph_id: String,
 }
 
 async fn live(db: &TestDb) -> Live {
+    live_with(db, "", false).await
+}
+
+/// [`live`] with `query` after the resource (`?$select=...`) and resource data or not.
+pub(crate) async fn live_with(db: &TestDb, query: &str, include_resource_data: bool) -> Live {
     let (emulator, client_id, secret) = crate::helpers::seeded_emulator(
         TENANT,
         1,
@@ -361,8 +367,9 @@ async fn live(db: &TestDb) -> Live {
     config.identity.authority = url::Url::parse(&emulator.base_url()).unwrap();
     config.subscriptions = vec![tenantd::config::SubscriptionConfig {
         tenant: TENANT.into(),
-        resource: format!("users/{user_id}/messages"),
+        resource: format!("users/{user_id}/messages{query}"),
         change_types: vec!["created".into()],
+        include_resource_data,
     }];
     let keys = Keyring::load(&config.secrets.key_file).unwrap();
     let store = db.store().await;
@@ -472,7 +479,7 @@ async fn subscriptions_are_renewed_before_expiry_and_recreated_when_graph_lost_t
     assert!(!tenantd::subscriptions::renewal_due(
         now + 6 * 24 * 3600,
         now,
-        tenantd::subscriptions::max_lifetime("users/u/messages")
+        tenantd::subscriptions::max_lifetime("users/u/messages", false)
     ));
     // Graph lost it (expired, removed): the renewal gets 404 and it is created again.
     live.emulator
@@ -573,6 +580,7 @@ async fn a_notification_answered_202_survives_a_kill_right_after(db: TestDb) {
             resource: "users/u1/messages",
             change_types: &types,
             origin: Origin::Cli,
+            include_resource_data: false,
         },
     )
     .await

@@ -86,6 +86,7 @@ fn event_change(tenant: &str, user_id: &str, event: &Value, change_type: &'stati
             "@odata.etag": event["@odata.etag"],
             "id": id,
         }),
+        content: Some(event.clone()),
     }
 }
 

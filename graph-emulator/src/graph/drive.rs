@@ -223,6 +223,7 @@ fn drive_change(tenant: &str, user_id: &str, drive: &Drive) -> Change {
             "@odata.id": format!("users/{user_id}/drive/root"),
             "id": drive.root_id,
         }),
+        content: None,
     }
 }
 

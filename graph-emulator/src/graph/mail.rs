@@ -209,6 +209,7 @@ fn message_change(
             "@odata.etag": message["@odata.etag"],
             "id": id,
         }),
+        content: Some(message.clone()),
     }
 }
 

@@ -259,15 +259,22 @@ async fn create(State(state): State<AppState>, caller: Caller, body: Bytes) -> G
         .get("includeResourceData")
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    if rich {
-        // Rich notifications need the encryption of encryptedContent (RSA-OAEP + AES-CBC);
-        // refusing is honest where sending basic notifications instead would not be.
-        return Err(invalid("includeResourceData is not supported by graph-emulator; subscribe without resource data."));
-    }
     if rich
         && (text("encryptionCertificate").is_none() || text("encryptionCertificateId").is_none())
     {
         return Err(invalid("encryptionCertificate and encryptionCertificateId are required when includeResourceData is true."));
+    }
+    if rich
+        && text("encryptionCertificate")
+            .and_then(|c| crate::rich::Certificate::parse(&c))
+            .is_none()
+    {
+        return Err(invalid("The encryptionCertificate is not a base64-encoded X.509 certificate with an RSA key of 2048 to 4096 bits."));
+    }
+    if rich && text("encryptionCertificateId").is_some_and(|id| id.chars().count() > 128) {
+        return Err(invalid(
+            "encryptionCertificateId must be at most 128 characters.",
+        ));
     }
     let settings = state.settings();
     check_url(
@@ -291,6 +298,23 @@ async fn create(State(state): State<AppState>, caller: Caller, body: Bytes) -> G
             user.services_ready(now);
         }
         let (watched, permissions) = parse_resource(tenant, &caller, &resource)?;
+        if rich {
+            // Rich notifications exist for Outlook and Teams messages here; Outlook needs
+            // `$select` (the supported-resources table of the rich-notifications doc).
+            match &watched {
+                Watched::ChatMessages { .. } => {}
+                Watched::Messages { .. } | Watched::Events { .. } => {
+                    if !resource.contains("$select=") {
+                        return Err(invalid("Resource data for Outlook resources requires $select, e.g. users/{id}/messages?$select=subject,from."));
+                    }
+                }
+                _ => {
+                    return Err(invalid(format!(
+                        "includeResourceData is not supported for the resource '{resource}'."
+                    )))
+                }
+            }
+        }
         let workload = if watched.is_teams() {
             Workload::Teams
         } else {

@@ -256,6 +256,7 @@ async fn post_message(
             },
             resource: resource.clone(),
             resource_data: json!({"id": message_id, "@odata.type": "#Microsoft.Graph.chatMessage", "@odata.id": resource}),
+            content: Some(message.clone()),
         },
     );
     let mut out = message;

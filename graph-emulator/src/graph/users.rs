@@ -285,6 +285,7 @@ fn user_change(tenant: &str, id: &str) -> Change {
             "id": id,
             "organizationId": tenant,
         }),
+        content: None,
     }
 }
 

@@ -397,7 +397,7 @@ async fn chat_and_user_changes_are_notified() {
     .await
     .assert_status(201);
     let mut body = receiver.next().await;
-    // The rich sample minus what only rich notifications carry (not emulated).
+    // The rich sample minus what only rich notifications carry (this subscription is basic).
     let mut sample = crate::helpers::sample("02-rich-notification-chatmessage-encrypted.json");
     sample["value"][0]
         .as_object_mut()
@@ -447,4 +447,174 @@ async fn slow_notification_delivery_can_be_injected() {
     );
     receiver.next().await;
     assert!(started.elapsed() >= Duration::from_millis(400));
+}
+
+/// A subscriber's certificate and key, made the way a client would (rcgen on aws-lc-rs).
+fn subscriber_certificate() -> (String, Vec<u8>) {
+    use base64::Engine;
+    let key = rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+        .unwrap();
+    let certificate = rcgen::CertificateParams::new(vec!["subscriber".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    (
+        base64::engine::general_purpose::STANDARD.encode(certificate.der()),
+        key.serialize_der(),
+    )
+}
+
+/// Opens `encryptedContent` as Microsoft documents it, independently of the emulator's code:
+/// RSA-OAEP-SHA1 for the key, HMAC-SHA256 over the encrypted bytes, AES-256-CBC with the
+/// key's first 16 bytes as IV.
+fn open(content: &Value, pkcs8: &[u8]) -> Value {
+    use aws_lc_rs::cipher::{
+        DecryptionContext, PaddedBlockDecryptingKey, UnboundCipherKey, AES_256,
+    };
+    use aws_lc_rs::rsa::{OaepPrivateDecryptingKey, PrivateDecryptingKey, OAEP_SHA1_MGF1SHA1};
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let private =
+        OaepPrivateDecryptingKey::new(PrivateDecryptingKey::from_pkcs8(pkcs8).unwrap()).unwrap();
+    let sealed = b64.decode(content["dataKey"].as_str().unwrap()).unwrap();
+    let mut buffer = vec![0u8; private.min_output_size()];
+    let key = private
+        .decrypt(&OAEP_SHA1_MGF1SHA1, &sealed, &mut buffer, None)
+        .unwrap()
+        .to_vec();
+    assert_eq!(key.len(), 32);
+    let mut data = b64.decode(content["data"].as_str().unwrap()).unwrap();
+    let signature = b64
+        .decode(content["dataSignature"].as_str().unwrap())
+        .unwrap();
+    aws_lc_rs::hmac::verify(
+        &aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &key),
+        &data,
+        &signature,
+    )
+    .expect("dataSignature is HMAC-SHA256 of data");
+    let mut iv = [0u8; 16];
+    iv.copy_from_slice(&key[..16]);
+    let cipher =
+        PaddedBlockDecryptingKey::cbc_pkcs7(UnboundCipherKey::new(&AES_256, &key).unwrap())
+            .unwrap();
+    let plain = cipher
+        .decrypt(&mut data, DecryptionContext::Iv128(iv.into()))
+        .unwrap();
+    serde_json::from_slice(plain).unwrap()
+}
+
+#[tokio::test]
+async fn rich_notifications_carry_the_resource_encrypted_and_signed_tokens() {
+    use base64::Engine;
+    let env = Env::standard().await;
+    let adele = env.user("adele", true).await;
+    env.user("alex", true).await;
+    let token = env.app_token().await;
+    let receiver = Receiver::start(Handshake::Correct).await;
+    let (certificate, pkcs8) = subscriber_certificate();
+    let rich = |resource: String, certificate: &str| {
+        json!({"changeType": "created", "notificationUrl": receiver.url(), "lifecycleNotificationUrl": receiver.lifecycle_url(),
+            "resource": resource, "expirationDateTime": in_minutes(600), "clientState": "c",
+            "includeResourceData": true, "encryptionCertificate": certificate, "encryptionCertificateId": "cert-1"})
+    };
+    // Refused as Graph refuses them: no usable certificate; Outlook without $select.
+    subscribe(
+        &env,
+        &token,
+        rich(
+            format!("users/{adele}/messages?$select=subject"),
+            "bm90IGEgY2VydA==",
+        ),
+    )
+    .await
+    .assert_status(400);
+    subscribe(
+        &env,
+        &token,
+        rich(format!("users/{adele}/messages"), &certificate),
+    )
+    .await
+    .assert_status(400);
+    subscribe(&env, &token, rich("users".into(), &certificate))
+        .await
+        .assert_status(400);
+
+    let members = json!([
+        {"roles": ["owner"], "user@odata.bind": format!("https://graph.microsoft.com/v1.0/users('{adele}')")},
+        {"roles": ["owner"], "user@odata.bind": format!("https://graph.microsoft.com/v1.0/users('alex@{DOMAIN}')")},
+    ]);
+    let chat = env
+        .post(
+            "/chats",
+            &token,
+            json!({"chatType": "oneOnOne", "members": members}),
+        )
+        .await
+        .assert_status(201);
+    let chat_id = chat.json["id"].as_str().unwrap();
+    subscribe(
+        &env,
+        &token,
+        rich(format!("chats/{chat_id}/messages"), &certificate),
+    )
+    .await
+    .assert_status(201);
+    let tokens = env
+        .delegated(&format!("adele@{DOMAIN}"), "ChatMessage.Send")
+        .await;
+    let sent = env
+        .post(
+            &format!("/chats/{chat_id}/messages"),
+            tokens["access_token"].as_str().unwrap(),
+            json!({"body": {"content": "rich hello"}}),
+        )
+        .await
+        .assert_status(201);
+    let body = receiver.next().await;
+    assert_conforms("02-rich-notification-chatmessage-encrypted.json", &body);
+    let content = &body["value"][0]["encryptedContent"];
+    assert_eq!(content["encryptionCertificateId"], "cert-1");
+    let opened = open(content, &pkcs8);
+    assert_eq!(opened["id"], sent.json["id"]);
+    assert_eq!(opened["body"]["content"], "rich hello");
+
+    // The validation token: claims of the published example, signed with a published key.
+    let jwt = body["validationTokens"][0].as_str().unwrap();
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let parts: Vec<&str> = jwt.split('.').collect();
+    let claims: Value = serde_json::from_slice(&b64.decode(parts[1]).unwrap()).unwrap();
+    assert_conforms("04-validation-token-jwt-claims.jsonc", &claims);
+    assert_eq!(
+        claims["appid"],
+        graph_emulator::rich::CHANGE_TRACKING_APP_ID
+    );
+    assert_eq!(claims["aud"], env.client_id.as_str());
+    let keys = reqwest::get(format!(
+        "{}/common/discovery/v2.0/keys",
+        env.emulator.base_url()
+    ))
+    .await
+    .unwrap()
+    .json::<Value>()
+    .await
+    .unwrap();
+    let header: Value = serde_json::from_slice(&b64.decode(parts[0]).unwrap()).unwrap();
+    assert_eq!(header["alg"], "RS256");
+    let key = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == header["kid"])
+        .expect("the signing key is published");
+    aws_lc_rs::signature::RsaPublicKeyComponents {
+        n: b64.decode(key["n"].as_str().unwrap()).unwrap(),
+        e: b64.decode(key["e"].as_str().unwrap()).unwrap(),
+    }
+    .verify(
+        &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
+        format!("{}.{}", parts[0], parts[1]).as_bytes(),
+        &b64.decode(parts[2]).unwrap(),
+    )
+    .expect("signed by the published key");
 }
