@@ -57,6 +57,9 @@ pub mod names {
     /// Counter of subscription reconcile actions by `result` (`created`, `renewed`,
     /// `recreated`, `deleted`, `create_failed`, `renew_failed`, `delete_failed`).
     pub const SUBSCRIPTION_RENEWALS: &str = "tenantd_subscription_renewals_total";
+    /// Counter of resource resyncs after missed notifications by `result` (`resynced`,
+    /// `nothing_stored`).
+    pub const SUBSCRIPTION_RESYNCS: &str = "tenantd_subscription_resyncs_total";
     /// Gauge of subscriptions by `status`.
     pub const SUBSCRIPTIONS: &str = "tenantd_subscriptions";
     /// Gauge: seconds until the soonest expiry of an active subscription.

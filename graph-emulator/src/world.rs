@@ -138,9 +138,54 @@ pub struct Mailbox {
     pub messages: BTreeMap<String, Value>,
     /// Events by id, as Graph renders them.
     pub events: BTreeMap<String, Value>,
+    /// Every change to a message, oldest first, for delta queries.
+    pub message_changes: Vec<MessageChange>,
+}
+
+/// One change to a message, for delta queries.
+#[derive(Debug, Clone)]
+pub struct MessageChange {
+    /// Position in the mailbox's change sequence (from 1).
+    pub sequence: u64,
+    /// The message.
+    pub message_id: String,
+    /// Its folder at the time.
+    pub folder_id: String,
 }
 
 impl Mailbox {
+    /// The last change's position in the sequence (0 before any change).
+    pub fn sequence(&self) -> u64 {
+        self.message_changes.last().map_or(0, |c| c.sequence)
+    }
+
+    /// Records that `message` was created, changed or deleted.
+    pub fn record_message_change(&mut self, message: &Value) {
+        let sequence = self.sequence() + 1;
+        self.message_changes.push(MessageChange {
+            sequence,
+            message_id: message["id"].as_str().unwrap_or_default().to_string(),
+            folder_id: message["parentFolderId"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        });
+    }
+
+    /// Stores `message` (new or changed) and records the change.
+    pub fn put_message(&mut self, message: Value) {
+        self.record_message_change(&message);
+        let id = message["id"].as_str().unwrap_or_default().to_string();
+        self.messages.insert(id, message);
+    }
+
+    /// Removes a message and records the change.
+    pub fn take_message(&mut self, id: &str) -> Option<Value> {
+        let message = self.messages.remove(id)?;
+        self.record_message_change(&message);
+        Some(message)
+    }
+
     fn provisioned() -> Self {
         let folders = [
             ("inbox", "Inbox"),

@@ -273,6 +273,66 @@ impl GraphClient {
         })
     }
 
+    /// `link` as a URL when it stays on the configured Graph host (pages and delta links are
+    /// followed only there, so an answer cannot send the token elsewhere).
+    fn own_link(&self, link: &str) -> Result<Url, GraphError> {
+        let url = Url::parse(link).map_err(|_| GraphError::Permanent {
+            status: 0,
+            code: "foreign_next_link".into(),
+        })?;
+        if url.host_str() != self.base.host_str()
+            || url.port_or_known_default() != self.base.port_or_known_default()
+        {
+            return Err(GraphError::Permanent {
+                status: 0,
+                code: "foreign_next_link".into(),
+            });
+        }
+        Ok(url)
+    }
+
+    /// A delta query: every change since `delta_link` (or, without one, the whole
+    /// collection), following `@odata.nextLink` up to `max_pages` pages. Returns the items
+    /// (removed ones carry `@removed`) and the `@odata.deltaLink` to start from next time
+    /// (`None` when the pages ran out first). A delta link Graph no longer knows (410 Gone)
+    /// starts over with the whole collection.
+    ///
+    /// # Errors
+    /// [`GraphError`] of any page.
+    pub async fn delta(
+        &self,
+        connection: &Connection,
+        request: &GraphRequest,
+        delta_link: Option<&str>,
+        max_pages: usize,
+    ) -> Result<(Vec<Value>, Option<String>), GraphError> {
+        let mut page = match delta_link {
+            Some(link) => {
+                let url = self.own_link(link)?;
+                match self.send_url(connection, request, url).await {
+                    Err(GraphError::Permanent { status: 410, .. }) => {
+                        self.send(connection, request).await?
+                    }
+                    other => other?,
+                }
+            }
+            None => self.send(connection, request).await?,
+        };
+        let mut items = Vec::new();
+        for _ in 0..max_pages.max(1) {
+            items.extend(page["value"].as_array().cloned().unwrap_or_default());
+            if let Some(done) = page["@odata.deltaLink"].as_str() {
+                return Ok((items, Some(done.to_string())));
+            }
+            let Some(next) = page["@odata.nextLink"].as_str() else {
+                return Ok((items, None));
+            };
+            let next = self.own_link(next)?;
+            page = self.send_url(connection, request, next).await?;
+        }
+        Ok((items, None))
+    }
+
     /// Every item of a collection, following `@odata.nextLink` up to `max_pages` pages.
     ///
     /// # Errors
@@ -287,21 +347,10 @@ impl GraphClient {
         let mut page = self.send(connection, request).await?;
         for _ in 1..max_pages.max(1) {
             items.extend(page["value"].as_array().cloned().unwrap_or_default());
-            let Some(next) = page["@odata.nextLink"]
-                .as_str()
-                .and_then(|u| Url::parse(u).ok())
-            else {
+            let Some(next) = page["@odata.nextLink"].as_str() else {
                 return Ok(items);
             };
-            // Only follow links that stay on the configured Graph host.
-            if next.host_str() != self.base.host_str()
-                || next.port_or_known_default() != self.base.port_or_known_default()
-            {
-                return Err(GraphError::Permanent {
-                    status: 0,
-                    code: "foreign_next_link".into(),
-                });
-            }
+            let next = self.own_link(next)?;
             page = self.send_url(connection, request, next).await?;
         }
         items.extend(page["value"].as_array().cloned().unwrap_or_default());

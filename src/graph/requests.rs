@@ -271,4 +271,56 @@ impl GraphClient {
             .await?;
         Ok(page["value"].as_array().cloned().unwrap_or_default())
     }
+
+    /// Changes in a mail folder since `delta_link` (the whole folder without one):
+    /// `GET /users/{id}/mailFolders/{folder}/messages/delta` with the stored fields, up to
+    /// `max_pages` pages. Returns the messages (removed ones carry `@removed`) and the next
+    /// delta link.
+    ///
+    /// # Errors
+    /// [`GraphError`].
+    pub async fn message_delta(
+        &self,
+        connection: &Connection,
+        mailbox: &str,
+        folder: &str,
+        delta_link: Option<&str>,
+        max_pages: usize,
+    ) -> Result<(Vec<Value>, Option<String>), GraphError> {
+        let request = GraphRequest::new(
+            Method::GET,
+            format!(
+                "/users/{}/mailFolders/{}/messages/delta",
+                segment(mailbox),
+                segment(folder)
+            ),
+            "mail",
+        )
+        .query("$select", crate::mailbox::SELECT)
+        .mailbox(mailbox);
+        self.delta(connection, &request, delta_link, max_pages)
+            .await
+    }
+
+    /// A user's newest messages with the stored fields, 50 a page, up to `max_pages` pages.
+    ///
+    /// # Errors
+    /// [`GraphError`].
+    pub async fn newest_messages(
+        &self,
+        connection: &Connection,
+        mailbox: &str,
+        max_pages: usize,
+    ) -> Result<Vec<Value>, GraphError> {
+        let request = GraphRequest::new(
+            Method::GET,
+            format!("/users/{}/messages", segment(mailbox)),
+            "mail",
+        )
+        .query("$select", crate::mailbox::SELECT)
+        .query("$orderby", "receivedDateTime desc")
+        .query("$top", "50")
+        .mailbox(mailbox);
+        self.collect(connection, &request, max_pages).await
+    }
 }

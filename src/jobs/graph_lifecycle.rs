@@ -1,7 +1,8 @@
 //! `graph_lifecycle`: one accepted lifecycle notification. `reauthorizationRequired` →
 //! reauthorize the subscription at Graph; `subscriptionRemoved` → mark it removed (reconcile
-//! creates it again); `missed` → recorded on the subscription (`notifications_missed`) for the
-//! resync; unknown events are logged and ignored, as Microsoft asks.
+//! creates it again) and queue a resync of its resource; `missed` → recorded on the
+//! subscription (`notifications_missed`, cleared by the resync) and a resync queued; unknown
+//! events are logged and ignored, as Microsoft asks.
 
 use serde::{Deserialize, Serialize};
 
@@ -53,30 +54,57 @@ impl Job for GraphLifecycle {
                 {
                     Ok(()) => Ok(()),
                     // Gone at Graph: create it again.
-                    Err(GraphError::NotFound { .. }) => subscriptions::record_removed(
-                        &context.store,
-                        &subscription.id,
-                        "subscription_not_found",
-                    )
-                    .await
-                    .map_err(JobError::database),
+                    Err(GraphError::NotFound { .. }) => {
+                        subscriptions::record_removed(
+                            &context.store,
+                            &subscription.id,
+                            "subscription_not_found",
+                        )
+                        .await
+                        .map_err(JobError::database)?;
+                        enqueue_resync(&context, &subscription).await
+                    }
                     Err(err) => Err(err.into_job_error()),
                 }
             }
-            "subscriptionRemoved" => subscriptions::record_removed(
-                &context.store,
-                &subscription.id,
-                "subscription_removed",
-            )
-            .await
-            .map_err(JobError::database),
-            "missed" => subscriptions::record_missed(&context.store, &subscription.id)
+            "subscriptionRemoved" => {
+                // Reconcile creates it again; what changed meanwhile comes from a resync.
+                subscriptions::record_removed(
+                    &context.store,
+                    &subscription.id,
+                    "subscription_removed",
+                )
                 .await
-                .map_err(JobError::database),
+                .map_err(JobError::database)?;
+                enqueue_resync(&context, &subscription).await
+            }
+            "missed" => {
+                subscriptions::record_missed(&context.store, &subscription.id)
+                    .await
+                    .map_err(JobError::database)?;
+                enqueue_resync(&context, &subscription).await
+            }
             other => {
                 tracing::warn!(event = other, subscription = %subscription.id, "unknown lifecycle event ignored");
                 Ok(())
             }
         }
     }
+}
+
+/// Queues a resync of the subscription's resource (one at a time per subscription).
+pub(crate) async fn enqueue_resync(
+    context: &JobContext,
+    subscription: &subscriptions::Subscription,
+) -> Result<(), JobError> {
+    super::enqueue(
+        &context.queue,
+        &super::resync_subscription::ResyncSubscription {
+            subscription_id: subscription.id.clone(),
+            tenant_id: subscription.tenant_id.clone(),
+        },
+    )
+    .await
+    .map(|_| ())
+    .map_err(JobError::database)
 }

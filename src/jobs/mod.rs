@@ -11,6 +11,7 @@ pub mod graph_notification;
 pub mod noop;
 pub mod prune_jobs;
 pub mod reconcile_subscriptions;
+pub mod resync_subscription;
 pub mod token_sweep;
 
 use std::collections::HashMap;
@@ -181,6 +182,7 @@ impl Registry {
         registry.register::<noop::Noop>();
         registry.register::<prune_jobs::PruneJobs>();
         registry.register::<reconcile_subscriptions::ReconcileSubscriptions>();
+        registry.register::<resync_subscription::ResyncSubscription>();
         registry.register::<token_sweep::TokenSweep>();
         registry
     }

@@ -154,7 +154,9 @@ impl ReconcileSubscriptions {
                 .await
                 .map_err(JobError::database)?;
                 count("recreated");
-                self.create(context, subscription, connection).await
+                self.create(context, subscription, connection).await?;
+                // Changes while Graph had no subscription were never notified.
+                super::graph_lifecycle::enqueue_resync(context, subscription).await
             }
             Err(err) => {
                 let reason = err.reason_code();

@@ -334,7 +334,7 @@ async fn forged_tokens_and_tampered_content_are_refused_and_queue_nothing(db: Te
 }
 
 async fn a_configured_rich_subscription_delivers_mail_without_a_fetch(db: TestDb) {
-    let select = "?$select=subject,from,receivedDateTime,internetMessageId,conversationId,bodyPreview,parentFolderId";
+    let select = "messages?$select=subject,from,receivedDateTime,internetMessageId,conversationId,bodyPreview,parentFolderId";
     let live = live_with(&db, select, true).await;
     let rich = db
         .strings(

@@ -332,11 +332,12 @@ pub(crate) struct Live {
 }
 
 async fn live(db: &TestDb) -> Live {
-    live_with(db, "", false).await
+    live_with(db, "messages", false).await
 }
 
-/// [`live`] with `query` after the resource (`?$select=...`) and resource data or not.
-pub(crate) async fn live_with(db: &TestDb, query: &str, include_resource_data: bool) -> Live {
+/// [`live`] subscribed to `users/{id}/{resource}` (such as `messages?$select=...` or
+/// `mailFolders('Inbox')/messages`), with resource data or not.
+pub(crate) async fn live_with(db: &TestDb, resource: &str, include_resource_data: bool) -> Live {
     let (emulator, client_id, secret) = crate::helpers::seeded_emulator(
         TENANT,
         1,
@@ -367,7 +368,7 @@ pub(crate) async fn live_with(db: &TestDb, query: &str, include_resource_data: b
     config.identity.authority = url::Url::parse(&emulator.base_url()).unwrap();
     config.subscriptions = vec![tenantd::config::SubscriptionConfig {
         tenant: TENANT.into(),
-        resource: format!("users/{user_id}/messages{query}"),
+        resource: format!("users/{user_id}/{resource}"),
         change_types: vec!["created".into()],
         include_resource_data,
     }];

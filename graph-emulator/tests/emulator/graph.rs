@@ -802,3 +802,111 @@ async fn access_tokens_expire_after_the_configured_lifetime() {
         .unwrap()
         .contains("expired"));
 }
+
+/// Follows a delta query from `first` (a path under /v1.0, or an absolute link) to its delta
+/// link; returns every item and the delta link.
+async fn follow_delta(env: &Env, token: &str, first: &str) -> (Vec<Value>, String, usize) {
+    let mut items = Vec::new();
+    let mut pages = 0;
+    let mut next = if first.starts_with("http") {
+        first.to_string()
+    } else {
+        format!("{}{first}", env.emulator.graph_url())
+    };
+    loop {
+        pages += 1;
+        let page: Value = env
+            .http
+            .get(&next)
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        items.extend(page["value"].as_array().unwrap().iter().cloned());
+        if let Some(done) = page["@odata.deltaLink"].as_str() {
+            return (items, done.to_string(), pages);
+        }
+        next = page["@odata.nextLink"].as_str().unwrap().to_string();
+    }
+}
+
+#[tokio::test]
+async fn message_delta_pages_the_folder_then_returns_only_changes_and_removals() {
+    let env = Env::standard().await;
+    let adele = env.user("adele", true).await;
+    let token = env.app_token().await;
+    let inbox = format!("/users/{adele}/mailFolders('Inbox')/messages");
+    let mut ids = Vec::new();
+    for n in 0..12 {
+        let created = env
+            .post(&inbox, &token, json!({"subject": format!("m{n}")}))
+            .await
+            .assert_status(201);
+        ids.push(created.json["id"].as_str().unwrap().to_string());
+    }
+    // Elsewhere: not part of the Inbox's delta.
+    env.post(
+        &format!("/users/{adele}/mailFolders('Archive')/messages"),
+        &token,
+        json!({"subject": "other"}),
+    )
+    .await
+    .assert_status(201);
+    let (items, link, pages) = follow_delta(
+        &env,
+        &token,
+        &format!("/users/{adele}/mailFolders('Inbox')/messages/delta?$select=subject"),
+    )
+    .await;
+    assert_eq!(items.len(), 12);
+    assert_eq!(pages, 2, "ten a page");
+    assert!(
+        items
+            .iter()
+            .all(|m| m.get("body").is_none() && m["subject"].is_string()),
+        "$select kept across pages"
+    );
+    // Changes since the link: one new, one deleted, one updated.
+    env.post(&inbox, &token, json!({"subject": "new"}))
+        .await
+        .assert_status(201);
+    env.graph(
+        Method::DELETE,
+        &format!("/users/{adele}/messages/{}", ids[0]),
+        &token,
+        None,
+    )
+    .await
+    .assert_status(204);
+    env.graph(
+        Method::PATCH,
+        &format!("/users/{adele}/messages/{}", ids[1]),
+        &token,
+        Some(json!({"isRead": true})),
+    )
+    .await
+    .assert_status(200);
+    let (changes, next_link, _) = follow_delta(&env, &token, &link).await;
+    assert_eq!(changes.len(), 3);
+    let removed: Vec<&Value> = changes
+        .iter()
+        .filter(|c| c.get("@removed").is_some())
+        .collect();
+    assert_eq!(removed.len(), 1);
+    assert_eq!(removed[0]["id"], ids[0].as_str());
+    assert_eq!(removed[0]["@removed"]["reason"], "deleted");
+    assert!(changes.iter().any(|c| c["id"] == ids[1].as_str()));
+    // Nothing changed since: an empty page with a delta link.
+    let (none, _, _) = follow_delta(&env, &token, &next_link).await;
+    assert!(none.is_empty());
+    // A token the emulator never handed out: 410 as for an expired one.
+    env.get(
+        &format!("/users/{adele}/mailFolders('Inbox')/messages/delta?$deltatoken=999999"),
+        &token,
+    )
+    .await
+    .assert_status(410);
+}
