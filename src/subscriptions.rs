@@ -193,11 +193,48 @@ pub fn max_lifetime(resource: &str, include_resource_data: bool) -> std::time::D
 }
 
 /// Whether a subscription expiring at `expires_at` should be renewed at `now`: within the last
-/// quarter of its life or the last 2 hours, whichever comes first.
+/// quarter of its life or the last 2 hours, whichever comes first, but never in the first
+/// half of its life (a one-hour presence subscription would otherwise be renewed at every
+/// tick).
 pub fn renewal_due(expires_at: i64, now: i64, lifetime: std::time::Duration) -> bool {
-    let quarter = i64::try_from(lifetime.as_secs() / 4).unwrap_or(i64::MAX);
-    let ahead = quarter.max(2 * 3600);
+    let seconds = i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX);
+    let ahead = (seconds / 4).max(2 * 3600).min(seconds / 2);
     expires_at - now <= ahead
+}
+
+/// What reconcile does with a subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Wanted and not at Graph: create it.
+    Create,
+    /// Wanted, at Graph, and due: renew it.
+    Renew,
+    /// No longer wanted but at Graph: delete it there, then the row.
+    Delete,
+    /// No longer wanted and not at Graph: remove the row.
+    Forget,
+    /// Wanted, at Graph, not due.
+    Keep,
+}
+
+/// What reconcile does with `subscription` at `now` (Unix seconds).
+pub fn action(subscription: &Subscription, now: i64) -> Action {
+    match (&subscription.graph_id, subscription.wanted) {
+        (Some(_), false) => Action::Delete,
+        (None, false) => Action::Forget,
+        (None, true) => Action::Create,
+        (Some(_), true) => {
+            let lifetime = max_lifetime(&subscription.resource, subscription.include_resource_data);
+            if subscription
+                .expires_at
+                .is_none_or(|at| renewal_due(at, now, lifetime))
+            {
+                Action::Renew
+            } else {
+                Action::Keep
+            }
+        }
+    }
 }
 
 fn client_state_slot(id: &str) -> Slot<'_> {
@@ -947,9 +984,10 @@ mod tests {
         let quarter = i64::try_from(week.as_secs() / 4).unwrap();
         assert!(!renewal_due(1_000_000 + quarter + 60, 1_000_000, week));
         assert!(renewal_due(1_000_000 + quarter - 60, 1_000_000, week));
-        // Presence: an hour; its quarter is shorter than 2 hours, so 2 hours wins (always due).
+        // Presence: an hour; 2 hours is more than its life, so its second half it is.
         let hour = max_lifetime("communications/presences/x/presence", false);
-        assert!(renewal_due(1_000_000 + 3_000, 1_000_000, hour));
+        assert!(!renewal_due(1_000_000 + 40 * 60, 1_000_000, hour));
+        assert!(renewal_due(1_000_000 + 25 * 60, 1_000_000, hour));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use super::{Job, JobContext, JobError};
 use crate::audit::now_unix;
 use crate::connections::Connection;
 use crate::graph::GraphError;
-use crate::subscriptions::{self, Subscription};
+use crate::subscriptions::{self, Action, Subscription};
 
 /// Reconcile every subscription.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -200,8 +200,11 @@ impl Job for ReconcileSubscriptions {
                         continue;
                     }
                 };
-            match (&subscription.graph_id, subscription.wanted) {
-                (Some(graph_id), false) => {
+            match (
+                subscriptions::action(subscription, now),
+                &subscription.graph_id,
+            ) {
+                (Action::Delete, Some(graph_id)) => {
                     match context
                         .graph
                         .delete_subscription(&connection, graph_id)
@@ -219,23 +222,15 @@ impl Job for ReconcileSubscriptions {
                         }
                     }
                 }
-                (None, false) => subscriptions::forget(&context.store, &subscription.id)
+                (Action::Forget, _) => subscriptions::forget(&context.store, &subscription.id)
                     .await
                     .map_err(JobError::database)?,
-                (None, true) => self.create(&context, subscription, &connection).await?,
-                (Some(graph_id), true) => {
-                    let lifetime = subscriptions::max_lifetime(
-                        &subscription.resource,
-                        subscription.include_resource_data,
-                    );
-                    let due = subscription
-                        .expires_at
-                        .is_none_or(|at| subscriptions::renewal_due(at, now, lifetime));
-                    if due {
-                        self.renew(&context, subscription, &connection, graph_id)
-                            .await?;
-                    }
+                (Action::Create, _) => self.create(&context, subscription, &connection).await?,
+                (Action::Renew, Some(graph_id)) => {
+                    self.renew(&context, subscription, &connection, graph_id)
+                        .await?;
                 }
+                _ => {}
             }
         }
         publish_gauges(&context).await;
@@ -262,5 +257,121 @@ async fn publish_gauges(context: &JobContext) {
         #[allow(clippy::cast_precision_loss)]
         metrics::gauge!(crate::metrics::names::SUBSCRIPTION_EXPIRY)
             .set((soonest - now_unix()) as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeZone, Utc};
+    use tokio::time::Instant;
+
+    use crate::subscriptions::{self, Action, Subscription};
+
+    fn wanted(resource: &str, include_resource_data: bool) -> Subscription {
+        Subscription {
+            id: resource.into(),
+            tenant_id: "t".into(),
+            resource: resource.into(),
+            change_types: "created".into(),
+            origin: "config".into(),
+            wanted: true,
+            graph_id: None,
+            connection_id: None,
+            expires_at: None,
+            last_renewed_at: None,
+            status: "pending".into(),
+            reason: None,
+            include_resource_data,
+            encryption_certificate_id: None,
+            encryption_certificate: None,
+            delta_link: None,
+        }
+    }
+
+    /// A month at the scheduler's pace, in paused time: reconcile fires when the built-in
+    /// schedule says (every minute), decides with the same rule the job uses, and Graph (here
+    /// a table of expiries with Graph's maximum lifetimes) never sees a subscription lapse.
+    /// Each renewal comes in its window: within the last quarter or 2 hours (at most half
+    /// its life), and not before.
+    #[tokio::test(start_paused = true)]
+    async fn subscriptions_are_renewed_before_they_lapse_at_the_schedulers_pace() {
+        let schedules = crate::scheduler::builtin(168, None);
+        let reconcile = schedules
+            .iter()
+            .find(|s| s.name == "reconcile_subscriptions")
+            .expect("built in");
+        // Graph's limits in minutes (graph-protocol.md §1.2).
+        let mut subscriptions: Vec<(Subscription, u64)> = vec![
+            (wanted("users/u/messages", false), 10_080),
+            (wanted("users/u/messages?$select=subject", true), 1_440),
+            (wanted("chats/getAllMessages", false), 4_320),
+            (wanted("users/u/drive/root", false), 42_300),
+            (wanted("communications/presences/p/presence", false), 60),
+        ];
+        let mut renewals = vec![0u32; subscriptions.len()];
+        let start = Instant::now();
+        let base = Utc.with_ymd_and_hms(2026, 3, 27, 23, 59, 45).unwrap();
+        let wall = || base + (Instant::now() - start);
+        let end = base + chrono::Duration::days(30);
+        let mut last = wall();
+        while wall() < end {
+            let fire = reconcile.next_after(last).expect("every minute");
+            tokio::time::sleep((fire - wall()).to_std().unwrap_or_default()).await;
+            last = fire;
+            let now = wall().timestamp();
+            assert_eq!(now, fire.timestamp(), "woken at the fire time");
+            for (n, (subscription, graph_max_minutes)) in subscriptions.iter_mut().enumerate() {
+                let lifetime = subscriptions::max_lifetime(
+                    &subscription.resource,
+                    subscription.include_resource_data,
+                );
+                assert!(
+                    lifetime.as_secs() <= *graph_max_minutes * 60,
+                    "{}: never asks Graph for more than it allows",
+                    subscription.resource
+                );
+                if let Some(expires) = subscription.expires_at {
+                    assert!(now < expires, "{} lapsed", subscription.resource);
+                }
+                let asked = now + i64::try_from(lifetime.as_secs()).unwrap();
+                match subscriptions::action(subscription, now) {
+                    Action::Create => {
+                        subscription.graph_id = Some("g".into());
+                        subscription.expires_at = Some(asked);
+                    }
+                    Action::Renew => {
+                        let left = subscription.expires_at.unwrap() - now;
+                        let life = i64::try_from(lifetime.as_secs()).unwrap();
+                        let window = (life / 4).max(2 * 3600).min(life / 2);
+                        assert!(
+                            left <= window && left > window - 120,
+                            "{}: renewed with {left} s left, window {window} s",
+                            subscription.resource
+                        );
+                        subscription.expires_at = Some(asked);
+                        renewals[n] += 1;
+                    }
+                    Action::Keep => {}
+                    other => panic!("{other:?} for a wanted subscription"),
+                }
+            }
+        }
+        // A month of renewals: 30 days over the time between renewals, each.
+        for ((subscription, _), renewed) in subscriptions.iter().zip(&renewals) {
+            let life = subscriptions::max_lifetime(
+                &subscription.resource,
+                subscription.include_resource_data,
+            )
+            .as_secs();
+            let window = (life / 4).max(2 * 3600).min(life / 2);
+            // Renewals come on minute ticks: the interval rounds up to a whole minute.
+            let interval = (life - window).div_ceil(60) * 60;
+            let expected = 30 * 24 * 3600 / interval;
+            assert!(
+                u64::from(*renewed).abs_diff(expected) <= 1,
+                "{}: {renewed} renewals, about {expected} expected",
+                subscription.resource
+            );
+        }
     }
 }
