@@ -422,6 +422,35 @@ pub async fn declare(
         .ok_or(SubscriptionError::NotFound(id))
 }
 
+/// Runs `sql`, an UPDATE of one row taking `$1` = now and `$2` = the row's id; returns the
+/// rows changed.
+async fn touch_row(store: &Store, sql: &'static str, id: &str) -> Result<u64, SubscriptionError> {
+    Ok(write_tx!(store, |conn| sqlx::query(sql)
+        .bind(now_unix())
+        .bind(id)
+        .execute(conn)
+        .await
+        .map_err(StoreError::from)?
+        .rows_affected()))
+}
+
+/// Runs `sql`, an UPDATE of one row taking `$1` = `value`, `$2` = now and `$3` = the row's id.
+async fn set_on_row(
+    store: &Store,
+    sql: &'static str,
+    value: Option<&str>,
+    id: &str,
+) -> Result<u64, SubscriptionError> {
+    Ok(write_tx!(store, |conn| sqlx::query(sql)
+        .bind(value)
+        .bind(now_unix())
+        .bind(id)
+        .execute(conn)
+        .await
+        .map_err(StoreError::from)?
+        .rows_affected()))
+}
+
 /// Records where a resync of the subscription's resource stopped (`None` to start over).
 ///
 /// # Errors
@@ -432,14 +461,7 @@ pub async fn record_delta_link(
     delta_link: Option<&str>,
 ) -> Result<(), SubscriptionError> {
     const SQL: &str = "UPDATE subscriptions SET delta_link = $1, updated_at = $2 WHERE id = $3";
-    write_tx!(store, |conn| sqlx::query(SQL)
-        .bind(delta_link)
-        .bind(now_unix())
-        .bind(id)
-        .execute(conn)
-        .await
-        .map_err(StoreError::from)?
-        .rows_affected());
+    set_on_row(store, SQL, delta_link, id).await?;
     Ok(())
 }
 
@@ -449,13 +471,7 @@ pub async fn record_delta_link(
 /// The database failed.
 pub async fn record_resynced(store: &Store, id: &str) -> Result<(), SubscriptionError> {
     const SQL: &str = "UPDATE subscriptions SET reason = NULL, updated_at = $1 WHERE id = $2 AND reason = 'notifications_missed'";
-    write_tx!(store, |conn| sqlx::query(SQL)
-        .bind(now_unix())
-        .bind(id)
-        .execute(conn)
-        .await
-        .map_err(StoreError::from)?
-        .rows_affected());
+    touch_row(store, SQL, id).await?;
     Ok(())
 }
 
@@ -540,13 +556,7 @@ pub async fn get(store: &Store, id: &str) -> Result<Subscription, SubscriptionEr
 /// [`SubscriptionError::NotFound`], or the database.
 pub async fn unwant(store: &Store, id: &str) -> Result<(), SubscriptionError> {
     const SQL: &str = "UPDATE subscriptions SET wanted = 0, updated_at = $1 WHERE id = $2";
-    let changed = write_tx!(store, |conn| sqlx::query(SQL)
-        .bind(now_unix())
-        .bind(id)
-        .execute(conn)
-        .await
-        .map_err(StoreError::from)?
-        .rows_affected());
+    let changed = touch_row(store, SQL, id).await?;
     if changed == 0 {
         return Err(SubscriptionError::NotFound(id.to_string()));
     }
@@ -675,14 +685,7 @@ pub async fn record_removed(
     reason: &str,
 ) -> Result<(), SubscriptionError> {
     const SQL: &str = "UPDATE subscriptions SET graph_id = NULL, expires_at = NULL, status = 'removed', reason = $1, updated_at = $2 WHERE id = $3";
-    write_tx!(store, |conn| sqlx::query(SQL)
-        .bind(reason)
-        .bind(now_unix())
-        .bind(id)
-        .execute(conn)
-        .await
-        .map_err(StoreError::from)?
-        .rows_affected());
+    set_on_row(store, SQL, Some(reason), id).await?;
     Ok(())
 }
 
@@ -694,13 +697,7 @@ pub async fn record_removed(
 pub async fn record_missed(store: &Store, id: &str) -> Result<(), SubscriptionError> {
     const SQL: &str =
         "UPDATE subscriptions SET reason = 'notifications_missed', updated_at = $1 WHERE id = $2";
-    write_tx!(store, |conn| sqlx::query(SQL)
-        .bind(now_unix())
-        .bind(id)
-        .execute(conn)
-        .await
-        .map_err(StoreError::from)?
-        .rows_affected());
+    touch_row(store, SQL, id).await?;
     Ok(())
 }
 
@@ -711,14 +708,7 @@ pub async fn record_missed(store: &Store, id: &str) -> Result<(), SubscriptionEr
 pub async fn record_failed(store: &Store, id: &str, reason: &str) -> Result<(), SubscriptionError> {
     const SQL: &str =
         "UPDATE subscriptions SET status = 'failed', reason = $1, updated_at = $2 WHERE id = $3";
-    write_tx!(store, |conn| sqlx::query(SQL)
-        .bind(reason)
-        .bind(now_unix())
-        .bind(id)
-        .execute(conn)
-        .await
-        .map_err(StoreError::from)?
-        .rows_affected());
+    set_on_row(store, SQL, Some(reason), id).await?;
     Ok(())
 }
 

@@ -30,23 +30,15 @@ impl Job for GraphLifecycle {
     }
 
     async fn run(self, context: JobContext) -> Result<(), JobError> {
-        let subscription = match subscriptions::get(&context.store, &self.subscription_id).await {
-            Ok(subscription) => subscription,
-            Err(subscriptions::SubscriptionError::NotFound(_)) => return Ok(()),
-            Err(err) => return Err(JobError::database(err)),
+        let Some(subscription) = still_there(&context, &self.subscription_id).await? else {
+            return Ok(());
         };
         match self.event.as_str() {
             "reauthorizationRequired" => {
                 let Some(graph_id) = subscription.graph_id.as_deref() else {
                     return Ok(());
                 };
-                let connection = super::subscription_connection(&context.store, &subscription)
-                    .await
-                    .map_err(|err| JobError::Retry {
-                        reason: err.reason_code(),
-                        message: "no usable connection for the subscription's tenant".into(),
-                        after: None,
-                    })?;
+                let connection = super::job_connection(&context.store, &subscription).await?;
                 match context
                     .graph
                     .reauthorize_subscription(&connection, graph_id)
@@ -55,13 +47,7 @@ impl Job for GraphLifecycle {
                     Ok(()) => Ok(()),
                     // Gone at Graph: create it again.
                     Err(GraphError::NotFound { .. }) => {
-                        subscriptions::record_removed(
-                            &context.store,
-                            &subscription.id,
-                            "subscription_not_found",
-                        )
-                        .await
-                        .map_err(JobError::database)?;
+                        lost_at_graph(&context, &subscription).await?;
                         enqueue_resync(&context, &subscription).await
                     }
                     Err(err) => Err(err.into_job_error()),
@@ -107,4 +93,26 @@ pub(crate) async fn enqueue_resync(
     .await
     .map(|_| ())
     .map_err(JobError::database)
+}
+
+/// The subscription, or `None` once it was deleted (its late jobs have nothing to do).
+pub(crate) async fn still_there(
+    context: &JobContext,
+    id: &str,
+) -> Result<Option<subscriptions::Subscription>, JobError> {
+    match subscriptions::get(&context.store, id).await {
+        Ok(subscription) => Ok(Some(subscription)),
+        Err(subscriptions::SubscriptionError::NotFound(_)) => Ok(None),
+        Err(err) => Err(JobError::database(err)),
+    }
+}
+
+/// Graph answered 404 for the subscription: marked removed, so reconcile creates it again.
+pub(crate) async fn lost_at_graph(
+    context: &JobContext,
+    subscription: &subscriptions::Subscription,
+) -> Result<(), JobError> {
+    subscriptions::record_removed(&context.store, &subscription.id, "subscription_not_found")
+        .await
+        .map_err(JobError::database)
 }

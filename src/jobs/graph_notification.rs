@@ -76,13 +76,7 @@ impl Job for GraphNotification {
             }
             Err(err) => return Err(JobError::database(err)),
         };
-        let connection = super::subscription_connection(&context.store, &subscription)
-            .await
-            .map_err(|err| JobError::Retry {
-                reason: err.reason_code(),
-                message: "no usable connection for the subscription's tenant".into(),
-                after: None,
-            })?;
+        let connection = super::job_connection(&context.store, &subscription).await?;
         let Some((user, message_id)) = message_target(&self.resource, &self.tenant_id) else {
             // Not mail: nothing is stored for it yet.
             metrics::counter!(crate::metrics::names::WEBHOOK_ITEMS, "endpoint" => "worker", "outcome" => "not_stored").increment(1);

@@ -77,6 +77,24 @@ pub async fn subscription_connection(
     crate::connections::default_app(store, &subscription.tenant_id).await
 }
 
+/// [`subscription_connection`] for a job that needs it: none usable is tried again later
+/// (the operator may reconnect the tenant meanwhile).
+///
+/// # Errors
+/// [`JobError::Retry`] with the connection's reason code.
+pub async fn job_connection(
+    store: &Store,
+    subscription: &crate::subscriptions::Subscription,
+) -> Result<crate::connections::Connection, JobError> {
+    subscription_connection(store, subscription)
+        .await
+        .map_err(|err| JobError::Retry {
+            reason: err.reason_code(),
+            message: "no usable connection for the subscription's tenant".into(),
+            after: None,
+        })
+}
+
 /// What a running job may use.
 #[derive(Clone)]
 pub struct JobContext {

@@ -146,13 +146,7 @@ impl ReconcileSubscriptions {
             }
             Err(GraphError::NotFound { .. }) => {
                 // Graph dropped it (expired, removed): create it again now.
-                subscriptions::record_removed(
-                    &context.store,
-                    &subscription.id,
-                    "subscription_not_found",
-                )
-                .await
-                .map_err(JobError::database)?;
+                super::graph_lifecycle::lost_at_graph(context, subscription).await?;
                 count("recreated");
                 self.create(context, subscription, connection).await?;
                 // Changes while Graph had no subscription were never notified.

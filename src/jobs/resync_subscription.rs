@@ -93,10 +93,10 @@ impl Job for ResyncSubscription {
     }
 
     async fn run(self, context: JobContext) -> Result<(), JobError> {
-        let subscription = match subscriptions::get(&context.store, &self.subscription_id).await {
-            Ok(subscription) => subscription,
-            Err(subscriptions::SubscriptionError::NotFound(_)) => return Ok(()),
-            Err(err) => return Err(JobError::database(err)),
+        let Some(subscription) =
+            super::graph_lifecycle::still_there(&context, &self.subscription_id).await?
+        else {
+            return Ok(());
         };
         let target = target(&subscription.resource);
         let user = match &target {
@@ -108,13 +108,7 @@ impl Job for ResyncSubscription {
             }
             Target::Folder { user, .. } | Target::AllMail { user } => user.clone(),
         };
-        let connection = super::subscription_connection(&context.store, &subscription)
-            .await
-            .map_err(|err| JobError::Retry {
-                reason: err.reason_code(),
-                message: "no usable connection for the subscription's tenant".into(),
-                after: None,
-            })?;
+        let connection = super::job_connection(&context.store, &subscription).await?;
         let (items, delta_link) = match &target {
             Target::Folder { folder, .. } => context
                 .graph

@@ -649,6 +649,32 @@ fn check_histograms(
     Ok(())
 }
 
+/// The tenant's default app-only connection to `emulator`, sealed with `keys`.
+pub(crate) async fn default_app(
+    store: &tenantd::store::Store,
+    keys: &tenantd::vault::Keyring,
+    emulator: &graph_emulator::Emulator,
+    tenant: &str,
+    client_id: &str,
+    secret: &str,
+) -> tenantd::connections::Connection {
+    tenantd::connections::add_app(
+        store,
+        keys,
+        tenantd::connections::NewAppConnection {
+            tenant_id: tenant,
+            client_id,
+            client_secret: secret,
+            label: None,
+            make_default: true,
+            authority: &emulator.base_url(),
+        },
+        tenantd::audit::Actor::Cli,
+    )
+    .await
+    .unwrap()
+}
+
 /// A test vault key, the tenant's default app-only connection to `emulator`, and a token
 /// service asking the emulator: what tests of Graph-calling code share.
 pub(crate) async fn connect_app(
@@ -664,21 +690,7 @@ pub(crate) async fn connect_app(
     let key = tenantd::vault::Keyring::new_key_line("k1");
     let keys = Arc::new(tenantd::vault::Keyring::parse(std::path::Path::new("k"), &key).unwrap());
     let authority = emulator.base_url();
-    let connection = tenantd::connections::add_app(
-        store,
-        &keys,
-        tenantd::connections::NewAppConnection {
-            tenant_id: tenant,
-            client_id,
-            client_secret: secret,
-            label: None,
-            make_default: true,
-            authority: &authority,
-        },
-        tenantd::audit::Actor::Cli,
-    )
-    .await
-    .unwrap();
+    let connection = default_app(store, &keys, emulator, tenant, client_id, secret).await;
     let identity = tenantd::identity::IdentityClient::new(url::Url::parse(&authority).unwrap());
     let tokens = Arc::new(tenantd::tokens::TokenService::new(
         store.clone(),

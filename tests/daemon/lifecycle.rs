@@ -12,48 +12,44 @@ use crate::webhooks::{eventually, live_with, Live, TENANT};
 
 /// Puts a message into the user's Inbox at the emulator without notifying anyone (as if
 /// Graph had dropped the notification).
-fn unnotified_message(live: &Live, subject: &str) -> String {
+/// Runs `change` on the user's mailbox at the emulator.
+fn in_mailbox<T>(live: &Live, change: impl FnOnce(&mut graph_emulator::world::Mailbox) -> T) -> T {
     let mut world = live.emulator.shared().world();
-    let mailbox = world
-        .tenants
-        .get_mut(TENANT)
-        .unwrap()
-        .users
-        .get_mut(&live.user_id)
-        .unwrap()
-        .mailbox
-        .as_mut()
-        .unwrap();
-    let inbox = mailbox.folder("inbox").unwrap().id.clone();
-    let id = format!("AAMkUnnotified{}", subject.replace(' ', ""));
-    mailbox.put_message(json!({
-        "@odata.etag": "W/\"CQAAABYAAAB\"",
-        "id": id,
-        "subject": subject,
-        "parentFolderId": inbox,
-        "receivedDateTime": "2026-12-01T10:00:00Z",
-        "internetMessageId": format!("<{id}@contoso.onmicrosoft.com>"),
-        "conversationId": "AAQkConversation",
-        "bodyPreview": "sent while notifications were lost",
-        "from": {"emailAddress": {"name": "Adele", "address": "adele@contoso.onmicrosoft.com"}},
-    }));
-    id
+    change(
+        world
+            .tenants
+            .get_mut(TENANT)
+            .unwrap()
+            .users
+            .get_mut(&live.user_id)
+            .unwrap()
+            .mailbox
+            .as_mut()
+            .unwrap(),
+    )
+}
+
+fn unnotified_message(live: &Live, subject: &str) -> String {
+    in_mailbox(live, |mailbox| {
+        let inbox = mailbox.folder("inbox").unwrap().id.clone();
+        let id = format!("AAMkUnnotified{}", subject.replace(' ', ""));
+        mailbox.put_message(json!({
+            "@odata.etag": "W/\"CQAAABYAAAB\"",
+            "id": id,
+            "subject": subject,
+            "parentFolderId": inbox,
+            "receivedDateTime": "2026-12-01T10:00:00Z",
+            "internetMessageId": format!("<{id}@contoso.onmicrosoft.com>"),
+            "conversationId": "AAQkConversation",
+            "bodyPreview": "sent while notifications were lost",
+            "from": {"emailAddress": {"name": "Adele", "address": "adele@contoso.onmicrosoft.com"}},
+        }));
+        id
+    })
 }
 
 fn unnotified_delete(live: &Live, id: &str) {
-    let mut world = live.emulator.shared().world();
-    world
-        .tenants
-        .get_mut(TENANT)
-        .unwrap()
-        .users
-        .get_mut(&live.user_id)
-        .unwrap()
-        .mailbox
-        .as_mut()
-        .unwrap()
-        .take_message(id)
-        .unwrap();
+    in_mailbox(live, |mailbox| mailbox.take_message(id).unwrap());
 }
 
 async fn lifecycle(live: &Live, graph_id: &str, event: &str) {

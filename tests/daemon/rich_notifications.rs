@@ -15,7 +15,7 @@ use tenantd::vault::Keyring;
 
 use crate::helpers::{spawn_app_with, test_config, TestApp, TestDb};
 use crate::on_both_backends;
-use crate::webhooks::{eventually, live_with, sample, TENANT};
+use crate::webhooks::{eventually, live_with, sample, send_mail, TENANT};
 
 const GRAPH_ID: &str = "10493aa0-4d29-4df5-bc0c-ef742cc6cd7f";
 
@@ -40,21 +40,8 @@ async fn rich(db: TestDb) -> Rich {
     let keys = Arc::new(Keyring::load(&config.secrets.key_file).unwrap());
     let store = db.store().await;
     store.migrate().await.unwrap();
-    let connection = tenantd::connections::add_app(
-        &store,
-        &keys,
-        tenantd::connections::NewAppConnection {
-            tenant_id: TENANT,
-            client_id: &client_id,
-            client_secret: &secret,
-            label: None,
-            make_default: true,
-            authority: &emulator.base_url(),
-        },
-        tenantd::audit::Actor::Cli,
-    )
-    .await
-    .unwrap();
+    let connection =
+        crate::helpers::default_app(&store, &keys, &emulator, TENANT, &client_id, &secret).await;
     let types = vec!["created".to_string()];
     let row = subscriptions::declare(
         &store,
@@ -342,26 +329,15 @@ async fn a_configured_rich_subscription_delivers_mail_without_a_fetch(db: TestDb
         )
         .await;
     assert_eq!(rich.len(), 1, "created with tenantd's certificate");
-    let token =
-        tenantd::identity::IdentityClient::new(url::Url::parse(&live.emulator.base_url()).unwrap())
-            .client_credentials(
-                TENANT,
-                &live.client_id,
-                &live.secret,
-                "https://graph.microsoft.com",
-            )
-            .await
-            .unwrap();
     live.emulator.shared().throttle.clear_requests();
-    let sent = reqwest::Client::new()
-        .post(format!("{}/users/{}/sendMail", live.emulator.graph_url(), live.user_id))
-        .bearer_auth(token.access_token.expose())
-        .json(&json!({"message": {"subject": "Encrypted hello", "body": {"contentType": "text", "content": "Hi"},
-            "toRecipients": [{"emailAddress": {"address": "user0@contoso.onmicrosoft.com"}}]}, "saveToSentItems": false}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(sent.status(), 202);
+    send_mail(
+        &live.emulator,
+        &live.client_id,
+        &live.secret,
+        &live.user_id,
+        "Encrypted hello",
+    )
+    .await;
     let stored = eventually(
         &db,
         "SELECT subject FROM messages WHERE deleted = 0 AND subject = 'Encrypted hello'",

@@ -319,6 +319,30 @@ pub(crate) async fn eventually(db: &TestDb, sql: &str) -> Vec<String> {
     panic!("nothing for `{sql}` within 20 s");
 }
 
+/// Sends mail to user0 (the subscribed mailbox) as the app, through the emulator's `sendMail`.
+pub(crate) async fn send_mail(
+    emulator: &graph_emulator::Emulator,
+    client_id: &str,
+    secret: &str,
+    from: &str,
+    subject: &str,
+) {
+    let token =
+        tenantd::identity::IdentityClient::new(url::Url::parse(&emulator.base_url()).unwrap())
+            .client_credentials(TENANT, client_id, secret, "https://graph.microsoft.com")
+            .await
+            .unwrap();
+    let sent = reqwest::Client::new()
+        .post(format!("{}/users/{from}/sendMail", emulator.graph_url()))
+        .bearer_auth(token.access_token.expose())
+        .json(&serde_json::json!({"message": {"subject": subject, "body": {"contentType": "text", "content": "Hello"},
+            "toRecipients": [{"emailAddress": {"address": "user0@contoso.onmicrosoft.com"}}]}, "saveToSentItems": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 202);
+}
+
 /// The daemon with one configured subscription on a user's messages, an app connection to the
 /// emulator, and Graph's subscription created.
 pub(crate) struct Live {
@@ -375,21 +399,7 @@ pub(crate) async fn live_with(db: &TestDb, resource: &str, include_resource_data
     let keys = Keyring::load(&config.secrets.key_file).unwrap();
     let store = db.store().await;
     store.migrate().await.unwrap();
-    tenantd::connections::add_app(
-        &store,
-        &keys,
-        tenantd::connections::NewAppConnection {
-            tenant_id: TENANT,
-            client_id: &client_id,
-            client_secret: &secret,
-            label: None,
-            make_default: true,
-            authority: &emulator.base_url(),
-        },
-        tenantd::audit::Actor::Cli,
-    )
-    .await
-    .unwrap();
+    crate::helpers::default_app(&store, &keys, &emulator, TENANT, &client_id, &secret).await;
     let app = spawn_app_with(config).await;
     // Created at start through Graph's handshake against the daemon's own listener.
     let graph_id = eventually(
@@ -424,20 +434,7 @@ async fn a_configured_subscription_is_created_and_a_new_message_ends_up_stored(d
         ..
     } = live(&db).await;
     // A new message in the mailbox: Graph posts, the listener queues, a worker fetches it.
-    let token =
-        tenantd::identity::IdentityClient::new(url::Url::parse(&emulator.base_url()).unwrap())
-            .client_credentials(TENANT, &client_id, &secret, "https://graph.microsoft.com")
-            .await
-            .unwrap();
-    let sent = reqwest::Client::new()
-        .post(format!("{}/users/{user_id}/sendMail", emulator.graph_url()))
-        .bearer_auth(token.access_token.expose())
-        .json(&serde_json::json!({"message": {"subject": "Welcome aboard", "body": {"contentType": "text", "content": "Hello"},
-            "toRecipients": [{"emailAddress": {"address": "user0@contoso.onmicrosoft.com"}}]}, "saveToSentItems": false}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(sent.status(), 202);
+    send_mail(&emulator, &client_id, &secret, &user_id, "Welcome aboard").await;
     let stored = eventually(
         &db,
         "SELECT subject FROM messages WHERE deleted = 0 AND subject = 'Welcome aboard'",

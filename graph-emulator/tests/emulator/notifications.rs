@@ -12,6 +12,23 @@ fn in_minutes(minutes: i64) -> String {
     graph_emulator::clock::graph(graph_emulator::clock::now() + time::Duration::minutes(minutes))
 }
 
+/// A one-on-one chat of `adele` and alex; its id.
+async fn one_on_one_chat(env: &Env, token: &str, adele: &str) -> String {
+    let members = json!([
+        {"roles": ["owner"], "user@odata.bind": format!("https://graph.microsoft.com/v1.0/users('{adele}')")},
+        {"roles": ["owner"], "user@odata.bind": format!("https://graph.microsoft.com/v1.0/users('alex@{DOMAIN}')")},
+    ]);
+    let chat = env
+        .post(
+            "/chats",
+            token,
+            json!({"chatType": "oneOnOne", "members": members}),
+        )
+        .await
+        .assert_status(201);
+    chat.json["id"].as_str().unwrap().to_string()
+}
+
 async fn subscribe(env: &Env, token: &str, body: Value) -> crate::helpers::Answer {
     env.post("/subscriptions", token, body).await
 }
@@ -372,19 +389,7 @@ async fn chat_and_user_changes_are_notified() {
     env.user("alex", true).await;
     let token = env.app_token().await;
     let receiver = Receiver::start(Handshake::Correct).await;
-    let members = json!([
-        {"roles": ["owner"], "user@odata.bind": format!("https://graph.microsoft.com/v1.0/users('{adele}')")},
-        {"roles": ["owner"], "user@odata.bind": format!("https://graph.microsoft.com/v1.0/users('alex@{DOMAIN}')")},
-    ]);
-    let chat = env
-        .post(
-            "/chats",
-            &token,
-            json!({"chatType": "oneOnOne", "members": members}),
-        )
-        .await
-        .assert_status(201);
-    let chat_id = chat.json["id"].as_str().unwrap();
+    let chat_id = &one_on_one_chat(&env, &token, &adele).await;
     subscribe(&env, &token, json!({"changeType": "created", "notificationUrl": receiver.url(), "lifecycleNotificationUrl": receiver.lifecycle_url(), "resource": format!("chats/{chat_id}/messages"), "expirationDateTime": in_minutes(600), "clientState": "c"})).await.assert_status(201);
     let tokens = env
         .delegated(&format!("adele@{DOMAIN}"), "ChatMessage.Send")
@@ -540,19 +545,7 @@ async fn rich_notifications_carry_the_resource_encrypted_and_signed_tokens() {
         .await
         .assert_status(400);
 
-    let members = json!([
-        {"roles": ["owner"], "user@odata.bind": format!("https://graph.microsoft.com/v1.0/users('{adele}')")},
-        {"roles": ["owner"], "user@odata.bind": format!("https://graph.microsoft.com/v1.0/users('alex@{DOMAIN}')")},
-    ]);
-    let chat = env
-        .post(
-            "/chats",
-            &token,
-            json!({"chatType": "oneOnOne", "members": members}),
-        )
-        .await
-        .assert_status(201);
-    let chat_id = chat.json["id"].as_str().unwrap();
+    let chat_id = &one_on_one_chat(&env, &token, &adele).await;
     subscribe(
         &env,
         &token,
