@@ -326,6 +326,7 @@ on_both_backends!(
     bulk_enqueue_and_batched_completion,
     payloads_come_back_exactly_as_enqueued,
     a_batch_writer_commits_whole_batches_or_nothing_and_recovers,
+    batches_of_every_size_insert_each_row_once_with_its_own_fields,
 );
 
 mod workers {
@@ -626,7 +627,7 @@ async fn bulk_enqueue_and_batched_completion(db: TestDb) {
     );
 }
 
-/// Payloads go through the batch insert's JSON (`jsonb_each` on SQLite, `json` on PostgreSQL):
+/// Payloads go through the batch inserts (`jsonb_each` on SQLite, text arrays on PostgreSQL):
 /// escapes, non-ASCII text, integers past 2^53 and nesting come back as they went in.
 async fn payloads_come_back_exactly_as_enqueued(db: TestDb) {
     let queue = queue(&db).await;
@@ -712,6 +713,78 @@ async fn a_batch_writer_commits_whole_batches_or_nothing_and_recovers(db: TestDb
     );
     let total = db.strings("SELECT id FROM jobs").await.len();
     assert_eq!(total, 4);
+}
+
+/// Whatever a batch's size (one row, a few, hundreds), each row goes in once with its own
+/// fields and nothing of an earlier batch comes back, and a refused row late in a large batch
+/// leaves none of it behind.
+async fn batches_of_every_size_insert_each_row_once_with_its_own_fields(db: TestDb) {
+    let queue = queue(&db).await;
+    let mut writer = queue.batch_writer();
+    let mut expected = 0;
+    for (batch, size) in [4_usize, 3, 1, 255, 256, 257, 600, 2]
+        .into_iter()
+        .enumerate()
+    {
+        let rows: Vec<_> = (0..size)
+            .map(|n| {
+                let mut job = job("sized", &format!("b{batch}"), Some(&format!("{batch}-{n}")));
+                job.payload = json!({ "batch": batch, "n": n });
+                job.priority = i64::try_from(n).unwrap();
+                job.encode()
+            })
+            .collect();
+        assert_eq!(
+            writer.insert(&rows).await.unwrap(),
+            size as u64,
+            "batch of {size}"
+        );
+        expected += size;
+        let stored = db
+            .strings(&format!(
+                "SELECT dedupe_key || ' ' || priority || ' ' || payload FROM jobs WHERE tenant_id = 'b{batch}'"
+            ))
+            .await;
+        assert_eq!(stored.len(), size, "batch of {size}");
+        for row in stored {
+            let (key, rest) = row.split_once(' ').unwrap();
+            let (priority, payload) = rest.split_once(' ').unwrap();
+            let payload: serde_json::Value = serde_json::from_str(payload).unwrap();
+            assert_eq!(key, format!("{batch}-{}", payload["n"]), "{row}");
+            assert_eq!(priority, payload["n"].to_string(), "{row}");
+            assert_eq!(payload["batch"], batch, "{row}");
+        }
+    }
+    assert_eq!(db.strings("SELECT id FROM jobs").await.len(), expected);
+    if db.is_postgres() {
+        db.execute(
+            "CREATE FUNCTION refuse_job() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$ LANGUAGE plpgsql",
+        )
+        .await;
+        db.execute(
+            "CREATE TRIGGER refuse_job BEFORE INSERT ON jobs FOR EACH ROW WHEN (NEW.kind = 'refused') EXECUTE FUNCTION refuse_job()",
+        )
+        .await;
+    } else {
+        db.execute(
+            "CREATE TRIGGER refuse_job BEFORE INSERT ON jobs WHEN NEW.kind = 'refused' BEGIN SELECT RAISE(ABORT, 'refused'); END",
+        )
+        .await;
+    }
+    let mut large: Vec<_> = (0..400)
+        .map(|n| job("sized", "large", Some(&format!("large-{n}"))).encode())
+        .collect();
+    large[300] = job("refused", "large", None).encode();
+    assert!(writer.insert(&large).await.is_err());
+    assert_eq!(
+        db.strings("SELECT id FROM jobs WHERE tenant_id = 'large'")
+            .await
+            .len(),
+        0,
+        "a refused row late in a batch rolls back the rows before it"
+    );
+    let after = [job("sized", "large", Some("large-0")).encode()];
+    assert_eq!(writer.insert(&after).await.unwrap(), 1);
 }
 
 async fn the_queue_commands_show_retry_and_cancel_jobs(db: TestDb) {
