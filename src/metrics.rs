@@ -52,7 +52,9 @@ pub mod names {
     pub const GRAPH_LIMITER_WAIT: &str = "tenantd_graph_limiter_wait_seconds";
     /// Counter of notification items received by `endpoint` (`notifications`, `lifecycle`)
     /// and `outcome` (`accepted`, `unknown_subscription`, `client_state_mismatch`,
-    /// `tenant_mismatch`, `malformed`).
+    /// `tenant_mismatch`, `malformed`), and processed by the worker (`endpoint="worker"`:
+    /// `fetched` for events, users and drive roots confirmed at Graph, `gone` when deleted,
+    /// `not_stored` for other resources).
     pub const WEBHOOK_ITEMS: &str = "tenantd_webhook_items_total";
     /// Counter of subscription reconcile actions by `result` (`created`, `renewed`,
     /// `recreated`, `deleted`, `create_failed`, `renew_failed`, `delete_failed`).

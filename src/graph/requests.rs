@@ -7,6 +7,15 @@ use serde_json::{json, Value};
 use super::{GraphClient, GraphError, GraphRequest};
 use crate::connections::Connection;
 
+/// Whose drive a request addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DriveOwner {
+    /// A user's OneDrive, by user id or UPN.
+    User(String),
+    /// A drive by its id.
+    Drive(String),
+}
+
 fn segment(value: &str) -> String {
     url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }
@@ -34,6 +43,46 @@ impl GraphClient {
             .mailbox(user),
         )
         .await
+    }
+
+    /// `GET /users/{user}/events/{id}`.
+    ///
+    /// # Errors
+    /// [`GraphError`].
+    pub async fn get_event(
+        &self,
+        connection: &Connection,
+        user: &str,
+        event_id: &str,
+    ) -> Result<Value, GraphError> {
+        self.send(
+            connection,
+            &GraphRequest::new(
+                Method::GET,
+                format!("/users/{}/events/{}", segment(user), segment(event_id)),
+                "calendar",
+            )
+            .mailbox(user),
+        )
+        .await
+    }
+
+    /// The root item of a user's OneDrive (`GET /users/{user}/drive/root`) or of a drive
+    /// (`GET /drives/{id}/root`): what a drive subscription's notification points at.
+    ///
+    /// # Errors
+    /// [`GraphError`].
+    pub async fn get_drive_root(
+        &self,
+        connection: &Connection,
+        owner: &DriveOwner,
+    ) -> Result<Value, GraphError> {
+        let path = match owner {
+            DriveOwner::User(user) => format!("/users/{}/drive/root", segment(user)),
+            DriveOwner::Drive(drive) => format!("/drives/{}/root", segment(drive)),
+        };
+        self.send(connection, &GraphRequest::new(Method::GET, path, "drive"))
+            .await
     }
 
     /// `POST /subscriptions`: creates a subscription (Graph first runs the validation handshake

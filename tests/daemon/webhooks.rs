@@ -365,7 +365,12 @@ pub(crate) async fn live_with(db: &TestDb, resource: &str, include_resource_data
     let (emulator, client_id, secret) = crate::helpers::seeded_emulator(
         TENANT,
         1,
-        &["User.Read.All", "Mail.ReadWrite", "Mail.Send"],
+        &[
+            "User.Read.All",
+            "Mail.ReadWrite",
+            "Mail.Send",
+            "Calendars.ReadWrite",
+        ],
     )
     .await;
     let user_id = {
@@ -442,6 +447,60 @@ async fn a_configured_subscription_is_created_and_a_new_message_ends_up_stored(d
     .await;
     assert_eq!(stored, ["Welcome aboard"]);
     assert!(!graph_id.is_empty());
+    app.stop().await.unwrap();
+}
+
+/// Events are fetched, not stored: the worker confirms the change at Graph (one GET of the
+/// changed event) and the job succeeds.
+async fn an_event_notification_is_fetched_from_graph(db: TestDb) {
+    let Live {
+        app,
+        emulator,
+        client_id,
+        secret,
+        user_id,
+        ..
+    } = live_with(&db, "events", false).await;
+    let token =
+        tenantd::identity::IdentityClient::new(url::Url::parse(&emulator.base_url()).unwrap())
+            .client_credentials(TENANT, &client_id, &secret, "https://graph.microsoft.com")
+            .await
+            .unwrap();
+    let created: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/users/{user_id}/events", emulator.graph_url()))
+        .bearer_auth(token.access_token.expose())
+        .json(&serde_json::json!({"subject": "Planning",
+            "start": {"dateTime": "2026-12-03T09:00:00", "timeZone": "UTC"},
+            "end": {"dateTime": "2026-12-03T09:30:00", "timeZone": "UTC"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let event_id = created["id"].as_str().unwrap().to_string();
+    eventually(
+        &db,
+        "SELECT id FROM jobs WHERE kind = 'graph_notification' AND state = 'succeeded'",
+    )
+    .await;
+    let fetches: Vec<u16> = emulator
+        .shared()
+        .throttle
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.path.ends_with(&format!("/events/{event_id}")))
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(fetches, [200], "the changed event was fetched once");
+    assert_eq!(
+        db.strings(
+            "SELECT id FROM jobs WHERE kind = 'graph_notification' AND state <> 'succeeded'"
+        )
+        .await
+        .len(),
+        0
+    );
     app.stop().await.unwrap();
 }
 
@@ -632,6 +691,7 @@ on_both_backends!(
     the_subscription_commands_want_list_and_unwant,
     subscriptions_are_renewed_before_expiry_and_recreated_when_graph_lost_them,
     a_configured_subscription_is_created_and_a_new_message_ends_up_stored,
+    an_event_notification_is_fetched_from_graph,
     microsofts_samples_are_accepted_and_a_redelivery_is_one_job,
     forged_unknown_and_malformed_notifications_queue_nothing,
     subscription_checks_are_cached_for_their_ttl_and_unknown_ids_never,
