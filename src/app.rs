@@ -300,11 +300,10 @@ impl Application {
             .public_url
             .as_ref()
             .map(|url| url.to_string());
-        let scheduler = Scheduler::new(
-            store.clone(),
-            queue.clone(),
-            crate::scheduler::builtin(config.queue.retention_hours, public_url.clone()),
-        );
+        let mut schedules =
+            crate::scheduler::builtin(config.queue.retention_hours, public_url.clone());
+        schedules.extend(crate::scheduler::heartbeats(&config.heartbeat));
+        let scheduler = Scheduler::new(store.clone(), queue.clone(), schedules);
         work.spawn(run_scheduler(scheduler, tasks.clone(), work_stop.clone()));
         // Subscriptions are reconciled at start too, not only at the next minute.
         if let Err(err) = crate::jobs::enqueue(

@@ -56,6 +56,173 @@ pub struct Config {
     pub queue: QueueConfig,
     /// Change-notification subscriptions to keep alive (`[[subscriptions]]`).
     pub subscriptions: Vec<SubscriptionConfig>,
+    /// Scheduled demo-tenant activity (`[[heartbeat]]`).
+    pub heartbeat: Vec<HeartbeatConfig>,
+}
+
+/// `[[heartbeat]]`: demo users kept provisioned in a tenant and activity created among them on
+/// a schedule.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatConfig {
+    /// Entra tenant ID (GUID) of a connected tenant.
+    pub tenant: String,
+    /// Cron with seconds, e.g. `"0 */20 8-18 * * Mon-Fri"`.
+    pub schedule: String,
+    /// IANA time zone the schedule is read in.
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+    /// The demo users.
+    pub users: DemoUsersConfig,
+    /// What each run creates.
+    #[serde(default)]
+    pub activities: Vec<ActivityConfig>,
+    /// Seeds the generated content (names, subjects, texts), so runs are reproducible.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn default_timezone() -> String {
+    "UTC".into()
+}
+
+/// The demo users of a heartbeat scenario: `{prefix}01@{domain}` up to `count`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DemoUsersConfig {
+    /// How many (1 to 100).
+    pub count: u32,
+    /// userPrincipalName prefix, e.g. `demo`.
+    pub prefix: String,
+    /// A verified domain of the tenant, e.g. `contoso.onmicrosoft.com`.
+    pub domain: String,
+    /// ISO 3166 two-letter country code; Graph assigns no license without one.
+    pub usage_location: String,
+    /// `skuPartNumber` to assign (e.g. `ENTERPRISEPACK`); none leaves users unlicensed.
+    #[serde(default)]
+    pub license_sku: Option<String>,
+}
+
+/// One kind of activity and how many of it each run creates.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ActivityConfig {
+    /// `mail`, `file`, `chat` or `event`.
+    pub kind: ActivityKind,
+    /// How many per run (1 to 50).
+    pub per_run: u32,
+}
+
+/// What a heartbeat activity creates.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum ActivityKind {
+    /// Mail between demo users.
+    Mail,
+    /// A document in a demo user's OneDrive.
+    File,
+    /// A Teams chat message (needs delegated access).
+    Chat,
+    /// A calendar event (some later updated or cancelled).
+    Event,
+}
+
+impl ActivityKind {
+    /// The stable name (config, metrics, `provisioned_objects.kind`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActivityKind::Mail => "mail",
+            ActivityKind::File => "file",
+            ActivityKind::Chat => "chat",
+            ActivityKind::Event => "event",
+        }
+    }
+}
+
+/// What is wrong with a heartbeat scenario: (key below `heartbeat[n]`, problem, fix).
+pub fn heartbeat_problems(heartbeat: &HeartbeatConfig) -> Vec<(String, String, &'static str)> {
+    let mut problems = Vec::new();
+    if uuid::Uuid::parse_str(heartbeat.tenant.trim()).is_err() {
+        problems.push((
+            "tenant".into(),
+            format!("`{}` is not a tenant GUID", heartbeat.tenant),
+            "use the Entra tenant ID (a GUID), as `tenantd tenant list` shows it",
+        ));
+    }
+    if let Err(err) = crate::scheduler::Schedule::check(&heartbeat.schedule, &heartbeat.timezone) {
+        let key = if matches!(err, crate::scheduler::ScheduleProblem::Zone) {
+            "timezone"
+        } else {
+            "schedule"
+        };
+        problems.push((key.into(), err.to_string(), err.fix()));
+    }
+    let users = &heartbeat.users;
+    if !(1..=100).contains(&users.count) {
+        problems.push((
+            "users.count".into(),
+            format!("{} demo users", users.count),
+            "use 1 to 100",
+        ));
+    }
+    let prefix_ok = !users.prefix.is_empty()
+        && users.prefix.len() <= 40
+        && users
+            .prefix
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+    if !prefix_ok {
+        problems.push((
+            "users.prefix".into(),
+            format!("`{}` cannot start a userPrincipalName", users.prefix),
+            "use 1 to 40 lowercase letters, digits, '-' or '.', e.g. \"demo\"",
+        ));
+    }
+    if !users.domain.contains('.') || users.domain.contains(['@', ' ', '/']) {
+        problems.push((
+            "users.domain".into(),
+            format!("`{}` is not a domain", users.domain),
+            "use a verified domain of the tenant, e.g. \"contoso.onmicrosoft.com\"",
+        ));
+    }
+    if users.usage_location.len() != 2
+        || !users.usage_location.chars().all(|c| c.is_ascii_uppercase())
+    {
+        problems.push((
+            "users.usage_location".into(),
+            format!("`{}` is not a country code", users.usage_location),
+            "use an ISO 3166 two-letter code in capitals, e.g. \"DE\" (Graph licenses no user without one)",
+        ));
+    }
+    if users
+        .license_sku
+        .as_deref()
+        .is_some_and(|sku| sku.trim().is_empty())
+    {
+        problems.push((
+            "users.license_sku".into(),
+            "empty".into(),
+            "give a skuPartNumber such as \"ENTERPRISEPACK\", or leave the key out",
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (n, activity) in heartbeat.activities.iter().enumerate() {
+        if !(1..=50).contains(&activity.per_run) {
+            problems.push((
+                format!("activities[{n}].per_run"),
+                format!("{} per run", activity.per_run),
+                "use 1 to 50",
+            ));
+        }
+        if !seen.insert(activity.kind) {
+            problems.push((
+                format!("activities[{n}].kind"),
+                format!("`{}` is listed twice", activity.kind.as_str()),
+                "list each kind once and set its per_run",
+            ));
+        }
+    }
+    problems
 }
 
 /// `[[subscriptions]]`: a Graph change-notification subscription tenantd creates and renews.
@@ -758,6 +925,19 @@ fn validate(config: &Config, figment: &Figment) -> Vec<ConfigProblem> {
             );
         }
     }
+    let mut heartbeat_tenants = std::collections::HashSet::new();
+    for (n, heartbeat) in config.heartbeat.iter().enumerate() {
+        for (key, what, fix) in heartbeat_problems(heartbeat) {
+            problem(&format!("heartbeat[{n}].{key}"), what, fix);
+        }
+        if !heartbeat_tenants.insert(heartbeat.tenant.trim().to_ascii_lowercase()) {
+            problem(
+                &format!("heartbeat[{n}].tenant"),
+                "a second scenario for the same tenant".into(),
+                "give each tenant one [[heartbeat]] (cleanup and run-now address a tenant)",
+            );
+        }
+    }
     if config.shutdown.grace_seconds > 3600 {
         problem(
             "shutdown.grace_seconds",
@@ -1024,6 +1204,61 @@ mod tests {
             let problem = &err.problems()[0];
             assert_eq!(problem.key, "admin.bind");
             assert!(problem.fix.contains("HOST:PORT"), "{}", problem.fix);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_heartbeat_scenario_loads_and_each_bad_key_is_named_with_its_fix() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "good.toml",
+                "[[heartbeat]]\ntenant = \"84bd8158-6d4d-4958-8b9f-9d6445542f95\"\nschedule = \"0 */20 8-18 * * Mon-Fri\"\ntimezone = \"Europe/Berlin\"\n\
+                 users = { count = 12, prefix = \"demo\", domain = \"contoso.onmicrosoft.com\", usage_location = \"DE\", license_sku = \"ENTERPRISEPACK\" }\n\
+                 activities = [ { kind = \"mail\", per_run = 4 }, { kind = \"file\", per_run = 1 }, { kind = \"chat\", per_run = 2 }, { kind = \"event\", per_run = 1 } ]\n",
+            )?;
+            let loaded = load(Some(Path::new("good.toml")), &[]).unwrap();
+            let heartbeat = &loaded.config.heartbeat[0];
+            assert_eq!(heartbeat.users.count, 12);
+            assert_eq!(heartbeat.activities[2].kind, ActivityKind::Chat);
+            jail.create_file(
+                "bad.toml",
+                "[[heartbeat]]\ntenant = \"contoso.com\"\nschedule = \"*/20 8-18 * * Mon-Fri\"\n\
+                 users = { count = 0, prefix = \"Demo User\", domain = \"contoso\", usage_location = \"de\" }\n\
+                 activities = [ { kind = \"mail\", per_run = 0 }, { kind = \"mail\", per_run = 1 } ]\n\n\
+                 [[heartbeat]]\ntenant = \"84bd8158-6d4d-4958-8b9f-9d6445542f95\"\nschedule = \"0 0 9 * * *\"\ntimezone = \"Mars/Olympus\"\n\
+                 users = { count = 1, prefix = \"demo\", domain = \"contoso.onmicrosoft.com\", usage_location = \"DE\" }\n",
+            )?;
+            let err = load(Some(Path::new("bad.toml")), &[]).unwrap_err();
+            let keys: Vec<&str> = err.problems().iter().map(|p| p.key.as_str()).collect();
+            assert_eq!(
+                keys,
+                [
+                    "heartbeat[0].tenant",
+                    "heartbeat[0].schedule",
+                    "heartbeat[0].users.count",
+                    "heartbeat[0].users.prefix",
+                    "heartbeat[0].users.domain",
+                    "heartbeat[0].users.usage_location",
+                    "heartbeat[0].activities[0].per_run",
+                    "heartbeat[0].activities[1].kind",
+                    "heartbeat[1].timezone",
+                ]
+            );
+            assert!(err.problems().iter().all(|p| !p.fix.is_empty()));
+            assert!(
+                err.problems()[1].fix.contains("seconds"),
+                "{}",
+                err.problems()[1].fix
+            );
+            jail.create_file(
+                "kind.toml",
+                "[[heartbeat]]\ntenant = \"84bd8158-6d4d-4958-8b9f-9d6445542f95\"\nschedule = \"0 0 9 * * *\"\n\
+                 users = { count = 1, prefix = \"demo\", domain = \"contoso.onmicrosoft.com\", usage_location = \"DE\" }\n\
+                 activities = [ { kind = \"fax\", per_run = 1 } ]\n",
+            )?;
+            let err = load(Some(Path::new("kind.toml")), &[]).unwrap_err();
+            assert!(err.to_string().contains("fax"), "{err}");
             Ok(())
         });
     }

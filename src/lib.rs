@@ -16,6 +16,7 @@ pub mod connections;
 pub mod demo;
 pub mod graph;
 pub mod health;
+pub mod heartbeat;
 pub mod http;
 pub mod identity;
 pub mod instance;

@@ -68,6 +68,16 @@ pub mod names {
     pub const SUBSCRIPTION_EXPIRY: &str = "tenantd_subscription_soonest_expiry_seconds";
     /// Counter of webhook validation handshakes answered.
     pub const WEBHOOK_HANDSHAKES: &str = "tenantd_webhook_handshakes_total";
+    /// Counter of heartbeat run attempts by `result` (`succeeded`, `retried`, `failed`).
+    pub const HEARTBEAT_RUNS: &str = "tenantd_heartbeat_runs_total";
+    /// Counter of objects heartbeat runs created, by `kind`.
+    pub const HEARTBEAT_OBJECTS: &str = "tenantd_heartbeat_objects_created_total";
+    /// Counter of failed heartbeat runs by `reason` (`license_seats_exhausted`, ...).
+    pub const HEARTBEAT_FAILURES: &str = "tenantd_heartbeat_failures_total";
+    /// Counter of activities skipped by `kind` and `reason` (`delegated_access_required`).
+    pub const HEARTBEAT_SKIPPED: &str = "tenantd_heartbeat_skipped_total";
+    /// Counter of objects cleanup handled, by `kind` and `result` (`removed`, `gone`, `failed`).
+    pub const HEARTBEAT_CLEANUP: &str = "tenantd_heartbeat_cleanup_total";
 }
 
 /// How often histogram buckets are compacted; the exporter needs this on a timer.
@@ -102,6 +112,23 @@ pub fn recorder() -> PrometheusHandle {
 }
 
 fn describe() {
+    metrics::describe_counter!(names::HEARTBEAT_RUNS, "Heartbeat run attempts, by result.");
+    metrics::describe_counter!(
+        names::HEARTBEAT_OBJECTS,
+        "Objects heartbeat runs created in tenants, by kind."
+    );
+    metrics::describe_counter!(
+        names::HEARTBEAT_FAILURES,
+        "Heartbeat runs that failed, by reason."
+    );
+    metrics::describe_counter!(
+        names::HEARTBEAT_SKIPPED,
+        "Heartbeat activities skipped, by kind and reason."
+    );
+    metrics::describe_counter!(
+        names::HEARTBEAT_CLEANUP,
+        "Provisioned objects heartbeat cleanup handled, by kind and result."
+    );
     metrics::describe_counter!(
         names::WEBHOOK_ITEMS,
         "Notification items received, by endpoint and outcome (only accepted ones are queued)."

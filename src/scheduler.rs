@@ -14,6 +14,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
 
+use crate::jobs::heartbeat_run::HeartbeatRun;
 use crate::jobs::prune_jobs::PruneJobs;
 use crate::jobs::reconcile_subscriptions::ReconcileSubscriptions;
 use crate::jobs::token_sweep::TokenSweep;
@@ -88,7 +89,49 @@ pub fn job_of<J: Job + Clone>(job: J) -> impl Fn() -> NewJob + Send + Sync {
     }
 }
 
+/// What is wrong with a schedule's expression or zone (for configuration messages).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScheduleProblem {
+    /// The cron expression does not parse.
+    #[error("not a cron expression with seconds ({0})")]
+    Cron(String),
+    /// Unknown time zone.
+    #[error("not an IANA time zone")]
+    Zone,
+}
+
+impl ScheduleProblem {
+    /// How to fix it.
+    pub fn fix(&self) -> &'static str {
+        match self {
+            ScheduleProblem::Cron(_) => {
+                "six fields with seconds first, e.g. \"0 */20 8-18 * * Mon-Fri\""
+            }
+            ScheduleProblem::Zone => "use a name such as \"Europe/Berlin\" or \"UTC\"",
+        }
+    }
+}
+
+/// The parsed expression, or the parser's words.
+fn parse_cron(expression: &str) -> Result<Cron, String> {
+    Cron::new(expression)
+        .with_seconds_required()
+        .with_dom_and_dow()
+        .parse()
+        .map_err(|err| err.to_string())
+}
+
 impl Schedule {
+    /// Checks an expression and zone as [`Schedule::new`] reads them.
+    ///
+    /// # Errors
+    /// What is wrong.
+    pub fn check(expression: &str, zone: &str) -> Result<(), ScheduleProblem> {
+        parse_cron(expression).map_err(ScheduleProblem::Cron)?;
+        zone.parse::<Tz>().map_err(|_| ScheduleProblem::Zone)?;
+        Ok(())
+    }
+
     /// A schedule firing at `expression` (cron with seconds) in `zone`.
     ///
     /// # Errors
@@ -99,15 +142,11 @@ impl Schedule {
         zone: &str,
         job: impl Fn() -> NewJob + Send + Sync + 'static,
     ) -> Result<Self, ScheduleError> {
-        let cron = Cron::new(expression)
-            .with_seconds_required()
-            .with_dom_and_dow()
-            .parse()
-            .map_err(|err| ScheduleError::Cron {
-                name: name.into(),
-                expression: expression.into(),
-                reason: err.to_string(),
-            })?;
+        let cron = parse_cron(expression).map_err(|reason| ScheduleError::Cron {
+            name: name.into(),
+            expression: expression.into(),
+            reason,
+        })?;
         let zone: Tz = zone.parse().map_err(|_| ScheduleError::Zone {
             name: name.into(),
             zone: zone.into(),
@@ -183,6 +222,33 @@ pub fn builtin(retention_hours: u64, public_url: Option<String>) -> Vec<Schedule
         )
         .expect("valid built-in schedule"),
     ]
+}
+
+/// One schedule per `[[heartbeat]]` scenario (`heartbeat:<tenant>`), each fire a new
+/// [`HeartbeatRun`] with its own run id. Scenarios were validated with the configuration; one
+/// that still does not parse is logged and left out rather than stopping the daemon.
+pub fn heartbeats(scenarios: &[crate::config::HeartbeatConfig]) -> Vec<Schedule> {
+    scenarios
+        .iter()
+        .filter_map(|scenario| {
+            let name = format!("heartbeat:{}", scenario.tenant.trim().to_ascii_lowercase());
+            let fire = scenario.clone();
+            let made = Schedule::new(&name, &scenario.schedule, &scenario.timezone, move || {
+                let job = HeartbeatRun::new(&fire);
+                NewJob {
+                    kind: HeartbeatRun::KIND.into(),
+                    payload: serde_json::to_value(&job).expect("job payloads serialize"),
+                    tenant_id: job.tenant_id.clone(),
+                    dedupe_key: job.dedupe_key(),
+                    priority: 0,
+                    run_at: None,
+                    max_attempts: HeartbeatRun::MAX_ATTEMPTS,
+                }
+            });
+            made.map_err(|err| tracing::error!(error = %err, "heartbeat schedule left out"))
+                .ok()
+        })
+        .collect()
 }
 
 /// Enqueues due fire times.

@@ -4,6 +4,7 @@
 //!
 //! Owns no tables. Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
 
+mod heartbeat;
 mod queue;
 mod runs;
 mod subscription;
@@ -86,6 +87,9 @@ enum Command {
     /// Graph change-notification subscriptions: want, list, stop wanting
     #[command(subcommand)]
     Subscription(subscription::SubscriptionCommand),
+    /// Demo-tenant heartbeat: run a scenario now, list what it created, clean up
+    #[command(subcommand)]
+    Heartbeat(heartbeat::HeartbeatCommand),
     /// Apply pending database migrations and exit (`run` also applies them at start).
     Migrate,
     /// Validate the configuration and print the effective values, secrets redacted.
@@ -173,6 +177,10 @@ pub fn main() -> i32 {
         Command::Subscription(command) => {
             print_warnings(&loaded);
             runtime.block_on(subscription::run(&loaded.config, command))
+        }
+        Command::Heartbeat(command) => {
+            print_warnings(&loaded);
+            runtime.block_on(heartbeat::run(&loaded.config, command))
         }
         Command::Migrate => {
             print_warnings(&loaded);

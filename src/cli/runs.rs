@@ -83,40 +83,46 @@ pub(crate) async fn run(config: &Config, command: &RunsCommand) -> i32 {
                 run_at: None,
                 max_attempts: ConnectionCheck::MAX_ATTEMPTS,
             };
-            match runs::start(
-                &store,
-                &Queue::new(store.clone()),
-                ConnectionCheck::KIND,
-                &tenant,
-                new,
-            )
-            .await
-            {
-                Ok(Started::New(run)) => {
-                    println!(
-                        "started run {} ({}); the daemon's workers run it",
-                        run.id, run.kind
-                    );
-                    EXIT_OK
-                }
-                Ok(Started::Existing(run)) => {
-                    println!(
-                        "run {} ({}) is already active for this tenant",
-                        run.id, run.kind
-                    );
-                    EXIT_OK
-                }
-                Ok(Started::ScopeBusy(run)) => {
-                    eprintln!("tenantd: scope busy: run {} ({}) is active for tenant {}; wait for it to finish", run.id, run.kind, run.tenant_id);
-                    EXIT_USAGE
-                }
-                Err(err) => {
-                    eprintln!("tenantd: {err}");
-                    EXIT_FAILURE
-                }
-            }
+            start_and_report(&store, ConnectionCheck::KIND, &tenant, new).await
         }
     };
     store.close().await;
     code
+}
+
+/// Starts an operation run of `kind` for `tenant` doing `job` and says what happened: started,
+/// already active, or refused because another run holds the tenant (scope busy).
+pub(crate) async fn start_and_report(
+    store: &crate::store::Store,
+    kind: &str,
+    tenant: &str,
+    job: NewJob,
+) -> i32 {
+    match runs::start(store, &Queue::new(store.clone()), kind, tenant, job).await {
+        Ok(Started::New(run)) => {
+            println!(
+                "started run {} ({}); the daemon's workers run it",
+                run.id, run.kind
+            );
+            EXIT_OK
+        }
+        Ok(Started::Existing(run)) => {
+            println!(
+                "run {} ({}) is already active for this tenant",
+                run.id, run.kind
+            );
+            EXIT_OK
+        }
+        Ok(Started::ScopeBusy(run)) => {
+            eprintln!(
+                "tenantd: scope busy: run {} ({}) is active for tenant {}; wait for it to finish",
+                run.id, run.kind, run.tenant_id
+            );
+            EXIT_USAGE
+        }
+        Err(err) => {
+            eprintln!("tenantd: {err}");
+            EXIT_FAILURE
+        }
+    }
 }

@@ -46,6 +46,8 @@ pub struct GraphRequest {
     pub query: Vec<(String, String)>,
     /// JSON body.
     pub body: Option<Value>,
+    /// Raw body and its content type (file uploads).
+    pub bytes: Option<(Vec<u8>, &'static str)>,
     /// Endpoint family for metrics (`users`, `mail`, `drive`, ...).
     pub family: &'static str,
     /// The mailbox the request touches (Outlook's per-mailbox concurrency).
@@ -60,6 +62,7 @@ impl GraphRequest {
             path: path.into(),
             query: Vec::new(),
             body: None,
+            bytes: None,
             family,
             mailbox: None,
         }
@@ -68,6 +71,12 @@ impl GraphRequest {
     /// With a JSON body.
     pub fn json(mut self, body: Value) -> Self {
         self.body = Some(body);
+        self
+    }
+
+    /// With a raw body of `content_type`.
+    pub fn bytes(mut self, body: Vec<u8>, content_type: &'static str) -> Self {
+        self.bytes = Some((body, content_type));
         self
     }
 
@@ -200,6 +209,11 @@ impl GraphClient {
             .bearer_auth(token.expose());
         if let Some(body) = &request.body {
             builder = builder.json(body);
+        }
+        if let Some((body, content_type)) = &request.bytes {
+            builder = builder
+                .header(reqwest::header::CONTENT_TYPE, *content_type)
+                .body(body.clone());
         }
         let rate = self.limits.tenant(&connection.tenant_id);
         let response = match builder.send().await {

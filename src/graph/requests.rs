@@ -85,6 +85,264 @@ impl GraphClient {
             .await
     }
 
+    /// `PATCH /users/{id}` with `changes`.
+    ///
+    /// # Errors
+    /// [`GraphError`].
+    pub async fn update_user(
+        &self,
+        connection: &Connection,
+        user: &str,
+        changes: &Value,
+    ) -> Result<Value, GraphError> {
+        self.send(
+            connection,
+            &GraphRequest::new(Method::PATCH, format!("/users/{}", segment(user)), "users")
+                .json(changes.clone()),
+        )
+        .await
+    }
+
+    /// `DELETE /users/{id}` (to the directory's recycle bin for 30 days).
+    ///
+    /// # Errors
+    /// [`GraphError`].
+    pub async fn delete_user(&self, connection: &Connection, user: &str) -> Result<(), GraphError> {
+        self.send(
+            connection,
+            &GraphRequest::new(Method::DELETE, format!("/users/{}", segment(user)), "users"),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// `POST /users/{id}/assignLicense` removing one SKU.
+    ///
+    /// # Errors
+    /// [`GraphError`].
+    pub async fn remove_license(
+        &self,
+        connection: &Connection,
+        user: &str,
+        sku_id: &str,
+    ) -> Result<(), GraphError> {
+        let body = json!({"addLicenses": [], "removeLicenses": [sku_id]});
+        self.send(
+            connection,
+            &GraphRequest::new(
+                Method::POST,
+                format!("/users/{}/assignLicense", segment(user)),
+                "licenses",
+            )
+            .json(body),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// `POST /users/{id}/mailFolders/{folder}/messages`: a message created in a folder
+    /// (a draft unless its `singleValueExtendedProperties` set PR_MESSAGE_FLAGS).
+    ///
+    /// # Errors
+    /// [`GraphError`].
+    pub async fn create_message(
+        &self,
+        connection: &Connection,
+        user: &str,
+        folder: &str,
+        message: &Value,
+    ) -> Result<Value, GraphError> {
+        self.send(
+            connection,
+            &GraphRequest::new(
+                Method::POST,
+                format!(
+                    "/users/{}/mailFolders/{}/messages",
+                    segment(user),
+                    segment(folder)
+                ),
+                "mail",
+            )
+            .json(message.clone())
+            .mailbox(user),
+        )
+        .await
+    }
+
+    /// `DELETE /users/{id}/messages/{id}`.
+    ///
+    /// # Errors
+    /// [`GraphError`].
+    pub async fn delete_message(
+        &self,
+        connection: &Connection,
+        user: &str,
+        message_id: &str,
+    ) -> Result<(), GraphError> {
+        self.send(
+            connection,
+            &GraphRequest::new(
+                Method::DELETE,
+                format!("/users/{}/messages/{}", segment(user), segment(message_id)),
+                "mail",
+            )
+            .mailbox(user),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// `POST /users/{id}/events`.
+    ///
+    /// # Errors
+    /// [`GraphError`].
+    pub async fn create_event(
+        &self,
+        connection: &Connection,
+        user: &str,
+        event: &Value,
+    ) -> Result<Value, GraphError> {
+        self.send(
+            connection,
+            &GraphRequest::new(
+                Method::POST,
+                format!("/users/{}/events", segment(user)),
+                "calendar",
+            )
+            .json(event.clone())
+            .mailbox(user),
+        )
+        .await
+    }
+
+    /// `PATCH /users/{id}/events/{id}` with `changes`.
+    ///
+    /// # Errors
+    /// [`GraphError`].
+    pub async fn update_event(
+        &self,
+        connection: &Connection,
+        user: &str,
+        event_id: &str,
+        changes: &Value,
+    ) -> Result<Value, GraphError> {
+        self.send(
+            connection,
+            &GraphRequest::new(
+                Method::PATCH,
+                format!("/users/{}/events/{}", segment(user), segment(event_id)),
+                "calendar",
+            )
+            .json(changes.clone())
+            .mailbox(user),
+        )
+        .await
+    }
+
+    /// `POST /users/{id}/events/{id}/cancel`: the organizer cancels, attendees are told.
+    ///
+    /// # Errors
+    /// [`GraphError`].
+    pub async fn cancel_event(
+        &self,
+        connection: &Connection,
+        user: &str,
+        event_id: &str,
+        comment: &str,
+    ) -> Result<(), GraphError> {
+        self.send(
+            connection,
+            &GraphRequest::new(
+                Method::POST,
+                format!(
+                    "/users/{}/events/{}/cancel",
+                    segment(user),
+                    segment(event_id)
+                ),
+                "calendar",
+            )
+            .json(json!({ "comment": comment }))
+            .mailbox(user),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// `DELETE /users/{id}/events/{id}`.
+    ///
+    /// # Errors
+    /// [`GraphError`].
+    pub async fn delete_event(
+        &self,
+        connection: &Connection,
+        user: &str,
+        event_id: &str,
+    ) -> Result<(), GraphError> {
+        self.send(
+            connection,
+            &GraphRequest::new(
+                Method::DELETE,
+                format!("/users/{}/events/{}", segment(user), segment(event_id)),
+                "calendar",
+            )
+            .mailbox(user),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// `PUT /users/{id}/drive/root:/{path}:/content`: a simple upload (Graph's limit is
+    /// 250 MB), replacing a file of the same path. Returns the driveItem.
+    ///
+    /// # Errors
+    /// [`GraphError`].
+    pub async fn upload_file(
+        &self,
+        connection: &Connection,
+        user: &str,
+        path: &str,
+        content: Vec<u8>,
+        content_type: &'static str,
+    ) -> Result<Value, GraphError> {
+        let path: Vec<String> = path.split('/').map(segment).collect();
+        self.send(
+            connection,
+            &GraphRequest::new(
+                Method::PUT,
+                format!(
+                    "/users/{}/drive/root:/{}:/content",
+                    segment(user),
+                    path.join("/")
+                ),
+                "drive",
+            )
+            .bytes(content, content_type),
+        )
+        .await
+    }
+
+    /// `DELETE /users/{id}/drive/items/{id}`.
+    ///
+    /// # Errors
+    /// [`GraphError`].
+    pub async fn delete_drive_item(
+        &self,
+        connection: &Connection,
+        user: &str,
+        item_id: &str,
+    ) -> Result<(), GraphError> {
+        self.send(
+            connection,
+            &GraphRequest::new(
+                Method::DELETE,
+                format!("/users/{}/drive/items/{}", segment(user), segment(item_id)),
+                "drive",
+            ),
+        )
+        .await
+        .map(drop)
+    }
+
     /// `POST /subscriptions`: creates a subscription (Graph first runs the validation handshake
     /// against both URLs). Returns Graph's subscription object.
     ///
@@ -189,13 +447,27 @@ impl GraphClient {
         connection: &Connection,
         upn: &str,
     ) -> Result<Option<Value>, GraphError> {
+        self.find_user(connection, upn, None).await
+    }
+
+    /// The user with this userPrincipalName, if any, with the `$select`ed properties (Graph's
+    /// default set lacks `usageLocation` and `assignedLicenses`).
+    ///
+    /// # Errors
+    /// [`GraphError`].
+    pub async fn find_user(
+        &self,
+        connection: &Connection,
+        upn: &str,
+        select: Option<&str>,
+    ) -> Result<Option<Value>, GraphError> {
         let filter = format!("userPrincipalName eq '{}'", upn.replace('\'', "''"));
-        let page = self
-            .send(
-                connection,
-                &GraphRequest::new(Method::GET, "/users", "users").query("$filter", filter),
-            )
-            .await?;
+        let mut request =
+            GraphRequest::new(Method::GET, "/users", "users").query("$filter", filter);
+        if let Some(select) = select {
+            request = request.query("$select", select);
+        }
+        let page = self.send(connection, &request).await?;
         Ok(page["value"]
             .as_array()
             .and_then(|users| users.first().cloned()))

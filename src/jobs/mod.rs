@@ -8,6 +8,8 @@
 pub mod connection_check;
 pub mod graph_lifecycle;
 pub mod graph_notification;
+pub mod heartbeat_cleanup;
+pub mod heartbeat_run;
 pub mod noop;
 pub mod prune_jobs;
 pub mod reconcile_subscriptions;
@@ -197,6 +199,8 @@ impl Registry {
         registry.register::<connection_check::ConnectionCheck>();
         registry.register::<graph_lifecycle::GraphLifecycle>();
         registry.register::<graph_notification::GraphNotification>();
+        registry.register::<heartbeat_cleanup::HeartbeatCleanup>();
+        registry.register::<heartbeat_run::HeartbeatRun>();
         registry.register::<noop::Noop>();
         registry.register::<prune_jobs::PruneJobs>();
         registry.register::<reconcile_subscriptions::ReconcileSubscriptions>();

@@ -5,6 +5,7 @@ mod helpers;
 
 mod connections;
 mod graph_client;
+mod heartbeat;
 mod lifecycle;
 mod listeners;
 mod process;

@@ -1,0 +1,168 @@
+//! `tenantd heartbeat ...`: start a tenant's heartbeat run now, list what heartbeat runs
+//! created, and remove it again (cleanup, with a dry run).
+
+use clap::Subcommand;
+
+use super::runs::start_and_report;
+use super::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
+use crate::config::Config;
+use crate::connections::canonical_tenant;
+use crate::heartbeat;
+use crate::jobs::heartbeat_cleanup::HeartbeatCleanup;
+use crate::jobs::heartbeat_run::HeartbeatRun;
+use crate::jobs::Job;
+use crate::queue::NewJob;
+
+/// `tenantd heartbeat ...`
+#[derive(Debug, Subcommand)]
+pub(crate) enum HeartbeatCommand {
+    /// Run the tenant's [[heartbeat]] scenario now, as an operation run
+    RunNow {
+        /// Entra tenant ID (GUID)
+        #[arg(long, value_name = "GUID")]
+        tenant: String,
+    },
+    /// What heartbeat runs created in a tenant
+    List {
+        /// Entra tenant ID (GUID)
+        #[arg(long, value_name = "GUID")]
+        tenant: String,
+        /// Include objects cleanup already removed
+        #[arg(long)]
+        all: bool,
+        /// JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove everything heartbeat runs created in a tenant, and nothing else (operation run)
+    Cleanup {
+        /// Entra tenant ID (GUID)
+        #[arg(long, value_name = "GUID")]
+        tenant: String,
+        /// Only list what would be removed
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+fn job_of<J: Job>(job: &J, tenant: &str) -> NewJob {
+    NewJob {
+        kind: J::KIND.into(),
+        payload: serde_json::to_value(job).expect("job payloads serialize"),
+        tenant_id: tenant.into(),
+        dedupe_key: None,
+        priority: 10,
+        run_at: None,
+        max_attempts: J::MAX_ATTEMPTS,
+    }
+}
+
+fn print_objects(objects: &[heartbeat::ProvisionedObject]) {
+    for object in objects {
+        println!(
+            "{:<8} {:<44} owner {:<36} run {} {}{}",
+            object.kind,
+            object.graph_id,
+            if object.owner.is_empty() {
+                "-"
+            } else {
+                &object.owner
+            },
+            &object.run_id,
+            object.attributed_to.as_deref().unwrap_or("-"),
+            if object.removed_at.is_some() {
+                " (removed)"
+            } else {
+                ""
+            },
+        );
+    }
+}
+
+/// Runs one `heartbeat` command and returns the exit code.
+pub(crate) async fn run(config: &Config, command: &HeartbeatCommand) -> i32 {
+    let tenant = match command {
+        HeartbeatCommand::RunNow { tenant }
+        | HeartbeatCommand::List { tenant, .. }
+        | HeartbeatCommand::Cleanup { tenant, .. } => tenant,
+    };
+    let tenant = match canonical_tenant(tenant) {
+        Ok(tenant) => tenant,
+        Err(err) => {
+            eprintln!("tenantd: {err}");
+            return EXIT_USAGE;
+        }
+    };
+    let Some(store) = super::open_store(config).await else {
+        return EXIT_FAILURE;
+    };
+    let code = match command {
+        HeartbeatCommand::RunNow { .. } => {
+            let scenario = config
+                .heartbeat
+                .iter()
+                .find(|s| s.tenant.trim().eq_ignore_ascii_case(&tenant));
+            match scenario {
+                Some(scenario) => {
+                    let job = HeartbeatRun::new(scenario);
+                    start_and_report(&store, HeartbeatRun::KIND, &tenant, job_of(&job, &tenant))
+                        .await
+                }
+                None => {
+                    eprintln!("tenantd: no [[heartbeat]] scenario for tenant {tenant}; fix: add one to the configuration (see config/tenantd.example.toml)");
+                    EXIT_USAGE
+                }
+            }
+        }
+        HeartbeatCommand::List { all, json, .. } => {
+            match heartbeat::list(&store, &tenant, *all).await {
+                Ok(objects) if *json => {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&objects).expect("objects serialize")
+                    );
+                    EXIT_OK
+                }
+                Ok(objects) => {
+                    print_objects(&objects);
+                    EXIT_OK
+                }
+                Err(err) => {
+                    eprintln!("tenantd: {err}");
+                    EXIT_FAILURE
+                }
+            }
+        }
+        HeartbeatCommand::Cleanup { dry_run: true, .. } => {
+            match heartbeat::list(&store, &tenant, false).await {
+                Ok(objects) => {
+                    print_objects(&objects);
+                    println!(
+                        "would remove {} object(s); nothing was changed",
+                        objects.len()
+                    );
+                    EXIT_OK
+                }
+                Err(err) => {
+                    eprintln!("tenantd: {err}");
+                    EXIT_FAILURE
+                }
+            }
+        }
+        HeartbeatCommand::Cleanup { .. } => {
+            let job = HeartbeatCleanup {
+                tenant_id: tenant.clone(),
+                run_id: None,
+            };
+            start_and_report(
+                &store,
+                HeartbeatCleanup::KIND,
+                &tenant,
+                job_of(&job, &tenant),
+            )
+            .await
+        }
+    };
+    store.close().await;
+    code
+}

@@ -1,0 +1,314 @@
+//! Heartbeat provisioning against the emulator: demo users created once, located and
+//! licensed; each activity kind created and recorded with its attribution; chat skipped
+//! without delegated access; cleanup removes exactly what heartbeat runs created.
+
+use std::time::Duration;
+
+use tenantd::config::{ActivityConfig, ActivityKind, DemoUsersConfig, HeartbeatConfig};
+use tenantd::jobs::heartbeat_run::HeartbeatRun;
+use tenantd::vault::Keyring;
+
+use crate::helpers::{spawn_app_with, test_config, TestApp, TestDb};
+use crate::on_both_backends;
+use crate::webhooks::TENANT;
+
+const PERMISSIONS: [&str; 5] = [
+    "User.ReadWrite.All",
+    "Mail.ReadWrite",
+    "Files.ReadWrite.All",
+    "Calendars.ReadWrite",
+    "Organization.Read.All",
+];
+
+fn scenario(count: u32, activities: &[(ActivityKind, u32)]) -> HeartbeatConfig {
+    HeartbeatConfig {
+        tenant: TENANT.into(),
+        schedule: "0 0 3 * * *".into(),
+        timezone: "Europe/Berlin".into(),
+        users: DemoUsersConfig {
+            count,
+            prefix: "demo".into(),
+            domain: "contoso.onmicrosoft.com".into(),
+            usage_location: "DE".into(),
+            license_sku: Some("ENTERPRISEPACK".into()),
+        },
+        activities: activities
+            .iter()
+            .map(|(kind, per_run)| ActivityConfig {
+                kind: *kind,
+                per_run: *per_run,
+            })
+            .collect(),
+        seed: 42,
+    }
+}
+
+struct Env {
+    app: TestApp,
+    emulator: graph_emulator::Emulator,
+}
+
+async fn env(db: &TestDb) -> Env {
+    let (emulator, client_id, secret) =
+        crate::helpers::seeded_emulator(TENANT, 1, &PERMISSIONS).await;
+    let mut config = test_config(db);
+    config.graph.base_url = url::Url::parse(&emulator.graph_url()).unwrap();
+    config.identity.authority = url::Url::parse(&emulator.base_url()).unwrap();
+    let keys = Keyring::load(&config.secrets.key_file).unwrap();
+    let store = db.store().await;
+    store.migrate().await.unwrap();
+    crate::helpers::default_app(&store, &keys, &emulator, TENANT, &client_id, &secret).await;
+    let app = spawn_app_with(config).await;
+    Env { app, emulator }
+}
+
+/// Runs `job` through the daemon's queue and waits for its outcome.
+async fn run(db: &TestDb, job: &HeartbeatRun) -> String {
+    let store = db.store().await;
+    let queue = tenantd::queue::Queue::new(store);
+    let id = tenantd::jobs::enqueue(&queue, job)
+        .await
+        .unwrap()
+        .id()
+        .to_string();
+    for _ in 0..200 {
+        let state = db
+            .strings(&format!(
+                "SELECT state || ' ' || COALESCE(last_reason, '') FROM jobs WHERE id = '{id}'"
+            ))
+            .await;
+        if let Some(state) = state.first() {
+            if !state.starts_with("available") && !state.starts_with("running") {
+                return state.trim().to_string();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("heartbeat job {id} did not finish");
+}
+
+async fn recorded(db: &TestDb, kind: &str) -> usize {
+    db.strings(&format!(
+        "SELECT id FROM provisioned_objects WHERE kind = '{kind}' AND removed_at IS NULL"
+    ))
+    .await
+    .len()
+}
+
+fn demo_users(emulator: &graph_emulator::Emulator) -> Vec<(String, String, Vec<String>)> {
+    let world = emulator.shared().world();
+    let mut users: Vec<_> = world.tenants[TENANT]
+        .users
+        .values()
+        .filter(|u| u.upn.starts_with("demo"))
+        .map(|u| {
+            (
+                u.upn.clone(),
+                u.properties["usageLocation"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+                u.licenses.clone(),
+            )
+        })
+        .collect();
+    users.sort();
+    users
+}
+
+async fn a_scenario_creates_users_once_and_records_each_activity(db: TestDb) {
+    let Env { app, emulator } = env(&db).await;
+    let scenario = scenario(
+        3,
+        &[
+            (ActivityKind::Mail, 2),
+            (ActivityKind::File, 1),
+            (ActivityKind::Event, 3),
+            (ActivityKind::Chat, 1),
+        ],
+    );
+    assert_eq!(run(&db, &HeartbeatRun::new(&scenario)).await, "succeeded");
+    let users = demo_users(&emulator);
+    assert_eq!(
+        users.iter().map(|u| u.0.as_str()).collect::<Vec<_>>(),
+        [
+            "demo01@contoso.onmicrosoft.com",
+            "demo02@contoso.onmicrosoft.com",
+            "demo03@contoso.onmicrosoft.com"
+        ]
+    );
+    for (upn, location, licenses) in &users {
+        assert_eq!(location, "DE", "{upn}");
+        assert_eq!(licenses.len(), 1, "{upn} licensed");
+    }
+    assert_eq!(recorded(&db, "user").await, 3);
+    assert_eq!(recorded(&db, "license").await, 3);
+    assert_eq!(recorded(&db, "mail").await, 2);
+    assert_eq!(recorded(&db, "file").await, 1);
+    assert_eq!(recorded(&db, "event").await, 3);
+    assert_eq!(
+        recorded(&db, "chat").await,
+        0,
+        "chat needs delegated access"
+    );
+    // Graph's word on who did it is kept: mail from the demo sender, files by the app.
+    let attributions = db
+        .strings("SELECT kind || ' ' || COALESCE(attributed_to, '-') FROM provisioned_objects WHERE kind IN ('mail', 'file', 'event') ORDER BY kind")
+        .await;
+    assert!(
+        attributions
+            .iter()
+            .filter(|a| a.starts_with("mail user:demo"))
+            .count()
+            == 2
+            && attributions
+                .iter()
+                .any(|a| a.starts_with("file application:"))
+            && attributions
+                .iter()
+                .filter(|a| a.starts_with("event user:demo"))
+                .count()
+                == 3,
+        "{attributions:?}"
+    );
+    {
+        let world = emulator.shared().world();
+        let tenant = &world.tenants[TENANT];
+        let mailboxes = || {
+            tenant
+                .users
+                .values()
+                .filter(|u| u.upn.starts_with("demo"))
+                .filter_map(|u| u.mailbox.as_ref())
+        };
+        let mail: Vec<_> = mailboxes().flat_map(|m| m.messages.values()).collect();
+        assert_eq!(mail.len(), 2);
+        let events: Vec<_> = mailboxes().flat_map(|m| m.events.values()).collect();
+        assert!(
+            events.iter().any(|e| e["subject"]
+                .as_str()
+                .is_some_and(|s| s.ends_with("(moved)"))),
+            "one event was updated: {events:?}"
+        );
+        assert!(
+            events
+                .iter()
+                .any(|e| e["isCancelled"] == serde_json::json!(true)),
+            "one event was cancelled"
+        );
+    }
+    // A second run: the users are found, not created again; new activity is.
+    assert_eq!(run(&db, &HeartbeatRun::new(&scenario)).await, "succeeded");
+    assert_eq!(demo_users(&emulator).len(), 3);
+    assert_eq!(recorded(&db, "user").await, 3);
+    assert_eq!(recorded(&db, "license").await, 3);
+    assert_eq!(recorded(&db, "mail").await, 4);
+    app.stop().await.unwrap();
+}
+
+async fn a_run_resumes_without_duplicates_and_cleanup_removes_exactly_its_objects(db: TestDb) {
+    let Env { app, emulator } = env(&db).await;
+    let scenario = scenario(2, &[(ActivityKind::Mail, 3), (ActivityKind::File, 1)]);
+    let job = HeartbeatRun::new(&scenario);
+    assert_eq!(run(&db, &job).await, "succeeded");
+    // The same run again (a retry after an interruption): every step is recorded, none redone.
+    db.execute("DELETE FROM jobs WHERE kind = 'heartbeat_run'")
+        .await;
+    assert_eq!(run(&db, &job).await, "succeeded");
+    assert_eq!(recorded(&db, "mail").await, 3);
+    let mail_in_graph = || {
+        let world = emulator.shared().world();
+        world.tenants[TENANT]
+            .users
+            .values()
+            .filter_map(|u| u.mailbox.as_ref())
+            .map(|m| m.messages.len())
+            .sum::<usize>()
+    };
+    assert_eq!(mail_in_graph(), 3, "no duplicate mail");
+    // user0 and its mailbox are not tenantd's: cleanup leaves them.
+    let before_user0 = {
+        let world = emulator.shared().world();
+        world.tenants[TENANT]
+            .users
+            .values()
+            .filter(|u| u.upn.starts_with("user0"))
+            .count()
+    };
+    assert_eq!(before_user0, 1);
+    let store = db.store().await;
+    let queue = tenantd::queue::Queue::new(store.clone());
+    let cleanup = tenantd::jobs::heartbeat_cleanup::HeartbeatCleanup {
+        tenant_id: TENANT.into(),
+        run_id: None,
+    };
+    let started = tenantd::runs::start(
+        &store,
+        &queue,
+        "heartbeat_cleanup",
+        TENANT,
+        tenantd::queue::NewJob {
+            kind: "heartbeat_cleanup".into(),
+            payload: serde_json::to_value(&cleanup).unwrap(),
+            tenant_id: TENANT.into(),
+            dedupe_key: None,
+            priority: 10,
+            run_at: None,
+            max_attempts: 3,
+        },
+    )
+    .await
+    .unwrap();
+    let tenantd::runs::Started::New(run) = started else {
+        panic!("a new run")
+    };
+    let outcome = crate::webhooks::eventually(
+        &db,
+        &format!("SELECT reason FROM operation_runs WHERE id = '{}' AND state IN ('succeeded', 'failed')", run.id),
+    )
+    .await;
+    assert_eq!(outcome, ["ok"]);
+    assert!(demo_users(&emulator).is_empty(), "demo users removed");
+    let remaining: Vec<_> = {
+        let world = emulator.shared().world();
+        world.tenants[TENANT]
+            .users
+            .values()
+            .map(|u| u.upn.clone())
+            .collect()
+    };
+    assert_eq!(remaining, ["user0@contoso.onmicrosoft.com"]);
+    assert_eq!(mail_in_graph(), 0);
+    assert_eq!(
+        db.strings("SELECT id FROM provisioned_objects WHERE removed_at IS NULL")
+            .await
+            .len(),
+        0
+    );
+    app.stop().await.unwrap();
+}
+
+async fn no_seats_left_fails_the_run_with_its_reason(db: TestDb) {
+    let Env { app, emulator } = env(&db).await;
+    {
+        let mut world = emulator.shared().world();
+        let tenant = world.tenants.get_mut(TENANT).unwrap();
+        for sku in &mut tenant.skus {
+            sku.seats = 2; // user0 holds one
+        }
+    }
+    let outcome = run(&db, &HeartbeatRun::new(&scenario(3, &[]))).await;
+    assert_eq!(outcome, "failed license_seats_exhausted");
+    assert_eq!(
+        recorded(&db, "license").await,
+        1,
+        "the seat that was left is used"
+    );
+    app.stop().await.unwrap();
+}
+
+on_both_backends!(
+    a_scenario_creates_users_once_and_records_each_activity,
+    a_run_resumes_without_duplicates_and_cleanup_removes_exactly_its_objects,
+    no_seats_left_fails_the_run_with_its_reason,
+);
