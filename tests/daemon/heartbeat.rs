@@ -46,6 +46,8 @@ fn scenario(count: u32, activities: &[(ActivityKind, u32)]) -> HeartbeatConfig {
 struct Env {
     app: TestApp,
     emulator: graph_emulator::Emulator,
+    client_id: String,
+    secret: String,
 }
 
 async fn env(db: &TestDb) -> Env {
@@ -59,7 +61,12 @@ async fn env(db: &TestDb) -> Env {
     store.migrate().await.unwrap();
     crate::helpers::default_app(&store, &keys, &emulator, TENANT, &client_id, &secret).await;
     let app = spawn_app_with(config).await;
-    Env { app, emulator }
+    Env {
+        app,
+        emulator,
+        client_id,
+        secret,
+    }
 }
 
 /// Runs `job` through the daemon's queue and waits for its outcome.
@@ -117,7 +124,7 @@ fn demo_users(emulator: &graph_emulator::Emulator) -> Vec<(String, String, Vec<S
 }
 
 async fn a_scenario_creates_users_once_and_records_each_activity(db: TestDb) {
-    let Env { app, emulator } = env(&db).await;
+    let Env { app, emulator, .. } = env(&db).await;
     let scenario = scenario(
         3,
         &[
@@ -207,7 +214,7 @@ async fn a_scenario_creates_users_once_and_records_each_activity(db: TestDb) {
 }
 
 async fn a_run_resumes_without_duplicates_and_cleanup_removes_exactly_its_objects(db: TestDb) {
-    let Env { app, emulator } = env(&db).await;
+    let Env { app, emulator, .. } = env(&db).await;
     let scenario = scenario(2, &[(ActivityKind::Mail, 3), (ActivityKind::File, 1)]);
     let job = HeartbeatRun::new(&scenario);
     assert_eq!(run(&db, &job).await, "succeeded");
@@ -289,7 +296,7 @@ async fn a_run_resumes_without_duplicates_and_cleanup_removes_exactly_its_object
 }
 
 async fn no_seats_left_fails_the_run_with_its_reason(db: TestDb) {
-    let Env { app, emulator } = env(&db).await;
+    let Env { app, emulator, .. } = env(&db).await;
     {
         let mut world = emulator.shared().world();
         let tenant = world.tenants.get_mut(TENANT).unwrap();
@@ -307,8 +314,109 @@ async fn no_seats_left_fails_the_run_with_its_reason(db: TestDb) {
     app.stop().await.unwrap();
 }
 
+/// Graph refuses a license to a user without a usage location; a run finds such a user
+/// (created outside tenantd, so not recorded as tenantd's), sets it, then licenses it.
+async fn a_user_without_usage_location_is_located_before_licensing(db: TestDb) {
+    let Env {
+        app,
+        emulator,
+        client_id,
+        secret,
+    } = env(&db).await;
+    let (user_id, sku_id) = {
+        let mut world = emulator.shared().world();
+        let now = graph_emulator::clock::now();
+        world
+            .seed_user(
+                TENANT,
+                graph_emulator::world::UserSeed {
+                    user_principal_name: "demo01@contoso.onmicrosoft.com".into(),
+                    display_name: None,
+                    usage_location: None,
+                    license: None,
+                },
+                now,
+                time::Duration::ZERO,
+            )
+            .unwrap();
+        let tenant = &world.tenants[TENANT];
+        let user = tenant
+            .users
+            .values()
+            .find(|u| u.upn.starts_with("demo01"))
+            .unwrap();
+        (user.id.clone(), tenant.skus[0].sku_id.clone())
+    };
+    let token = crate::webhooks::app_token(&emulator, &client_id, &secret).await;
+    let refused = reqwest::Client::new()
+        .post(format!("{}/users/{user_id}/assignLicense", emulator.graph_url()))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"addLicenses": [{"disabledPlans": [], "skuId": sku_id}], "removeLicenses": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400, "as Graph does");
+    assert!(refused.text().await.unwrap().contains("usage location"));
+    assert_eq!(
+        run(&db, &HeartbeatRun::new(&scenario(1, &[]))).await,
+        "succeeded"
+    );
+    assert_eq!(
+        demo_users(&emulator),
+        [(
+            "demo01@contoso.onmicrosoft.com".to_string(),
+            "DE".to_string(),
+            vec![sku_id]
+        )]
+    );
+    assert_eq!(recorded(&db, "user").await, 0, "not tenantd's user");
+    assert_eq!(recorded(&db, "license").await, 1, "but tenantd's license");
+    app.stop().await.unwrap();
+}
+
+/// A scenario's schedule is read in its time zone: "every 20 minutes 8-18 on weekdays" in
+/// Berlin fires at 18:40 CET on the Friday before the spring change (17:40Z) and next at
+/// 08:00 CEST on Monday (06:00Z), not at 07:00Z; each fire is a run of its own.
+async fn the_schedule_fires_in_the_scenarios_zone_across_a_dst_change(db: TestDb) {
+    let store = db.store().await;
+    store.migrate().await.unwrap();
+    let queue = tenantd::queue::Queue::new(store.clone());
+    let mut scenario = scenario(1, &[]);
+    scenario.schedule = "0 */20 8-18 * * Mon-Fri".into();
+    let scheduler = tenantd::scheduler::Scheduler::new(
+        store,
+        queue,
+        tenantd::scheduler::heartbeats(std::slice::from_ref(&scenario)),
+    );
+    let at = |s: &str| s.parse::<chrono::DateTime<chrono::Utc>>().unwrap();
+    assert_eq!(scheduler.tick(at("2026-03-27T17:30:00Z")).await.unwrap(), 0);
+    assert_eq!(scheduler.tick(at("2026-03-27T17:40:00Z")).await.unwrap(), 1);
+    for quiet in [
+        "2026-03-27T18:00:00Z",
+        "2026-03-29T12:00:00Z",
+        "2026-03-30T05:59:59Z",
+    ] {
+        assert_eq!(scheduler.tick(at(quiet)).await.unwrap(), 0, "{quiet}");
+    }
+    assert_eq!(scheduler.tick(at("2026-03-30T06:00:00Z")).await.unwrap(), 1);
+    let fires = db
+        .strings("SELECT dedupe_key FROM jobs WHERE kind = 'heartbeat_run' ORDER BY dedupe_key")
+        .await;
+    let expected: Vec<String> = ["2026-03-27T17:40:00Z", "2026-03-30T06:00:00Z"]
+        .iter()
+        .map(|t| format!("schedule:heartbeat:{TENANT}:{}", at(t).timestamp()))
+        .collect();
+    assert_eq!(fires, expected);
+    let runs = db
+        .strings("SELECT DISTINCT payload FROM jobs WHERE kind = 'heartbeat_run'")
+        .await;
+    assert_eq!(runs.len(), 2, "each fire has its own run id");
+}
+
 on_both_backends!(
     a_scenario_creates_users_once_and_records_each_activity,
     a_run_resumes_without_duplicates_and_cleanup_removes_exactly_its_objects,
     no_seats_left_fails_the_run_with_its_reason,
+    the_schedule_fires_in_the_scenarios_zone_across_a_dst_change,
+    a_user_without_usage_location_is_located_before_licensing,
 );

@@ -319,6 +319,21 @@ pub(crate) async fn eventually(db: &TestDb, sql: &str) -> Vec<String> {
     panic!("nothing for `{sql}` within 20 s");
 }
 
+/// An app-only Graph token for the emulator's tenant, as a caller outside tenantd gets it.
+pub(crate) async fn app_token(
+    emulator: &graph_emulator::Emulator,
+    client_id: &str,
+    secret: &str,
+) -> String {
+    tenantd::identity::IdentityClient::new(url::Url::parse(&emulator.base_url()).unwrap())
+        .client_credentials(TENANT, client_id, secret, "https://graph.microsoft.com")
+        .await
+        .unwrap()
+        .access_token
+        .expose()
+        .to_string()
+}
+
 /// Sends mail to user0 (the subscribed mailbox) as the app, through the emulator's `sendMail`.
 pub(crate) async fn send_mail(
     emulator: &graph_emulator::Emulator,
@@ -327,14 +342,10 @@ pub(crate) async fn send_mail(
     from: &str,
     subject: &str,
 ) {
-    let token =
-        tenantd::identity::IdentityClient::new(url::Url::parse(&emulator.base_url()).unwrap())
-            .client_credentials(TENANT, client_id, secret, "https://graph.microsoft.com")
-            .await
-            .unwrap();
+    let token = app_token(emulator, client_id, secret).await;
     let sent = reqwest::Client::new()
         .post(format!("{}/users/{from}/sendMail", emulator.graph_url()))
-        .bearer_auth(token.access_token.expose())
+        .bearer_auth(&token)
         .json(&serde_json::json!({"message": {"subject": subject, "body": {"contentType": "text", "content": "Hello"},
             "toRecipients": [{"emailAddress": {"address": "user0@contoso.onmicrosoft.com"}}]}, "saveToSentItems": false}))
         .send()
@@ -461,14 +472,10 @@ async fn an_event_notification_is_fetched_from_graph(db: TestDb) {
         user_id,
         ..
     } = live_with(&db, "events", false).await;
-    let token =
-        tenantd::identity::IdentityClient::new(url::Url::parse(&emulator.base_url()).unwrap())
-            .client_credentials(TENANT, &client_id, &secret, "https://graph.microsoft.com")
-            .await
-            .unwrap();
+    let token = app_token(&emulator, &client_id, &secret).await;
     let created: serde_json::Value = reqwest::Client::new()
         .post(format!("{}/users/{user_id}/events", emulator.graph_url()))
-        .bearer_auth(token.access_token.expose())
+        .bearer_auth(&token)
         .json(&serde_json::json!({"subject": "Planning",
             "start": {"dateTime": "2026-12-03T09:00:00", "timeZone": "UTC"},
             "end": {"dateTime": "2026-12-03T09:30:00", "timeZone": "UTC"}}))
