@@ -347,6 +347,10 @@ pub struct Tenant {
     pub sideloading_allowed: bool,
     /// What the admin answers on the consent page.
     pub consent_outcome: ConsentOutcome,
+    /// Exchange application access policies (`RestrictAccess`) by client id: the users whose
+    /// mailboxes and calendars the app may reach app-only; every other one answers 403
+    /// `ErrorAccessDenied` "Access to OData is disabled." (RBAC for Applications scopes alike).
+    pub mailbox_scopes: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl Tenant {
@@ -890,6 +894,7 @@ impl World {
             bots: BTreeMap::new(),
             sideloading_allowed: true,
             consent_outcome: ConsentOutcome::Approve,
+            mailbox_scopes: BTreeMap::new(),
         };
         self.tenants.insert(id.clone(), tenant);
         Ok(id)

@@ -374,6 +374,40 @@ async fn a_user_without_usage_location_is_located_before_licensing(db: TestDb) {
     app.stop().await.unwrap();
 }
 
+/// An Exchange application access policy that leaves the demo users out: the run fails with
+/// `access_policy_denied`, naming the mailbox, and is not retried as if Graph were down.
+async fn an_access_policy_denial_is_reported_with_its_reason_and_mailbox(db: TestDb) {
+    let Env {
+        app,
+        emulator,
+        client_id,
+        ..
+    } = env(&db).await;
+    {
+        let mut world = emulator.shared().world();
+        let tenant = world.tenants.get_mut(TENANT).unwrap();
+        let user0 = tenant.users.values().next().unwrap().id.clone();
+        tenant
+            .mailbox_scopes
+            .insert(client_id.clone(), [user0].into_iter().collect());
+    }
+    let outcome = run(
+        &db,
+        &HeartbeatRun::new(&scenario(2, &[(ActivityKind::Mail, 1)])),
+    )
+    .await;
+    assert_eq!(outcome, "failed access_policy_denied");
+    let message = db
+        .strings("SELECT last_message FROM jobs WHERE kind = 'heartbeat_run'")
+        .await;
+    assert!(
+        message[0].contains("@contoso.onmicrosoft.com") && message[0].contains("access policy"),
+        "{message:?}"
+    );
+    assert_eq!(recorded(&db, "mail").await, 0);
+    app.stop().await.unwrap();
+}
+
 /// A scenario's schedule is read in its time zone: "every 20 minutes 8-18 on weekdays" in
 /// Berlin fires at 18:40 CET on the Friday before the spring change (17:40Z) and next at
 /// 08:00 CEST on Monday (06:00Z), not at 07:00Z; each fire is a run of its own.
@@ -419,4 +453,5 @@ on_both_backends!(
     no_seats_left_fails_the_run_with_its_reason,
     the_schedule_fires_in_the_scenarios_zone_across_a_dst_change,
     a_user_without_usage_location_is_located_before_licensing,
+    an_access_policy_denial_is_reported_with_its_reason_and_mailbox,
 );

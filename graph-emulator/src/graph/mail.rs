@@ -199,6 +199,18 @@ pub fn open_mailbox(
     let tenant = tenant_of(world, caller)?;
     let user_id = resolve_user(tenant, caller, segment, Workload::Outlook)?;
     check_mailbox_access(caller, &user_id)?;
+    let out_of_scope = caller.is_app_only()
+        && tenant
+            .mailbox_scopes
+            .get(&caller.client_id)
+            .is_some_and(|allowed| !allowed.contains(&user_id));
+    if out_of_scope {
+        return Err(GraphError::new(
+            StatusCode::FORBIDDEN,
+            "ErrorAccessDenied",
+            "Access to OData is disabled.",
+        ));
+    }
     let user = tenant.users.get_mut(&user_id).expect("resolved");
     if !user.services_ready(clock::now()) {
         return Err(mailbox_not_enabled());
