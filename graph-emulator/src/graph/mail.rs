@@ -4,7 +4,9 @@
 //! folder is a draft), MS-OXCMSG PidTagMessageFlags (`singleValueExtendedProperties` with id
 //! `Integer 0x0E07`: `mfRead` 0x1, `mfUnsent` 0x8; settable only at creation), and
 //! .../user-sendmail (`202 Accepted`; delivered to the recipients' Inbox, a copy in Sent Items
-//! unless `saveToSentItems` is false).
+//! unless `saveToSentItems` is false), .../message-send (a draft sent) and .../message-reply
+//! (same conversation, `In-Reply-To`). Every copy of a sent message has the same
+//! internetMessageId and conversationId.
 //!
 //! `from` and `sender`: on a created message they are what the request gives (`sender` follows
 //! `from` when only `from` is given); on a sent message `sender` is the sending mailbox and `from`
@@ -62,6 +64,8 @@ pub fn router() -> Router<AppState> {
             get(delta),
         )
         .route("/v1.0/users/{user}/sendMail", post(send_mail))
+        .route("/v1.0/users/{user}/messages/{id}/send", post(send_draft))
+        .route("/v1.0/users/{user}/messages/{id}/reply", post(reply))
 }
 
 /// Page size of delta answers (Graph's default for messages is 10).
@@ -631,38 +635,89 @@ async fn send_mail(
         .unwrap_or(true);
     let mut world = state.world();
     let (tenant, user_id) = open_mailbox(&mut world, &caller, &user)?;
-    let owner = user_mut(&mut world, &tenant, &user_id).email_address();
+    let sent = Sending {
+        internet_message_id: format!("<{}@graph-emulator>", random_secret(24)),
+        conversation_id: new_outlook_id("AAQkAG"),
+        headers: None,
+    };
+    deliver(&state, &mut world, &tenant, &user_id, message, save, &sent);
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+/// What every copy of a sent message shares: Exchange gives the sender's copy and each
+/// recipient's the same internetMessageId and conversation, and a reply's copies its
+/// `In-Reply-To` and `References` headers.
+struct Sending {
+    internet_message_id: String,
+    conversation_id: String,
+    headers: Option<Value>,
+}
+
+/// Delivers `message` from `user_id`'s mailbox: a copy in Sent Items when `save`, one in each
+/// emulated recipient's Inbox (external recipients leave the emulated cloud).
+fn deliver(
+    state: &AppState,
+    world: &mut World,
+    tenant: &str,
+    user_id: &str,
+    message: &Map<String, Value>,
+    save: bool,
+    sent: &Sending,
+) {
+    let owner = user_mut(world, tenant, user_id).email_address();
     let from = message
         .get("from")
         .cloned()
         .unwrap_or_else(|| owner.clone());
+    let shared = |mut copy: Value| {
+        copy["internetMessageId"] = json!(sent.internet_message_id);
+        copy["conversationId"] = json!(sent.conversation_id);
+        if let Some(headers) = &sent.headers {
+            copy["internetMessageHeaders"] = headers.clone();
+        }
+        copy
+    };
     let mut changes = Vec::new();
     if save {
-        let mailbox = user_mut(&mut world, &tenant, &user_id)
+        let mailbox = user_mut(world, tenant, user_id)
             .mailbox
             .as_mut()
             .expect("ready");
         let folder = mailbox.folder("sentitems").expect("provisioned").id.clone();
-        let copy = new_message(message, &folder, false, true, from.clone(), owner.clone());
+        let copy = shared(new_message(
+            message,
+            &folder,
+            false,
+            true,
+            from.clone(),
+            owner.clone(),
+        ));
         mailbox.put_message(copy.clone());
-        changes.push(message_change(&tenant, &user_id, &copy, "created"));
+        changes.push(message_change(tenant, user_id, &copy, "created"));
     }
     let now = clock::now();
-    for address in recipients {
+    for address in addresses(message) {
         let found = world
             .tenants
             .iter()
             .find_map(|(tid, t)| t.user_by_address(&address).map(|u| (tid.clone(), u)));
         let Some((recipient_tenant, recipient_id)) = found else {
-            continue; // External recipients leave the emulated cloud.
+            continue;
         };
-        let recipient = user_mut(&mut world, &recipient_tenant, &recipient_id);
+        let recipient = user_mut(world, &recipient_tenant, &recipient_id);
         if !recipient.services_ready(now) {
             continue;
         }
         let mailbox = recipient.mailbox.as_mut().expect("ready");
         let inbox = mailbox.folder("inbox").expect("provisioned").id.clone();
-        let copy = new_message(message, &inbox, false, false, from.clone(), owner.clone());
+        let copy = shared(new_message(
+            message,
+            &inbox,
+            false,
+            false,
+            from.clone(),
+            owner.clone(),
+        ));
         mailbox.put_message(copy.clone());
         changes.push(message_change(
             &recipient_tenant,
@@ -672,8 +727,104 @@ async fn send_mail(
         ));
     }
     for change in changes {
-        notifications::publish(&state, &world, change);
+        notifications::publish(state, world, change);
     }
     state.count("mail_sent");
+}
+
+/// `POST /users/{user}/messages/{id}/send`: sends a draft (it leaves Drafts; its
+/// internetMessageId and conversation go with it). 202, no body. A message that is not a draft
+/// cannot be sent again. Source: https://learn.microsoft.com/graph/api/message-send.
+async fn send_draft(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((user, id)): Path<(String, String)>,
+) -> GraphResult {
+    caller.require(Workload::Outlook, &SEND)?;
+    let mut world = state.world();
+    let (tenant, user_id, mailbox) = open_mailbox_mut(&mut world, &caller, &user)?;
+    let draft = mailbox
+        .messages
+        .get(&id)
+        .ok_or_else(item_not_found)?
+        .clone();
+    if draft["isDraft"] != json!(true) {
+        return Err(GraphError::bad_request(
+            "ErrorInvalidOperation",
+            "The item has already been sent.",
+        ));
+    }
+    let Value::Object(message) = &draft else {
+        unreachable!("messages are objects")
+    };
+    if addresses(message).is_empty() {
+        return Err(GraphError::bad_request("ErrorInvalidRecipients", "At least one recipient isn't valid., A message can't be sent because it contains no recipients."));
+    }
+    mailbox.messages.remove(&id);
+    let sent = Sending {
+        internet_message_id: draft["internetMessageId"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        conversation_id: draft["conversationId"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        headers: None,
+    };
+    let mut message = message.clone();
+    message.remove("from");
+    deliver(&state, &mut world, &tenant, &user_id, &message, true, &sent);
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+/// `POST /users/{user}/messages/{id}/reply` with `comment`: replies to the message's sender
+/// (its `replyTo` when set) in the same conversation, `RE:` before the subject, `In-Reply-To`
+/// and `References` naming the original. 202, no body. Source:
+/// https://learn.microsoft.com/graph/api/message-reply.
+async fn reply(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((user, id)): Path<(String, String)>,
+    body: Bytes,
+) -> GraphResult {
+    caller.require(Workload::Outlook, &SEND)?;
+    let input = if body.is_empty() {
+        Map::new()
+    } else {
+        json_object(&body)?
+    };
+    let mut world = state.world();
+    let (tenant, user_id, mailbox) = open_mailbox_mut(&mut world, &caller, &user)?;
+    let original = mailbox
+        .messages
+        .get(&id)
+        .ok_or_else(item_not_found)?
+        .clone();
+    let to = match original["replyTo"].as_array().filter(|r| !r.is_empty()) {
+        Some(reply_to) => Value::Array(reply_to.clone()),
+        None => json!([{"emailAddress": original["from"]["emailAddress"].clone()}]),
+    };
+    let subject = original["subject"].as_str().unwrap_or_default();
+    let mut message = Map::new();
+    message.insert("subject".into(), json!(format!("RE: {subject}")));
+    message.insert(
+        "body".into(),
+        json!({"contentType": "text", "content": input.get("comment").and_then(Value::as_str).unwrap_or_default()}),
+    );
+    message.insert("toRecipients".into(), to);
+    let original_id = original["internetMessageId"].as_str().unwrap_or_default();
+    let sent = Sending {
+        internet_message_id: format!("<{}@graph-emulator>", random_secret(24)),
+        conversation_id: original["conversationId"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        headers: Some(json!([
+            {"name": "In-Reply-To", "value": original_id},
+            {"name": "References", "value": original_id},
+        ])),
+    };
+    deliver(&state, &mut world, &tenant, &user_id, &message, true, &sent);
     Ok(StatusCode::ACCEPTED.into_response())
 }

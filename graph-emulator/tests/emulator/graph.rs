@@ -379,6 +379,124 @@ async fn send_mail_delivers_to_the_recipients_inbox_with_from_and_sender() {
 }
 
 #[tokio::test]
+async fn a_sent_draft_and_its_reply_share_the_conversation_and_name_the_original() {
+    let env = Env::standard().await;
+    let adele = env.user("adele", true).await;
+    let alex = env.user("alex", true).await;
+    let adele_token = env
+        .delegated(&format!("adele@{DOMAIN}"), "Mail.Send Mail.ReadWrite")
+        .await;
+    let adele_token = adele_token["access_token"].as_str().unwrap().to_string();
+    let draft = env
+        .post(
+            "/me/messages",
+            &adele_token,
+            json!({"subject": "Offer", "body": {"contentType": "text", "content": "Attached."},
+            "toRecipients": [{"emailAddress": {"address": format!("alex@{DOMAIN}")}}]}),
+        )
+        .await
+        .assert_status(201);
+    assert_eq!(draft.json["isDraft"], true);
+    let (id, internet_id, conversation) = (
+        draft.json["id"].as_str().unwrap().to_string(),
+        draft.json["internetMessageId"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+        draft.json["conversationId"].as_str().unwrap().to_string(),
+    );
+    let sent = env
+        .post(&format!("/me/messages/{id}/send"), &adele_token, json!({}))
+        .await
+        .assert_status(202);
+    assert!(sent.text.is_empty());
+    env.post(&format!("/me/messages/{id}/send"), &adele_token, json!({}))
+        .await
+        .assert_status(404);
+    let app = env.app_token().await;
+    let inbox = env
+        .get(&format!("/users/{alex}/mailFolders/inbox/messages"), &app)
+        .await
+        .assert_status(200);
+    let received = &inbox.json["value"][0];
+    assert_eq!(received["internetMessageId"], internet_id.as_str());
+    assert_eq!(received["conversationId"], conversation.as_str());
+    assert_eq!(received["isDraft"], false);
+    let sent_copy = env
+        .get(
+            &format!("/users/{adele}/mailFolders/sentitems/messages"),
+            &app,
+        )
+        .await
+        .assert_status(200);
+    assert_eq!(
+        sent_copy.json["value"][0]["internetMessageId"],
+        internet_id.as_str()
+    );
+    // Alex replies: Adele receives it in the same conversation, In-Reply-To the original.
+    let alex_token = env
+        .delegated(&format!("alex@{DOMAIN}"), "Mail.Send Mail.ReadWrite")
+        .await;
+    let alex_token = alex_token["access_token"].as_str().unwrap();
+    let received_id = received["id"].as_str().unwrap();
+    env.post(
+        &format!("/me/messages/{received_id}/reply"),
+        alex_token,
+        json!({"comment": "Thanks, accepted."}),
+    )
+    .await
+    .assert_status(202);
+    let adele_inbox = env
+        .get(
+            &format!("/users/{adele}/mailFolders/inbox/messages?$select=subject,conversationId,internetMessageHeaders"),
+            &app,
+        )
+        .await
+        .assert_status(200);
+    let answer = &adele_inbox.json["value"][0];
+    assert_eq!(answer["subject"], "RE: Offer");
+    assert_eq!(answer["conversationId"], conversation.as_str());
+    let in_reply_to = answer["internetMessageHeaders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == "In-Reply-To")
+        .unwrap();
+    assert_eq!(in_reply_to["value"], internet_id.as_str());
+}
+
+#[tokio::test]
+async fn an_application_access_policy_limits_app_only_mailbox_access() {
+    let env = Env::standard().await;
+    let adele = env.user("adele", true).await;
+    let alex = env.user("alex", true).await;
+    let app = env.app_token().await;
+    {
+        let mut world = env.emulator.shared().world();
+        let tenant = world.tenants.values_mut().next().unwrap();
+        let client_id = tenant.grants.keys().next().unwrap().clone();
+        tenant
+            .mailbox_scopes
+            .insert(client_id, [adele.clone()].into_iter().collect());
+    }
+    env.get(&format!("/users/{adele}/messages"), &app)
+        .await
+        .assert_status(200);
+    let denied = env
+        .get(&format!("/users/{alex}/messages"), &app)
+        .await
+        .assert_status(403);
+    assert_eq!(denied.json["error"]["code"], "ErrorAccessDenied");
+    assert_eq!(
+        denied.json["error"]["message"],
+        "Access to OData is disabled."
+    );
+    env.get(&format!("/users/{alex}/events"), &app)
+        .await
+        .assert_status(403);
+}
+
+#[tokio::test]
 async fn onedrive_simple_and_session_uploads_with_attribution() {
     let env = Env::standard().await;
     let adele = env.user("adele", true).await;
