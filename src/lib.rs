@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod attribution;
 pub mod audit;
 pub mod cli;
 pub mod config;

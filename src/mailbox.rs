@@ -34,11 +34,12 @@ pub struct StoredMessage {
     pub conversation_id: Option<String>,
     /// `bodyPreview`.
     pub preview: Option<String>,
+    /// The `In-Reply-To` header (read for the attribution lookback, not stored here).
+    pub in_reply_to: Option<String>,
 }
 
 /// The fields Graph is asked for.
-pub const SELECT: &str =
-    "id,subject,from,receivedDateTime,internetMessageId,conversationId,bodyPreview,parentFolderId";
+pub const SELECT: &str = "id,subject,from,receivedDateTime,internetMessageId,conversationId,bodyPreview,parentFolderId,internetMessageHeaders";
 
 impl StoredMessage {
     /// From Graph's message JSON.
@@ -57,6 +58,17 @@ impl StoredMessage {
             internet_message_id: text("internetMessageId"),
             conversation_id: text("conversationId"),
             preview: text("bodyPreview"),
+            in_reply_to: message["internetMessageHeaders"]
+                .as_array()
+                .and_then(|headers| {
+                    headers.iter().find(|h| {
+                        h["name"]
+                            .as_str()
+                            .is_some_and(|n| n.eq_ignore_ascii_case("In-Reply-To"))
+                    })
+                })
+                .and_then(|h| h["value"].as_str())
+                .map(str::to_string),
         })
     }
 }

@@ -76,6 +76,10 @@ pub mod names {
     pub const HEARTBEAT_FAILURES: &str = "tenantd_heartbeat_failures_total";
     /// Counter of activities skipped by `kind` and `reason` (`delegated_access_required`).
     pub const HEARTBEAT_SKIPPED: &str = "tenantd_heartbeat_skipped_total";
+    /// Counter of inbound replies linked to delegated actions, by `matched_by`.
+    pub const ATTRIBUTION_LINKS: &str = "tenantd_attribution_links_total";
+    /// Counter of delegated actions by `kind` (`send_mail`, `event_create`, ...) and `result`.
+    pub const DELEGATED_ACTIONS: &str = "tenantd_delegated_actions_total";
     /// Counter of objects cleanup handled, by `kind` and `result` (`removed`, `gone`, `failed`).
     pub const HEARTBEAT_CLEANUP: &str = "tenantd_heartbeat_cleanup_total";
 }
@@ -112,6 +116,14 @@ pub fn recorder() -> PrometheusHandle {
 }
 
 fn describe() {
+    metrics::describe_counter!(
+        names::ATTRIBUTION_LINKS,
+        "Inbound replies linked to mail tenantd sent as a user, by how they matched."
+    );
+    metrics::describe_counter!(
+        names::DELEGATED_ACTIONS,
+        "Delegated actions (as a signed-in user), by kind and result."
+    );
     metrics::describe_counter!(names::HEARTBEAT_RUNS, "Heartbeat run attempts, by result.");
     metrics::describe_counter!(
         names::HEARTBEAT_OBJECTS,

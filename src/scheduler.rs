@@ -15,6 +15,7 @@ use chrono_tz::Tz;
 use croner::Cron;
 
 use crate::jobs::heartbeat_run::HeartbeatRun;
+use crate::jobs::prune_attribution::PruneAttribution;
 use crate::jobs::prune_jobs::PruneJobs;
 use crate::jobs::reconcile_subscriptions::ReconcileSubscriptions;
 use crate::jobs::token_sweep::TokenSweep;
@@ -202,7 +203,7 @@ impl Schedule {
 }
 
 /// The built-in schedules: subscription reconcile every minute, token sweep every two minutes,
-/// pruning hourly.
+/// pruning (finished jobs, the attribution lookback) hourly.
 pub fn builtin(retention_hours: u64, public_url: Option<String>) -> Vec<Schedule> {
     vec![
         Schedule::new(
@@ -219,6 +220,13 @@ pub fn builtin(retention_hours: u64, public_url: Option<String>) -> Vec<Schedule
             "0 7 * * * *",
             "UTC",
             job_of(PruneJobs { retention_hours }),
+        )
+        .expect("valid built-in schedule"),
+        Schedule::new(
+            "prune_attribution",
+            "0 17 * * * *",
+            "UTC",
+            job_of(PruneAttribution {}),
         )
         .expect("valid built-in schedule"),
     ]
@@ -427,7 +435,7 @@ mod tests {
     #[test]
     fn the_built_in_schedules_parse() {
         let schedules = builtin(168, None);
-        assert_eq!(schedules.len(), 3);
+        assert_eq!(schedules.len(), 4);
         assert!(schedules.iter().all(|s| s.next_after(Utc::now()).is_some()));
     }
 }

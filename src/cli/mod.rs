@@ -4,6 +4,7 @@
 //!
 //! Owns no tables. Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
 
+mod attribution;
 mod heartbeat;
 mod queue;
 mod runs;
@@ -90,6 +91,17 @@ enum Command {
     /// Demo-tenant heartbeat: run a scenario now, list what it created, clean up
     #[command(subcommand)]
     Heartbeat(heartbeat::HeartbeatCommand),
+    /// Queue a job of any kind (e.g. delegated_send_mail, delegated_event) with a JSON payload
+    Enqueue {
+        /// The job kind
+        kind: String,
+        /// The payload, one JSON object
+        #[arg(long, value_name = "JSON")]
+        payload: String,
+    },
+    /// What tenantd did as users and the replies linked to it; the lookback window
+    #[command(subcommand)]
+    Attribution(attribution::AttributionCommand),
     /// Apply pending database migrations and exit (`run` also applies them at start).
     Migrate,
     /// Validate the configuration and print the effective values, secrets redacted.
@@ -181,6 +193,14 @@ pub fn main() -> i32 {
         Command::Heartbeat(command) => {
             print_warnings(&loaded);
             runtime.block_on(heartbeat::run(&loaded.config, command))
+        }
+        Command::Enqueue { kind, payload } => {
+            print_warnings(&loaded);
+            runtime.block_on(attribution::enqueue(&loaded.config, kind, payload))
+        }
+        Command::Attribution(command) => {
+            print_warnings(&loaded);
+            runtime.block_on(attribution::run(&loaded.config, command))
         }
         Command::Migrate => {
             print_warnings(&loaded);

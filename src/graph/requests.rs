@@ -169,6 +169,57 @@ impl GraphClient {
         .await
     }
 
+    /// `POST /users/{id}/messages`: a draft in the mailbox (Graph gives it its id,
+    /// internetMessageId and conversationId before it is sent).
+    ///
+    /// # Errors
+    /// [`GraphError`].
+    pub async fn create_draft(
+        &self,
+        connection: &Connection,
+        user: &str,
+        message: &Value,
+    ) -> Result<Value, GraphError> {
+        self.send(
+            connection,
+            &GraphRequest::new(
+                Method::POST,
+                format!("/users/{}/messages", segment(user)),
+                "mail",
+            )
+            .json(message.clone())
+            .mailbox(user),
+        )
+        .await
+    }
+
+    /// `POST /users/{id}/messages/{id}/send`: sends a draft.
+    ///
+    /// # Errors
+    /// [`GraphError`].
+    pub async fn send_draft(
+        &self,
+        connection: &Connection,
+        user: &str,
+        message_id: &str,
+    ) -> Result<(), GraphError> {
+        self.send(
+            connection,
+            &GraphRequest::new(
+                Method::POST,
+                format!(
+                    "/users/{}/messages/{}/send",
+                    segment(user),
+                    segment(message_id)
+                ),
+                "mail",
+            )
+            .mailbox(user),
+        )
+        .await
+        .map(drop)
+    }
+
     /// `DELETE /users/{id}/messages/{id}`.
     ///
     /// # Errors

@@ -169,9 +169,7 @@ impl Job for GraphNotification {
                     message: "Graph's message has no id".into(),
                 }
             })?;
-        mailbox::upsert(&context.store, &self.tenant_id, &stored)
-            .await
-            .map_err(JobError::database)
+        super::store_message(&context.store, &self.tenant_id, &stored).await
     }
 }
 

@@ -6,11 +6,14 @@
 //! job fails permanently with `job_payload_invalid` instead of looping.
 
 pub mod connection_check;
+pub mod delegated_event;
+pub mod delegated_send_mail;
 pub mod graph_lifecycle;
 pub mod graph_notification;
 pub mod heartbeat_cleanup;
 pub mod heartbeat_run;
 pub mod noop;
+pub mod prune_attribution;
 pub mod prune_jobs;
 pub mod reconcile_subscriptions;
 pub mod resync_subscription;
@@ -97,6 +100,106 @@ pub async fn job_connection(
         })
 }
 
+/// Stores a fetched message and links it to the delegated action it replies to, if any
+/// (the attribution lookback).
+///
+/// # Errors
+/// The database failed (retried).
+pub async fn store_message(
+    store: &Store,
+    tenant_id: &str,
+    message: &crate::mailbox::StoredMessage,
+) -> Result<(), JobError> {
+    crate::mailbox::upsert(store, tenant_id, message)
+        .await
+        .map_err(JobError::database)?;
+    let inbound = crate::attribution::Inbound {
+        message_id: &message.message_id,
+        internet_message_id: message.internet_message_id.as_deref(),
+        conversation_id: message.conversation_id.as_deref(),
+        in_reply_to: message.in_reply_to.as_deref(),
+        from_address: message.from_address.as_deref(),
+        received_at: message.received_at.as_deref(),
+    };
+    if let Some(link) = crate::attribution::link_reply(store, tenant_id, &inbound)
+        .await
+        .map_err(JobError::database)?
+    {
+        metrics::counter!(crate::metrics::names::ATTRIBUTION_LINKS, "matched_by" => link.matched_by).increment(1);
+    }
+    Ok(())
+}
+
+/// The tenant is the consumer (Microsoft account) tenant: personal accounts, not staff.
+const CONSUMER_TENANT: &str = "9188040d-6c67-4c5b-b112-36a304b66dad";
+
+/// The delegated connection a delegated action acts through: `connection_id`, or the tenant's
+/// delegated connection of `user` (object id or sign-in name). App-only connections and
+/// non-organizational identities (B2C, External ID, personal accounts) are refused.
+///
+/// # Errors
+/// [`JobError::Permanent`] with `delegated_connection_required`, `identity_not_allowed` or
+/// `connection_not_found`; the database failing is retried.
+pub async fn acting_connection(
+    store: &Store,
+    tenant_id: &str,
+    connection_id: Option<&str>,
+    user: Option<&str>,
+) -> Result<crate::connections::Connection, JobError> {
+    use crate::connections::{self, AuthMode, ConnectionError};
+    let not_found = || {
+        JobError::Permanent {
+        reason: "connection_not_found",
+        message: "no delegated connection of the tenant matches; fix: connect the user with `tenantd tenant connect`".into(),
+    }
+    };
+    let connection = match (connection_id, user) {
+        (Some(id), _) => match connections::get(store, id).await {
+            Ok(connection) if connection.tenant_id.eq_ignore_ascii_case(tenant_id) => connection,
+            Ok(_) | Err(ConnectionError::NotFound) => return Err(not_found()),
+            Err(err) => return Err(JobError::database(err)),
+        },
+        (None, Some(user)) => connections::list(store, Some(tenant_id))
+            .await
+            .map_err(JobError::database)?
+            .into_iter()
+            .find(|c| {
+                c.auth_mode == AuthMode::Delegated
+                    && (c.user_id.eq_ignore_ascii_case(user)
+                        || c.user_name
+                            .as_deref()
+                            .is_some_and(|n| n.eq_ignore_ascii_case(user)))
+            })
+            .ok_or_else(not_found)?,
+        (None, None) => {
+            return Err(JobError::Permanent {
+                reason: "job_payload_invalid",
+                message: "name the acting user (`user`) or its connection (`connection_id`)".into(),
+            })
+        }
+    };
+    if connection.auth_mode != AuthMode::Delegated {
+        return Err(JobError::Permanent {
+            reason: "delegated_connection_required",
+            message: format!(
+                "connection {} is app-only; this action acts as a signed-in user",
+                connection.id
+            ),
+        });
+    }
+    let consumer = connection.tenant_id.eq_ignore_ascii_case(CONSUMER_TENANT);
+    if consumer || connections::check_authority(&connection.authority).is_err() {
+        return Err(JobError::Permanent {
+            reason: "identity_not_allowed",
+            message: format!(
+                "connection {} is not an organizational (Entra ID) identity; Graph actions are for staff accounts only",
+                connection.id
+            ),
+        });
+    }
+    Ok(connection)
+}
+
 /// What a running job may use.
 #[derive(Clone)]
 pub struct JobContext {
@@ -175,6 +278,7 @@ type Handler = Arc<dyn Fn(serde_json::Value, JobContext) -> Run + Send + Sync>;
 #[derive(Clone)]
 pub struct Registered {
     handler: Handler,
+    prepare: Arc<dyn Fn(serde_json::Value) -> Result<NewJob, String> + Send + Sync>,
     /// One attempt's time limit.
     pub timeout: Duration,
 }
@@ -197,11 +301,14 @@ impl Registry {
     pub fn standard() -> Self {
         let mut registry = Self::default();
         registry.register::<connection_check::ConnectionCheck>();
+        registry.register::<delegated_event::DelegatedEvent>();
+        registry.register::<delegated_send_mail::DelegatedSendMail>();
         registry.register::<graph_lifecycle::GraphLifecycle>();
         registry.register::<graph_notification::GraphNotification>();
         registry.register::<heartbeat_cleanup::HeartbeatCleanup>();
         registry.register::<heartbeat_run::HeartbeatRun>();
         registry.register::<noop::Noop>();
+        registry.register::<prune_attribution::PruneAttribution>();
         registry.register::<prune_jobs::PruneJobs>();
         registry.register::<reconcile_subscriptions::ReconcileSubscriptions>();
         registry.register::<resync_subscription::ResyncSubscription>();
@@ -221,13 +328,42 @@ impl Registry {
                 job.run(context).await
             })
         });
+        let prepare = Arc::new(|payload: serde_json::Value| {
+            let job: J = serde_json::from_value(payload.clone())
+                .map_err(|err| format!("the payload does not fit {}: {err}", J::KIND))?;
+            Ok(NewJob {
+                kind: J::KIND.to_string(),
+                payload,
+                tenant_id: job.tenant().unwrap_or_default(),
+                dedupe_key: job.dedupe_key(),
+                priority: 0,
+                run_at: None,
+                max_attempts: J::MAX_ATTEMPTS,
+            })
+        });
         self.kinds.insert(
             J::KIND,
             Registered {
                 handler,
+                prepare,
                 timeout: J::TIMEOUT,
             },
         );
+    }
+
+    /// The job to enqueue for `kind` with `payload` (its tenant lane and dedupe key taken from
+    /// the typed payload), or why it cannot be: an unknown kind, a payload that does not fit.
+    ///
+    /// # Errors
+    /// What is wrong, for the operator.
+    pub fn prepare(&self, kind: &str, payload: serde_json::Value) -> Result<NewJob, String> {
+        let registered = self.kinds.get(kind).ok_or_else(|| {
+            format!(
+                "no job kind `{kind}`; fix: use one of {}",
+                self.kinds().join(", ")
+            )
+        })?;
+        (registered.prepare)(payload)
     }
 
     /// A kind by name.

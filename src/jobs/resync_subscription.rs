@@ -141,9 +141,7 @@ impl Job for ResyncSubscription {
                     .map_err(JobError::database)?;
                 removed += 1;
             } else if let Some(message) = StoredMessage::from_graph(item, &user, &subscription.id) {
-                mailbox::upsert(&context.store, &self.tenant_id, &message)
-                    .await
-                    .map_err(JobError::database)?;
+                super::store_message(&context.store, &self.tenant_id, &message).await?;
                 stored += 1;
             }
         }

@@ -4,6 +4,7 @@
 mod helpers;
 
 mod connections;
+mod delegated;
 mod graph_client;
 mod heartbeat;
 mod lifecycle;
