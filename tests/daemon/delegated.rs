@@ -157,20 +157,7 @@ async fn enqueue_and_wait(db: &TestDb, kind: &str, payload: serde_json::Value) -
         .unwrap()
         .id()
         .to_string();
-    for _ in 0..200 {
-        let state = db
-            .strings(&format!(
-                "SELECT state || ' ' || COALESCE(last_reason, '') FROM jobs WHERE id = '{id}'"
-            ))
-            .await;
-        if let Some(state) = state.first() {
-            if !state.starts_with("available") && !state.starts_with("running") {
-                return state.trim().to_string();
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("job {id} did not finish");
+    crate::helpers::job_outcome(db, &id).await
 }
 
 fn inbound(stored: &StoredMessage) -> Inbound<'_> {

@@ -2,8 +2,6 @@
 //! licensed; each activity kind created and recorded with its attribution; chat skipped
 //! without delegated access; cleanup removes exactly what heartbeat runs created.
 
-use std::time::Duration;
-
 use tenantd::config::{ActivityConfig, ActivityKind, DemoUsersConfig, HeartbeatConfig};
 use tenantd::jobs::heartbeat_run::HeartbeatRun;
 use tenantd::vault::Keyring;
@@ -78,20 +76,7 @@ async fn run(db: &TestDb, job: &HeartbeatRun) -> String {
         .unwrap()
         .id()
         .to_string();
-    for _ in 0..200 {
-        let state = db
-            .strings(&format!(
-                "SELECT state || ' ' || COALESCE(last_reason, '') FROM jobs WHERE id = '{id}'"
-            ))
-            .await;
-        if let Some(state) = state.first() {
-            if !state.starts_with("available") && !state.starts_with("running") {
-                return state.trim().to_string();
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("heartbeat job {id} did not finish");
+    crate::helpers::job_outcome(db, &id).await
 }
 
 async fn recorded(db: &TestDb, kind: &str) -> usize {

@@ -781,3 +781,22 @@ pub(crate) fn job_context(
         ),
     }
 }
+
+/// Waits until job `id` leaves `available` and `running`; its state and last reason, e.g.
+/// `succeeded` or `failed license_seats_exhausted`.
+pub(crate) async fn job_outcome(db: &TestDb, id: &str) -> String {
+    for _ in 0..200 {
+        let state = db
+            .strings(&format!(
+                "SELECT state || ' ' || COALESCE(last_reason, '') FROM jobs WHERE id = '{id}'"
+            ))
+            .await;
+        if let Some(state) = state.first() {
+            if !state.starts_with("available") && !state.starts_with("running") {
+                return state.trim().to_string();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("job {id} did not finish within 20 s");
+}
