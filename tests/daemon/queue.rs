@@ -653,6 +653,25 @@ async fn payloads_come_back_exactly_as_enqueued(db: TestDb) {
     }
 }
 
+/// Makes the database refuse any job of kind `refused` (a row failing mid-batch).
+async fn refuse_kind_refused(db: &TestDb) {
+    if db.is_postgres() {
+        db.execute(
+            "CREATE FUNCTION refuse_job() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$ LANGUAGE plpgsql",
+        )
+        .await;
+        db.execute(
+            "CREATE TRIGGER refuse_job BEFORE INSERT ON jobs FOR EACH ROW WHEN (NEW.kind = 'refused') EXECUTE FUNCTION refuse_job()",
+        )
+        .await;
+    } else {
+        db.execute(
+            "CREATE TRIGGER refuse_job BEFORE INSERT ON jobs WHEN NEW.kind = 'refused' BEGIN SELECT RAISE(ABORT, 'refused'); END",
+        )
+        .await;
+    }
+}
+
 /// The intake's writer: a batch is one transaction (a failing row leaves none of its batch
 /// behind), dedupe keys taken in the table or earlier in the batch are skipped, and after a
 /// failure the next batch goes through on a fresh connection.
@@ -675,21 +694,7 @@ async fn a_batch_writer_commits_whole_batches_or_nothing_and_recovers(db: TestDb
         "taken and repeated keys are skipped"
     );
     // A row the database refuses, in the middle of a batch.
-    if db.is_postgres() {
-        db.execute(
-            "CREATE FUNCTION refuse_job() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$ LANGUAGE plpgsql",
-        )
-        .await;
-        db.execute(
-            "CREATE TRIGGER refuse_job BEFORE INSERT ON jobs FOR EACH ROW WHEN (NEW.kind = 'refused') EXECUTE FUNCTION refuse_job()",
-        )
-        .await;
-    } else {
-        db.execute(
-            "CREATE TRIGGER refuse_job BEFORE INSERT ON jobs WHEN NEW.kind = 'refused' BEGIN SELECT RAISE(ABORT, 'refused'); END",
-        )
-        .await;
-    }
+    refuse_kind_refused(&db).await;
     let failing = [
         job("notify", "t3", Some("before")).encode(),
         job("refused", "t3", None).encode(),
@@ -756,21 +761,7 @@ async fn batches_of_every_size_insert_each_row_once_with_its_own_fields(db: Test
         }
     }
     assert_eq!(db.strings("SELECT id FROM jobs").await.len(), expected);
-    if db.is_postgres() {
-        db.execute(
-            "CREATE FUNCTION refuse_job() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$ LANGUAGE plpgsql",
-        )
-        .await;
-        db.execute(
-            "CREATE TRIGGER refuse_job BEFORE INSERT ON jobs FOR EACH ROW WHEN (NEW.kind = 'refused') EXECUTE FUNCTION refuse_job()",
-        )
-        .await;
-    } else {
-        db.execute(
-            "CREATE TRIGGER refuse_job BEFORE INSERT ON jobs WHEN NEW.kind = 'refused' BEGIN SELECT RAISE(ABORT, 'refused'); END",
-        )
-        .await;
-    }
+    refuse_kind_refused(&db).await;
     let mut large: Vec<_> = (0..400)
         .map(|n| job("sized", "large", Some(&format!("large-{n}"))).encode())
         .collect();
