@@ -291,6 +291,7 @@ impl Application {
         ));
         work.spawn(metrics_upkeep(metrics, tasks.clone(), work_stop.clone()));
         work.spawn(queue_upkeep(
+            store.clone(),
             queue.clone(),
             tasks.clone(),
             work_stop.clone(),
@@ -473,8 +474,9 @@ async fn instance_heartbeat(instance: Instance, tasks: TaskHealth, stop: Cancell
 
 /// How often the reaper looks for expired leases.
 const REAP_INTERVAL: Duration = Duration::from_secs(15);
-/// Rescues jobs whose lease expired and updates the queue gauges.
-async fn queue_upkeep(queue: Queue, tasks: TaskHealth, stop: CancellationToken) {
+/// Rescues jobs whose lease expired, ends operation runs whose job ended unrecorded, and
+/// updates the queue gauges.
+async fn queue_upkeep(store: Store, queue: Queue, tasks: TaskHealth, stop: CancellationToken) {
     let heartbeat = tasks.register("queue_upkeep", REAP_INTERVAL * 3);
     let mut ticker = tokio::time::interval(REAP_INTERVAL);
     loop {
@@ -485,6 +487,11 @@ async fn queue_upkeep(queue: Queue, tasks: TaskHealth, stop: CancellationToken) 
                     Ok(reaped) if reaped.rescued + reaped.dead > 0 => tracing::warn!(rescued = reaped.rescued, dead = reaped.dead, "expired job leases reaped"),
                     Ok(_) => {}
                     Err(err) => tracing::warn!(error = %err, reason = err.reason_code(), "reaping expired leases failed"),
+                }
+                match crate::runs::settle(&store, &queue).await {
+                    Ok(0) => {}
+                    Ok(settled) => tracing::warn!(settled, "operation runs ended with their jobs"),
+                    Err(err) => tracing::warn!(error = %err, "settling operation runs failed"),
                 }
                 if let Ok(stats) = queue.stats().await {
                     for state in ["available", "running", "succeeded", "failed", "dead", "cancelled"] {

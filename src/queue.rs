@@ -258,6 +258,43 @@ pub struct ClaimedJob {
     pub lease_token: String,
 }
 
+macro_rules! select_jobs {
+    ($tail:literal) => {
+        concat!(
+            "SELECT id, kind, tenant_id, state, attempts, max_attempts, run_at, last_reason, last_message FROM jobs ",
+            $tail
+        )
+    };
+}
+
+type InfoRow = (
+    String,
+    String,
+    String,
+    String,
+    i64,
+    i64,
+    i64,
+    Option<String>,
+    Option<String>,
+);
+
+fn job_info(
+    (id, kind, tenant_id, state, attempts, max_attempts, run_at, last_reason, last_message): InfoRow,
+) -> JobInfo {
+    JobInfo {
+        id,
+        kind,
+        tenant_id,
+        state,
+        attempts,
+        max_attempts,
+        run_at,
+        last_reason,
+        last_message,
+    }
+}
+
 /// A job as `queue list` shows it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct JobInfo {
@@ -1103,50 +1140,26 @@ impl Queue {
     /// # Errors
     /// The database failed.
     pub async fn list(&self, state: JobState, limit: u32) -> Result<Vec<JobInfo>, QueueError> {
-        const SQL: &str = "SELECT id, kind, tenant_id, state, attempts, max_attempts, run_at, last_reason, last_message \
-             FROM jobs WHERE state = $1 ORDER BY updated_at, id LIMIT $2";
-        type Row = (
-            String,
-            String,
-            String,
-            String,
-            i64,
-            i64,
-            i64,
-            Option<String>,
-            Option<String>,
-        );
-        let rows: Vec<Row> = with_pool!(self.store, |pool| sqlx::query_as(SQL)
+        const SQL: &str = select_jobs!("WHERE state = $1 ORDER BY updated_at, id LIMIT $2");
+        let rows: Vec<InfoRow> = with_pool!(self.store, |pool| sqlx::query_as(SQL)
             .bind(state.as_str())
             .bind(i64::from(limit))
             .fetch_all(pool)
             .await?);
-        Ok(rows
-            .into_iter()
-            .map(
-                |(
-                    id,
-                    kind,
-                    tenant_id,
-                    state,
-                    attempts,
-                    max_attempts,
-                    run_at,
-                    last_reason,
-                    last_message,
-                )| JobInfo {
-                    id,
-                    kind,
-                    tenant_id,
-                    state,
-                    attempts,
-                    max_attempts,
-                    run_at,
-                    last_reason,
-                    last_message,
-                },
-            )
-            .collect())
+        Ok(rows.into_iter().map(job_info).collect())
+    }
+
+    /// One job, if it (still) exists: finished jobs are pruned after the retention.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn get(&self, id: &str) -> Result<Option<JobInfo>, QueueError> {
+        const SQL: &str = select_jobs!("WHERE id = $1");
+        let row: Option<InfoRow> = with_pool!(self.store, |pool| sqlx::query_as(SQL)
+            .bind(id)
+            .fetch_optional(pool)
+            .await?);
+        Ok(row.map(job_info))
     }
 
     /// Makes a dead, failed or cancelled job available again now, with fresh attempts. False

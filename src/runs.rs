@@ -116,6 +116,8 @@ pub async fn start(
     tenant_id: &str,
     mut job: NewJob,
 ) -> Result<Started, RunError> {
+    // A run whose job ended unrecorded must not hold the scope.
+    settle(store, queue).await?;
     let id = uuid::Uuid::new_v4().simple().to_string();
     const INSERT: &str =
         "INSERT INTO operation_runs (id, kind, tenant_id, created_at) VALUES ($1, $2, $3, $4) \
@@ -163,6 +165,47 @@ pub async fn start(
         }
     }
     Ok(Started::New(get(store, &id).await?.expect("just inserted")))
+}
+
+/// Ends active runs whose job ended without recording the run's outcome: dead-lettered after
+/// its last retry, cancelled, timed out for good, or already pruned. Such a run would
+/// otherwise stay `running` and keep its tenant's scope busy. Returns how many were ended.
+///
+/// # Errors
+/// The database or the queue failed.
+pub async fn settle(store: &Store, queue: &Queue) -> Result<u64, RunError> {
+    const SQL: &str = select_runs!("WHERE state IN ('queued', 'running') AND job_id IS NOT NULL");
+    let rows: Vec<Row> = with_pool!(store, |pool| sqlx::query_as(SQL).fetch_all(pool).await?);
+    let mut settled = 0;
+    for run in rows.into_iter().map(from_row) {
+        let Some(job_id) = &run.job_id else { continue };
+        let (reason, message) = match queue.get(job_id).await? {
+            Some(job) if matches!(job.state.as_str(), "available" | "running" | "succeeded") => {
+                // Still working, or it succeeded and records the run itself.
+                continue;
+            }
+            Some(job) => (
+                job.last_reason
+                    .unwrap_or_else(|| format!("job_{}", job.state)),
+                format!(
+                    "the run's job ended {} after {} attempts{}",
+                    job.state,
+                    job.attempts,
+                    job.last_message
+                        .map(|m| format!(": {m}"))
+                        .unwrap_or_default()
+                ),
+            ),
+            None => (
+                "job_lost".to_string(),
+                "the run's job no longer exists".to_string(),
+            ),
+        };
+        tracing::warn!(run = %run.id, kind = %run.kind, reason = %reason, "operation run ended with its job");
+        finish(store, &run.id, false, &reason, &message).await?;
+        settled += 1;
+    }
+    Ok(settled)
 }
 
 /// The active run of a tenant.

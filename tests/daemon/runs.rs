@@ -257,10 +257,94 @@ async fn the_runs_commands_start_and_list(db: TestDb) {
     assert_eq!(listed[0]["state"], "queued");
 }
 
+async fn a_run_whose_job_dead_letters_or_is_cancelled_ends_failed_and_frees_the_scope(db: TestDb) {
+    let store = store(&db).await;
+    let queue = Queue::new(store.clone());
+    let mut one_attempt = job("heartbeat_run");
+    one_attempt.max_attempts = 1;
+    let Started::New(dead) = runs::start(&store, &queue, "heartbeat_run", TENANT, one_attempt)
+        .await
+        .unwrap()
+    else {
+        panic!("new")
+    };
+    assert_eq!(
+        runs::settle(&store, &queue).await.unwrap(),
+        0,
+        "a queued job is left alone"
+    );
+    let claimed = queue
+        .claim("test", 1, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    runs::mark_running(&store, &dead.id).await.unwrap();
+    assert_eq!(
+        runs::settle(&store, &queue).await.unwrap(),
+        0,
+        "a running job is left alone"
+    );
+    // The job's last attempt asks for a retry: the queue dead-letters it, nobody records the run.
+    queue
+        .retry(
+            &claimed[0],
+            "services_not_ready",
+            "the mailbox of demo01 is not provisioned yet",
+            Duration::ZERO,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        queue
+            .get(dead.job_id.as_deref().unwrap())
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
+        "dead"
+    );
+    // Starting again settles the dead run first instead of answering with it.
+    let Started::New(next) = runs::start(
+        &store,
+        &queue,
+        "heartbeat_run",
+        TENANT,
+        job("heartbeat_run"),
+    )
+    .await
+    .unwrap() else {
+        panic!("the dead run no longer holds the scope")
+    };
+    let ended = runs::get(&store, &dead.id).await.unwrap().unwrap();
+    assert_eq!(ended.state, "failed");
+    assert_eq!(ended.reason.as_deref(), Some("services_not_ready"));
+    let message = ended.message.unwrap();
+    assert!(
+        message.contains("dead after 1 attempts") && message.contains("demo01"),
+        "{message}"
+    );
+    assert!(ended.finished_at.is_some());
+
+    assert!(queue.cancel(next.job_id.as_deref().unwrap()).await.unwrap());
+    assert_eq!(runs::settle(&store, &queue).await.unwrap(), 1);
+    let cancelled = runs::get(&store, &next.id).await.unwrap().unwrap();
+    assert_eq!(
+        (cancelled.state.as_str(), cancelled.reason.as_deref()),
+        ("failed", Some("job_cancelled"))
+    );
+    assert_eq!(
+        runs::settle(&store, &queue).await.unwrap(),
+        0,
+        "settled once"
+    );
+    assert!(runs::active(&store, TENANT).await.unwrap().is_none());
+}
+
 on_both_backends!(
     the_same_type_is_deduplicated_and_another_type_finds_the_scope_busy,
     the_connection_check_runs_on_the_workers_and_records_its_outcome,
     the_runs_commands_start_and_list,
+    a_run_whose_job_dead_letters_or_is_cancelled_ends_failed_and_frees_the_scope,
 );
 
 mod schedules {
