@@ -303,6 +303,30 @@ impl Content {
         }
         (name, text)
     }
+
+    /// A sales data export (CSV) of about `size` bytes: rows of date, region, product, units
+    /// and revenue. Large enough exports go to OneDrive through an upload session.
+    pub fn data_export(&mut self, number: usize, size: usize) -> (String, String) {
+        const REGIONS: [&str; 6] = ["DACH", "Nordics", "Benelux", "Iberia", "UK", "France"];
+        const PRODUCTS: [&str; 5] = ["Basic", "Standard", "Premium", "Add-on", "Support"];
+        let name = format!("Sales-export-{number}.csv");
+        let mut text = String::with_capacity(size + 64);
+        text.push_str("date,region,product,units,revenue_eur\n");
+        while text.len() < size {
+            let day = 1 + self.below(28);
+            let month = 1 + self.below(12);
+            let units = 1 + self.below(400);
+            let price = 20 + self.below(180);
+            text.push_str(&format!(
+                "2026-{month:02}-{day:02},{},{},{units},{}.{:02}\n",
+                self.pick(&REGIONS),
+                self.pick(&PRODUCTS),
+                units * price,
+                self.below(100)
+            ));
+        }
+        (name, text)
+    }
 }
 
 #[cfg(test)]
@@ -324,5 +348,14 @@ mod tests {
         let (name, text) = Content::new(3, "doc").document(4);
         assert!(name.ends_with("-4.txt") && !name.contains(' '), "{name}");
         assert!(text.lines().count() >= 5);
+        let (name, csv) = Content::new(3, "doc").data_export(7, 100_000);
+        assert_eq!(name, "Sales-export-7.csv");
+        assert!(csv.len() >= 100_000 && csv.len() < 100_100, "{}", csv.len());
+        assert!(csv.starts_with("date,region,product,units,revenue_eur\n"));
+        assert_eq!(
+            csv,
+            Content::new(3, "doc").data_export(7, 100_000).1,
+            "reproducible"
+        );
     }
 }

@@ -52,6 +52,11 @@ pub struct GraphRequest {
     pub family: &'static str,
     /// The mailbox the request touches (Outlook's per-mailbox concurrency).
     pub mailbox: Option<String>,
+    /// `Content-Range` of an upload-session fragment.
+    pub content_range: Option<String>,
+    /// Sent without `Authorization`: upload URLs are pre-authenticated and may answer 401 to
+    /// a bearer token (and must not receive one, being on another host).
+    pub anonymous: bool,
 }
 
 impl GraphRequest {
@@ -65,6 +70,8 @@ impl GraphRequest {
             bytes: None,
             family,
             mailbox: None,
+            content_range: None,
+            anonymous: false,
         }
     }
 
@@ -84,6 +91,18 @@ impl GraphRequest {
     pub fn query(mut self, key: &str, value: impl Into<String>) -> Self {
         self.query.push((key.to_string(), value.into()));
         self
+    }
+
+    /// To a pre-authenticated upload URL: no token.
+    pub fn pre_authenticated(mut self) -> Self {
+        self.anonymous = true;
+        self
+    }
+
+    /// An upload-session fragment: `Content-Range`, no token.
+    pub fn fragment(mut self, content_range: String) -> Self {
+        self.content_range = Some(content_range);
+        self.pre_authenticated()
     }
 
     /// Touching a mailbox.
@@ -196,17 +215,24 @@ impl GraphClient {
         request: &GraphRequest,
         url: Url,
     ) -> Result<Value, GraphError> {
-        let token = self.tokens.access_token(connection, GRAPH_RESOURCE).await?;
+        let token = if request.anonymous {
+            None
+        } else {
+            Some(self.tokens.access_token(connection, GRAPH_RESOURCE).await?)
+        };
         let permit = self
             .limits
             .acquire(&connection.tenant_id, request.mailbox.as_deref())
             .await;
         metrics::histogram!(names::GRAPH_LIMITER_WAIT, "family" => request.family)
             .record(permit.waited.as_secs_f64());
-        let mut builder = self
-            .http
-            .request(request.method.clone(), url)
-            .bearer_auth(token.expose());
+        let mut builder = self.http.request(request.method.clone(), url);
+        if let Some(token) = &token {
+            builder = builder.bearer_auth(token.expose());
+        }
+        if let Some(range) = &request.content_range {
+            builder = builder.header(reqwest::header::CONTENT_RANGE, range);
+        }
         if let Some(body) = &request.body {
             builder = builder.json(body);
         }

@@ -2,7 +2,8 @@
 //! (looked up by userPrincipalName, never duplicated), have a usage location and the scenario's
 //! license (seats checked in `subscribedSkus` first), then creates the run's activity among
 //! them with seeded content: mail in the recipient's Inbox (created non-draft through
-//! PR_MESSAGE_FLAGS, app-only), documents in OneDrive (simple upload), calendar events (every
+//! PR_MESSAGE_FLAGS, app-only), documents in OneDrive (simple upload; every fourth a data
+//! export above the simple-upload size, through an upload session), calendar events (every
 //! third updated, every third cancelled); Teams chat needs delegated access and is skipped with
 //! `delegated_access_required` otherwise. Every object is recorded in `provisioned_objects`
 //! with who Graph says made it.
@@ -65,6 +66,9 @@ struct DemoUser {
     upn: String,
     first_name: String,
 }
+
+/// Size of the data exports (every fourth file): above Graph's simple-upload switch.
+const LARGE_FILE_BYTES: usize = crate::graph::requests::SIMPLE_UPLOAD_MAX + 1024 * 1024;
 
 /// Wait before retrying a run whose new users' mailboxes or drives are not there yet.
 const SERVICES_RETRY: Duration = Duration::from_secs(30);
@@ -320,12 +324,20 @@ impl Run<'_> {
 
     async fn file(&mut self, step: &str, number: usize, owner: &DemoUser) -> Result<(), JobError> {
         let mut content = Content::new(self.job.seed, &format!("{}:{step}", self.job.heartbeat_id));
-        let (name, text) = content.document(number);
+        // Every fourth file is a data export above the simple-upload size (an upload session).
+        let (name, text, content_type) = if number % 4 == 3 {
+            let (name, csv) = content.data_export(number, LARGE_FILE_BYTES);
+            (name, csv, "text/csv")
+        } else {
+            let (name, text) = content.document(number);
+            (name, text, "text/plain")
+        };
+        // The same path on a resumed run: the upload replaces, never duplicates.
         let path = format!("Heartbeat/{}-{name}", &self.job.heartbeat_id[..8]);
         let item = self
             .context
             .graph
-            .upload_file(&self.app, &owner.id, &path, text.into_bytes(), "text/plain")
+            .upload_file(&self.app, &owner.id, &path, text.into_bytes(), content_type)
             .await
             .map_err(|err| graph_failure(err, &owner.upn, "the OneDrive"))?;
         let id = item["id"].as_str().unwrap_or_default().to_string();

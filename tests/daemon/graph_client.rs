@@ -34,6 +34,7 @@ async fn env(db: &TestDb, users: usize) -> Env {
             "Organization.Read.All",
             "Mail.ReadWrite",
             "Mail.Send",
+            "Files.ReadWrite.All",
         ],
     )
     .await;
@@ -253,6 +254,81 @@ async fn transient_failures_are_retried_then_reported(db: TestDb) {
     }
 }
 
+async fn large_files_go_through_an_upload_session_in_fragments(db: TestDb) {
+    use tenantd::graph::requests::{SIMPLE_UPLOAD_MAX, UPLOAD_FRAGMENT};
+    let env = env(&db, 1).await;
+    let client = env.client(|_| {});
+    let throttle = &env.emulator.shared().throttle;
+    throttle.clear_requests();
+    let size = 2 * UPLOAD_FRAGMENT + 12_345;
+    assert!(size > SIMPLE_UPLOAD_MAX);
+    let content: Vec<u8> = (0..size).map(|i| u8::try_from(i % 251).unwrap()).collect();
+    let item = client
+        .upload_file(
+            &env.connection,
+            "user0@contoso.onmicrosoft.com",
+            "Heartbeat/Sales export 1.csv",
+            content,
+            "text/csv",
+        )
+        .await
+        .unwrap();
+    assert_eq!(item["size"], serde_json::json!(size));
+    assert_eq!(
+        item["name"], "Sales export 1.csv",
+        "spaces percent-encoded, not '+'"
+    );
+    assert_eq!(item["parentReference"]["path"], "/drive/root:/Heartbeat");
+    let small = client
+        .upload_file(
+            &env.connection,
+            "user0@contoso.onmicrosoft.com",
+            "Heartbeat/notes.txt",
+            b"hello".to_vec(),
+            "text/plain",
+        )
+        .await
+        .unwrap();
+    assert_eq!(small["size"], serde_json::json!(5));
+    let log: Vec<(String, String, u16)> = throttle
+        .requests()
+        .into_iter()
+        .filter(|r| !r.path.contains("/oauth2/"))
+        .map(|r| (r.method, r.path, r.status))
+        .collect();
+    let sessions = log
+        .iter()
+        .filter(|(m, p, _)| m == "POST" && p.ends_with(":/createUploadSession"))
+        .count();
+    let fragments: Vec<u16> = log
+        .iter()
+        .filter(|(m, p, _)| m == "PUT" && p.starts_with("/_upload/"))
+        .map(|(_, _, status)| *status)
+        .collect();
+    assert_eq!(sessions, 1, "{log:?}");
+    // The upload URL refuses a bearer token: these succeeding shows none was sent.
+    assert_eq!(fragments, [202, 202, 201], "{log:?}");
+    assert_eq!(
+        log.iter()
+            .filter(|(m, p, _)| m == "PUT" && p.ends_with(":/content"))
+            .count(),
+        1,
+        "the small file is a simple upload: {log:?}"
+    );
+    // The same path again replaces the item rather than adding one.
+    let again = client
+        .upload_file(
+            &env.connection,
+            "user0@contoso.onmicrosoft.com",
+            "Heartbeat/Sales export 1.csv",
+            vec![7u8; size],
+            "text/csv",
+        )
+        .await
+        .unwrap();
+    assert_eq!(again["id"], item["id"]);
+}
+
 async fn a_notified_message_is_fetched_and_stored_once_and_a_delete_marks_it(db: TestDb) {
     use tenantd::jobs::graph_notification::GraphNotification;
     use tenantd::jobs::Job;
@@ -351,4 +427,5 @@ on_both_backends!(
     a_mailbox_never_sees_more_than_four_requests_at_once,
     batches_retry_their_throttled_items,
     transient_failures_are_retried_then_reported,
+    large_files_go_through_an_upload_session_in_fragments,
 );

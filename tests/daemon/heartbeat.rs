@@ -114,7 +114,7 @@ async fn a_scenario_creates_users_once_and_records_each_activity(db: TestDb) {
         3,
         &[
             (ActivityKind::Mail, 2),
-            (ActivityKind::File, 1),
+            (ActivityKind::File, 4),
             (ActivityKind::Event, 3),
             (ActivityKind::Chat, 1),
         ],
@@ -136,7 +136,7 @@ async fn a_scenario_creates_users_once_and_records_each_activity(db: TestDb) {
     assert_eq!(recorded(&db, "user").await, 3);
     assert_eq!(recorded(&db, "license").await, 3);
     assert_eq!(recorded(&db, "mail").await, 2);
-    assert_eq!(recorded(&db, "file").await, 1);
+    assert_eq!(recorded(&db, "file").await, 4);
     assert_eq!(recorded(&db, "event").await, 3);
     assert_eq!(
         recorded(&db, "chat").await,
@@ -175,6 +175,22 @@ async fn a_scenario_creates_users_once_and_records_each_activity(db: TestDb) {
         };
         let mail: Vec<_> = mailboxes().flat_map(|m| m.messages.values()).collect();
         assert_eq!(mail.len(), 2);
+        // Three documents by simple upload, the fourth (a data export) through an upload session.
+        let mut sizes: Vec<u64> = tenant
+            .users
+            .values()
+            .filter_map(|u| u.drive.as_ref())
+            .flat_map(|d| d.items.values())
+            .filter(|i| i.get("file").is_some())
+            .filter_map(|i| i["size"].as_u64())
+            .collect();
+        sizes.sort_unstable();
+        assert_eq!(sizes.len(), 4, "{sizes:?}");
+        assert!(sizes[2] < 64 * 1024, "{sizes:?}");
+        assert!(
+            sizes[3] > tenantd::graph::requests::SIMPLE_UPLOAD_MAX as u64,
+            "{sizes:?}"
+        );
         let events: Vec<_> = mailboxes().flat_map(|m| m.events.values()).collect();
         assert!(
             events.iter().any(|e| e["subject"]

@@ -4,7 +4,8 @@
 //! Sources: https://learn.microsoft.com/graph/api/driveitem-put-content (simple upload up to
 //! 250 MB), .../driveitem-createuploadsession (fragments < 60 MiB, each a multiple of 320 KiB
 //! except the last, sequential; `202` with `nextExpectedRanges` until the last; do not send
-//! `Authorization` to the upload URL; `416` for a range already received; `409` on a name
+//! `Authorization` to the upload URL; `416` for a range already received; `GET` on the upload
+//! URL for the session's status; `409` on a name
 //! conflict with `fail`), and the OneDrive error list (413 Request Entity Too Large).
 
 use std::collections::BTreeMap;
@@ -510,6 +511,15 @@ async fn upload_fragment(
     if method == Method::DELETE {
         world.upload_sessions.remove(&session);
         return Ok(no_content());
+    }
+    if method == Method::GET {
+        // The session's status: where an interrupted upload goes on.
+        let upload = &world.upload_sessions[&session];
+        return Ok(Json(json!({
+            "expirationDateTime": clock::graph(upload.expires),
+            "nextExpectedRanges": [format!("{}-", upload.received.len())],
+        }))
+        .into_response());
     }
     if method != Method::PUT {
         return Err(drive_error(

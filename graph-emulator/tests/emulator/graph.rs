@@ -590,6 +590,14 @@ async fn onedrive_simple_and_session_uploads_with_attribution() {
         416,
         "a range already received"
     );
+    let status = Answer::from(env.http.get(&upload_url).send().await.unwrap())
+        .await
+        .assert_status(200);
+    assert_eq!(
+        status.json["nextExpectedRanges"],
+        json!(["327680-"]),
+        "the session's status says where to go on"
+    );
     Answer::from(put_range(327_680, 655_360, false).await.unwrap())
         .await
         .assert_status(202);
