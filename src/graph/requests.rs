@@ -250,6 +250,116 @@ impl GraphClient {
         .map(drop)
     }
 
+    /// The messages of a user's mailbox with `internet_message_id` (a sent message's copies
+    /// share it): `GET /users/{id}/messages?$filter=internetMessageId eq '...'`.
+    ///
+    /// # Errors
+    /// [`GraphError`].
+    pub async fn messages_by_internet_id(
+        &self,
+        connection: &Connection,
+        user: &str,
+        internet_message_id: &str,
+    ) -> Result<Vec<Value>, GraphError> {
+        let filter = format!(
+            "internetMessageId eq '{}'",
+            internet_message_id.replace('\'', "''")
+        );
+        let page = self
+            .send(
+                connection,
+                &GraphRequest::new(
+                    Method::GET,
+                    format!("/users/{}/messages", segment(user)),
+                    "mail",
+                )
+                .query("$filter", filter)
+                .query("$select", "id,from,sender,parentFolderId,internetMessageId")
+                .mailbox(user),
+            )
+            .await?;
+        Ok(page["value"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// `POST /chats` for a one-on-one chat between two users (ids or UPNs; Graph returns the
+    /// existing chat when there is one). Returns the chat.
+    ///
+    /// # Errors
+    /// [`GraphError`].
+    pub async fn one_on_one_chat(
+        &self,
+        connection: &Connection,
+        me: &str,
+        other: &str,
+    ) -> Result<Value, GraphError> {
+        let member = |user: &str| {
+            json!({
+                "@odata.type": "#microsoft.graph.aadUserConversationMember",
+                "roles": ["owner"],
+                "user@odata.bind": format!("https://graph.microsoft.com/v1.0/users('{user}')"),
+            })
+        };
+        self.send(
+            connection,
+            &GraphRequest::new(Method::POST, "/chats", "teams").json(json!({
+                "chatType": "oneOnOne",
+                "members": [member(me), member(other)],
+            })),
+        )
+        .await
+    }
+
+    /// `POST /chats/{id}/messages` (delegated `ChatMessage.Send`). Returns the chatMessage.
+    ///
+    /// # Errors
+    /// [`GraphError`].
+    pub async fn post_chat_message(
+        &self,
+        connection: &Connection,
+        chat_id: &str,
+        text: &str,
+    ) -> Result<Value, GraphError> {
+        self.send(
+            connection,
+            &GraphRequest::new(
+                Method::POST,
+                format!("/chats/{}/messages", segment(chat_id)),
+                "teams",
+            )
+            .json(json!({"body": {"contentType": "text", "content": text}})),
+        )
+        .await
+    }
+
+    /// `POST /users/{id}/chats/{id}/messages/{id}/softDelete`: Graph cannot hard-delete chat
+    /// messages; a soft-deleted one shows as deleted.
+    ///
+    /// # Errors
+    /// [`GraphError`].
+    pub async fn soft_delete_chat_message(
+        &self,
+        connection: &Connection,
+        user: &str,
+        chat_id: &str,
+        message_id: &str,
+    ) -> Result<(), GraphError> {
+        self.send(
+            connection,
+            &GraphRequest::new(
+                Method::POST,
+                format!(
+                    "/users/{}/chats/{}/messages/{}/softDelete",
+                    segment(user),
+                    segment(chat_id),
+                    segment(message_id)
+                ),
+                "teams",
+            ),
+        )
+        .await
+        .map(drop)
+    }
+
     /// `DELETE /users/{id}/messages/{id}`.
     ///
     /// # Errors

@@ -1,7 +1,8 @@
 //! `heartbeat_cleanup`: removes from a tenant everything heartbeat runs recorded in
-//! `provisioned_objects` and nothing else: mail, files and events first, then licenses tenantd
-//! assigned to users it did not create, then the users it created (their licenses go with
-//! them). An object Graph no longer has counts as removed; any other failure leaves its row for
+//! `provisioned_objects` and nothing else: mail (both copies of sent mail), files, events and
+//! chat messages (soft-deleted as the delegated user: Graph cannot delete them) first, then
+//! licenses tenantd assigned to users it did not create, then the users it created (their
+//! licenses go with them). An object Graph no longer has counts as removed; any other failure leaves its row for
 //! the next cleanup and fails the run with the first reason.
 
 use serde::{Deserialize, Serialize};
@@ -26,7 +27,7 @@ pub struct HeartbeatCleanup {
 /// The order objects are removed in: contents before licenses before users.
 fn rank(kind: &str) -> u8 {
     match kind {
-        "mail" | "file" | "event" | "chat" => 0,
+        "mail" | "sent_mail" | "file" | "event" | "chat" => 0,
         "license" => 1,
         _ => 2,
     }
@@ -35,6 +36,7 @@ fn rank(kind: &str) -> u8 {
 async fn remove(
     context: &JobContext,
     app: &connections::Connection,
+    staff: Option<&connections::Connection>,
     object: &ProvisionedObject,
     users_removed: &[String],
 ) -> Result<(), GraphError> {
@@ -42,13 +44,36 @@ async fn remove(
     let (owner, id) = (object.owner.as_str(), object.graph_id.as_str());
     match object.kind.as_str() {
         "mail" => graph.delete_message(app, owner, id).await,
+        // A sent message's copy in `owner`'s mailbox, found by its internetMessageId.
+        "sent_mail" => {
+            for copy in graph.messages_by_internet_id(app, owner, id).await? {
+                if let Some(copy) = copy["id"].as_str() {
+                    match graph.delete_message(app, owner, copy).await {
+                        Ok(()) | Err(GraphError::NotFound { .. }) => {}
+                        Err(err) => return Err(err),
+                    }
+                }
+            }
+            Ok(())
+        }
+        // Chat messages cannot be deleted, only soft-deleted, as a member of the chat.
+        "chat" => match staff {
+            Some(staff) => {
+                graph
+                    .soft_delete_chat_message(staff, &staff.user_id, owner, id)
+                    .await
+            }
+            None => Err(GraphError::Forbidden {
+                code: "delegated_access_required".into(),
+                access_policy: false,
+            }),
+        },
         "file" => graph.delete_drive_item(app, owner, id).await,
         "event" => graph.delete_event(app, owner, id).await,
         // Goes with its user when tenantd created the user.
         "license" if users_removed.iter().any(|u| u == owner) => Ok(()),
         "license" => graph.remove_license(app, owner, id).await,
         "user" => graph.delete_user(app, id).await,
-        // Chat messages are not created yet; nothing of theirs can be recorded.
         _ => Ok(()),
     }
 }
@@ -73,6 +98,7 @@ impl Job for HeartbeatCleanup {
                 reason: "no_app_connection",
                 message: "the tenant has no usable app connection".into(),
             })?;
+        let staff = super::heartbeat_run::delegated(&context, &self.tenant_id).await?;
         let mut objects = heartbeat::list(&context.store, &self.tenant_id, false)
             .await
             .map_err(JobError::database)?;
@@ -84,7 +110,8 @@ impl Job for HeartbeatCleanup {
             .collect();
         let (mut removed, mut failures) = (0usize, Vec::new());
         for object in &objects {
-            let result = match remove(&context, &app, object, &users_removed).await {
+            let result = match remove(&context, &app, staff.as_ref(), object, &users_removed).await
+            {
                 Ok(()) => "removed",
                 Err(GraphError::NotFound { .. }) => "gone",
                 Err(err) => {

@@ -5,8 +5,9 @@
 //! PR_MESSAGE_FLAGS, app-only), documents in OneDrive (simple upload; every fourth a data
 //! export above the simple-upload size, through an upload session), calendar events (every
 //! third updated, every third cancelled); Teams chat needs delegated access and is skipped with
-//! `delegated_access_required` otherwise. Every object is recorded in `provisioned_objects`
-//! with who Graph says made it.
+//! `delegated_access_required` otherwise. With a delegated connection (a staff user), mail is
+//! really sent by that user to the demo users and chat messages go to their one-on-one chats.
+//! Every object is recorded in `provisioned_objects` with who Graph says made it.
 //!
 //! Resumable: the run's id is fixed in the payload, each step is recorded after Graph created
 //! its object, and a retried run skips recorded steps. A mailbox or drive Graph has not
@@ -111,6 +112,10 @@ fn failed(reason: &'static str, message: String) -> JobError {
 fn attribution(object: &Value) -> Option<String> {
     if let Some(app) = object["createdBy"]["application"]["id"].as_str() {
         return Some(format!("application:{app}"));
+    }
+    // A chatMessage's sender.
+    if let Some(user) = object["from"]["user"]["id"].as_str() {
+        return Some(format!("user:{user}"));
     }
     let address = [
         &object["createdBy"]["user"]["email"],
@@ -322,6 +327,96 @@ impl Run<'_> {
             .await
     }
 
+    /// Mail really sent by the delegated staff user to a demo user (draft, then send: unlike
+    /// `sendMail` the draft tells the message's internetMessageId, which finds its copies).
+    /// Both copies are recorded (`sent_mail`: graph id = internetMessageId, owner = mailbox),
+    /// right after the send, before anything else can fail.
+    async fn sent_mail(
+        &mut self,
+        step: &str,
+        staff: &Connection,
+        to: &DemoUser,
+    ) -> Result<(), JobError> {
+        let mut content = Content::new(self.job.seed, &format!("{}:{step}", self.job.heartbeat_id));
+        let message = json!({
+            "subject": content.subject(),
+            "body": {"contentType": "text", "content": content.mail_body(&to.first_name)},
+            "toRecipients": [{"emailAddress": {"address": to.upn}}],
+        });
+        let graph = &self.context.graph;
+        let me = staff.user_id.clone();
+        let staff_name = staff.user_name.clone().unwrap_or_else(|| me.clone());
+        let draft = graph
+            .create_draft(staff, &me, &message)
+            .await
+            .map_err(|err| graph_failure(err, &staff_name, "the mailbox"))?;
+        let (Some(id), Some(internet_id)) = (
+            draft["id"].as_str().map(str::to_string),
+            draft["internetMessageId"].as_str().map(str::to_string),
+        ) else {
+            return Err(failed(
+                "graph_answer_invalid",
+                "Graph's draft has no id or internetMessageId".into(),
+            ));
+        };
+        graph
+            .send_draft(staff, &me, &id)
+            .await
+            .map_err(|err| graph_failure(err, &staff_name, "the mailbox"))?;
+        // Who Graph says sent it, from the recipient's copy when it has arrived already.
+        let copies = graph
+            .messages_by_internet_id(&self.app, &to.id, &internet_id)
+            .await
+            .unwrap_or_default();
+        let attributed = copies.first().and_then(attribution);
+        self.record(
+            &format!("{step}:sent"),
+            "sent_mail",
+            &internet_id,
+            &me,
+            attributed.as_deref(),
+        )
+        .await?;
+        self.record(
+            step,
+            "sent_mail",
+            &internet_id,
+            &to.id,
+            attributed.as_deref(),
+        )
+        .await
+    }
+
+    /// A Teams chat message from the delegated staff user to a demo user in their one-on-one
+    /// chat (Graph allows chat posts only with delegated access, outside imports).
+    async fn chat(
+        &mut self,
+        step: &str,
+        staff: &Connection,
+        with: &DemoUser,
+    ) -> Result<(), JobError> {
+        let mut content = Content::new(self.job.seed, &format!("{}:{step}", self.job.heartbeat_id));
+        let graph = &self.context.graph;
+        let chat = graph
+            .one_on_one_chat(staff, &staff.user_id, &with.id)
+            .await
+            .map_err(GraphError::into_job_error)?;
+        let chat_id = chat["id"].as_str().unwrap_or_default().to_string();
+        let message = graph
+            .post_chat_message(staff, &chat_id, &content.chat_line())
+            .await
+            .map_err(GraphError::into_job_error)?;
+        let id = message["id"].as_str().unwrap_or_default().to_string();
+        self.record(
+            step,
+            "chat",
+            &id,
+            &chat_id,
+            attribution(&message).as_deref(),
+        )
+        .await
+    }
+
     async fn file(&mut self, step: &str, number: usize, owner: &DemoUser) -> Result<(), JobError> {
         let mut content = Content::new(self.job.seed, &format!("{}:{step}", self.job.heartbeat_id));
         // Every fourth file is a data export above the simple-upload size (an upload session).
@@ -413,7 +508,10 @@ impl Run<'_> {
 }
 
 /// The delegated connection of the tenant that can act, if any.
-async fn delegated(context: &JobContext, tenant_id: &str) -> Result<Option<Connection>, JobError> {
+pub(super) async fn delegated(
+    context: &JobContext,
+    tenant_id: &str,
+) -> Result<Option<Connection>, JobError> {
     let list = connections::list(&context.store, Some(tenant_id))
         .await
         .map_err(JobError::database)?;
@@ -437,6 +535,7 @@ async fn provision(job: &HeartbeatRun, context: &JobContext) -> Result<String, J
         .into_iter()
         .map(|object| object.step)
         .collect();
+    let delegated = delegated(context, &job.tenant_id).await?;
     let mut run = Run {
         job,
         context,
@@ -446,14 +545,8 @@ async fn provision(job: &HeartbeatRun, context: &JobContext) -> Result<String, J
     };
     let users = run.users().await?;
     let mut skipped = Vec::new();
-    let delegated = delegated(context, &job.tenant_id).await?;
     for activity in &job.activities {
         let kind = activity.kind;
-        if kind == ActivityKind::Chat && delegated.is_none() {
-            metrics::counter!(names::HEARTBEAT_SKIPPED, "kind" => kind.as_str(), "reason" => "delegated_access_required").increment(1);
-            skipped.push(format!("{}: delegated_access_required", kind.as_str()));
-            continue;
-        }
         for number in 0..usize::try_from(activity.per_run).unwrap_or(0) {
             let step = format!("{}:{number}", kind.as_str());
             if run.done.contains(&step) {
@@ -467,14 +560,16 @@ async fn provision(job: &HeartbeatRun, context: &JobContext) -> Result<String, J
                 first
             };
             let (one, other) = (&users[first], &users[second]);
-            match kind {
-                ActivityKind::Mail => run.mail(&step, one, other).await?,
-                ActivityKind::File => run.file(&step, number, one).await?,
-                ActivityKind::Event => run.event(&step, number, one, other).await?,
-                ActivityKind::Chat => {
-                    // Delegated chat is not built yet: reported, not failed.
-                    metrics::counter!(names::HEARTBEAT_SKIPPED, "kind" => kind.as_str(), "reason" => "not_supported").increment(1);
-                    skipped.push(format!("{}: not_supported", kind.as_str()));
+            match (kind, &delegated) {
+                (ActivityKind::Mail, Some(staff)) => run.sent_mail(&step, staff, other).await?,
+                (ActivityKind::Mail, None) => run.mail(&step, one, other).await?,
+                (ActivityKind::File, _) => run.file(&step, number, one).await?,
+                (ActivityKind::Event, _) => run.event(&step, number, one, other).await?,
+                (ActivityKind::Chat, Some(staff)) => run.chat(&step, staff, one).await?,
+                (ActivityKind::Chat, None) => {
+                    // Graph takes chat posts only with delegated access: reported, not failed.
+                    metrics::counter!(names::HEARTBEAT_SKIPPED, "kind" => kind.as_str(), "reason" => "delegated_access_required").increment(1);
+                    skipped.push(format!("{}: delegated_access_required", kind.as_str()));
                     break;
                 }
             }

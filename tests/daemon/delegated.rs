@@ -2,13 +2,10 @@
 //! signed-in staff user through a delegated connection, handed to tenantd as jobs; app-only
 //! connections refused; replies linked back within the tenant's lookback window only.
 
-use std::time::Duration;
-
 use graph_emulator::world::{AppSeed, TenantSeed, UserSeed};
 use serde_json::json;
 use tenantd::attribution::{self, Inbound};
-use tenantd::connections::{self, Connection, NewDelegatedConnection};
-use tenantd::identity::{token_claims, DevicePoll, IdentityClient};
+use tenantd::connections::Connection;
 use tenantd::jobs::Registry;
 use tenantd::mailbox::StoredMessage;
 use tenantd::queue::Queue;
@@ -95,47 +92,16 @@ async fn env(db: &TestDb) -> Env {
     let app_connection =
         crate::helpers::default_app(&store, &keys, &emulator, TENANT, &client_id, &secret).await;
     // Adele signs in once with the device code flow; her refresh token is kept.
-    let identity = IdentityClient::new(url::Url::parse(&emulator.base_url()).unwrap());
-    let code = identity
-        .start_device_code(
-            TENANT,
-            &client_id,
-            "offline_access User.Read Mail.Send Calendars.ReadWrite",
-        )
-        .await
-        .unwrap();
-    graph_emulator::identity::approve_device_code(
-        &mut emulator.shared().world(),
-        &code.user_code,
-        "adele@contoso.onmicrosoft.com",
-    )
-    .unwrap();
-    let tokens = loop {
-        match identity
-            .poll_device_code(TENANT, &client_id, code.device_code.expose())
-            .await
-            .unwrap()
-        {
-            DevicePoll::Done(tokens) => break tokens,
-            _ => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    };
-    let claims = token_claims(tokens.access_token.expose()).unwrap();
-    let adele = connections::add_delegated(
+    let adele = crate::helpers::sign_in_delegated(
         &store,
         &keys,
-        NewDelegatedConnection {
-            tenant_id: TENANT,
-            client_id: &client_id,
-            user_id: claims["oid"].as_str().unwrap(),
-            user_name: claims["upn"].as_str(),
-            authority: &emulator.base_url(),
-            refresh_token: tokens.refresh_token.as_ref().unwrap().expose(),
-        },
-        tenantd::audit::Actor::Cli,
+        &emulator,
+        TENANT,
+        &client_id,
+        "adele@contoso.onmicrosoft.com",
+        "offline_access User.Read Mail.Send Calendars.ReadWrite",
     )
-    .await
-    .unwrap();
+    .await;
     let app = spawn_app_with(config).await;
     Env {
         app,

@@ -48,9 +48,25 @@ struct Env {
     secret: String,
 }
 
+/// The daemon and an emulated tenant with user0 (not tenantd's) and the app connection.
 async fn env(db: &TestDb) -> Env {
+    env_with(db, false).await
+}
+
+/// Staff sign-in scopes for delegated heartbeat activity.
+const STAFF_SCOPES: [&str; 6] = [
+    "User.Read",
+    "Mail.ReadWrite",
+    "Mail.Send",
+    "Chat.Create",
+    "ChatMessage.Send",
+    "Chat.ReadWrite",
+];
+
+/// [`env`], and with `staff` user0 signed in as the tenant's delegated connection.
+async fn env_with(db: &TestDb, staff: bool) -> Env {
     let (emulator, client_id, secret) =
-        crate::helpers::seeded_emulator(TENANT, 1, &PERMISSIONS).await;
+        crate::helpers::seeded_emulator_with(TENANT, 1, &PERMISSIONS, &STAFF_SCOPES).await;
     let mut config = test_config(db);
     config.graph.base_url = url::Url::parse(&emulator.graph_url()).unwrap();
     config.identity.authority = url::Url::parse(&emulator.base_url()).unwrap();
@@ -58,6 +74,18 @@ async fn env(db: &TestDb) -> Env {
     let store = db.store().await;
     store.migrate().await.unwrap();
     crate::helpers::default_app(&store, &keys, &emulator, TENANT, &client_id, &secret).await;
+    if staff {
+        crate::helpers::sign_in_delegated(
+            &store,
+            &keys,
+            &emulator,
+            TENANT,
+            &client_id,
+            "user0@contoso.onmicrosoft.com",
+            &format!("offline_access {}", STAFF_SCOPES.join(" ")),
+        )
+        .await;
+    }
     let app = spawn_app_with(config).await;
     Env {
         app,
@@ -77,6 +105,41 @@ async fn run(db: &TestDb, job: &HeartbeatRun) -> String {
         .id()
         .to_string();
     crate::helpers::job_outcome(db, &id).await
+}
+
+/// Runs `heartbeat cleanup` as an operation run; its reason once finished.
+async fn cleanup(db: &TestDb) -> Vec<String> {
+    let store = db.store().await;
+    let queue = tenantd::queue::Queue::new(store.clone());
+    let cleanup = tenantd::jobs::heartbeat_cleanup::HeartbeatCleanup {
+        tenant_id: TENANT.into(),
+        run_id: None,
+    };
+    let started = tenantd::runs::start(
+        &store,
+        &queue,
+        "heartbeat_cleanup",
+        TENANT,
+        tenantd::queue::NewJob {
+            kind: "heartbeat_cleanup".into(),
+            payload: serde_json::to_value(&cleanup).unwrap(),
+            tenant_id: TENANT.into(),
+            dedupe_key: None,
+            priority: 10,
+            run_at: None,
+            max_attempts: 3,
+        },
+    )
+    .await
+    .unwrap();
+    let tenantd::runs::Started::New(run) = started else {
+        panic!("a new run")
+    };
+    crate::webhooks::eventually(
+        db,
+        &format!("SELECT reason FROM operation_runs WHERE id = '{}' AND state IN ('succeeded', 'failed')", run.id),
+    )
+    .await
 }
 
 async fn recorded(db: &TestDb, kind: &str) -> usize {
@@ -244,37 +307,7 @@ async fn a_run_resumes_without_duplicates_and_cleanup_removes_exactly_its_object
             .count()
     };
     assert_eq!(before_user0, 1);
-    let store = db.store().await;
-    let queue = tenantd::queue::Queue::new(store.clone());
-    let cleanup = tenantd::jobs::heartbeat_cleanup::HeartbeatCleanup {
-        tenant_id: TENANT.into(),
-        run_id: None,
-    };
-    let started = tenantd::runs::start(
-        &store,
-        &queue,
-        "heartbeat_cleanup",
-        TENANT,
-        tenantd::queue::NewJob {
-            kind: "heartbeat_cleanup".into(),
-            payload: serde_json::to_value(&cleanup).unwrap(),
-            tenant_id: TENANT.into(),
-            dedupe_key: None,
-            priority: 10,
-            run_at: None,
-            max_attempts: 3,
-        },
-    )
-    .await
-    .unwrap();
-    let tenantd::runs::Started::New(run) = started else {
-        panic!("a new run")
-    };
-    let outcome = crate::webhooks::eventually(
-        &db,
-        &format!("SELECT reason FROM operation_runs WHERE id = '{}' AND state IN ('succeeded', 'failed')", run.id),
-    )
-    .await;
+    let outcome = cleanup(&db).await;
     assert_eq!(outcome, ["ok"]);
     assert!(demo_users(&emulator).is_empty(), "demo users removed");
     let remaining: Vec<_> = {
@@ -448,7 +481,118 @@ async fn the_schedule_fires_in_the_scenarios_zone_across_a_dst_change(db: TestDb
     assert_eq!(runs.len(), 2, "each fire has its own run id");
 }
 
+async fn with_a_staff_connection_mail_is_sent_and_chat_posted_by_that_user(db: TestDb) {
+    let Env { app, emulator, .. } = env_with(&db, true).await;
+    let scenario = scenario(2, &[(ActivityKind::Mail, 2), (ActivityKind::Chat, 2)]);
+    assert_eq!(run(&db, &HeartbeatRun::new(&scenario)).await, "succeeded");
+    assert_eq!(recorded(&db, "mail").await, 0, "no messages planted");
+    assert_eq!(
+        recorded(&db, "sent_mail").await,
+        4,
+        "two sends, two copies each"
+    );
+    assert_eq!(recorded(&db, "chat").await, 2);
+    let staff_id = {
+        let world = emulator.shared().world();
+        let tenant = &world.tenants[TENANT];
+        let staff = tenant
+            .users
+            .values()
+            .find(|u| u.upn.starts_with("user0"))
+            .unwrap();
+        let sent = staff.mailbox.as_ref().unwrap();
+        let sent_items = sent.folder("sentitems").unwrap().id.clone();
+        assert_eq!(
+            sent.messages
+                .values()
+                .filter(|m| m["parentFolderId"] == sent_items.as_str())
+                .count(),
+            2,
+            "in the staff user's Sent Items"
+        );
+        let received: Vec<_> = tenant
+            .users
+            .values()
+            .filter(|u| u.upn.starts_with("demo"))
+            .filter_map(|u| u.mailbox.as_ref())
+            .flat_map(|m| m.messages.values())
+            .collect();
+        assert_eq!(received.len(), 2);
+        for message in &received {
+            assert_eq!(message["isDraft"], serde_json::json!(false));
+            assert_eq!(
+                message["from"]["emailAddress"]["address"],
+                "user0@contoso.onmicrosoft.com"
+            );
+        }
+        let posts: Vec<_> = tenant
+            .chats
+            .values()
+            .filter(|c| c.members.contains(&staff.id))
+            .flat_map(|c| c.messages.values())
+            .collect();
+        assert_eq!(posts.len(), 2, "chat messages posted");
+        assert!(posts
+            .iter()
+            .all(|m| m["from"]["user"]["id"] == staff.id.as_str()));
+        staff.id.clone()
+    };
+    let attributions = db
+        .strings("SELECT DISTINCT kind || ' ' || COALESCE(attributed_to, '-') FROM provisioned_objects WHERE kind IN ('sent_mail', 'chat') ORDER BY 1")
+        .await;
+    assert_eq!(
+        attributions,
+        [
+            format!("chat user:{staff_id}"),
+            "sent_mail user:user0@contoso.onmicrosoft.com".to_string()
+        ]
+    );
+    assert_eq!(cleanup(&db).await, ["ok"]);
+    {
+        let world = emulator.shared().world();
+        let tenant = &world.tenants[TENANT];
+        let staff = tenant
+            .users
+            .values()
+            .find(|u| u.upn.starts_with("user0"))
+            .unwrap();
+        let sent_items = staff
+            .mailbox
+            .as_ref()
+            .unwrap()
+            .folder("sentitems")
+            .unwrap()
+            .id
+            .clone();
+        assert_eq!(
+            staff
+                .mailbox
+                .as_ref()
+                .unwrap()
+                .messages
+                .values()
+                .filter(|m| m["parentFolderId"] == sent_items.as_str())
+                .count(),
+            0,
+            "the staff user's copies removed"
+        );
+        let posts: Vec<_> = tenant
+            .chats
+            .values()
+            .flat_map(|c| c.messages.values())
+            .collect();
+        assert_eq!(posts.len(), 2);
+        assert!(
+            posts.iter().all(|m| !m["deletedDateTime"].is_null()),
+            "chat messages soft-deleted: {posts:?}"
+        );
+    }
+    assert!(demo_users(&emulator).is_empty());
+    app.stop().await.unwrap();
+}
+
 on_both_backends!(
+    with_a_staff_connection_mail_is_sent_and_chat_posted_by_that_user,
     a_scenario_creates_users_once_and_records_each_activity,
     a_run_resumes_without_duplicates_and_cleanup_removes_exactly_its_objects,
     no_seats_left_fails_the_run_with_its_reason,

@@ -708,6 +708,16 @@ pub(crate) async fn seeded_emulator(
     users: usize,
     permissions: &[&str],
 ) -> (graph_emulator::Emulator, String, String) {
+    seeded_emulator_with(tenant, users, permissions, &[]).await
+}
+
+/// [`seeded_emulator`] whose app also has admin-consented `delegated` permissions.
+pub(crate) async fn seeded_emulator_with(
+    tenant: &str,
+    users: usize,
+    permissions: &[&str],
+    delegated: &[&str],
+) -> (graph_emulator::Emulator, String, String) {
     use graph_emulator::world::{AppSeed, TenantSeed, UserSeed};
     let emulator = graph_emulator::Emulator::start_local().await.unwrap();
     let now = graph_emulator::clock::now();
@@ -747,7 +757,7 @@ pub(crate) async fn seeded_emulator(
                     display_name: None,
                     redirect_uris: vec![],
                     application_permissions: permissions.iter().map(|p| p.to_string()).collect(),
-                    delegated_permissions: vec![],
+                    delegated_permissions: delegated.iter().map(|p| p.to_string()).collect(),
                     admin_consented: true,
                 },
                 now,
@@ -798,5 +808,61 @@ pub(crate) async fn job_outcome(db: &TestDb, id: &str) -> String {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("job {id} did not finish within 20 s");
+    let last = db
+        .strings(&format!(
+            "SELECT state || ' ' || COALESCE(last_reason, '') || ' ' || COALESCE(last_message, '') FROM jobs WHERE id = '{id}'"
+        ))
+        .await;
+    panic!("job {id} did not finish within 20 s: {last:?}");
+}
+
+/// `upn` signs in once with the device code flow for `scope`; the delegated connection that
+/// keeps the refresh token.
+pub(crate) async fn sign_in_delegated(
+    store: &tenantd::store::Store,
+    keys: &tenantd::vault::Keyring,
+    emulator: &graph_emulator::Emulator,
+    tenant: &str,
+    client_id: &str,
+    upn: &str,
+    scope: &str,
+) -> tenantd::connections::Connection {
+    use tenantd::identity::{token_claims, DevicePoll, IdentityClient};
+    let identity = IdentityClient::new(url::Url::parse(&emulator.base_url()).unwrap());
+    let code = identity
+        .start_device_code(tenant, client_id, scope)
+        .await
+        .unwrap();
+    graph_emulator::identity::approve_device_code(
+        &mut emulator.shared().world(),
+        &code.user_code,
+        upn,
+    )
+    .unwrap();
+    let tokens = loop {
+        match identity
+            .poll_device_code(tenant, client_id, code.device_code.expose())
+            .await
+            .unwrap()
+        {
+            DevicePoll::Done(tokens) => break tokens,
+            _ => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    };
+    let claims = token_claims(tokens.access_token.expose()).unwrap();
+    tenantd::connections::add_delegated(
+        store,
+        keys,
+        tenantd::connections::NewDelegatedConnection {
+            tenant_id: tenant,
+            client_id,
+            user_id: claims["oid"].as_str().unwrap(),
+            user_name: claims["upn"].as_str(),
+            authority: &emulator.base_url(),
+            refresh_token: tokens.refresh_token.as_ref().unwrap().expose(),
+        },
+        tenantd::audit::Actor::Cli,
+    )
+    .await
+    .unwrap()
 }

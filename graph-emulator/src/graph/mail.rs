@@ -421,6 +421,28 @@ async fn create_in_folder(
     create(state, caller, user, folder, body).await
 }
 
+/// The one message filter the emulator models, `internetMessageId eq '<id>'` (quotes doubled
+/// inside); anything else is refused rather than ignored, so a caller never mistakes an
+/// unfiltered list for a match.
+fn internet_message_id_filter(filter: &str) -> Result<String, GraphError> {
+    let invalid = || {
+        GraphError::bad_request(
+            "ErrorInvalidUrlQueryFilter",
+            "The query filter contains one or more invalid nodes.",
+        )
+    };
+    let (property, value) = filter.trim().split_once(" eq ").ok_or_else(invalid)?;
+    if !property.trim().eq_ignore_ascii_case("internetMessageId") {
+        return Err(invalid());
+    }
+    let value = value.trim();
+    let inner = value
+        .strip_prefix('\'')
+        .and_then(|v| v.strip_suffix('\''))
+        .ok_or_else(invalid)?;
+    Ok(inner.replace("''", "'"))
+}
+
 fn list(
     state: &AppState,
     caller: &Caller,
@@ -442,6 +464,10 @@ fn list(
         ),
         None => None,
     };
+    let wanted = match query.get("$filter") {
+        Some(filter) => Some(internet_message_id_filter(filter)?),
+        None => None,
+    };
     let mut items: Vec<Value> = mailbox
         .messages
         .values()
@@ -449,6 +475,11 @@ fn list(
             folder_id
                 .as_deref()
                 .is_none_or(|f| m["parentFolderId"] == f)
+        })
+        .filter(|m| {
+            wanted
+                .as_deref()
+                .is_none_or(|id| m["internetMessageId"] == id)
         })
         .cloned()
         .collect();

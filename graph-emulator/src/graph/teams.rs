@@ -4,7 +4,7 @@
 //! is listed; a one-on-one chat that exists already is returned instead of a new one),
 //! .../chat-post-messages (delegated `ChatMessage.Send`; application permissions only for
 //! import: "Message POST is allowed in application-only context only for import purposes"),
-//! and https://learn.microsoft.com/microsoftteams/platform/graph-api/import-messages/import-external-messages-to-teams
+//! .../chatmessage-softdelete, and https://learn.microsoft.com/microsoftteams/platform/graph-api/import-messages/import-external-messages-to-teams
 //! (migration mode with `Teamwork.Migrate.All`; imported messages carry `createdDateTime` and
 //! `from`). The emulator models migration for chats with
 //! `@microsoft.graph.chatCreationMode: "migration"`, mirroring `teamCreationMode`.
@@ -27,10 +27,54 @@ use crate::{clock, AppState};
 
 /// Routes.
 pub fn router() -> Router<AppState> {
-    Router::new().route("/v1.0/chats", post(create_chat)).route(
-        "/v1.0/chats/{chat}/messages",
-        post(post_message).get(list_messages),
-    )
+    Router::new()
+        .route("/v1.0/chats", post(create_chat))
+        .route(
+            "/v1.0/chats/{chat}/messages",
+            post(post_message).get(list_messages),
+        )
+        .route(
+            "/v1.0/users/{user}/chats/{chat}/messages/{id}/softDelete",
+            post(soft_delete),
+        )
+}
+
+/// `POST /users/{id}/chats/{chat}/messages/{id}/softDelete`: the message stays, with
+/// `deletedDateTime` set and its body emptied (delegated `Chat.ReadWrite` as a member, or
+/// application `Chat.ReadWrite.All`); `204`.
+async fn soft_delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((user, chat_id, message_id)): Path<(String, String, String)>,
+) -> GraphResult {
+    caller.require(Workload::Teams, &["Chat.ReadWrite", "Chat.ReadWrite.All"])?;
+    let mut world = state.world();
+    let tenant = tenant_of(&mut world, &caller)?;
+    let user_id = tenant.user_key(&user).ok_or_else(|| {
+        GraphError::not_found("NotFound", format!("User '{user}' was not found."))
+    })?;
+    if caller.user_id.as_ref().is_some_and(|me| *me != user_id) {
+        return Err(GraphError::new(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "A delegated caller can only act on its own chats.",
+        ));
+    }
+    let chat = tenant
+        .chats
+        .get_mut(&chat_id)
+        .filter(|c| c.members.contains(&user_id))
+        .ok_or_else(|| {
+            GraphError::not_found("NotFound", format!("Chat '{chat_id}' was not found."))
+        })?;
+    let message = chat.messages.get_mut(&message_id).ok_or_else(|| {
+        GraphError::not_found("NotFound", format!("Message '{message_id}' was not found."))
+    })?;
+    if message["deletedDateTime"].is_null() {
+        message["deletedDateTime"] = json!(clock::graph(clock::now()));
+        message["body"] = json!({"contentType": "html", "content": ""});
+    }
+    Ok(super::no_content())
 }
 
 fn bound_user(member: &Value) -> Option<String> {
