@@ -13,7 +13,7 @@ use graph_emulator::{Emulator, Settings};
 
 use crate::app::Application;
 use crate::audit::Actor;
-use crate::config::FlagOverride;
+use crate::config::{ActivityConfig, ActivityKind, DemoUsersConfig, FlagOverride, HeartbeatConfig};
 use crate::connections::{self, NewAppConnection};
 use crate::identity::GRAPH_RESOURCE;
 use crate::vault::Keyring;
@@ -66,6 +66,34 @@ impl Demo {
             Keyring::create_file(keys, "demo").map_err(|err| DemoError::Seed(err.to_string()))?;
         }
         Ok(Self { emulator, tenant })
+    }
+
+    /// The demo's heartbeat scenario, used when the configuration has none: every 30 seconds
+    /// three demo users get mail, a document and a calendar event (chat is skipped: the demo
+    /// connects app-only), so the emulated tenant shows activity within the first minute.
+    pub fn heartbeat(&self) -> HeartbeatConfig {
+        HeartbeatConfig {
+            tenant: self.tenant.tenant_id.clone(),
+            schedule: "*/30 * * * * *".into(),
+            timezone: "UTC".into(),
+            users: DemoUsersConfig {
+                count: 3,
+                prefix: "demo".into(),
+                domain: self.tenant.domain.clone(),
+                usage_location: "US".into(),
+                license_sku: Some("ENTERPRISEPACK".into()),
+            },
+            activities: [
+                (ActivityKind::Mail, 2),
+                (ActivityKind::File, 1),
+                (ActivityKind::Event, 1),
+                (ActivityKind::Chat, 1),
+            ]
+            .into_iter()
+            .map(|(kind, per_run)| ActivityConfig { kind, per_run })
+            .collect(),
+            seed: 1,
+        }
     }
 
     /// The settings that point tenantd at the emulator, to be applied before the user's flags.
@@ -137,12 +165,15 @@ impl Demo {
              \x20 database                            {DEMO_DATABASE_URL}\n\
              What runs now: database migrations, both listeners, health, readiness and metrics; the demo\n\
              tenant connected app-only with its secret sealed in the vault and a Graph token acquired from the\n\
-             emulator (`tenantd tenant list --database-url {DEMO_DATABASE_URL}` shows it); the token sweep.\n\
-             Subscriptions and notifications, the work queue and heartbeat provisioning join as they land. Stop with Ctrl-C.",
+             emulator (`tenantd tenant list --database-url {DEMO_DATABASE_URL}` shows it); the work queue and\n\
+             schedules; a heartbeat every 30 s (unless the configuration has its own) that keeps three demo users\n\
+             busy with mail, documents and events (`tenantd heartbeat list --tenant {} --database-url {DEMO_DATABASE_URL}`).\n\
+             Stop with Ctrl-C.",
             self.tenant.tenant_id,
             self.tenant.domain,
             self.tenant.client_id,
             self.tenant.users.join(", "),
+            self.tenant.tenant_id,
         )
     }
 }

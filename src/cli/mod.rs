@@ -333,13 +333,16 @@ fn demo(cli: &Cli, emulator_bind: std::net::SocketAddr, runtime: &tokio::runtime
     // Demo settings first, then the user's flags, which still win.
     let mut flags = demo.overrides();
     flags.extend(cli.flag_overrides());
-    let loaded = match config::load(cli.config.as_deref(), &flags) {
+    let mut loaded = match config::load(cli.config.as_deref(), &flags) {
         Ok(loaded) => loaded,
         Err(err) => {
             eprintln!("tenantd: configuration error:\n  {err}");
             return EXIT_USAGE;
         }
     };
+    if loaded.config.heartbeat.is_empty() {
+        loaded.config.heartbeat.push(demo.heartbeat());
+    }
     let code = run(cli, loaded, flags, runtime, Some(&demo));
     demo.emulator.stop();
     code

@@ -145,6 +145,37 @@ fn demo_runs_the_daemon_against_the_built_in_emulator() {
         tenants.contains("contoso-demo.onmicrosoft.com"),
         "{tenants}"
     );
+    // The demo's heartbeat fires every 30 s: within the first minute the emulated tenant has
+    // demo users with mail in their Inbox, a document in OneDrive and a calendar event.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let activity = loop {
+        let (_, log) = http_get(&format!("{emulator}/_emulator/requests")).unwrap();
+        let log: serde_json::Value = serde_json::from_str(&log).unwrap();
+        let created = |method: &str, fragment: &str| {
+            log.as_array().unwrap().iter().any(|r| {
+                r["method"] == method
+                    && r["path"].as_str().is_some_and(|p| p.contains(fragment))
+                    && r["status"]
+                        .as_u64()
+                        .is_some_and(|s| (200..300).contains(&s))
+            })
+        };
+        let seen = [
+            created("POST", "/mailFolders/inbox/messages"),
+            created("PUT", "/drive/root:/Heartbeat/"),
+            created("POST", "/events"),
+        ];
+        if seen.iter().all(|s| *s) {
+            break seen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no heartbeat activity within a minute: {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(activity, [true, true, true]);
+    daemon.wait_for_log("heartbeat run finished", Duration::from_secs(20));
     let mut stdout = daemon.child.stdout.take().expect("piped stdout");
     daemon.signal("INT");
     assert_eq!(daemon.wait_exit(Duration::from_secs(10)).code(), Some(0));
