@@ -591,7 +591,105 @@ async fn with_a_staff_connection_mail_is_sent_and_chat_posted_by_that_user(db: T
     app.stop().await.unwrap();
 }
 
+/// A run stopped halfway (files done, some mail done, then a mailbox refused) and resumed
+/// with the same run id once the cause is fixed creates each object once.
+async fn a_run_interrupted_halfway_resumes_without_duplicates(db: TestDb) {
+    let Env {
+        app,
+        emulator,
+        client_id,
+        ..
+    } = env(&db).await;
+    assert_eq!(
+        run(&db, &HeartbeatRun::new(&scenario(2, &[]))).await,
+        "succeeded"
+    );
+    let demo01 = {
+        let mut world = emulator.shared().world();
+        let tenant = world.tenants.get_mut(TENANT).unwrap();
+        let demo01 = tenant
+            .users
+            .values()
+            .find(|u| u.upn.starts_with("demo01"))
+            .unwrap()
+            .id
+            .clone();
+        // Only demo01's mailbox is open to the app: mail to demo02 stops the run.
+        tenant
+            .mailbox_scopes
+            .insert(client_id.clone(), [demo01.clone()].into_iter().collect());
+        demo01
+    };
+    let mut job = HeartbeatRun::new(&scenario(
+        2,
+        &[(ActivityKind::File, 2), (ActivityKind::Mail, 4)],
+    ));
+    // A run id whose seeded picks send mail:0-2 to demo01 and mail:3 to demo02.
+    job.heartbeat_id = format!("{:032x}", 5);
+    let store = db.store().await;
+    let queue = tenantd::queue::Queue::new(store);
+    let job_id = tenantd::jobs::enqueue(&queue, &job)
+        .await
+        .unwrap()
+        .id()
+        .to_string();
+    assert_eq!(
+        crate::helpers::job_outcome(&db, &job_id).await,
+        "failed access_policy_denied"
+    );
+    let files_in_graph = || {
+        let world = emulator.shared().world();
+        world.tenants[TENANT]
+            .users
+            .values()
+            .filter_map(|u| u.drive.as_ref())
+            .flat_map(|d| d.items.values())
+            .filter(|i| i.get("file").is_some())
+            .count()
+    };
+    let mail_in_graph = || {
+        let world = emulator.shared().world();
+        world.tenants[TENANT]
+            .users
+            .values()
+            .filter_map(|u| u.mailbox.as_ref())
+            .map(|m| m.messages.len())
+            .sum::<usize>()
+    };
+    let mail_before = recorded(&db, "mail").await;
+    assert_eq!(recorded(&db, "file").await, 2, "the files were done");
+    assert!(
+        (1..4).contains(&mail_before),
+        "halfway through the mail: {mail_before}"
+    );
+    assert_eq!(mail_in_graph(), mail_before);
+    assert!(db
+        .strings("SELECT owner FROM provisioned_objects WHERE kind = 'mail'")
+        .await
+        .iter()
+        .all(|owner| *owner == demo01));
+    // The operator fixes the policy and retries the job (`tenantd queue retry ID`).
+    emulator
+        .shared()
+        .world()
+        .tenants
+        .get_mut(TENANT)
+        .unwrap()
+        .mailbox_scopes
+        .clear();
+    assert!(queue.retry_now(&job_id).await.unwrap());
+    let outcome = crate::helpers::job_outcome(&db, &job_id).await;
+    // The job keeps its last failure's reason as history.
+    assert!(outcome.starts_with("succeeded"), "{outcome}");
+    assert_eq!(recorded(&db, "file").await, 2);
+    assert_eq!(recorded(&db, "mail").await, 4);
+    assert_eq!(files_in_graph(), 2, "no file uploaded twice");
+    assert_eq!(mail_in_graph(), 4, "no message created twice");
+    app.stop().await.unwrap();
+}
+
 on_both_backends!(
+    a_run_interrupted_halfway_resumes_without_duplicates,
     with_a_staff_connection_mail_is_sent_and_chat_posted_by_that_user,
     a_scenario_creates_users_once_and_records_each_activity,
     a_run_resumes_without_duplicates_and_cleanup_removes_exactly_its_objects,
