@@ -332,6 +332,19 @@ async fn app_only_connections_and_bad_payloads_are_refused(db: TestDb) {
         .prepare("send_fax", json!({}))
         .unwrap_err()
         .contains("delegated_send_mail"));
+    // A connection row whose authority is Azure AD B2C (written by another system into the
+    // shared database; `tenant connect` refuses such authorities): not a staff identity.
+    db.execute(&format!(
+        "UPDATE connections SET authority = 'https://contosob2c.b2clogin.com/contosob2c.onmicrosoft.com/B2C_1_signin' WHERE id = '{}'",
+        env.adele.id
+    ))
+    .await;
+    let as_b2c = json!({"tenant_id": TENANT, "user": "adele@contoso.onmicrosoft.com",
+        "to": ["alex@contoso.onmicrosoft.com"], "subject": "x", "body": "y"});
+    assert_eq!(
+        enqueue_and_wait(&db, "delegated_send_mail", as_b2c).await,
+        "failed identity_not_allowed"
+    );
     assert!(
         inbox(&env.emulator, &env.alex_id).is_empty(),
         "nothing was sent"
