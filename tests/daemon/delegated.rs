@@ -26,6 +26,12 @@ struct Env {
 }
 
 async fn env(db: &TestDb) -> Env {
+    env_with(db, false).await
+}
+
+/// [`env`], with `subscribe` a configured subscription to Adele's messages whose
+/// notifications the daemon's own webhook listener receives.
+async fn env_with(db: &TestDb, subscribe: bool) -> Env {
     let emulator = graph_emulator::Emulator::start_local().await.unwrap();
     let now = graph_emulator::clock::now();
     let (client_id, secret, alex_id) = {
@@ -86,6 +92,33 @@ async fn env(db: &TestDb) -> Env {
     let mut config = test_config(db);
     config.graph.base_url = url::Url::parse(&emulator.graph_url()).unwrap();
     config.identity.authority = url::Url::parse(&emulator.base_url()).unwrap();
+    if subscribe {
+        let adele_id = {
+            let world = emulator.shared().world();
+            world.tenants[TENANT]
+                .users
+                .values()
+                .find(|u| u.upn.starts_with("adele"))
+                .unwrap()
+                .id
+                .clone()
+        };
+        // The public listener's port is chosen first: Graph must be told where to post.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        config.listener.bind = format!("127.0.0.1:{port}").parse().unwrap();
+        config.listener.public_url =
+            Some(url::Url::parse(&format!("http://127.0.0.1:{port}")).unwrap());
+        config.subscriptions = vec![tenantd::config::SubscriptionConfig {
+            tenant: TENANT.into(),
+            resource: format!("users/{adele_id}/messages"),
+            change_types: vec!["created".into()],
+            include_resource_data: false,
+        }];
+    }
     let keys = Keyring::load(&config.secrets.key_file).unwrap();
     let store = db.store().await;
     store.migrate().await.unwrap();
@@ -352,7 +385,63 @@ async fn app_only_connections_and_bad_payloads_are_refused(db: TestDb) {
     env.app.stop().await.unwrap();
 }
 
+/// The whole way: Adele's mail sent through tenantd, Alex's reply notified by Graph to the
+/// webhook, fetched by a worker and linked to the action; her own Sent Items copy (notified
+/// too) is not.
+async fn a_reply_notified_through_the_subscription_is_linked_to_the_sent_mail(db: TestDb) {
+    let env = env_with(&db, true).await;
+    crate::webhooks::eventually(
+        &db,
+        "SELECT graph_id FROM subscriptions WHERE status = 'active' AND graph_id IS NOT NULL",
+    )
+    .await;
+    let payload = json!({
+        "tenant_id": TENANT, "user": "adele@contoso.onmicrosoft.com",
+        "to": ["alex@contoso.onmicrosoft.com"], "subject": "Quarterly review", "body": "Does Thursday work?",
+        "request_id": "crm-5150"
+    });
+    assert_eq!(
+        enqueue_and_wait(&db, "delegated_send_mail", payload).await,
+        "succeeded"
+    );
+    let original = inbox(&env.emulator, &env.alex_id).remove(0);
+    let token = crate::webhooks::app_token(&env.emulator, &env.client_id, &env.secret).await;
+    let replied = reqwest::Client::new()
+        .post(format!(
+            "{}/users/{}/messages/{}/reply",
+            env.emulator.graph_url(),
+            env.alex_id,
+            original["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&token)
+        .json(&json!({"comment": "Thursday works."}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replied.status(), 202);
+    let linked = crate::webhooks::eventually(
+        &db,
+        "SELECT l.matched_by || ' ' || a.request_id FROM attribution_links l JOIN delegated_actions a ON a.id = l.action_id",
+    )
+    .await;
+    assert_eq!(linked, ["in_reply_to crm-5150"]);
+    // Both of Adele's messages were stored from notifications; only the reply is linked.
+    crate::webhooks::eventually(
+        &db,
+        "SELECT 'both' FROM (SELECT COUNT(*) AS n FROM messages WHERE subject LIKE '%Quarterly review%') c WHERE c.n >= 2",
+    )
+    .await;
+    assert_eq!(
+        db.strings("SELECT message_id FROM attribution_links")
+            .await
+            .len(),
+        1
+    );
+    env.app.stop().await.unwrap();
+}
+
 on_both_backends!(
+    a_reply_notified_through_the_subscription_is_linked_to_the_sent_mail,
     mail_is_sent_once_as_the_user_and_replies_link_back_within_the_window,
     events_are_created_once_updated_and_cancelled_as_the_user,
     app_only_connections_and_bad_payloads_are_refused,
