@@ -1,6 +1,7 @@
 //! Calendar events: create, read, list, update, cancel, delete.
 //!
-//! Sources: https://learn.microsoft.com/graph/api/user-post-events, .../event-update,
+//! Sources: https://learn.microsoft.com/graph/api/user-post-events (`transactionId`: a client's
+//! key so a retried create does not make the event twice), .../event-update,
 //! .../event-cancel (organizer only; `202 Accepted`; the event moves to Deleted Items and
 //! attendees get a cancellation), .../event-delete.
 //!
@@ -144,6 +145,21 @@ async fn create(
     }
     let mut world = state.world();
     let (tenant, user_id) = open_mailbox(&mut world, &caller, &user)?;
+    // transactionId: a retried create returns the event the first attempt made.
+    let transaction = input.get("transactionId").and_then(Value::as_str);
+    if let Some(transaction) = transaction {
+        let existing = events_mut(&mut world, &tenant, &user_id)
+            .values()
+            .find(|e| e["transactionId"] == transaction)
+            .cloned();
+        if let Some(mut existing) = existing {
+            existing["@odata.context"] = json!(context(
+                &state,
+                &format!("users('{user_id}')/events/$entity")
+            ));
+            return Ok(created(existing));
+        }
+    }
     let organizer = world.tenants[&tenant].users[&user_id].email_address();
     let now = clock::graph(clock::now());
     let id = new_outlook_id("AAMkAGI");
@@ -176,6 +192,10 @@ async fn create(
         "attendees": input.get("attendees").cloned().unwrap_or_else(|| json!([])),
         "organizer": organizer,
     });
+    if let Some(transaction) = transaction {
+        // Returned only when the app set it.
+        event["transactionId"] = json!(transaction);
+    }
     touch(&mut event);
     events_mut(&mut world, &tenant, &user_id).insert(id.clone(), event.clone());
     let mut changes = vec![event_change(&tenant, &user_id, &event, "created")];

@@ -715,6 +715,41 @@ async fn calendar_events_are_created_updated_cancelled_and_deleted() {
         created.json["organizer"]["emailAddress"]["address"],
         format!("adele@{DOMAIN}")
     );
+    assert!(
+        created.json.get("transactionId").is_none(),
+        "returned only when set"
+    );
+    // A create retried with its transactionId returns the first event instead of a second.
+    let keyed = json!({
+        "subject": "Retry-safe",
+        "start": {"dateTime": "2026-12-02T10:00:00", "timeZone": "UTC"},
+        "end": {"dateTime": "2026-12-02T11:00:00", "timeZone": "UTC"},
+        "transactionId": "crm-77",
+    });
+    let first = env
+        .post(&format!("/users/{adele}/events"), &token, keyed.clone())
+        .await
+        .assert_status(201);
+    let again = env
+        .post(&format!("/users/{adele}/events"), &token, keyed)
+        .await
+        .assert_status(201);
+    assert_eq!(first.json["id"], again.json["id"]);
+    assert_eq!(first.json["transactionId"], "crm-77");
+    let listed = env
+        .get(&format!("/users/{adele}/events"), &token)
+        .await
+        .assert_status(200)
+        .json;
+    assert_eq!(
+        listed["value"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["subject"] == "Retry-safe")
+            .count(),
+        1
+    );
     let updated = env
         .graph(
             Method::PATCH,
