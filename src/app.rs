@@ -321,6 +321,7 @@ impl Application {
                 queue: queue.clone(),
                 registry: Arc::new(Registry::standard()),
                 context: JobContext {
+                    attempt: 1,
                     store: store.clone(),
                     queue,
                     tokens: tokens.clone(),

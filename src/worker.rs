@@ -158,7 +158,9 @@ impl WorkerPool {
             record(&job.kind, "failed", started);
             return;
         };
-        let run = kind.run(job.payload.clone(), self.context.clone());
+        let mut context = self.context.clone();
+        context.attempt = job.attempt;
+        let run = kind.run(job.payload.clone(), context);
         let renew_every = self.lease / 3;
         let mut renewals =
             tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);

@@ -140,6 +140,9 @@ pub struct Mailbox {
     pub events: BTreeMap<String, Value>,
     /// Every change to a message, oldest first, for delta queries.
     pub message_changes: Vec<MessageChange>,
+    /// Single-value extended properties set on messages at creation (message id → (property
+    /// id, value)); Graph returns them only on `$expand`, so they are kept apart.
+    pub extended_properties: BTreeMap<String, Vec<(String, String)>>,
 }
 
 /// One change to a message, for delta queries.

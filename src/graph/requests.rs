@@ -281,6 +281,40 @@ impl GraphClient {
         Ok(page["value"].as_array().cloned().unwrap_or_default())
     }
 
+    /// The first message of a user's mailbox carrying single-value extended property
+    /// `property` (e.g. `String {guid} Name X`) with `value`:
+    /// `$filter=singleValueExtendedProperties/Any(ep: ep/id eq '...' and ep/value eq '...')`.
+    ///
+    /// # Errors
+    /// [`GraphError`].
+    pub async fn message_by_property(
+        &self,
+        connection: &Connection,
+        user: &str,
+        property: &str,
+        value: &str,
+    ) -> Result<Option<Value>, GraphError> {
+        let filter = format!(
+            "singleValueExtendedProperties/Any(ep: ep/id eq '{}' and ep/value eq '{}')",
+            property.replace('\'', "''"),
+            value.replace('\'', "''")
+        );
+        let page = self
+            .send(
+                connection,
+                &GraphRequest::new(
+                    Method::GET,
+                    format!("/users/{}/messages", segment(user)),
+                    "mail",
+                )
+                .query("$filter", filter)
+                .query("$select", "id,from,sender")
+                .mailbox(user),
+            )
+            .await?;
+        Ok(page["value"].as_array().and_then(|v| v.first().cloned()))
+    }
+
     /// `POST /chats` for a one-on-one chat between two users (ids or UPNs; Graph returns the
     /// existing chat when there is one). Returns the chat.
     ///

@@ -10,9 +10,11 @@
 //! Every object is recorded in `provisioned_objects` with who Graph says made it.
 //!
 //! Resumable: the run's id is fixed in the payload, each step is recorded after Graph created
-//! its object, and a retried run skips recorded steps. A mailbox or drive Graph has not
-//! provisioned yet (after licensing) sends the run back to the queue (`services_not_ready`)
-//! instead of sleeping.
+//! its object, and a retried run skips recorded steps. An object created but not recorded (the
+//! attempt stopped in between) is found, not made twice: planted mail carries its step in an
+//! extended property, uploads replace the same path, events carry a `transactionId`, users are
+//! looked up by UPN. A mailbox or drive Graph has not provisioned yet (after licensing) sends
+//! the run back to the queue (`services_not_ready`) instead of sleeping.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -67,6 +69,12 @@ struct DemoUser {
     upn: String,
     first_name: String,
 }
+
+/// The named MAPI property on planted messages that says which run step made them (a custom
+/// property set: tenantd's own GUID), so a resumed run finds a message an interrupted attempt
+/// created but did not record.
+const STEP_PROPERTY: &str =
+    "String {6d1b3f0a-2c4e-4f7a-9b8d-5e0c1a2b3c4d} Name tenantdHeartbeatStep";
 
 /// Size of the data exports (every fourth file): above Graph's simple-upload switch.
 const LARGE_FILE_BYTES: usize = crate::graph::requests::SIMPLE_UPLOAD_MAX + 1024 * 1024;
@@ -133,6 +141,8 @@ struct Run<'a> {
     context: &'a JobContext,
     app: Connection,
     done: HashSet<String>,
+    /// An earlier attempt of this run got somewhere: look for unrecorded objects first.
+    resuming: bool,
     created: Vec<&'static str>,
 }
 
@@ -302,17 +312,35 @@ impl Run<'_> {
     }
 
     async fn mail(&mut self, step: &str, from: &DemoUser, to: &DemoUser) -> Result<(), JobError> {
-        let mut content = Content::new(self.job.seed, &format!("{}:{step}", self.job.heartbeat_id));
+        let graph = &self.context.graph;
+        let marker = format!("{}:{step}", self.job.heartbeat_id);
+        if self.resuming {
+            // An earlier attempt may have created it and stopped before recording it.
+            let found = graph
+                .message_by_property(&self.app, &to.id, STEP_PROPERTY, &marker)
+                .await
+                .map_err(|err| graph_failure(err, &to.upn, "the mailbox"))?;
+            if let Some(found) = found {
+                let id = found["id"].as_str().unwrap_or_default().to_string();
+                return self
+                    .record(step, "mail", &id, &to.id, attribution(&found).as_deref())
+                    .await;
+            }
+        }
+        let mut content = Content::new(self.job.seed, &marker);
         let subject = content.subject();
         let message = json!({
             "subject": subject,
             "body": {"contentType": "text", "content": content.mail_body(&to.first_name)},
             "from": {"emailAddress": {"address": from.upn}},
             "toRecipients": [{"emailAddress": {"address": to.upn}}],
-            // PR_MESSAGE_FLAGS without mfUnsent: a received message, not a draft.
-            "singleValueExtendedProperties": [{"id": "Integer 0x0E07", "value": "1"}],
+            // PR_MESSAGE_FLAGS without mfUnsent: a received message, not a draft; and the step
+            // that made it, so a resumed run finds it.
+            "singleValueExtendedProperties": [
+                {"id": "Integer 0x0E07", "value": "1"},
+                {"id": STEP_PROPERTY, "value": marker},
+            ],
         });
-        let graph = &self.context.graph;
         let created = graph
             .create_message(&self.app, &to.id, "inbox", &message)
             .await
@@ -529,18 +557,21 @@ async fn provision(job: &HeartbeatRun, context: &JobContext) -> Result<String, J
                 "the tenant has no usable app connection; add one with `tenantd tenant add`".into(),
             )
         })?;
-    let done = heartbeat::run_steps(&context.store, &job.tenant_id, &job.heartbeat_id)
-        .await
-        .map_err(JobError::database)?
-        .into_iter()
-        .map(|object| object.step)
-        .collect();
+    let done: HashSet<String> =
+        heartbeat::run_steps(&context.store, &job.tenant_id, &job.heartbeat_id)
+            .await
+            .map_err(JobError::database)?
+            .into_iter()
+            .map(|object| object.step)
+            .collect();
     let delegated = delegated(context, &job.tenant_id).await?;
+    let resuming = context.attempt > 1 || !done.is_empty();
     let mut run = Run {
         job,
         context,
         app,
         done,
+        resuming,
         created: Vec::new(),
     };
     let users = run.users().await?;

@@ -282,8 +282,12 @@ async fn a_run_resumes_without_duplicates_and_cleanup_removes_exactly_its_object
     let scenario = scenario(2, &[(ActivityKind::Mail, 3), (ActivityKind::File, 1)]);
     let job = HeartbeatRun::new(&scenario);
     assert_eq!(run(&db, &job).await, "succeeded");
-    // The same run again (a retry after an interruption): every step is recorded, none redone.
+    // The same run again (a retry after an interruption): recorded steps are skipped, and two
+    // steps whose objects Graph made but whose records were lost (the attempt stopped in
+    // between) find those objects instead of making them again.
     db.execute("DELETE FROM jobs WHERE kind = 'heartbeat_run'")
+        .await;
+    db.execute("DELETE FROM provisioned_objects WHERE step IN ('mail:1', 'file:0')")
         .await;
     assert_eq!(run(&db, &job).await, "succeeded");
     assert_eq!(recorded(&db, "mail").await, 3);
@@ -297,6 +301,18 @@ async fn a_run_resumes_without_duplicates_and_cleanup_removes_exactly_its_object
             .sum::<usize>()
     };
     assert_eq!(mail_in_graph(), 3, "no duplicate mail");
+    assert_eq!(recorded(&db, "file").await, 1);
+    let files_in_graph = {
+        let world = emulator.shared().world();
+        world.tenants[TENANT]
+            .users
+            .values()
+            .filter_map(|u| u.drive.as_ref())
+            .flat_map(|d| d.items.values())
+            .filter(|i| i.get("file").is_some())
+            .count()
+    };
+    assert_eq!(files_in_graph, 1, "the upload replaced its file");
     // user0 and its mailbox are not tenantd's: cleanup leaves them.
     let before_user0 = {
         let world = emulator.shared().world();

@@ -775,6 +775,7 @@ pub(crate) fn job_context(
     tokens: Arc<tenantd::tokens::TokenService>,
 ) -> tenantd::jobs::JobContext {
     tenantd::jobs::JobContext {
+        attempt: 1,
         store: store.clone(),
         queue: tenantd::queue::Queue::new(store.clone()),
         graph: Arc::new(tenantd::graph::GraphClient::new(

@@ -406,6 +406,7 @@ mod workers {
             queue: queue.clone(),
             registry: Arc::new(registry),
             context: tenantd::jobs::JobContext {
+                attempt: 1,
                 queue: queue.clone(),
                 ..crate::helpers::job_context(&store, tokens)
             },

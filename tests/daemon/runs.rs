@@ -146,6 +146,7 @@ async fn the_connection_check_runs_on_the_workers_and_records_its_outcome(db: Te
         queue: queue.clone(),
         registry: Arc::new(Registry::standard()),
         context: tenantd::jobs::JobContext {
+            attempt: 1,
             queue: queue.clone(),
             ..crate::helpers::job_context(&store, tokens)
         },

@@ -295,6 +295,25 @@ fn new_message(
     })
 }
 
+/// The `singleValueExtendedProperties` given at creation, as (id, value).
+fn extended_properties(input: &Map<String, Value>) -> Vec<(String, String)> {
+    input
+        .get("singleValueExtendedProperties")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            let id = p.get("id")?.as_str()?.to_string();
+            let value = p.get("value")?;
+            let value = value
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| value.to_string());
+            Some((id, value))
+        })
+        .collect()
+}
+
 /// PR_MESSAGE_FLAGS from `singleValueExtendedProperties`, if given.
 fn message_flags(input: &Map<String, Value>) -> Option<i64> {
     input
@@ -389,6 +408,11 @@ async fn create(
     let from = input.get("from").cloned().unwrap_or(Value::Null);
     let sender = input.get("sender").cloned().unwrap_or_else(|| from.clone());
     let message = new_message(&input, &folder_id, is_draft, is_read, from, sender);
+    let extended = extended_properties(&input);
+    if !extended.is_empty() {
+        let id = message["id"].as_str().unwrap_or_default().to_string();
+        mailbox.extended_properties.insert(id, extended);
+    }
     mailbox.put_message(message.clone());
     notifications::publish(
         &state,
@@ -421,26 +445,73 @@ async fn create_in_folder(
     create(state, caller, user, folder, body).await
 }
 
-/// The one message filter the emulator models, `internetMessageId eq '<id>'` (quotes doubled
-/// inside); anything else is refused rather than ignored, so a caller never mistakes an
-/// unfiltered list for a match.
-fn internet_message_id_filter(filter: &str) -> Result<String, GraphError> {
-    let invalid = || {
-        GraphError::bad_request(
-            "ErrorInvalidUrlQueryFilter",
-            "The query filter contains one or more invalid nodes.",
-        )
-    };
-    let (property, value) = filter.trim().split_once(" eq ").ok_or_else(invalid)?;
-    if !property.trim().eq_ignore_ascii_case("internetMessageId") {
-        return Err(invalid());
+/// The message filters the emulator models, as Graph documents them:
+/// `internetMessageId eq '<id>'` and
+/// `singleValueExtendedProperties/Any(ep: ep/id eq '<property>' and ep/value eq '<value>')`
+/// (quotes doubled inside). Anything else is refused rather than ignored, so a caller never
+/// mistakes an unfiltered list for a match.
+enum MessageFilter {
+    InternetMessageId(String),
+    ExtendedProperty { id: String, value: String },
+}
+
+impl MessageFilter {
+    fn parse(filter: &str) -> Result<Self, GraphError> {
+        let invalid = || {
+            GraphError::bad_request(
+                "ErrorInvalidUrlQueryFilter",
+                "The query filter contains one or more invalid nodes.",
+            )
+        };
+        let quoted = |value: &str| -> Result<String, GraphError> {
+            let inner = value
+                .trim()
+                .strip_prefix('\'')
+                .and_then(|v| v.strip_suffix('\''))
+                .ok_or_else(invalid)?;
+            Ok(inner.replace("''", "'"))
+        };
+        let filter = filter.trim();
+        if let Some(inner) = filter
+            .strip_prefix("singleValueExtendedProperties/Any(")
+            .and_then(|f| f.strip_suffix(')'))
+        {
+            let (variable, condition) = inner.split_once(':').ok_or_else(invalid)?;
+            let variable = variable.trim();
+            let (id_part, value_part) = condition.split_once(" and ").ok_or_else(invalid)?;
+            let id = id_part
+                .trim()
+                .strip_prefix(&format!("{variable}/id eq "))
+                .ok_or_else(invalid)?;
+            let value = value_part
+                .trim()
+                .strip_prefix(&format!("{variable}/value eq "))
+                .ok_or_else(invalid)?;
+            return Ok(Self::ExtendedProperty {
+                id: quoted(id)?,
+                value: quoted(value)?,
+            });
+        }
+        let (property, value) = filter.split_once(" eq ").ok_or_else(invalid)?;
+        if !property.trim().eq_ignore_ascii_case("internetMessageId") {
+            return Err(invalid());
+        }
+        Ok(Self::InternetMessageId(quoted(value)?))
     }
-    let value = value.trim();
-    let inner = value
-        .strip_prefix('\'')
-        .and_then(|v| v.strip_suffix('\''))
-        .ok_or_else(invalid)?;
-    Ok(inner.replace("''", "'"))
+
+    fn matches(&self, mailbox: &crate::world::Mailbox, message: &Value) -> bool {
+        match self {
+            Self::InternetMessageId(id) => message["internetMessageId"] == id.as_str(),
+            Self::ExtendedProperty { id, value } => message["id"]
+                .as_str()
+                .and_then(|m| mailbox.extended_properties.get(m))
+                .is_some_and(|props| {
+                    props
+                        .iter()
+                        .any(|(p, v)| p.eq_ignore_ascii_case(id) && v == value)
+                }),
+        }
+    }
 }
 
 fn list(
@@ -465,7 +536,7 @@ fn list(
         None => None,
     };
     let wanted = match query.get("$filter") {
-        Some(filter) => Some(internet_message_id_filter(filter)?),
+        Some(filter) => Some(MessageFilter::parse(filter)?),
         None => None,
     };
     let mut items: Vec<Value> = mailbox
@@ -476,11 +547,7 @@ fn list(
                 .as_deref()
                 .is_none_or(|f| m["parentFolderId"] == f)
         })
-        .filter(|m| {
-            wanted
-                .as_deref()
-                .is_none_or(|id| m["internetMessageId"] == id)
-        })
+        .filter(|m| wanted.as_ref().is_none_or(|f| f.matches(mailbox, m)))
         .cloned()
         .collect();
     items.sort_by(|a, b| {

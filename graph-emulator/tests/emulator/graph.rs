@@ -296,6 +296,64 @@ async fn created_mail_is_a_draft_unless_message_flags_say_otherwise() {
         format!("alex@{DOMAIN}")
     );
     assert_eq!(received.json["sender"], received.json["from"]);
+    // Filters Graph documents: a custom extended property, internetMessageId; others refused.
+    let marked = env
+        .post(
+            &path,
+            &token,
+            json!({
+                "subject": "marked",
+                "singleValueExtendedProperties": [{"id": "String {6d1b3f0a-2c4e-4f7a-9b8d-5e0c1a2b3c4d} Name Step", "value": "run-1:mail:0"}],
+            }),
+        )
+        .await
+        .assert_status(201);
+    assert!(
+        marked.json.get("singleValueExtendedProperties").is_none(),
+        "returned only on $expand"
+    );
+    let by_property = |value: &str| {
+        format!("/users/{adele}/messages?$filter=singleValueExtendedProperties/Any(ep: ep/id eq 'String {{6d1b3f0a-2c4e-4f7a-9b8d-5e0c1a2b3c4d}} Name Step' and ep/value eq '{value}')")
+    };
+    let found = env
+        .get(&by_property("run-1:mail:0"), &token)
+        .await
+        .assert_status(200);
+    assert_eq!(found.json["value"].as_array().unwrap().len(), 1);
+    assert_eq!(found.json["value"][0]["id"], marked.json["id"]);
+    let none = env
+        .get(&by_property("run-1:mail:9"), &token)
+        .await
+        .assert_status(200);
+    assert!(none.json["value"].as_array().unwrap().is_empty());
+    let by_id = env
+        .get(
+            &format!(
+                "/users/{adele}/messages?$filter=internetMessageId eq '{}'",
+                received.json["internetMessageId"].as_str().unwrap()
+            ),
+            &token,
+        )
+        .await
+        .assert_status(200);
+    assert_eq!(by_id.json["value"][0]["id"], received.json["id"]);
+    env.get(
+        &format!("/users/{adele}/messages?$filter=subject eq 'x'"),
+        &token,
+    )
+    .await
+    .assert_status(400);
+    env.graph(
+        Method::DELETE,
+        &format!(
+            "/users/{adele}/messages/{}",
+            marked.json["id"].as_str().unwrap()
+        ),
+        &token,
+        None,
+    )
+    .await
+    .assert_status(204);
     let id = received.json["id"].as_str().unwrap();
     let inbox = env
         .get(
