@@ -235,6 +235,7 @@ fn worker_pool(store: &Store, queue: &Queue, concurrency: usize) -> tenantd::wor
         queue: queue.clone(),
         registry: Arc::new(tenantd::jobs::Registry::standard()),
         context: tenantd::jobs::JobContext {
+            attempt: 1,
             store: store.clone(),
             queue: queue.clone(),
             tokens: tokens.clone(),
