@@ -308,7 +308,7 @@ impl GraphClient {
                     "mail",
                 )
                 .query("$filter", filter)
-                .query("$select", "id,from,sender")
+                .query("$select", "id,from,sender,isDraft,internetMessageId")
                 .mailbox(user),
             )
             .await?;

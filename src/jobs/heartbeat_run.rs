@@ -358,26 +358,43 @@ impl Run<'_> {
     /// Mail really sent by the delegated staff user to a demo user (draft, then send: unlike
     /// `sendMail` the draft tells the message's internetMessageId, which finds its copies).
     /// Both copies are recorded (`sent_mail`: graph id = internetMessageId, owner = mailbox),
-    /// right after the send, before anything else can fail.
+    /// right after the send. The draft carries its step, so a resumed run sends a draft an
+    /// earlier attempt left, and does not send again what that attempt sent unrecorded.
     async fn sent_mail(
         &mut self,
         step: &str,
         staff: &Connection,
         to: &DemoUser,
     ) -> Result<(), JobError> {
-        let mut content = Content::new(self.job.seed, &format!("{}:{step}", self.job.heartbeat_id));
-        let message = json!({
-            "subject": content.subject(),
-            "body": {"contentType": "text", "content": content.mail_body(&to.first_name)},
-            "toRecipients": [{"emailAddress": {"address": to.upn}}],
-        });
         let graph = &self.context.graph;
         let me = staff.user_id.clone();
         let staff_name = staff.user_name.clone().unwrap_or_else(|| me.clone());
-        let draft = graph
-            .create_draft(staff, &me, &message)
-            .await
-            .map_err(|err| graph_failure(err, &staff_name, "the mailbox"))?;
+        let marker = format!("{}:{step}", self.job.heartbeat_id);
+        // An earlier attempt may have made the draft, or even sent it, without recording it.
+        let earlier = if self.resuming {
+            graph
+                .message_by_property(staff, &me, STEP_PROPERTY, &marker)
+                .await
+                .map_err(|err| graph_failure(err, &staff_name, "the mailbox"))?
+        } else {
+            None
+        };
+        let draft = match earlier {
+            Some(found) => found,
+            None => {
+                let mut content = Content::new(self.job.seed, &marker);
+                let message = json!({
+                    "subject": content.subject(),
+                    "body": {"contentType": "text", "content": content.mail_body(&to.first_name)},
+                    "toRecipients": [{"emailAddress": {"address": to.upn}}],
+                    "singleValueExtendedProperties": [{"id": STEP_PROPERTY, "value": marker}],
+                });
+                graph
+                    .create_draft(staff, &me, &message)
+                    .await
+                    .map_err(|err| graph_failure(err, &staff_name, "the mailbox"))?
+            }
+        };
         let (Some(id), Some(internet_id)) = (
             draft["id"].as_str().map(str::to_string),
             draft["internetMessageId"].as_str().map(str::to_string),
@@ -387,10 +404,13 @@ impl Run<'_> {
                 "Graph's draft has no id or internetMessageId".into(),
             ));
         };
-        graph
-            .send_draft(staff, &me, &id)
-            .await
-            .map_err(|err| graph_failure(err, &staff_name, "the mailbox"))?;
+        // A message found in Sent Items was sent already.
+        if draft["isDraft"] != json!(false) {
+            graph
+                .send_draft(staff, &me, &id)
+                .await
+                .map_err(|err| graph_failure(err, &staff_name, "the mailbox"))?;
+        }
         // Who Graph says sent it, from the recipient's copy when it has arrived already.
         let copies = graph
             .messages_by_internet_id(&self.app, &to.id, &internet_id)

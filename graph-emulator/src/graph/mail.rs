@@ -859,6 +859,8 @@ async fn send_draft(
         return Err(GraphError::bad_request("ErrorInvalidRecipients", "At least one recipient isn't valid., A message can't be sent because it contains no recipients."));
     }
     mailbox.messages.remove(&id);
+    // The item moves to Sent Items with its MAPI properties.
+    let properties = mailbox.extended_properties.remove(&id);
     let sent = Sending {
         internet_message_id: draft["internetMessageId"]
             .as_str()
@@ -873,6 +875,24 @@ async fn send_draft(
     let mut message = message.clone();
     message.remove("from");
     deliver(&state, &mut world, &tenant, &user_id, &message, true, &sent);
+    if let Some(properties) = properties {
+        if let Some(mailbox) = user_mut(&mut world, &tenant, &user_id).mailbox.as_mut() {
+            let sent_items = mailbox.folder("sentitems").map(|f| f.id.clone());
+            let copy = mailbox
+                .messages
+                .values()
+                .find(|m| {
+                    m["internetMessageId"] == sent.internet_message_id.as_str()
+                        && sent_items
+                            .as_deref()
+                            .is_some_and(|f| m["parentFolderId"] == f)
+                })
+                .and_then(|m| m["id"].as_str().map(str::to_string));
+            if let Some(copy) = copy {
+                mailbox.extended_properties.insert(copy, properties);
+            }
+        }
+    }
     Ok(StatusCode::ACCEPTED.into_response())
 }
 
