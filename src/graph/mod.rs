@@ -316,19 +316,21 @@ impl GraphClient {
     /// `link` as a URL when it stays on the configured Graph host (pages and delta links are
     /// followed only there, so an answer cannot send the token elsewhere).
     fn own_link(&self, link: &str) -> Result<Url, GraphError> {
-        let url = Url::parse(link).map_err(|_| GraphError::Permanent {
+        let foreign = || GraphError::Permanent {
             status: 0,
             code: "foreign_next_link".into(),
-        })?;
-        if url.host_str() != self.base.host_str()
-            || url.port_or_known_default() != self.base.port_or_known_default()
-        {
-            return Err(GraphError::Permanent {
-                status: 0,
-                code: "foreign_next_link".into(),
-            });
+        };
+        let url = Url::parse(link).map_err(|_| foreign())?;
+        if !self.on_graph_host(&url) {
+            return Err(foreign());
         }
         Ok(url)
+    }
+
+    /// Whether `url` is on the configured Graph host and port.
+    fn on_graph_host(&self, url: &Url) -> bool {
+        url.host_str() == self.base.host_str()
+            && url.port_or_known_default() == self.base.port_or_known_default()
     }
 
     /// A delta query: every change since `delta_link` (or, without one, the whole

@@ -30,6 +30,11 @@ fn segment(value: &str) -> String {
     encoded
 }
 
+/// `value` as an OData string literal: quoted, inner quotes doubled.
+fn odata_string(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
 /// The first byte an upload session expects next (`nextExpectedRanges: ["26-"]`).
 fn next_expected(answer: &Value) -> Option<usize> {
     answer["nextExpectedRanges"]
@@ -261,24 +266,8 @@ impl GraphClient {
         user: &str,
         internet_message_id: &str,
     ) -> Result<Vec<Value>, GraphError> {
-        let filter = format!(
-            "internetMessageId eq '{}'",
-            internet_message_id.replace('\'', "''")
-        );
-        let page = self
-            .send(
-                connection,
-                &GraphRequest::new(
-                    Method::GET,
-                    format!("/users/{}/messages", segment(user)),
-                    "mail",
-                )
-                .query("$filter", filter)
-                .query("$select", "id,from,sender,parentFolderId,internetMessageId")
-                .mailbox(user),
-            )
-            .await?;
-        Ok(page["value"].as_array().cloned().unwrap_or_default())
+        let filter = format!("internetMessageId eq {}", odata_string(internet_message_id));
+        self.filtered_messages(connection, user, filter).await
     }
 
     /// The first message of a user's mailbox carrying single-value extended property
@@ -295,10 +284,22 @@ impl GraphClient {
         value: &str,
     ) -> Result<Option<Value>, GraphError> {
         let filter = format!(
-            "singleValueExtendedProperties/Any(ep: ep/id eq '{}' and ep/value eq '{}')",
-            property.replace('\'', "''"),
-            value.replace('\'', "''")
+            "singleValueExtendedProperties/Any(ep: ep/id eq {} and ep/value eq {})",
+            odata_string(property),
+            odata_string(value)
         );
+        let found = self.filtered_messages(connection, user, filter).await?;
+        Ok(found.into_iter().next())
+    }
+
+    /// The first page of a user's messages matching `filter`, with the fields that identify
+    /// and attribute them.
+    async fn filtered_messages(
+        &self,
+        connection: &Connection,
+        user: &str,
+        filter: String,
+    ) -> Result<Vec<Value>, GraphError> {
         let page = self
             .send(
                 connection,
@@ -308,11 +309,14 @@ impl GraphClient {
                     "mail",
                 )
                 .query("$filter", filter)
-                .query("$select", "id,from,sender,isDraft,internetMessageId")
+                .query(
+                    "$select",
+                    "id,from,sender,isDraft,parentFolderId,internetMessageId",
+                )
                 .mailbox(user),
             )
             .await?;
-        Ok(page["value"].as_array().and_then(|v| v.first().cloned()))
+        Ok(page["value"].as_array().cloned().unwrap_or_default())
     }
 
     /// `POST /chats` for a one-on-one chat between two users (ids or UPNs; Graph returns the
@@ -575,9 +579,7 @@ impl GraphClient {
             .as_str()
             .and_then(|u| url::Url::parse(u).ok())
             .ok_or_else(invalid)?;
-        let on_graph_host = url.host_str() == self.base.host_str()
-            && url.port_or_known_default() == self.base.port_or_known_default();
-        if url.scheme() == "https" || on_graph_host {
+        if url.scheme() == "https" || self.on_graph_host(&url) {
             Ok(url)
         } else {
             Err(invalid())
@@ -774,7 +776,7 @@ impl GraphClient {
         upn: &str,
         select: Option<&str>,
     ) -> Result<Option<Value>, GraphError> {
-        let filter = format!("userPrincipalName eq '{}'", upn.replace('\'', "''"));
+        let filter = format!("userPrincipalName eq {}", odata_string(upn));
         let mut request =
             GraphRequest::new(Method::GET, "/users", "users").query("$filter", filter);
         if let Some(select) = select {

@@ -2,8 +2,8 @@
 //! `provisioned_objects` and nothing else: mail (both copies of sent mail), files, events and
 //! chat messages (soft-deleted as the delegated user: Graph cannot delete them) first, then
 //! licenses tenantd assigned to users it did not create, then the users it created (their
-//! licenses go with them). An object Graph no longer has counts as removed; any other failure leaves its row for
-//! the next cleanup and fails the run with the first reason.
+//! licenses go with them). An object Graph no longer has counts as removed; any other failure
+//! leaves its row for the next cleanup and fails the run with the first reason.
 
 use serde::{Deserialize, Serialize};
 

@@ -147,6 +147,12 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
+    /// A step's name within this run: its content stream, its extended-property marker and its
+    /// event `transactionId`.
+    fn marker(&self, step: &str) -> String {
+        format!("{}:{step}", self.job.heartbeat_id)
+    }
+
     async fn record(
         &mut self,
         step: &str,
@@ -313,7 +319,7 @@ impl Run<'_> {
 
     async fn mail(&mut self, step: &str, from: &DemoUser, to: &DemoUser) -> Result<(), JobError> {
         let graph = &self.context.graph;
-        let marker = format!("{}:{step}", self.job.heartbeat_id);
+        let marker = self.marker(step);
         if self.resuming {
             // An earlier attempt may have created it and stopped before recording it.
             let found = graph
@@ -369,7 +375,7 @@ impl Run<'_> {
         let graph = &self.context.graph;
         let me = staff.user_id.clone();
         let staff_name = staff.user_name.clone().unwrap_or_else(|| me.clone());
-        let marker = format!("{}:{step}", self.job.heartbeat_id);
+        let marker = self.marker(step);
         // An earlier attempt may have made the draft, or even sent it, without recording it.
         let earlier = if self.resuming {
             graph
@@ -443,7 +449,7 @@ impl Run<'_> {
         staff: &Connection,
         with: &DemoUser,
     ) -> Result<(), JobError> {
-        let mut content = Content::new(self.job.seed, &format!("{}:{step}", self.job.heartbeat_id));
+        let mut content = Content::new(self.job.seed, &self.marker(step));
         let graph = &self.context.graph;
         let chat = graph
             .one_on_one_chat(staff, &staff.user_id, &with.id)
@@ -466,7 +472,7 @@ impl Run<'_> {
     }
 
     async fn file(&mut self, step: &str, number: usize, owner: &DemoUser) -> Result<(), JobError> {
-        let mut content = Content::new(self.job.seed, &format!("{}:{step}", self.job.heartbeat_id));
+        let mut content = Content::new(self.job.seed, &self.marker(step));
         // Every fourth file is a data export above the simple-upload size (an upload session).
         let (name, text, content_type) = if number % 4 == 3 {
             let (name, csv) = content.data_export(number, LARGE_FILE_BYTES);
@@ -495,7 +501,7 @@ impl Run<'_> {
         organizer: &DemoUser,
         attendee: &DemoUser,
     ) -> Result<(), JobError> {
-        let mut content = Content::new(self.job.seed, &format!("{}:{step}", self.job.heartbeat_id));
+        let mut content = Content::new(self.job.seed, &self.marker(step));
         let subject = content.subject();
         let day = 1 + content.below(10);
         let hour = 8 + content.below(9);
@@ -511,7 +517,7 @@ impl Run<'_> {
             "end": {"dateTime": format(end), "timeZone": "UTC"},
             "attendees": [{"emailAddress": {"address": attendee.upn}, "type": "required"}],
             // Graph's idempotency key for event creation.
-            "transactionId": format!("{}:{step}", self.job.heartbeat_id),
+            "transactionId": self.marker(step),
         });
         let graph = &self.context.graph;
         let created = graph

@@ -103,15 +103,7 @@ async fn env_with(db: &TestDb, subscribe: bool) -> Env {
                 .id
                 .clone()
         };
-        // The public listener's port is chosen first: Graph must be told where to post.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        config.listener.bind = format!("127.0.0.1:{port}").parse().unwrap();
-        config.listener.public_url =
-            Some(url::Url::parse(&format!("http://127.0.0.1:{port}")).unwrap());
+        crate::helpers::public_listener_on_free_port(&mut config);
         config.subscriptions = vec![tenantd::config::SubscriptionConfig {
             tenant: TENANT.into(),
             resource: format!("users/{adele_id}/messages"),

@@ -150,6 +150,32 @@ async fn recorded(db: &TestDb, kind: &str) -> usize {
     .len()
 }
 
+/// Messages in every mailbox of the tenant.
+fn mail_in_graph(emulator: &graph_emulator::Emulator) -> usize {
+    let world = emulator.shared().world();
+    world.tenants[TENANT]
+        .users
+        .values()
+        .filter_map(|u| u.mailbox.as_ref())
+        .map(|m| m.messages.len())
+        .sum()
+}
+
+/// The sizes of the files (not folders) in every OneDrive of the tenant, smallest first.
+fn file_sizes(emulator: &graph_emulator::Emulator) -> Vec<u64> {
+    let world = emulator.shared().world();
+    let mut sizes: Vec<u64> = world.tenants[TENANT]
+        .users
+        .values()
+        .filter_map(|u| u.drive.as_ref())
+        .flat_map(|d| d.items.values())
+        .filter(|i| i.get("file").is_some())
+        .filter_map(|i| i["size"].as_u64())
+        .collect();
+    sizes.sort_unstable();
+    sizes
+}
+
 fn demo_users(emulator: &graph_emulator::Emulator) -> Vec<(String, String, Vec<String>)> {
     let world = emulator.shared().world();
     let mut users: Vec<_> = world.tenants[TENANT]
@@ -226,6 +252,14 @@ async fn a_scenario_creates_users_once_and_records_each_activity(db: TestDb) {
                 == 3,
         "{attributions:?}"
     );
+    // Three documents by simple upload, the fourth (a data export) through an upload session.
+    let sizes = file_sizes(&emulator);
+    assert_eq!(sizes.len(), 4, "{sizes:?}");
+    assert!(sizes[2] < 64 * 1024, "{sizes:?}");
+    assert!(
+        sizes[3] > tenantd::graph::requests::SIMPLE_UPLOAD_MAX as u64,
+        "{sizes:?}"
+    );
     {
         let world = emulator.shared().world();
         let tenant = &world.tenants[TENANT];
@@ -238,22 +272,6 @@ async fn a_scenario_creates_users_once_and_records_each_activity(db: TestDb) {
         };
         let mail: Vec<_> = mailboxes().flat_map(|m| m.messages.values()).collect();
         assert_eq!(mail.len(), 2);
-        // Three documents by simple upload, the fourth (a data export) through an upload session.
-        let mut sizes: Vec<u64> = tenant
-            .users
-            .values()
-            .filter_map(|u| u.drive.as_ref())
-            .flat_map(|d| d.items.values())
-            .filter(|i| i.get("file").is_some())
-            .filter_map(|i| i["size"].as_u64())
-            .collect();
-        sizes.sort_unstable();
-        assert_eq!(sizes.len(), 4, "{sizes:?}");
-        assert!(sizes[2] < 64 * 1024, "{sizes:?}");
-        assert!(
-            sizes[3] > tenantd::graph::requests::SIMPLE_UPLOAD_MAX as u64,
-            "{sizes:?}"
-        );
         let events: Vec<_> = mailboxes().flat_map(|m| m.events.values()).collect();
         assert!(
             events.iter().any(|e| e["subject"]
@@ -291,28 +309,14 @@ async fn a_run_resumes_without_duplicates_and_cleanup_removes_exactly_its_object
         .await;
     assert_eq!(run(&db, &job).await, "succeeded");
     assert_eq!(recorded(&db, "mail").await, 3);
-    let mail_in_graph = || {
-        let world = emulator.shared().world();
-        world.tenants[TENANT]
-            .users
-            .values()
-            .filter_map(|u| u.mailbox.as_ref())
-            .map(|m| m.messages.len())
-            .sum::<usize>()
-    };
+    let mail_in_graph = || mail_in_graph(&emulator);
     assert_eq!(mail_in_graph(), 3, "no duplicate mail");
     assert_eq!(recorded(&db, "file").await, 1);
-    let files_in_graph = {
-        let world = emulator.shared().world();
-        world.tenants[TENANT]
-            .users
-            .values()
-            .filter_map(|u| u.drive.as_ref())
-            .flat_map(|d| d.items.values())
-            .filter(|i| i.get("file").is_some())
-            .count()
-    };
-    assert_eq!(files_in_graph, 1, "the upload replaced its file");
+    assert_eq!(
+        file_sizes(&emulator).len(),
+        1,
+        "the upload replaced its file"
+    );
     // user0 and its mailbox are not tenantd's: cleanup leaves them.
     let before_user0 = {
         let world = emulator.shared().world();
@@ -661,25 +665,8 @@ async fn a_run_interrupted_halfway_resumes_without_duplicates(db: TestDb) {
         crate::helpers::job_outcome(&db, &job_id).await,
         "failed access_policy_denied"
     );
-    let files_in_graph = || {
-        let world = emulator.shared().world();
-        world.tenants[TENANT]
-            .users
-            .values()
-            .filter_map(|u| u.drive.as_ref())
-            .flat_map(|d| d.items.values())
-            .filter(|i| i.get("file").is_some())
-            .count()
-    };
-    let mail_in_graph = || {
-        let world = emulator.shared().world();
-        world.tenants[TENANT]
-            .users
-            .values()
-            .filter_map(|u| u.mailbox.as_ref())
-            .map(|m| m.messages.len())
-            .sum::<usize>()
-    };
+    let files_in_graph = || file_sizes(&emulator).len();
+    let mail_in_graph = || mail_in_graph(&emulator);
     let mail_before = recorded(&db, "mail").await;
     assert_eq!(recorded(&db, "file").await, 2, "the files were done");
     assert!(

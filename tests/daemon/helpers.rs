@@ -248,6 +248,20 @@ impl Drop for TestDb {
 }
 
 /// Configuration for a test daemon: the given database, both listeners on port 0.
+/// Puts `config`'s public listener on a free loopback port, chosen before the daemon starts
+/// because Graph must be told where to post; returns its URL.
+pub(crate) fn public_listener_on_free_port(config: &mut Config) -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let public_url = format!("http://127.0.0.1:{port}");
+    config.listener.bind = format!("127.0.0.1:{port}").parse().unwrap();
+    config.listener.public_url = Some(url::Url::parse(&public_url).unwrap());
+    public_url
+}
+
 pub(crate) fn test_config(db: &TestDb) -> Config {
     let mut config = Config::default();
     config.database.url = DatabaseUrl::new(db.url());

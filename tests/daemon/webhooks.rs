@@ -394,16 +394,8 @@ pub(crate) async fn live_with(db: &TestDb, resource: &str, include_resource_data
             .id
             .clone()
     };
-    // The public listener's port is chosen first: Graph must be told where to post.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let mut config = test_config(db);
-    config.listener.bind = format!("127.0.0.1:{port}").parse().unwrap();
-    config.listener.public_url =
-        Some(url::Url::parse(&format!("http://127.0.0.1:{port}")).unwrap());
+    let public_url = crate::helpers::public_listener_on_free_port(&mut config);
     config.graph.base_url = url::Url::parse(&emulator.graph_url()).unwrap();
     config.identity.authority = url::Url::parse(&emulator.base_url()).unwrap();
     config.subscriptions = vec![tenantd::config::SubscriptionConfig {
@@ -434,7 +426,7 @@ pub(crate) async fn live_with(db: &TestDb, resource: &str, include_resource_data
         client_id,
         secret,
         user_id,
-        public_url: format!("http://127.0.0.1:{port}"),
+        public_url,
         graph_id,
     }
 }
