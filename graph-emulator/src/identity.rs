@@ -232,7 +232,10 @@ struct ScopeRequest {
     openid: bool,
 }
 
-fn parse_delegated_scopes(scope: &str) -> Result<ScopeRequest, IdentityError> {
+fn parse_delegated_scopes(
+    cloud: crate::world::Cloud,
+    scope: &str,
+) -> Result<ScopeRequest, IdentityError> {
     let mut resource = None;
     let mut names = BTreeSet::new();
     let (mut offline, mut openid) = (false, false);
@@ -242,8 +245,8 @@ fn parse_delegated_scopes(scope: &str) -> Result<ScopeRequest, IdentityError> {
             "openid" => openid = true,
             "profile" | "email" => {}
             _ => {
-                let (res, name) =
-                    crate::world::split_permission(item).ok_or_else(|| invalid_scope(item))?;
+                let (res, name) = crate::world::split_permission_in(item, cloud)
+                    .ok_or_else(|| invalid_scope(item))?;
                 if resource.is_some_and(|r| r != res) {
                     return Err(IdentityError::new(
                         "invalid_request",
@@ -297,7 +300,7 @@ fn access_token(
 ) -> String {
     let now = clock::now();
     let mut claims = Map::new();
-    claims.insert("aud".into(), json!(resource.uri()));
+    claims.insert("aud".into(), json!(resource.uri_in(state.settings().cloud)));
     claims.insert(
         "iss".into(),
         json!(format!("https://sts.windows.net/{tenant}/")),
@@ -330,8 +333,10 @@ fn access_token(
         }
         None => {
             claims.insert("idtyp".into(), json!("app"));
-            claims.insert("oid".into(), json!(format!("sp-{client_id}")));
-            claims.insert("sub".into(), json!(format!("sp-{client_id}")));
+            // The app's service principal in the tenant: a GUID, as in Graph's tokens.
+            let principal = crate::world::service_principal_id(tenant, client_id);
+            claims.insert("oid".into(), json!(principal));
+            claims.insert("sub".into(), json!(principal));
             let roles: Vec<&str> = roles.into_iter().flatten().map(String::as_str).collect();
             if !roles.is_empty() {
                 claims.insert("roles".into(), json!(roles));
@@ -408,7 +413,7 @@ fn issue_delegated(
     );
     let mut scope_list: Vec<String> = granted
         .iter()
-        .map(|name| format!("{}/{name}", scope.resource.uri()))
+        .map(|name| format!("{}/{name}", scope.resource.uri_in(settings.cloud)))
         .collect();
     let mut body = json!({
         "token_type": "Bearer",
@@ -568,7 +573,7 @@ fn token_inner(
                 .strip_suffix("/.default")
                 .filter(|_| !scope.contains(' '))
                 .ok_or_else(|| invalid_scope(&scope))?;
-            let resource = Resource::from_uri(resource_uri).ok_or_else(|| IdentityError::new(
+            let resource = Resource::from_uri_in(resource_uri, state.settings().cloud).ok_or_else(|| IdentityError::new(
                 "invalid_resource",
                 500011,
                 format!("The resource principal named {resource_uri} was not found in the tenant named {authority}. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You might have sent your authentication request to the wrong tenant."),
@@ -649,7 +654,10 @@ fn token_inner(
                     &client_id,
                 ));
             }
-            let scope = parse_delegated_scopes(form.scope.as_deref().unwrap_or("offline_access"))?;
+            let scope = parse_delegated_scopes(
+                state.settings().cloud,
+                form.scope.as_deref().unwrap_or("offline_access"),
+            )?;
             let scope = ScopeRequest {
                 offline: true,
                 ..scope
@@ -719,7 +727,8 @@ fn token_inner(
                 )),
                 DeviceCodeState::Approved { tenant, user_id } => {
                     entry.state = DeviceCodeState::Redeemed;
-                    let scope = parse_delegated_scopes(&entry.scopes.join(" "))?;
+                    let scope =
+                        parse_delegated_scopes(state.settings().cloud, &entry.scopes.join(" "))?;
                     issue_delegated(
                         state, &mut world, &tenant, &client_id, &user_id, &scope, false,
                     )
@@ -763,7 +772,7 @@ fn token_inner(
                 entry.user_id.clone(),
                 entry.scopes.join(" "),
             );
-            let scope = parse_delegated_scopes(&scopes)?;
+            let scope = parse_delegated_scopes(state.settings().cloud, &scopes)?;
             issue_delegated(
                 state, &mut world, &tenant, &client_id, &user_id, &scope, false,
             )
@@ -790,7 +799,7 @@ async fn device_code(
     let result = (|| {
         let client_id = form.client_id.ok_or_else(|| missing("client_id"))?;
         let scope = form.scope.ok_or_else(|| missing("scope"))?;
-        parse_delegated_scopes(&scope)?;
+        parse_delegated_scopes(state.settings().cloud, &scope)?;
         let mut world = state.world();
         let multi = matches!(authority.as_str(), "organizations" | "common");
         if !multi && world.tenant_id(&authority).is_none() {

@@ -67,6 +67,9 @@ pub struct Settings {
     /// Accept `http://` notification URLs on any host (Graph requires HTTPS; loopback hosts are
     /// always accepted so tests and the demo need no certificates).
     pub allow_http_notification_urls: bool,
+    /// The cloud stood in for: its Graph resource is the only Graph audience tokens are
+    /// issued for and accepted with.
+    pub cloud: world::Cloud,
 }
 
 impl Default for Settings {
@@ -83,6 +86,7 @@ impl Default for Settings {
             delivery_retries: 5,
             delivery_retry_base_ms: 1_000,
             allow_http_notification_urls: false,
+            cloud: world::Cloud::Global,
         }
     }
 }

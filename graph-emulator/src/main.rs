@@ -69,6 +69,15 @@ struct Args {
     /// Accept http:// notification URLs on any host (loopback is always accepted)
     #[arg(long)]
     allow_http_webhooks: bool,
+    /// The cloud to stand in for: global, usgov, usgov-dod or china (its Graph resource is the
+    /// only Graph token audience issued and accepted)
+    #[arg(long, default_value = "global", value_parser = parse_cloud, value_name = "CLOUD")]
+    cloud: graph_emulator::world::Cloud,
+}
+
+fn parse_cloud(name: &str) -> Result<graph_emulator::world::Cloud, String> {
+    graph_emulator::world::Cloud::parse(name)
+        .ok_or_else(|| format!("`{name}` is not a cloud: use global, usgov, usgov-dod or china"))
 }
 
 #[tokio::main]
@@ -83,6 +92,7 @@ async fn main() -> std::process::ExitCode {
         access_token_lifetime_seconds: args.access_token_lifetime,
         provisioning_delay_seconds: args.provisioning_delay,
         allow_http_notification_urls: args.allow_http_webhooks,
+        cloud: args.cloud,
         ..Settings::default()
     };
     let emulator = match Emulator::start(args.bind, settings).await {

@@ -60,8 +60,11 @@ pub struct Change {
     pub change_type: &'static str,
     /// What changed.
     pub target: ChangeTarget,
-    /// The `resource` of the notification.
+    /// The `resource` of the notification, in the form of the published sample.
     pub resource: String,
+    /// The other forms Microsoft documents for the same resource; deliveries take turns
+    /// through `resource` and these (see [`Notifier::next_form`]).
+    pub other_forms: Vec<String>,
     /// The `resourceData` of the notification.
     pub resource_data: Value,
     /// The whole resource as Graph would return it, for rich notifications (`None` for
@@ -132,6 +135,8 @@ pub struct Notifier {
     receiver: Mutex<Option<mpsc::UnboundedReceiver<Delivery>>>,
     log: Mutex<VecDeque<DeliveryRecord>>,
     client: reqwest::Client,
+    /// Deliveries made so far: which documented form the next one takes.
+    forms: std::sync::atomic::AtomicU64,
 }
 
 const LOG_CAPACITY: usize = 10_000;
@@ -150,11 +155,22 @@ impl Default for Notifier {
             receiver: Mutex::new(Some(receiver)),
             log: Mutex::new(VecDeque::new()),
             client,
+            forms: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }
 
 impl Notifier {
+    /// Which of `count` documented forms the next item takes: they take turns, in the same
+    /// order in every run (deterministic, like the seeded faults), so a test that sends three
+    /// messages meets all three Outlook forms.
+    pub fn next_form(&self, count: usize) -> usize {
+        let turn = self
+            .forms
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        usize::try_from(turn % u64::try_from(count.max(1)).unwrap_or(1)).unwrap_or(0)
+    }
+
     /// Queues a delivery.
     pub fn send(&self, delivery: Delivery) {
         // The receiver lives as long as the emulator; after stop, deliveries are moot.
@@ -185,17 +201,47 @@ impl Notifier {
     }
 }
 
-/// One notification item as Graph shapes it (sample 01 of the published samples).
-fn item(subscription: &Subscription, change: &Change) -> Value {
+/// One notification item as Graph shapes it, in one of the forms Microsoft publishes for it:
+/// - the resource path in turns through every documented form ([`Change::other_forms`]):
+///   Outlook's `users/{id}@{tenant}/messages/{id}` with a notification `id` (sample 01,
+///   concepts/change-notifications-delivery-webhooks.md), `Users/{id}/Messages/{id}` and
+///   `Users('{id}')/messages('{id}')` without one (concepts/outlook-change-notifications-overview.md);
+/// - `changeType` capitalised (`Created`, `Updated`, `Deleted`) for an Outlook subscription
+///   with `$filter`, as that document writes them;
+/// - no `tenantId` on OneDrive items (OneDrive's notifications carry none:
+///   concepts/webhooks.md's driveItem sample, onedrive's webhook-receiving docs).
+fn item(state: &AppState, subscription: &Subscription, change: &Change) -> Value {
+    let forms: Vec<&String> = std::iter::once(&change.resource)
+        .chain(&change.other_forms)
+        .collect();
+    let form = state.notifier.next_form(forms.len());
+    let filtered = subscription.resource.contains("$filter")
+        && matches!(
+            change.target,
+            ChangeTarget::Message { .. } | ChangeTarget::Event { .. }
+        );
+    let change_type = if filtered {
+        let mut chars = change.change_type.chars();
+        chars
+            .next()
+            .map(|first| first.to_ascii_uppercase().to_string() + chars.as_str())
+            .unwrap_or_default()
+    } else {
+        change.change_type.to_string()
+    };
     let mut item = json!({
-        "id": crate::world::random_secret(13),
         "subscriptionId": subscription.id,
         "subscriptionExpirationDateTime": clock::graph(subscription.expiration),
-        "changeType": change.change_type,
-        "resource": change.resource,
-        "tenantId": subscription.tenant,
+        "changeType": change_type,
+        "resource": forms[form],
         "resourceData": change.resource_data,
     });
+    if form == 0 {
+        item["id"] = json!(crate::world::random_secret(13));
+    }
+    if !matches!(change.target, ChangeTarget::DriveItem { .. }) {
+        item["tenantId"] = json!(subscription.tenant);
+    }
     if let Some(client_state) = &subscription.client_state {
         item["clientState"] = json!(client_state);
     }
@@ -231,7 +277,7 @@ pub fn publish(state: &AppState, world: &World, change: Change) {
                 .any(|c| c == change.change_type)
             && watches(&subscription.watched, &change.target)
         {
-            let mut body = json!({"value": [item(subscription, &change)]});
+            let mut body = json!({"value": [item(state, subscription, &change)]});
             if subscription.include_resource_data {
                 // One token per app and tenant in the delivery (here: one item).
                 body["validationTokens"] =

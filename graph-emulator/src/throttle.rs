@@ -122,6 +122,10 @@ pub struct RequestRecord {
     pub tenant: Option<String>,
     /// Client id from the token, if any.
     pub client_id: Option<String>,
+    /// The caller's `client-request-id`, if it sent one.
+    pub client_request_id: Option<String>,
+    /// The `request-id` the answer carried.
+    pub request_id: String,
 }
 
 #[derive(Debug)]
@@ -327,7 +331,12 @@ pub async fn middleware(State(state): State<AppState>, request: Request, next: N
             .map(str::to_string)
     };
     let (tenant, client_id) = (claim("tid"), claim("appid"));
-    let response = guarded(
+    let client_request_id = request
+        .headers()
+        .get("client-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let mut response = guarded(
         &state,
         request,
         next,
@@ -345,6 +354,25 @@ pub async fn middleware(State(state): State<AppState>, request: Request, next: N
     if status == 429 {
         state.count("throttled");
     }
+    // Every Graph answer carries `request-id` and echoes the caller's `client-request-id`
+    // (learn.microsoft.com/graph/best-practices-concept#reliability-and-support).
+    let headers = response.headers_mut();
+    let request_id = match headers.get("request-id").and_then(|v| v.to_str().ok()) {
+        Some(id) => id.to_string(),
+        None => {
+            let id = crate::world::guid();
+            if let Ok(value) = HeaderValue::from_str(&id) {
+                headers.insert("request-id", value);
+            }
+            id
+        }
+    };
+    if let Some(value) = client_request_id
+        .as_deref()
+        .and_then(|id| HeaderValue::from_str(id).ok())
+    {
+        headers.insert("client-request-id", value);
+    }
     state.throttle.record(RequestRecord {
         at: clock::graph(clock::now()),
         method,
@@ -353,6 +381,8 @@ pub async fn middleware(State(state): State<AppState>, request: Request, next: N
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         tenant,
         client_id,
+        client_request_id,
+        request_id,
     });
     response
 }

@@ -22,6 +22,45 @@ pub const GRAPH_RESOURCE: &str = "https://graph.microsoft.com";
 /// The resource URI of the Teams Developer Portal (`AppDefinitions.ReadWrite`).
 pub const DEV_PORTAL_RESOURCE: &str = "https://dev.teams.microsoft.com";
 
+/// The cloud the emulator stands in for: it decides the Graph resource URI (the audience of
+/// Graph tokens). Hosts from learn.microsoft.com/graph/deployments.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Cloud {
+    /// Microsoft Graph global service (`graph.microsoft.com`).
+    #[default]
+    Global,
+    /// US Government L4 (`graph.microsoft.us`).
+    Usgov,
+    /// US Government L5 (DOD) (`dod-graph.microsoft.us`).
+    UsgovDod,
+    /// Microsoft Graph operated by 21Vianet in China (`microsoftgraph.chinacloudapi.cn`).
+    China,
+}
+
+impl Cloud {
+    /// Microsoft Graph's resource URI in this cloud.
+    pub fn graph_resource(self) -> &'static str {
+        match self {
+            Cloud::Global => GRAPH_RESOURCE,
+            Cloud::Usgov => "https://graph.microsoft.us",
+            Cloud::UsgovDod => "https://dod-graph.microsoft.us",
+            Cloud::China => "https://microsoftgraph.chinacloudapi.cn",
+        }
+    }
+
+    /// Parses `global`, `usgov`, `usgov-dod` or `china`.
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "global" => Cloud::Global,
+            "usgov" => Cloud::Usgov,
+            "usgov-dod" => Cloud::UsgovDod,
+            "china" => Cloud::China,
+            _ => return None,
+        })
+    }
+}
+
 /// An API a token can be issued for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -41,10 +80,20 @@ impl Resource {
         }
     }
 
-    /// The resource a URI (with or without a trailing slash) names.
-    pub fn from_uri(uri: &str) -> Option<Self> {
+    /// The resource URI (token audience) in `cloud`.
+    pub fn uri_in(self, cloud: Cloud) -> &'static str {
+        match self {
+            Resource::Graph => cloud.graph_resource(),
+            Resource::DevPortal => DEV_PORTAL_RESOURCE,
+        }
+    }
+
+    /// The resource a URI (with or without a trailing slash) names in `cloud`: another
+    /// cloud's Graph is not this one's.
+    pub fn from_uri_in(uri: &str, cloud: Cloud) -> Option<Self> {
         match uri.trim_end_matches('/') {
-            GRAPH_RESOURCE | "00000003-0000-0000-c000-000000000000" => Some(Resource::Graph),
+            "00000003-0000-0000-c000-000000000000" => Some(Resource::Graph),
+            graph if graph == cloud.graph_resource() => Some(Resource::Graph),
             DEV_PORTAL_RESOURCE => Some(Resource::DevPortal),
             _ => None,
         }
@@ -769,8 +818,13 @@ pub struct UserSeed {
 /// Splits a permission such as `https://dev.teams.microsoft.com/AppDefinitions.ReadWrite` or
 /// `Mail.Send` (Graph) into its resource and name.
 pub fn split_permission(permission: &str) -> Option<(Resource, String)> {
+    split_permission_in(permission, Cloud::Global)
+}
+
+/// [`split_permission`] in `cloud`: `https://graph.microsoft.us/Mail.Send` is Graph there.
+pub fn split_permission_in(permission: &str, cloud: Cloud) -> Option<(Resource, String)> {
     for resource in [Resource::Graph, Resource::DevPortal] {
-        if let Some(name) = permission.strip_prefix(resource.uri()) {
+        if let Some(name) = permission.strip_prefix(resource.uri_in(cloud)) {
             return Some((resource, name.trim_start_matches('/').to_string()));
         }
     }
@@ -793,7 +847,20 @@ fn permission_map(
     Ok(map)
 }
 
-/// A new GUID string.
+/// The object id of an app's service principal in a tenant: a GUID, as Graph's `creatorId`
+/// for app-only subscriptions is (concepts/outlook-change-notifications-overview.md), stable
+/// for the same app and tenant.
+pub fn service_principal_id(tenant: &str, client_id: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("{tenant}|{client_id}").as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .to_string()
+}
+
+/// A new GUID.
 pub fn guid() -> String {
     uuid::Uuid::new_v4().to_string()
 }

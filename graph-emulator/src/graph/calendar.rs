@@ -81,6 +81,10 @@ fn event_change(tenant: &str, user_id: &str, event: &Value, change_type: &'stati
             user_id: user_id.to_string(),
         },
         resource: format!("users/{user_id}@{tenant}/events/{id}"),
+        other_forms: vec![
+            format!("Users/{user_id}/Events/{id}"),
+            format!("Users('{user_id}')/events('{id}')"),
+        ],
         resource_data: json!({
             "@odata.type": "#Microsoft.Graph.Event",
             "@odata.id": format!("Users/{user_id}@{tenant}/Events/{id}"),

@@ -53,6 +53,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1.0/users/{user}/drive", get(drive_info))
         .route("/v1.0/users/{user}/drive/root", get(root))
+        .route("/v1.0/drives/{drive}/root", get(drive_root))
         .route(
             "/v1.0/users/{user}/drive/items/{id}",
             get(read_item).delete(delete_item),
@@ -168,6 +169,26 @@ async fn root(
     Ok(Json(with_context(&state, &drive.id.clone(), item)).into_response())
 }
 
+/// `GET /drives/{drive-id}/root`: the form a OneDrive notification's `resource` may take.
+async fn drive_root(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(drive_id): Path<String>,
+) -> GraphResult {
+    caller.require(Workload::Files, &READ)?;
+    let mut world = state.world();
+    let tenant = tenant_of(&mut world, &caller)?;
+    let owner = tenant
+        .users
+        .values()
+        .find(|user| user.drive.as_ref().is_some_and(|d| d.id == drive_id))
+        .map(|user| user.id.clone())
+        .ok_or_else(item_not_found)?;
+    let (_, _, drive) = open_drive(&mut world, &caller, &owner)?;
+    let item = drive.items[&drive.root_id].clone();
+    Ok(Json(with_context(&state, &drive.id.clone(), item)).into_response())
+}
+
 async fn read_item(
     State(state): State<AppState>,
     caller: Caller,
@@ -219,6 +240,7 @@ fn drive_change(tenant: &str, user_id: &str, drive: &Drive) -> Change {
             user_id: user_id.to_string(),
         },
         resource: format!("users/{user_id}/drive/root"),
+        other_forms: vec![format!("drives/{}/root", drive.id)],
         resource_data: json!({
             "@odata.type": "#Microsoft.Graph.DriveItem",
             "@odata.id": format!("users/{user_id}/drive/root"),

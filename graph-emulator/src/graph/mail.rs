@@ -353,6 +353,10 @@ fn message_change(
         },
         // The shape of the published Outlook sample.
         resource: format!("users/{user_id}@{tenant}/messages/{id}"),
+        other_forms: vec![
+            format!("Users/{user_id}/Messages/{id}"),
+            format!("Users('{user_id}')/messages('{id}')"),
+        ],
         resource_data: json!({
             "@odata.type": "#Microsoft.Graph.Message",
             "@odata.id": format!("Users/{user_id}@{tenant}/Messages/{id}"),
@@ -446,12 +450,14 @@ async fn create_in_folder(
 }
 
 /// The message filters the emulator models, as Graph documents them:
-/// `internetMessageId eq '<id>'` and
+/// `internetMessageId eq '<id>'`, `receivedDateTime ge <DateTimeOffset>` (unquoted, as OData
+/// writes date literals; api-reference/v1.0/api/user-list-messages.md) and
 /// `singleValueExtendedProperties/Any(ep: ep/id eq '<property>' and ep/value eq '<value>')`
 /// (quotes doubled inside). Anything else is refused rather than ignored, so a caller never
 /// mistakes an unfiltered list for a match.
 enum MessageFilter {
     InternetMessageId(String),
+    ReceivedSince(time::OffsetDateTime),
     ExtendedProperty { id: String, value: String },
 }
 
@@ -492,6 +498,17 @@ impl MessageFilter {
                 value: quoted(value)?,
             });
         }
+        if let Some((property, value)) = filter.split_once(" ge ") {
+            if !property.trim().eq_ignore_ascii_case("receivedDateTime") {
+                return Err(invalid());
+            }
+            let at = time::OffsetDateTime::parse(
+                value.trim(),
+                &time::format_description::well_known::Rfc3339,
+            )
+            .map_err(|_| invalid())?;
+            return Ok(Self::ReceivedSince(at));
+        }
         let (property, value) = filter.split_once(" eq ").ok_or_else(invalid)?;
         if !property.trim().eq_ignore_ascii_case("internetMessageId") {
             return Err(invalid());
@@ -502,6 +519,13 @@ impl MessageFilter {
     fn matches(&self, mailbox: &crate::world::Mailbox, message: &Value) -> bool {
         match self {
             Self::InternetMessageId(id) => message["internetMessageId"] == id.as_str(),
+            Self::ReceivedSince(since) => message["receivedDateTime"]
+                .as_str()
+                .and_then(|at| {
+                    time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .is_some_and(|at| at >= *since),
             Self::ExtendedProperty { id, value } => message["id"]
                 .as_str()
                 .and_then(|m| mailbox.extended_properties.get(m))

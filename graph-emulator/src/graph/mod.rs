@@ -228,7 +228,7 @@ pub fn authenticate(
             "IDX14100: JWT is not well formed, there are no dots (.) or the signature is invalid.",
         )
     })?;
-    if claims.get("aud").and_then(Value::as_str) != Some(resource.uri()) {
+    if claims.get("aud").and_then(Value::as_str) != Some(resource.uri_in(state.settings().cloud)) {
         return Err(unauthorized("Invalid audience."));
     }
     let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(0);

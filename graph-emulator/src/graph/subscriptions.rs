@@ -393,10 +393,9 @@ async fn create(State(state): State<AppState>, caller: Caller, body: Bytes) -> G
         id: guid(),
         tenant: caller.tenant.clone(),
         application_id: caller.client_id.clone(),
-        creator_id: caller
-            .user_id
-            .clone()
-            .unwrap_or_else(|| format!("sp-{}", caller.client_id)),
+        creator_id: caller.user_id.clone().unwrap_or_else(|| {
+            crate::world::service_principal_id(&caller.tenant, &caller.client_id)
+        }),
         resource,
         watched,
         change_types,

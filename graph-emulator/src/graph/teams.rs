@@ -299,6 +299,7 @@ async fn post_message(
                 chat_id: chat_id.clone(),
             },
             resource: resource.clone(),
+            other_forms: Vec::new(),
             resource_data: json!({"id": message_id, "@odata.type": "#Microsoft.Graph.chatMessage", "@odata.id": resource}),
             content: Some(message.clone()),
         },

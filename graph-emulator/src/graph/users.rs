@@ -279,6 +279,7 @@ fn user_change(tenant: &str, id: &str) -> Change {
         change_type: "updated",
         target: ChangeTarget::User,
         resource: format!("Users/{id}"),
+        other_forms: vec![format!("users/{id}")],
         resource_data: json!({
             "@odata.type": "#Microsoft.Graph.User",
             "@odata.id": format!("Users/{id}"),
