@@ -51,11 +51,16 @@ pub mod names {
     /// Histogram of time spent waiting in the client-side limits by `family`.
     pub const GRAPH_LIMITER_WAIT: &str = "tenantd_graph_limiter_wait_seconds";
     /// Counter of notification items received by `endpoint` (`notifications`, `lifecycle`)
-    /// and `outcome` (`accepted`, `unknown_subscription`, `client_state_mismatch`,
-    /// `tenant_mismatch`, `malformed`), and processed by the worker (`endpoint="worker"`:
-    /// `fetched` for events, users and drive roots confirmed at Graph, `gone` when deleted,
-    /// `not_stored` for other resources).
+    /// and `outcome` (`accepted`, `duplicate`, `unknown_subscription`,
+    /// `client_state_mismatch`, `tenant_mismatch`, `malformed`, and for rich items
+    /// `validation_token_missing`, `validation_token_invalid`, `data_signature_invalid`,
+    /// `data_key_invalid`).
     pub const WEBHOOK_ITEMS: &str = "tenantd_webhook_items_total";
+    /// Counter of change notifications the worker processed, by resource `type` (`message`,
+    /// `event`, `chat_message`, ..., `unknown`) and `outcome`: `stored`, `deleted` (mail),
+    /// `fetched` (confirmed at Graph), `gone` (deleted since), `ignored` (a type tenantd does
+    /// not store), `unrecognized_resource` (dead-lettered).
+    pub const NOTIFICATIONS_PROCESSED: &str = "tenantd_notifications_processed_total";
     /// Counter of subscription reconcile actions by `result` (`created`, `renewed`,
     /// `recreated`, `deleted`, `create_failed`, `renew_failed`, `delete_failed`).
     pub const SUBSCRIPTION_RENEWALS: &str = "tenantd_subscription_renewals_total";
@@ -144,6 +149,10 @@ fn describe() {
     metrics::describe_counter!(
         names::WEBHOOK_ITEMS,
         "Notification items received, by endpoint and outcome (only accepted ones are queued)."
+    );
+    metrics::describe_counter!(
+        names::NOTIFICATIONS_PROCESSED,
+        "Change notifications processed by the worker, by resource type and outcome."
     );
     metrics::describe_counter!(names::WEBHOOK_HANDSHAKES, "Validation handshakes answered.");
     metrics::describe_gauge!(names::BUILD_INFO, "tenantd version and commit; always 1.");

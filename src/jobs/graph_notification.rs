@@ -1,19 +1,26 @@
-//! `graph_notification`: one accepted change notification. Fetches the changed resource
-//! through the Graph client with the connection that created the subscription and stores it
-//! idempotently: mail into `messages` (a `deleted` change marks the row). A rich notification
-//! carries the resource already (decrypted by the listener) and is stored without a fetch.
-//! Events, users and drive roots are fetched (the change is confirmed against Graph, and a
-//! failing fetch is retried or dead-lettered like any Graph call) and counted by outcome
-//! (`fetched`, `gone`), not stored: no feature reads them yet. Other resources are counted
-//! `not_stored`.
+//! `graph_notification`: one accepted change notification. Its resource path is read by the
+//! one resource grammar ([`GraphResource`]) in whatever documented form Graph wrote it. Mail is
+//! fetched through the Graph client with the connection that created the subscription and
+//! stored idempotently into `messages` (a `deleted` change marks the row; a rich notification
+//! carries the message already, decrypted by the listener, and is stored without a fetch).
+//! Events, users and drive roots are fetched to confirm the change (a failing fetch is
+//! retried or dead-lettered like any Graph call) and counted `fetched` or `gone`, not stored:
+//! no feature reads them yet. Every other recognised type is counted `ignored` by type. A
+//! resource the grammar does not recognise is never a success: it is counted
+//! `unrecognized_resource` and the job fails with the raw resource in its message, so it sits
+//! in the dead letters where `tenantd queue list --state failed` shows it.
+//!
+//! Owns no tables. Invariant: every job ends in exactly one counted outcome of
+//! `tenantd_notifications_processed_total` (or a retry).
 
 use serde::{Deserialize, Serialize};
 
 use super::{Job, JobContext, JobError};
 use crate::connections::Connection;
-use crate::graph::requests::DriveOwner;
+use crate::graph::resources::GraphResource;
 use crate::graph::GraphError;
 use crate::mailbox::{self, StoredMessage};
+use crate::metrics::names;
 use crate::subscriptions;
 
 /// A notification to process (the webhook listener's payload).
@@ -23,7 +30,8 @@ pub struct GraphNotification {
     pub subscription_id: String,
     /// The subscription's tenant.
     pub tenant_id: String,
-    /// `created`, `updated` or `deleted`.
+    /// `created`, `updated` or `deleted` (lower-cased by the listener; compared without case
+    /// here too, for jobs queued before it did).
     pub change_type: String,
     /// Graph's resource path, e.g. `users/{user}@{tenant}/messages/{id}`.
     pub resource: String,
@@ -42,71 +50,19 @@ pub struct GraphNotification {
     pub content: Option<serde_json::Value>,
 }
 
-/// What a notification's resource path points at, in Graph's forms (`users/{u}/...`, also
-/// `{user id}@{tenant id}` and a mail folder in between).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ChangedResource {
-    /// `users/{u}/messages/{id}` (or in a folder).
-    Message { user: String, id: String },
-    /// `users/{u}/events/{id}` (or `calendar/events/{id}`).
-    Event { user: String, id: String },
-    /// `users/{id}`.
-    User { id: String },
-    /// `users/{u}/drive/root` or `drives/{id}/root`.
-    DriveRoot(DriveOwner),
+/// Longest raw resource quoted in a dead letter's message.
+const QUOTED_RESOURCE_MAX: usize = 512;
+
+/// Counts a processed notification by resource type and outcome.
+fn count(kind: &'static str, outcome: &'static str) {
+    metrics::counter!(names::NOTIFICATIONS_PROCESSED, "type" => kind, "outcome" => outcome)
+        .increment(1);
 }
 
-impl ChangedResource {
-    /// The resource `resource` names, or `None` for paths tenantd does not fetch.
-    pub fn parse(resource: &str, tenant_id: &str) -> Option<Self> {
-        let parts: Vec<&str> = resource
-            .trim_start_matches('/')
-            .split('/')
-            .filter(|part| !part.is_empty())
-            .collect();
-        let (first, rest) = parts.split_first()?;
-        if first.eq_ignore_ascii_case("drives") {
-            return match rest {
-                [drive, root] if root.eq_ignore_ascii_case("root") => {
-                    Some(Self::DriveRoot(DriveOwner::Drive((*drive).to_string())))
-                }
-                _ => None,
-            };
-        }
-        if !first.eq_ignore_ascii_case("users") {
-            return None;
-        }
-        let (user, rest) = rest.split_first()?;
-        let user = match user.split_once('@') {
-            // `{user id}@{tenant id}`: the user id alone addresses the same mailbox.
-            Some((user, tenant)) if tenant.eq_ignore_ascii_case(tenant_id) => user,
-            _ => user,
-        };
-        if user.is_empty() {
-            return None;
-        }
-        let user = user.to_string();
-        let is = |part: &str, name: &str| part.eq_ignore_ascii_case(name);
-        match rest {
-            [] => Some(Self::User { id: user }),
-            [drive, root] if is(drive, "drive") && is(root, "root") => {
-                Some(Self::DriveRoot(DriveOwner::User(user)))
-            }
-            [.., kind, id] if is(kind, "messages") => Some(Self::Message {
-                user,
-                id: (*id).to_string(),
-            }),
-            [events, id] | [_, events, id] if is(events, "events") => Some(Self::Event {
-                user,
-                id: (*id).to_string(),
-            }),
-            _ => None,
-        }
+impl GraphNotification {
+    fn deleted(&self) -> bool {
+        self.change_type.eq_ignore_ascii_case("deleted")
     }
-}
-
-fn count(outcome: &'static str) {
-    metrics::counter!(crate::metrics::names::WEBHOOK_ITEMS, "endpoint" => "worker", "outcome" => outcome).increment(1);
 }
 
 impl Job for GraphNotification {
@@ -128,17 +84,32 @@ impl Job for GraphNotification {
             }
             Err(err) => return Err(JobError::database(err)),
         };
-        let connection = super::job_connection(&context.store, &subscription).await?;
-        let (user, message_id) = match ChangedResource::parse(&self.resource, &self.tenant_id) {
-            Some(ChangedResource::Message { user, id }) => (user, id),
-            Some(other) => return fetch_only(&context, &connection, &self, &other).await,
-            None => {
-                count("not_stored");
+        let Some(resource) = GraphResource::parse(&self.resource) else {
+            count("unknown", "unrecognized_resource");
+            let quoted: String = self.resource.chars().take(QUOTED_RESOURCE_MAX).collect();
+            return Err(JobError::Permanent {
+                reason: "unrecognized_resource",
+                message: format!(
+                    "tenantd does not recognise the notified resource {quoted:?} (subscription {}); nothing was fetched or stored",
+                    self.subscription_id
+                ),
+            });
+        };
+        let (user, message_id) = match resource {
+            GraphResource::Message { user, id } => (user, id),
+            GraphResource::Event { .. }
+            | GraphResource::User { .. }
+            | GraphResource::DriveRoot(_) => {
+                let connection = super::job_connection(&context.store, &subscription).await?;
+                return fetch_only(&context, &connection, &self, &resource).await;
+            }
+            other => {
+                count(other.kind(), "ignored");
                 return Ok(());
             }
         };
-        if self.change_type == "deleted" {
-            return mailbox::mark_deleted(
+        if self.deleted() {
+            mailbox::mark_deleted(
                 &context.store,
                 &self.tenant_id,
                 &message_id,
@@ -146,8 +117,11 @@ impl Job for GraphNotification {
                 &subscription.id,
             )
             .await
-            .map_err(JobError::database);
+            .map_err(JobError::database)?;
+            count("message", "deleted");
+            return Ok(());
         }
+        let connection = super::job_connection(&context.store, &subscription).await?;
         let message = match self.content {
             // A rich notification carried the message.
             Some(content) => content,
@@ -158,7 +132,10 @@ impl Job for GraphNotification {
             {
                 Ok(message) => message,
                 // Deleted since the notification: the later `deleted` notification marks it.
-                Err(GraphError::NotFound { .. }) => return Ok(()),
+                Err(GraphError::NotFound { .. }) => {
+                    count("message", "gone");
+                    return Ok(());
+                }
                 Err(err) => return Err(err.into_job_error()),
             },
         };
@@ -169,91 +146,35 @@ impl Job for GraphNotification {
                     message: "Graph's message has no id".into(),
                 }
             })?;
-        super::store_message(&context.store, &self.tenant_id, &stored).await
+        super::store_message(&context.store, &self.tenant_id, &stored).await?;
+        count("message", "stored");
+        Ok(())
     }
 }
 
-/// Confirms a change to an event, user or drive against Graph (see the module's note).
+/// Confirms a change to an event, user or drive root against Graph (see the module's note).
 async fn fetch_only(
     context: &JobContext,
     connection: &Connection,
     notification: &GraphNotification,
-    resource: &ChangedResource,
+    resource: &GraphResource,
 ) -> Result<(), JobError> {
-    if notification.change_type == "deleted" {
-        count("gone");
+    let kind = resource.kind();
+    if notification.deleted() {
+        count(kind, "gone");
         return Ok(());
     }
     let fetched = match resource {
-        ChangedResource::Event { user, id } => context.graph.get_event(connection, user, id).await,
-        ChangedResource::User { id } => context.graph.get_user(connection, id).await,
-        ChangedResource::DriveRoot(owner) => context.graph.get_drive_root(connection, owner).await,
-        ChangedResource::Message { .. } => unreachable!("mail is stored, not only fetched"),
+        GraphResource::Event { user, id } => context.graph.get_event(connection, user, id).await,
+        GraphResource::User { id } => context.graph.get_user(connection, id).await,
+        GraphResource::DriveRoot(owner) => context.graph.get_drive_root(connection, owner).await,
+        _ => unreachable!("only events, users and drive roots are fetched to confirm"),
     };
     match fetched {
-        Ok(_) => count("fetched"),
+        Ok(_) => count(kind, "fetched"),
         // Deleted since the notification.
-        Err(GraphError::NotFound { .. }) => count("gone"),
+        Err(GraphError::NotFound { .. }) => count(kind, "gone"),
         Err(err) => return Err(err.into_job_error()),
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const TENANT: &str = "84bd8158-6d4d-4958-8b9f-9d6445542f95";
-
-    #[test]
-    fn resource_paths_in_graphs_forms_are_understood() {
-        let message = |user: &str, id: &str| {
-            Some(ChangedResource::Message {
-                user: user.into(),
-                id: id.into(),
-            })
-        };
-        let parse = |path: &str| ChangedResource::parse(path, TENANT);
-        assert_eq!(
-            parse(&format!("users/u1@{TENANT}/messages/AAMk=")),
-            message("u1", "AAMk=")
-        );
-        assert_eq!(parse("Users/u1/Messages/AAMk"), message("u1", "AAMk"));
-        assert_eq!(
-            parse("users/u1/mailFolders('Inbox')/messages/m"),
-            message("u1", "m")
-        );
-        assert_eq!(
-            parse("/users/u1/events/AAMkE"),
-            Some(ChangedResource::Event {
-                user: "u1".into(),
-                id: "AAMkE".into()
-            })
-        );
-        assert_eq!(
-            parse("users/u1/calendar/events/e"),
-            Some(ChangedResource::Event {
-                user: "u1".into(),
-                id: "e".into()
-            })
-        );
-        assert_eq!(
-            parse("Users/8f6bb3b0"),
-            Some(ChangedResource::User {
-                id: "8f6bb3b0".into()
-            })
-        );
-        assert_eq!(
-            parse("users/u1/drive/root"),
-            Some(ChangedResource::DriveRoot(DriveOwner::User("u1".into())))
-        );
-        assert_eq!(
-            parse("drives/b!x/root"),
-            Some(ChangedResource::DriveRoot(DriveOwner::Drive("b!x".into())))
-        );
-        assert_eq!(parse("users/u1/contacts/c"), None);
-        assert_eq!(parse("communications/presences/p"), None);
-        assert_eq!(parse("users"), None);
-        assert_eq!(parse("drives/d/items/i"), None);
-    }
 }
