@@ -3,7 +3,8 @@
 //! full jitter stored on the row, dead letter after the last attempt, a reaper for expired
 //! leases, and pruning of finished jobs.
 //!
-//! Owns `jobs`. Invariants: a dedupe key is unique among unfinished jobs of a kind; a job
+//! Owns `jobs`. Invariants: a dedupe key is unique among unfinished jobs of a kind, a window
+//! key among all jobs of a kind for at least [`REDELIVERY_WINDOW`] after it was taken; a job
 //! leaves `running` only through its current lease token (a worker whose lease was taken over
 //! cannot overwrite the new owner's result) or through the reaper once the lease expired; a
 //! claim serves tenants round-robin (the oldest job of each tenant first), so one tenant's
@@ -134,6 +135,7 @@ impl<P: Serialize + ?Sized> JobRow<'_, P> {
             payload: serde_json::value::to_raw_value(self.payload).expect("job payloads serialize"),
             tenant_id: self.tenant_id.to_string(),
             dedupe_key: self.dedupe_key.map(str::to_string),
+            window_key: None,
             priority: self.priority,
             run_at: self.run_at.unwrap_or(now),
             max_attempts: i64::from(self.max_attempts.max(1)),
@@ -161,10 +163,20 @@ pub struct EncodedJob {
     payload: Box<serde_json::value::RawValue>,
     tenant_id: String,
     dedupe_key: Option<String>,
+    window_key: Option<String>,
     priority: i64,
     run_at: i64,
     max_attempts: i64,
     now: i64,
+}
+
+impl EncodedJob {
+    /// Makes the dedupe key hold for [`REDELIVERY_WINDOW`] from now, also after the job
+    /// finished (a `window_key`): for Graph's redeliveries, which come for up to 4 hours.
+    pub fn within_window(mut self) -> Self {
+        self.window_key = self.dedupe_key.take();
+        self
+    }
 }
 
 /// `rows` as one JSON array (SQLite's batch parameter).
@@ -190,6 +202,11 @@ fn bind_columns<'q>(
                 .map(|r| r.dedupe_key.as_deref())
                 .collect::<Vec<_>>(),
         )
+        .bind(
+            rows.iter()
+                .map(|r| r.window_key.as_deref())
+                .collect::<Vec<_>>(),
+        )
         .bind(rows.iter().map(|r| r.priority).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.run_at).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.max_attempts).collect::<Vec<_>>())
@@ -206,20 +223,28 @@ fn bind_columns<'q>(
 // every page the insert changed into one, in case the statement alone had to roll back),
 // which made the intake's batches 9 % faster. Starting a write in autocommit waits on the
 // busy handler like `BEGIN IMMEDIATE` does (a stale snapshot is retried, no read was made).
+//
+// Taken keys are either kind: a dedupe key among unfinished jobs, or a window key among all
+// rows (`jobs_window`, migration 0015); `ON CONFLICT DO NOTHING` without a target skips both.
 const INSERT_BATCH_SQLITE: &str = concat!(
-    "INSERT INTO jobs (id, kind, payload, tenant_id, dedupe_key, priority, run_at, max_attempts, created_at, updated_at) ",
+    "INSERT INTO jobs (id, kind, payload, tenant_id, dedupe_key, window_key, priority, run_at, max_attempts, created_at, updated_at) ",
     "SELECT value->>'id', value->>'kind', value->'payload', value->>'tenant_id', value->>'dedupe_key', ",
-    "value->>'priority', value->>'run_at', value->>'max_attempts', value->>'now', value->>'now' ",
+    "value->>'window_key', value->>'priority', value->>'run_at', value->>'max_attempts', value->>'now', value->>'now' ",
     "FROM jsonb_each($1) WHERE true ",
-    "ON CONFLICT (kind, dedupe_key) WHERE dedupe_key IS NOT NULL AND state IN ('available', 'running') DO NOTHING"
+    "ON CONFLICT DO NOTHING"
 );
 const INSERT_BATCH_POSTGRES: &str = concat!(
-    "INSERT INTO jobs (id, kind, payload, tenant_id, dedupe_key, priority, run_at, max_attempts, created_at, updated_at) ",
-    "SELECT id, kind, payload, tenant_id, dedupe_key, priority, run_at, max_attempts, now, now ",
-    "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[]) ",
-    "AS r(id, kind, payload, tenant_id, dedupe_key, priority, run_at, max_attempts, now) ",
-    "ON CONFLICT (kind, dedupe_key) WHERE dedupe_key IS NOT NULL AND state IN ('available', 'running') DO NOTHING"
+    "INSERT INTO jobs (id, kind, payload, tenant_id, dedupe_key, window_key, priority, run_at, max_attempts, created_at, updated_at) ",
+    "SELECT id, kind, payload, tenant_id, dedupe_key, window_key, priority, run_at, max_attempts, now, now ",
+    "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[]) ",
+    "AS r(id, kind, payload, tenant_id, dedupe_key, window_key, priority, run_at, max_attempts, now) ",
+    "ON CONFLICT DO NOTHING"
 );
+
+/// How long a window key ([`EncodedJob::within_window`]) stays taken: Graph redelivers a
+/// notification it did not see answered for up to 4 hours; an hour more covers its 10-minute
+/// retry slots and clock skew.
+pub const REDELIVERY_WINDOW: Duration = Duration::from_secs(5 * 3600);
 
 /// What enqueue did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1115,10 +1140,14 @@ impl Queue {
     /// # Errors
     /// The database failed.
     pub async fn prune(&self, retention: Duration) -> Result<u64, QueueError> {
-        const SQL: &str = "DELETE FROM jobs WHERE state IN ('succeeded', 'failed', 'dead', 'cancelled') AND finished_at < $1";
+        // Rows holding a window key stay until their window closed, whatever the retention.
+        const SQL: &str = "DELETE FROM jobs WHERE state IN ('succeeded', 'failed', 'dead', 'cancelled') AND finished_at < $1 \
+             AND (window_key IS NULL OR created_at < $2)";
         let cutoff = now_ms().saturating_sub(millis(retention));
+        let window_cutoff = now_ms().saturating_sub(millis(REDELIVERY_WINDOW));
         Ok(write_tx!(self.store, |pool| sqlx::query(SQL)
             .bind(cutoff)
+            .bind(window_cutoff)
             .execute(pool)
             .await?
             .rows_affected()))

@@ -638,7 +638,9 @@ pub async fn record_created(
          status = 'active', reason = NULL, updated_at = $5 WHERE id = $6";
     let now = now_unix();
     write_tx!(store, |conn| sqlx::query(SQL)
-        .bind(graph_id)
+        // Graph's ids are GUIDs it writes in either case; kept lower-cased (the webhook
+        // matches them so).
+        .bind(graph_id.to_ascii_lowercase())
         .bind(connection_id)
         .bind(expires_at)
         .bind(now)

@@ -3,12 +3,18 @@
 //!
 //! Owns no tables. Invariants: a handshake answers 200, `text/plain`, `nosniff` and the decoded
 //! token, and nothing else happens; a notification item is queued only when its subscription
-//! is known, its clientState matches (compared in constant time) and its tenant is the
-//! subscription's; an item with resource data (rich) is queued only when a valid validation
-//! token of its tenant and app covers it and its `dataSignature` matches (it is then queued
-//! decrypted), and one failing validation token refuses the whole delivery; 202 goes out only
-//! after the accepted items are committed; a request with nothing acceptable gets a 4xx and
-//! queues nothing; answers never say which check failed and nothing secret is logged.
+//! is known (its id matched without regard to case: Graph's ids are GUIDs), its clientState
+//! matches (compared in constant time) and its tenant is the subscription's (an item without
+//! `tenantId`, as OneDrive and older Outlook payloads send, takes its subscription's tenant:
+//! the clientState match is the proof); an item with resource data (rich) is queued only when
+//! a valid validation token of its tenant and app covers it and its `dataSignature` matches
+//! (it is then queued decrypted), and one failing validation token drops the whole delivery;
+//! 202 goes out only after the accepted items are committed. A body that is not a
+//! notification collection gets a 4xx; a collection whose items fail the checks gets the same
+//! 202 as a good one and queues nothing for them, as Microsoft asks (docs/decisions/
+//! 0011-webhook-answers.md); a store that cannot check or commit gets a 503 so Graph
+//! redelivers. Refusals are counted exactly and logged at most once per reason per minute,
+//! with the count; nothing secret is logged.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -47,6 +53,8 @@ pub struct WebhookState {
     pub counters: Arc<ItemCounters>,
     /// Checks rich notifications' validation tokens.
     pub tokens: Arc<TokenValidator>,
+    /// Refusals logged at most once per reason per interval.
+    pub refusals: Arc<RefusalLog>,
 }
 
 /// `tenantd_webhook_items_total` by endpoint and outcome, registered once: looking a labelled
@@ -55,14 +63,15 @@ pub struct ItemCounters {
     counters: HashMap<(&'static str, &'static str), metrics::Counter>,
 }
 
-/// Every outcome an item can have.
-const OUTCOMES: [&str; 8] = [
+/// Every outcome an item can have (registered up front, so each series exists from start).
+const OUTCOMES: [&str; 9] = [
     "accepted",
     "malformed",
     "unknown_subscription",
     "client_state_mismatch",
     "tenant_mismatch",
     "validation_token_missing",
+    "validation_token_invalid",
     "data_signature_invalid",
     "data_key_invalid",
 ];
@@ -90,6 +99,41 @@ impl ItemCounters {
             .unwrap_or_else(|| {
                 metrics::counter!(names::WEBHOOK_ITEMS, "endpoint" => endpoint.label(), "outcome" => outcome)
             })
+    }
+}
+
+/// How often a refusal reason is logged at most (every refusal is counted in the metrics).
+pub const REFUSAL_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Logs refused items at most once per reason per interval, with how many the interval
+/// refused: a flood of forged posts is one line a minute, not one a post.
+#[derive(Default)]
+pub struct RefusalLog {
+    reasons: std::sync::Mutex<HashMap<&'static str, (tokio::time::Instant, u64)>>,
+}
+
+impl RefusalLog {
+    /// Notes one refusal for `reason`; returns how many were refused for it since the last
+    /// logged one (this one included) when it is time to log, else `None`.
+    pub fn note(&self, reason: &'static str) -> Option<u64> {
+        let now = tokio::time::Instant::now();
+        let mut reasons = self.reasons.lock().expect("refusal log lock");
+        match reasons.get_mut(reason) {
+            Some((logged_at, pending)) if now.duration_since(*logged_at) < REFUSAL_LOG_INTERVAL => {
+                *pending += 1;
+                None
+            }
+            Some((logged_at, pending)) => {
+                let refused = *pending + 1;
+                *logged_at = now;
+                *pending = 0;
+                Some(refused)
+            }
+            None => {
+                reasons.insert(reason, (now, 0));
+                Some(1)
+            }
+        }
     }
 }
 
@@ -230,9 +274,6 @@ struct ResourceData<'a> {
     etag: Option<Cow<'a, str>>,
 }
 
-/// The same answer for every refusal: which check failed is logged, not told.
-const REJECTED: &str = "Notification rejected.\n";
-
 async fn receive(
     state: &WebhookState,
     endpoint: Endpoint,
@@ -261,12 +302,18 @@ async fn receive(
         .iter()
         .map(|raw| serde_json::from_str(raw.get()).ok())
         .collect();
-    let ids: Vec<&str> = items
+    // Graph's subscription ids are GUIDs, in whichever case it writes them; tenantd keeps
+    // them lower-cased.
+    let ids: Vec<Option<String>> = items
         .iter()
-        .flatten()
-        .filter_map(|item| item.subscription_id.as_deref())
+        .map(|item| {
+            item.as_ref()
+                .and_then(|item| item.subscription_id.as_deref())
+                .map(str::to_ascii_lowercase)
+        })
         .collect();
-    let checks = match state.checks.get(&ids).await {
+    let lookup: Vec<&str> = ids.iter().flatten().map(String::as_str).collect();
+    let checks = match state.checks.get(&lookup).await {
         Ok(checks) => checks,
         Err(err) => {
             tracing::error!(error = %err, reason = err.reason_code(), "cannot check notifications; asking Graph to redeliver");
@@ -275,7 +322,8 @@ async fn receive(
     };
     let mut vetted: Vec<Result<(&Notification, &Arc<subscriptions::Check>), &'static str>> = items
         .iter()
-        .map(|item| vet(item.as_ref(), &checks))
+        .zip(&ids)
+        .map(|(item, id)| vet(item.as_ref(), id.as_deref(), &checks))
         .collect();
     // Rich notifications: the resource travels encrypted and is opened here, once the
     // delivery's validation tokens prove it comes from Graph.
@@ -293,7 +341,18 @@ async fn receive(
     if !rich.is_empty() {
         let vouched = match vouched_for(state, &collection.validation_tokens).await {
             Ok(vouched) => vouched,
-            Err(response) => return response,
+            Err(TokenRefusal::Unavailable) => {
+                return plain(StatusCode::SERVICE_UNAVAILABLE, "Try again later.\n");
+            }
+            // One failing token makes the whole delivery suspect: nothing of it is queued.
+            Err(TokenRefusal::Suspicious) => {
+                for vetted in &mut vetted {
+                    if vetted.is_ok() {
+                        *vetted = Err("validation_token_invalid");
+                    }
+                }
+                Vec::new()
+            }
         };
         let mut to_open = Vec::new();
         for n in rich {
@@ -341,22 +400,24 @@ async fn receive(
                 "accepted"
             }
             Err(reason) => {
-                tracing::warn!(
-                    endpoint = endpoint.label(),
-                    reason,
-                    subscription = items[n]
-                        .as_ref()
-                        .and_then(|item| item.subscription_id.as_deref())
-                        .unwrap_or("-"),
-                    "notification item dropped"
-                );
+                if let Some(refused) = state.refusals.note(reason) {
+                    tracing::warn!(
+                        endpoint = endpoint.label(),
+                        reason,
+                        refused,
+                        subscription = ids[n].as_deref().unwrap_or("-"),
+                        "notification items dropped (logged at most once a minute per reason; `refused` counts them since the last line)"
+                    );
+                }
                 reason
             }
         };
         state.counters.item(endpoint, outcome).increment(1);
     }
+    // Items that failed the checks get the same 202: a retry cannot make them pass, and the
+    // sender learns nothing about which check failed (docs/decisions/0011-webhook-answers.md).
     if accepted.is_empty() {
-        return plain(StatusCode::FORBIDDEN, REJECTED);
+        return StatusCode::ACCEPTED.into_response();
     }
     match state.intake.submit(accepted).await {
         Ok(()) => StatusCode::ACCEPTED.into_response(),
@@ -367,10 +428,19 @@ async fn receive(
     }
 }
 
-/// What a delivery's validation tokens vouch for, or the answer to give when one fails: any
-/// token that does not validate makes the whole delivery suspect (403), and signing keys that
-/// cannot be fetched ask Graph to deliver again (503).
-async fn vouched_for(state: &WebhookState, tokens: &[String]) -> Result<Vec<ValidToken>, Response> {
+/// Why a delivery's validation tokens vouch for nothing.
+enum TokenRefusal {
+    /// The signing keys could not be fetched: Graph should deliver again (503).
+    Unavailable,
+    /// A token failed: the whole delivery is suspect and dropped.
+    Suspicious,
+}
+
+/// What a delivery's validation tokens vouch for.
+async fn vouched_for(
+    state: &WebhookState,
+    tokens: &[String],
+) -> Result<Vec<ValidToken>, TokenRefusal> {
     let now = crate::audit::now_unix();
     let mut vouched = Vec::with_capacity(tokens.len());
     for token in tokens {
@@ -378,18 +448,17 @@ async fn vouched_for(state: &WebhookState, tokens: &[String]) -> Result<Vec<Vali
             Ok(valid) => vouched.push(valid),
             Err(err @ TokenError::KeysUnavailable(_)) => {
                 tracing::error!(reason = err.reason_code(), error = %err, "cannot check validation tokens; asking Graph to redeliver");
-                return Err(plain(StatusCode::SERVICE_UNAVAILABLE, "Try again later.\n"));
+                return Err(TokenRefusal::Unavailable);
             }
             Err(err) => {
-                tracing::warn!(
-                    reason = err.reason_code(),
-                    "a validation token failed; the delivery is refused"
-                );
-                state
-                    .counters
-                    .item(Endpoint::Notifications, err.reason_code())
-                    .increment(1);
-                return Err(plain(StatusCode::FORBIDDEN, REJECTED));
+                if let Some(refused) = state.refusals.note(err.reason_code()) {
+                    tracing::warn!(
+                        reason = err.reason_code(),
+                        refused,
+                        "a validation token failed; the delivery is dropped (logged at most once a minute per reason)"
+                    );
+                }
+                return Err(TokenRefusal::Suspicious);
             }
         }
     }
@@ -408,34 +477,41 @@ fn same_secret(given: &[u8], expected: &[u8]) -> bool {
     std::hint::black_box(difference) == 0
 }
 
-/// The item and the subscription it belongs to, or why it is dropped.
+/// The item and the subscription it belongs to, or why it is dropped. `id` is the item's
+/// subscription id, lower-cased.
 fn vet<'i, 'a, 'c>(
     item: Option<&'i Notification<'a>>,
+    id: Option<&str>,
     checks: &'c HashMap<String, Arc<subscriptions::Check>>,
 ) -> Result<(&'i Notification<'a>, &'c Arc<subscriptions::Check>), &'static str> {
-    let Some(item) = item else {
+    let (Some(item), Some(id)) = (item, id) else {
         return Err("malformed");
     };
-    let Some(subscription) = item.subscription_id.as_deref() else {
-        return Err("malformed");
-    };
-    let Some(check) = checks.get(subscription) else {
+    let Some(check) = checks.get(id) else {
         return Err("unknown_subscription");
     };
     let given = item.client_state.as_deref().unwrap_or_default();
     if !same_secret(given.as_bytes(), check.client_state.as_bytes()) {
         return Err("client_state_mismatch");
     }
-    let tenant = item.tenant_id.as_deref().unwrap_or_default();
-    if !tenant.eq_ignore_ascii_case(&check.tenant_id) {
-        return Err("tenant_mismatch");
+    // No `tenantId` (OneDrive, older Outlook payloads): the subscription's tenant, which the
+    // clientState just proved. A different one is refused.
+    match item.tenant_id.as_deref().map(str::trim) {
+        Some(tenant) if !tenant.is_empty() && !tenant.eq_ignore_ascii_case(&check.tenant_id) => {
+            Err("tenant_mismatch")
+        }
+        _ => Ok((item, check)),
     }
-    Ok((item, check))
 }
 
 /// A queued job for an accepted item. The dedupe key makes Graph's redeliveries of the same
-/// change one job: subscription, resource, change type and the etag (or, without one, a hash
-/// of the item's fields but its clientState).
+/// change one job: subscription, resource, change type (lower-cased: Microsoft writes
+/// `Created` in places) and the etag, or without one a hash of the item's fields but its
+/// clientState. When the item names its change (an etag, or a notification `id`), the key
+/// holds for Graph's whole redelivery window, also after the first job finished. Without
+/// either, a redelivery cannot be told from a second change of the same resource, so the key
+/// holds only while the first job is unfinished: merging two real changes would lose one,
+/// and such jobs only read the resource's current state again.
 fn to_job(
     endpoint: Endpoint,
     item: &Notification,
@@ -444,6 +520,8 @@ fn to_job(
 ) -> EncodedJob {
     let lifecycle = item.lifecycle_event.as_deref();
     if matches!(endpoint, Endpoint::Lifecycle) || lifecycle.is_some() {
+        // Lifecycle events repeat legitimately (a reauthorization challenge every 15 minutes
+        // with the same expiry): one job while unfinished, never longer.
         let event = lifecycle.unwrap_or("unknown").to_string();
         let dedupe = format!(
             "{}|{event}|{}",
@@ -460,41 +538,52 @@ fn to_job(
         return jobs::encode(&job, Some(&dedupe));
     }
     let resource = item.resource.as_deref().unwrap_or_default();
-    let change_type = item.change_type.as_deref().unwrap_or_default();
+    let change_type = item
+        .change_type
+        .as_deref()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
     let data: ResourceData = item
         .resource_data
         .and_then(|raw| serde_json::from_str(raw.get()).ok())
         .unwrap_or_default();
+    let named = data.etag.is_some() || item.id.as_deref().is_some_and(|id| !id.is_empty());
     let dedupe = match data.etag.as_deref() {
         Some(etag) => format!("{}|{resource}|{change_type}|{etag}", check.id),
         None => format!(
             "{}|{resource}|{change_type}|{}",
             check.id,
-            content_hash(item)
+            content_hash(item, &change_type)
         ),
     };
     let job = graph_notification::GraphNotification {
         subscription_id: check.id.clone(),
         tenant_id: check.tenant_id.clone(),
-        change_type: change_type.to_string(),
+        change_type,
         resource: resource.to_string(),
         resource_id: data.id.map(Cow::into_owned),
         odata_type: data.odata_type.map(Cow::into_owned),
         etag: data.etag.map(Cow::into_owned),
         content,
     };
-    jobs::encode(&job, Some(&dedupe))
+    let encoded = jobs::encode(&job, Some(&dedupe));
+    if named {
+        encoded.within_window()
+    } else {
+        encoded
+    }
 }
 
 /// A hash of what identifies a notification without an etag: every field tenantd reads but
 /// the clientState, so no secret feeds the stored key.
-fn content_hash(item: &Notification) -> String {
+fn content_hash(item: &Notification, change_type: &str) -> String {
     let mut hash = Sha256::new();
     for field in [
         item.id.as_deref(),
         item.subscription_expiration_date_time.as_deref(),
         item.tenant_id.as_deref(),
-        item.change_type.as_deref(),
+        Some(change_type),
         item.resource.as_deref(),
         item.resource_data.map(RawValue::get),
     ] {
