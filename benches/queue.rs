@@ -236,6 +236,7 @@ fn worker_pool(store: &Store, queue: &Queue, concurrency: usize) -> tenantd::wor
         registry: Arc::new(tenantd::jobs::Registry::standard()),
         context: tenantd::jobs::JobContext {
             attempt: 1,
+            public_url: None,
             store: store.clone(),
             queue: queue.clone(),
             tokens: tokens.clone(),

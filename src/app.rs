@@ -148,7 +148,7 @@ impl Application {
         let tokens = Arc::new(TokenService::new(
             store.clone(),
             keys.clone(),
-            IdentityClient::new(config.identity.authority.clone()),
+            IdentityClient::configured(&config),
         ));
         let configured =
             crate::subscriptions::sync_configured(&store, &keys, &config.subscriptions).await?;
@@ -260,6 +260,7 @@ impl Application {
             tokens: Arc::new(crate::validation_tokens::TokenValidator::new(
                 &config.identity.authority,
             )),
+            refusals: Arc::default(),
         };
         work.spawn(serve_listener(
             "public",
@@ -269,7 +270,7 @@ impl Application {
                 http::public::PublicState {
                     store: store.clone(),
                     keys: keys.clone(),
-                    identity: IdentityClient::new(config.identity.authority.clone()),
+                    identity: IdentityClient::configured(&config),
                     authority: config
                         .identity
                         .authority
@@ -322,6 +323,11 @@ impl Application {
                 registry: Arc::new(Registry::standard()),
                 context: JobContext {
                     attempt: 1,
+                    public_url: config
+                        .listener
+                        .public_url
+                        .as_ref()
+                        .map(|url| url.as_str().trim_end_matches('/').to_string()),
                     store: store.clone(),
                     queue,
                     tokens: tokens.clone(),

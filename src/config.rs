@@ -408,6 +408,9 @@ pub struct ListenerConfig {
     pub header_read_timeout_ms: u64,
     /// Open connections at most; more are closed on arrival (Graph retries).
     pub max_connections: u32,
+    /// Accept an `http://` `public_url`. Graph only posts to https; `tenantd demo` sets this
+    /// for the loopback emulator.
+    pub allow_http_public_url: bool,
 }
 
 impl Default for ListenerConfig {
@@ -417,6 +420,7 @@ impl Default for ListenerConfig {
             public_url: None,
             header_read_timeout_ms: 10_000,
             max_connections: 1_024,
+            allow_http_public_url: false,
         }
     }
 }
@@ -438,11 +442,82 @@ impl Default for AdminConfig {
     }
 }
 
+/// A Microsoft cloud: its identity authority, Graph host and Graph token audience, which
+/// belong together (learn.microsoft.com/graph/deployments: "App registration and token
+/// service root endpoints", "Microsoft Graph and Graph Explorer service root endpoints";
+/// .../graph/sdks/national-clouds: scopes use the national Graph host).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Cloud {
+    /// Microsoft Graph global service.
+    #[default]
+    Global,
+    /// Microsoft Graph for US Government L4 (GCC High).
+    Usgov,
+    /// Microsoft Graph for US Government L5 (DOD).
+    UsgovDod,
+    /// Microsoft Graph operated by 21Vianet in China.
+    China,
+}
+
+impl Cloud {
+    /// Every cloud, for messages and lookups.
+    pub const ALL: [Cloud; 4] = [Cloud::Global, Cloud::Usgov, Cloud::UsgovDod, Cloud::China];
+
+    /// The name used in the configuration.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Cloud::Global => "global",
+            Cloud::Usgov => "usgov",
+            Cloud::UsgovDod => "usgov-dod",
+            Cloud::China => "china",
+        }
+    }
+
+    /// The identity platform authority.
+    pub const fn authority(self) -> &'static str {
+        match self {
+            Cloud::Global => "https://login.microsoftonline.com",
+            Cloud::Usgov | Cloud::UsgovDod => "https://login.microsoftonline.us",
+            Cloud::China => "https://login.chinacloudapi.cn",
+        }
+    }
+
+    /// Microsoft Graph's service root, which is also the audience of Graph tokens.
+    pub const fn graph_resource(self) -> &'static str {
+        match self {
+            Cloud::Global => "https://graph.microsoft.com",
+            Cloud::Usgov => "https://graph.microsoft.us",
+            Cloud::UsgovDod => "https://dod-graph.microsoft.us",
+            Cloud::China => "https://microsoftgraph.chinacloudapi.cn",
+        }
+    }
+
+    /// Microsoft Graph v1.0 in this cloud.
+    pub fn graph_base_url(self) -> Url {
+        Url::parse(&format!("{}/v1.0", self.graph_resource())).expect("preset URLs parse")
+    }
+
+    /// The cloud whose Graph lives at `host`, if any.
+    pub fn of_graph_host(host: &str) -> Option<Cloud> {
+        Cloud::ALL.into_iter().find(|cloud| {
+            cloud
+                .graph_resource()
+                .strip_prefix("https://")
+                .is_some_and(|own| own.eq_ignore_ascii_case(host))
+        })
+    }
+}
+
 /// `[graph]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GraphConfig {
-    /// Graph API base, including the version. National clouds and the emulator change this.
+    /// The Microsoft cloud (`global`, `usgov`, `usgov-dod`, `china`): sets `graph.base_url`
+    /// and `identity.authority` unless they are given, and the Graph token audience.
+    pub cloud: Cloud,
+    /// Graph API base, including the version. Follows `graph.cloud` unless given (a proxy or
+    /// the emulator).
     pub base_url: Url,
     /// Starting and highest request rate per tenant (requests per second); the client slows
     /// down after 429s and climbs back.
@@ -460,10 +535,23 @@ pub struct GraphConfig {
     pub retry_budget_seconds: u64,
 }
 
+impl GraphConfig {
+    /// The audience of Graph tokens: it follows the Graph host (`https://{host}` for a
+    /// Microsoft Graph host of any cloud); a base URL on another host (a proxy, the emulator)
+    /// stands in for `graph.cloud`'s Graph, so tokens are asked for that cloud's.
+    pub fn token_resource(&self) -> String {
+        match self.base_url.host_str().and_then(Cloud::of_graph_host) {
+            Some(cloud) => cloud.graph_resource().to_string(),
+            None => self.cloud.graph_resource().to_string(),
+        }
+    }
+}
+
 impl Default for GraphConfig {
     fn default() -> Self {
         Self {
-            base_url: Url::parse("https://graph.microsoft.com/v1.0").expect("valid default URL"),
+            cloud: Cloud::Global,
+            base_url: Cloud::Global.graph_base_url(),
             requests_per_second: 20,
             mailbox_concurrency: 4,
             max_concurrency: 64,
@@ -489,7 +577,7 @@ pub struct IdentityConfig {
 impl Default for IdentityConfig {
     fn default() -> Self {
         Self {
-            authority: Url::parse("https://login.microsoftonline.com").expect("valid default URL"),
+            authority: Url::parse(Cloud::Global.authority()).expect("preset URLs parse"),
             delegated_scopes: [
                 "openid",
                 "profile",
@@ -662,7 +750,13 @@ impl Provider for FlagOverride {
     }
 
     fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
-        let dict = figment::util::nest(self.key, Value::from(self.value.clone()))
+        // Switches (`listener.allow_http_public_url`) are booleans, not the words.
+        let value = match self.value.as_str() {
+            "true" => Value::from(true),
+            "false" => Value::from(false),
+            other => Value::from(other.to_string()),
+        };
+        let dict = figment::util::nest(self.key, value)
             .into_dict()
             .expect("nest returns a dict");
         Ok(Profile::Default.collect(dict))
@@ -781,6 +875,7 @@ pub fn load(file: Option<&Path>, flags: &[FlagOverride]) -> Result<LoadedConfig,
         )
     })?;
     resolve_secret_files(&figment, &mut config)?;
+    apply_cloud(&figment, &mut config);
 
     let problems = validate(&config, &figment);
     if !problems.is_empty() {
@@ -792,6 +887,17 @@ pub fn load(file: Option<&Path>, flags: &[FlagOverride]) -> Result<LoadedConfig,
         file,
         warnings: env_warnings(std::env::vars().map(|(name, _)| name)),
     })
+}
+
+/// `graph.cloud` decides `graph.base_url` and `identity.authority` where they were not given.
+fn apply_cloud(figment: &Figment, config: &mut Config) {
+    let cloud = config.graph.cloud;
+    if figment.find_value("graph.base_url").is_err() {
+        config.graph.base_url = cloud.graph_base_url();
+    }
+    if figment.find_value("identity.authority").is_err() {
+        config.identity.authority = Url::parse(cloud.authority()).expect("preset URLs parse");
+    }
 }
 
 /// Reads `database.url_file` (and future `<key>_file` secrets) into their keys.
@@ -900,6 +1006,52 @@ fn validate(config: &Config, figment: &Figment) -> Vec<ConfigProblem> {
                     "use an absolute https:// URL",
                 );
             }
+        }
+    }
+    if let Some(url) = &config.listener.public_url {
+        if url.scheme() == "http" && !config.listener.allow_http_public_url {
+            problem(
+                "listener.public_url",
+                format!("`{url}` is http://, and Microsoft Graph only posts notifications to https:// endpoints"),
+                "use the https:// URL of the TLS proxy or tunnel in front of the listener (or, for an emulator, set listener.allow_http_public_url = true)",
+            );
+        }
+    }
+    let cloud = config.graph.cloud;
+    if let Some(other) = config
+        .graph
+        .base_url
+        .host_str()
+        .and_then(Cloud::of_graph_host)
+        .filter(|other| *other != cloud)
+    {
+        problem(
+            "graph.base_url",
+            format!(
+                "is the Graph of the `{}` cloud but graph.cloud is `{}`",
+                other.name(),
+                cloud.name()
+            ),
+            "set graph.cloud to the cloud the tenants live in and leave graph.base_url unset (it follows the cloud)",
+        );
+    }
+    let authority_host = config.identity.authority.host_str().unwrap_or_default();
+    if let Some(other) = Cloud::ALL.into_iter().find(|other| {
+        other
+            .authority()
+            .strip_prefix("https://")
+            .is_some_and(|host| host.eq_ignore_ascii_case(authority_host))
+    }) {
+        if other.authority() != cloud.authority() {
+            problem(
+                "identity.authority",
+                format!(
+                    "is the identity platform of the `{}` cloud but graph.cloud is `{}`",
+                    other.name(),
+                    cloud.name()
+                ),
+                "set graph.cloud to the cloud the tenants live in and leave identity.authority unset (it follows the cloud)",
+            );
         }
     }
     if config.admin.bind == config.listener.bind && config.admin.bind.port() != 0 {

@@ -15,7 +15,6 @@ use crate::app::Application;
 use crate::audit::Actor;
 use crate::config::{ActivityConfig, ActivityKind, DemoUsersConfig, FlagOverride, HeartbeatConfig};
 use crate::connections::{self, NewAppConnection};
-use crate::identity::GRAPH_RESOURCE;
 use crate::vault::Keyring;
 
 /// Where the demo keeps its database.
@@ -119,6 +118,12 @@ impl Demo {
                 flag: "demo",
                 value: self.emulator.base_url(),
             },
+            // The loopback emulator posts to plain http; Microsoft Graph would not.
+            FlagOverride {
+                key: "listener.allow_http_public_url",
+                flag: "demo",
+                value: "true".into(),
+            },
         ]
     }
 
@@ -147,7 +152,7 @@ impl Demo {
         .await
         .map_err(|err| format!("{} ({})", err, err.reason_code()))?;
         app.tokens()
-            .access_token(&connection, GRAPH_RESOURCE)
+            .access_token(&connection, app.tokens().graph_resource())
             .await
             .map_err(|err| format!("{} ({})", err, err.reason_code()))?;
         Ok(connection.id)

@@ -16,8 +16,9 @@ use url::Url;
 use crate::connections::Status;
 use crate::secret::Secret;
 
-/// Microsoft Graph's resource URI.
-pub const GRAPH_RESOURCE: &str = "https://graph.microsoft.com";
+/// Microsoft Graph's resource URI in the global cloud (the default; a configured client asks
+/// for its cloud's: [`IdentityClient::configured`]).
+pub const GRAPH_RESOURCE: &str = crate::config::Cloud::Global.graph_resource();
 /// The Teams Developer Portal's resource URI.
 pub const DEV_PORTAL_RESOURCE: &str = "https://dev.teams.microsoft.com";
 
@@ -213,6 +214,9 @@ pub struct CodeRedemption<'a> {
 pub struct IdentityClient {
     http: reqwest::Client,
     authority: Url,
+    /// The audience Graph tokens are asked for (`graph.cloud`'s Graph, or the Graph host of
+    /// `graph.base_url`).
+    graph_resource: String,
 }
 
 impl IdentityClient {
@@ -223,7 +227,28 @@ impl IdentityClient {
             .user_agent(concat!("tenantd/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("a TLS client builds");
-        Self { http, authority }
+        Self {
+            http,
+            authority,
+            graph_resource: GRAPH_RESOURCE.to_string(),
+        }
+    }
+
+    /// A client for the configured authority that asks for the configured cloud's Graph.
+    pub fn configured(config: &crate::config::Config) -> Self {
+        Self::new(config.identity.authority.clone())
+            .with_graph_resource(config.graph.token_resource())
+    }
+
+    /// The same client asking for Graph tokens of `resource` (e.g. `https://graph.microsoft.us`).
+    pub fn with_graph_resource(mut self, resource: impl Into<String>) -> Self {
+        self.graph_resource = resource.into();
+        self
+    }
+
+    /// The audience of this client's Graph tokens.
+    pub fn graph_resource(&self) -> &str {
+        &self.graph_resource
     }
 
     fn endpoint(&self, tenant: &str, leaf: &str) -> String {
@@ -248,7 +273,7 @@ impl IdentityClient {
         .expect("authority is a URL");
         url.query_pairs_mut()
             .append_pair("client_id", client_id)
-            .append_pair("scope", &format!("{GRAPH_RESOURCE}/.default"))
+            .append_pair("scope", &format!("{}/.default", self.graph_resource))
             .append_pair("redirect_uri", redirect_uri)
             .append_pair("state", state);
         url.to_string()

@@ -9,7 +9,7 @@
 use serde_json::Value;
 
 use crate::audit::now_unix;
-use crate::store::{write_tx, Store, StoreError};
+use crate::store::{with_pool, write_tx, Store, StoreError};
 
 /// A message as Graph returned it, reduced to what is stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +106,26 @@ pub async fn upsert(
         .await?
         .rows_affected());
     Ok(())
+}
+
+/// The newest `receivedDateTime` stored for a subscription's mail: where a resync starts.
+///
+/// # Errors
+/// The database failed.
+pub async fn newest_received(
+    store: &Store,
+    tenant_id: &str,
+    subscription_id: &str,
+) -> Result<Option<String>, StoreError> {
+    // Graph writes every receivedDateTime as UTC with `Z`, so text order is time order.
+    const SQL: &str =
+        "SELECT MAX(received_at) FROM messages WHERE tenant_id = $1 AND subscription_id = $2";
+    let newest: (Option<String>,) = with_pool!(store, |pool| sqlx::query_as(SQL)
+        .bind(tenant_id)
+        .bind(subscription_id)
+        .fetch_one(pool)
+        .await?);
+    Ok(newest.0)
 }
 
 /// Marks a message deleted (kept, so the history stays); a row is made if none exists.

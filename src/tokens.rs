@@ -93,6 +93,11 @@ impl TokenService {
         }
     }
 
+    /// The audience of Graph tokens (the configured cloud's Graph).
+    pub fn graph_resource(&self) -> &str {
+        self.identity.graph_resource()
+    }
+
     fn flight(&self, connection_id: &str, resource: &str) -> Flight {
         self.flights
             .lock()
@@ -241,7 +246,7 @@ impl TokenService {
                 continue;
             }
             match self
-                .access_token(connection, crate::identity::GRAPH_RESOURCE)
+                .access_token(connection, self.identity.graph_resource())
                 .await
             {
                 Ok(_) => report.renewed += 1,

@@ -299,9 +299,10 @@ impl TokenValidator {
             return Err(TokenError::NotYetValid);
         }
         let tenant = claims.tid.ok_or(TokenError::Issuer)?;
+        // v1.0 tokens (Graph's published example) and v2.0 tokens of the configured
+        // authority, which follows `graph.cloud`.
         let issuers = [
             format!("https://sts.windows.net/{tenant}/"),
-            format!("https://login.microsoftonline.com/{tenant}/v2.0"),
             format!("{}/{tenant}/v2.0", self.authority),
         ];
         if !claims.iss.is_some_and(|iss| issuers.contains(&iss)) {

@@ -12,9 +12,7 @@ use super::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
 use crate::audit::{now_unix, Actor};
 use crate::config::Config;
 use crate::connections::{self, AuthMode, Connection, NewAppConnection, NewDelegatedConnection};
-use crate::identity::{
-    token_claims, DevicePoll, IdentityClient, DEV_PORTAL_RESOURCE, GRAPH_RESOURCE,
-};
+use crate::identity::{token_claims, DevicePoll, IdentityClient, DEV_PORTAL_RESOURCE};
 use crate::store::Store;
 use crate::tokens::TokenService;
 use crate::vault::Keyring;
@@ -153,7 +151,13 @@ fn consent_redirect(config: &Config, given: Option<&str>) -> Result<String, Stri
 
 /// The configured delegated scopes of `resource` that the token does not carry (OpenID
 /// Connect scopes never appear in `scp`).
-fn missing_scopes(configured: &[String], resource: &str, granted: &str) -> Vec<String> {
+/// A bare scope name is Graph's (`graph` says whether `resource` is Graph).
+fn missing_scopes(
+    configured: &[String],
+    resource: &str,
+    graph: bool,
+    granted: &str,
+) -> Vec<String> {
     let granted: Vec<&str> = granted.split_whitespace().collect();
     configured
         .iter()
@@ -166,7 +170,7 @@ fn missing_scopes(configured: &[String], resource: &str, granted: &str) -> Vec<S
         .filter_map(|scope| match scope.rsplit_once('/') {
             Some((prefix, name)) if prefix == resource => Some(name.to_string()),
             Some(_) => None,
-            None if resource == GRAPH_RESOURCE => Some(scope.clone()),
+            None if graph => Some(scope.clone()),
             None => None,
         })
         .filter(|name| !granted.contains(&name.as_str()))
@@ -241,7 +245,7 @@ pub(crate) async fn run_tenant(config: &Config, command: &TenantCommand) -> i32 
             return EXIT_FAILURE;
         }
     };
-    let identity = IdentityClient::new(config.identity.authority.clone());
+    let identity = IdentityClient::configured(config);
     let authority = config
         .identity
         .authority
@@ -554,9 +558,9 @@ async fn check(
                 .as_deref()
                 .unwrap_or(&connection.client_id)
         );
-        for (name, resource) in [
-            ("Microsoft Graph", GRAPH_RESOURCE),
-            ("Teams Developer Portal", DEV_PORTAL_RESOURCE),
+        for (name, resource, graph) in [
+            ("Microsoft Graph", identity.graph_resource(), true),
+            ("Teams Developer Portal", DEV_PORTAL_RESOURCE, false),
         ] {
             match service.access_token(connection, resource).await {
                 Ok(token) => {
@@ -586,8 +590,12 @@ async fn check(
                         }
                     );
                     if connection.auth_mode == AuthMode::Delegated {
-                        let missing =
-                            missing_scopes(&config.identity.delegated_scopes, resource, &granted);
+                        let missing = missing_scopes(
+                            &config.identity.delegated_scopes,
+                            resource,
+                            graph,
+                            &granted,
+                        );
                         if !missing.is_empty() {
                             println!("  {name}: missing: {}", missing.join(" "));
                             consent_missing = Some(connection.client_id.clone());
@@ -716,12 +724,23 @@ mod tests {
         .map(str::to_string)
         .collect();
         assert_eq!(
-            missing_scopes(&configured, GRAPH_RESOURCE, "User.Read"),
+            missing_scopes(
+                &configured,
+                crate::identity::GRAPH_RESOURCE,
+                true,
+                "User.Read"
+            ),
             vec!["Mail.Send"]
         );
-        assert!(missing_scopes(&configured, GRAPH_RESOURCE, "Mail.Send User.Read").is_empty());
+        assert!(missing_scopes(
+            &configured,
+            crate::identity::GRAPH_RESOURCE,
+            true,
+            "Mail.Send User.Read"
+        )
+        .is_empty());
         assert_eq!(
-            missing_scopes(&configured, DEV_PORTAL_RESOURCE, ""),
+            missing_scopes(&configured, DEV_PORTAL_RESOURCE, false, ""),
             vec!["AppDefinitions.ReadWrite"]
         );
     }

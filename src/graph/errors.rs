@@ -1,5 +1,6 @@
 //! The one error type of calls to Microsoft Graph, with stable reason codes, sanitized messages
-//! (status, Graph's error code and request id; never tokens, secrets or bodies), and how each
+//! (status and Graph's error code; the client-request-id and request-id of a failed call are
+//! logged where it failed; never tokens, secrets or bodies), and how each
 //! maps onto a job outcome.
 //!
 //! Sources: https://learn.microsoft.com/graph/errors, .../graph/throttling (429 and Retry-After,

@@ -12,6 +12,7 @@
 pub mod errors;
 pub mod limits;
 pub mod requests;
+pub mod resources;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -24,7 +25,6 @@ pub use errors::GraphError;
 
 use crate::config::GraphConfig;
 use crate::connections::Connection;
-use crate::identity::GRAPH_RESOURCE;
 use crate::metrics::names;
 use crate::queue::backoff;
 use crate::tokens::TokenService;
@@ -156,6 +156,11 @@ impl GraphClient {
         }
     }
 
+    /// The audience of Graph tokens, which is also Graph's service root in this cloud.
+    pub fn graph_resource(&self) -> &str {
+        self.tokens.graph_resource()
+    }
+
     /// The client-side limits (for inspection).
     pub fn limits(&self) -> &Limits {
         &self.limits
@@ -218,7 +223,11 @@ impl GraphClient {
         let token = if request.anonymous {
             None
         } else {
-            Some(self.tokens.access_token(connection, GRAPH_RESOURCE).await?)
+            Some(
+                self.tokens
+                    .access_token(connection, self.tokens.graph_resource())
+                    .await?,
+            )
         };
         let permit = self
             .limits
@@ -226,7 +235,13 @@ impl GraphClient {
             .await;
         metrics::histogram!(names::GRAPH_LIMITER_WAIT, "family" => request.family)
             .record(permit.waited.as_secs_f64());
-        let mut builder = self.http.request(request.method.clone(), url);
+        // A fresh id per request: Graph echoes it and logs it with its own `request-id`, the
+        // pair Microsoft support asks for (learn.microsoft.com/graph/best-practices-concept).
+        let client_request_id = uuid::Uuid::new_v4().to_string();
+        let mut builder = self
+            .http
+            .request(request.method.clone(), url)
+            .header("client-request-id", &client_request_id);
         if let Some(token) = &token {
             builder = builder.bearer_auth(token.expose());
         }
@@ -251,6 +266,12 @@ impl GraphClient {
                     "connection_error"
                 };
                 metrics::counter!(names::GRAPH_REQUESTS, "family" => request.family, "status" => detail).increment(1);
+                tracing::info!(
+                    family = request.family,
+                    status = detail,
+                    client_request_id,
+                    "Graph request failed before an answer"
+                );
                 return Err(GraphError::Transient {
                     detail: detail.into(),
                     retry_after: backoff(1, BACKOFF_BASE, BACKOFF_CAP),
@@ -260,6 +281,11 @@ impl GraphClient {
         drop(permit);
         let status = response.status();
         metrics::counter!(names::GRAPH_REQUESTS, "family" => request.family, "status" => status.as_u16().to_string()).increment(1);
+        let response_request_id = response
+            .headers()
+            .get("request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let retry_after = response
             .headers()
             .get(reqwest::header::RETRY_AFTER)
@@ -279,6 +305,27 @@ impl GraphClient {
             return Ok(body);
         }
         let code = graph_code(&body);
+        let request_id = response_request_id.as_deref().unwrap_or("-");
+        if matches!(status, StatusCode::NOT_FOUND | StatusCode::CONFLICT) {
+            // Usually an answer the caller expects (gone, exists already).
+            tracing::debug!(
+                family = request.family,
+                status = status.as_u16(),
+                code,
+                client_request_id,
+                request_id,
+                "Graph answered"
+            );
+        } else {
+            tracing::info!(
+                family = request.family,
+                status = status.as_u16(),
+                code,
+                client_request_id,
+                request_id,
+                "Graph request failed"
+            );
+        }
         Err(match status {
             StatusCode::TOO_MANY_REQUESTS => {
                 let retry_after =

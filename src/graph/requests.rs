@@ -18,6 +18,16 @@ pub enum DriveOwner {
 
 /// `value` as one path segment: everything but RFC 3986 unreserved characters
 /// percent-encoded (form encoding would turn a space into a literal `+` in a path).
+/// The path of a user: `/users/{id or UPN}`, or `/me` for the signed-in user of a delegated
+/// connection (Graph's resource paths say `me`; `/users/me` is not a user).
+fn user_root(user: &str) -> String {
+    if user.eq_ignore_ascii_case("me") {
+        "/me".to_string()
+    } else {
+        format!("/users/{}", segment(user))
+    }
+}
+
 fn segment(value: &str) -> String {
     let mut encoded = String::with_capacity(value.len());
     for byte in value.bytes() {
@@ -71,7 +81,7 @@ impl GraphClient {
             connection,
             &GraphRequest::new(
                 Method::GET,
-                format!("/users/{}/messages/{}", segment(user), segment(message_id)),
+                format!("{}/messages/{}", user_root(user), segment(message_id)),
                 "mail",
             )
             .query("$select", select)
@@ -94,7 +104,7 @@ impl GraphClient {
             connection,
             &GraphRequest::new(
                 Method::GET,
-                format!("/users/{}/events/{}", segment(user), segment(event_id)),
+                format!("{}/events/{}", user_root(user), segment(event_id)),
                 "calendar",
             )
             .mailbox(user),
@@ -113,7 +123,7 @@ impl GraphClient {
         owner: &DriveOwner,
     ) -> Result<Value, GraphError> {
         let path = match owner {
-            DriveOwner::User(user) => format!("/users/{}/drive/root", segment(user)),
+            DriveOwner::User(user) => format!("{}/drive/root", user_root(user)),
             DriveOwner::Drive(drive) => format!("/drives/{}/root", segment(drive)),
         };
         self.send(connection, &GraphRequest::new(Method::GET, path, "drive"))
@@ -132,8 +142,7 @@ impl GraphClient {
     ) -> Result<Value, GraphError> {
         self.send(
             connection,
-            &GraphRequest::new(Method::PATCH, format!("/users/{}", segment(user)), "users")
-                .json(changes.clone()),
+            &GraphRequest::new(Method::PATCH, user_root(user), "users").json(changes.clone()),
         )
         .await
     }
@@ -145,7 +154,7 @@ impl GraphClient {
     pub async fn delete_user(&self, connection: &Connection, user: &str) -> Result<(), GraphError> {
         self.send(
             connection,
-            &GraphRequest::new(Method::DELETE, format!("/users/{}", segment(user)), "users"),
+            &GraphRequest::new(Method::DELETE, user_root(user), "users"),
         )
         .await
         .map(drop)
@@ -166,7 +175,7 @@ impl GraphClient {
             connection,
             &GraphRequest::new(
                 Method::POST,
-                format!("/users/{}/assignLicense", segment(user)),
+                format!("{}/assignLicense", user_root(user)),
                 "licenses",
             )
             .json(body),
@@ -192,8 +201,8 @@ impl GraphClient {
             &GraphRequest::new(
                 Method::POST,
                 format!(
-                    "/users/{}/mailFolders/{}/messages",
-                    segment(user),
+                    "{}/mailFolders/{}/messages",
+                    user_root(user),
                     segment(folder)
                 ),
                 "mail",
@@ -219,7 +228,7 @@ impl GraphClient {
             connection,
             &GraphRequest::new(
                 Method::POST,
-                format!("/users/{}/messages", segment(user)),
+                format!("{}/messages", user_root(user)),
                 "mail",
             )
             .json(message.clone())
@@ -242,11 +251,7 @@ impl GraphClient {
             connection,
             &GraphRequest::new(
                 Method::POST,
-                format!(
-                    "/users/{}/messages/{}/send",
-                    segment(user),
-                    segment(message_id)
-                ),
+                format!("{}/messages/{}/send", user_root(user), segment(message_id)),
                 "mail",
             )
             .mailbox(user),
@@ -303,17 +308,13 @@ impl GraphClient {
         let page = self
             .send(
                 connection,
-                &GraphRequest::new(
-                    Method::GET,
-                    format!("/users/{}/messages", segment(user)),
-                    "mail",
-                )
-                .query("$filter", filter)
-                .query(
-                    "$select",
-                    "id,from,sender,isDraft,parentFolderId,internetMessageId",
-                )
-                .mailbox(user),
+                &GraphRequest::new(Method::GET, format!("{}/messages", user_root(user)), "mail")
+                    .query("$filter", filter)
+                    .query(
+                        "$select",
+                        "id,from,sender,isDraft,parentFolderId,internetMessageId",
+                    )
+                    .mailbox(user),
             )
             .await?;
         Ok(page["value"].as_array().cloned().unwrap_or_default())
@@ -330,11 +331,13 @@ impl GraphClient {
         me: &str,
         other: &str,
     ) -> Result<Value, GraphError> {
+        // The bind names the user on this cloud's Graph (the host tokens are issued for).
+        let graph = self.graph_resource();
         let member = |user: &str| {
             json!({
                 "@odata.type": "#microsoft.graph.aadUserConversationMember",
                 "roles": ["owner"],
-                "user@odata.bind": format!("https://graph.microsoft.com/v1.0/users('{user}')"),
+                "user@odata.bind": format!("{graph}/v1.0/users('{}')", user.replace('\'', "''")),
             })
         };
         self.send(
@@ -386,8 +389,8 @@ impl GraphClient {
             &GraphRequest::new(
                 Method::POST,
                 format!(
-                    "/users/{}/chats/{}/messages/{}/softDelete",
-                    segment(user),
+                    "{}/chats/{}/messages/{}/softDelete",
+                    user_root(user),
                     segment(chat_id),
                     segment(message_id)
                 ),
@@ -412,7 +415,7 @@ impl GraphClient {
             connection,
             &GraphRequest::new(
                 Method::DELETE,
-                format!("/users/{}/messages/{}", segment(user), segment(message_id)),
+                format!("{}/messages/{}", user_root(user), segment(message_id)),
                 "mail",
             )
             .mailbox(user),
@@ -435,7 +438,7 @@ impl GraphClient {
             connection,
             &GraphRequest::new(
                 Method::POST,
-                format!("/users/{}/events", segment(user)),
+                format!("{}/events", user_root(user)),
                 "calendar",
             )
             .json(event.clone())
@@ -459,7 +462,7 @@ impl GraphClient {
             connection,
             &GraphRequest::new(
                 Method::PATCH,
-                format!("/users/{}/events/{}", segment(user), segment(event_id)),
+                format!("{}/events/{}", user_root(user), segment(event_id)),
                 "calendar",
             )
             .json(changes.clone())
@@ -483,11 +486,7 @@ impl GraphClient {
             connection,
             &GraphRequest::new(
                 Method::POST,
-                format!(
-                    "/users/{}/events/{}/cancel",
-                    segment(user),
-                    segment(event_id)
-                ),
+                format!("{}/events/{}/cancel", user_root(user), segment(event_id)),
                 "calendar",
             )
             .json(json!({ "comment": comment }))
@@ -511,7 +510,7 @@ impl GraphClient {
             connection,
             &GraphRequest::new(
                 Method::DELETE,
-                format!("/users/{}/events/{}", segment(user), segment(event_id)),
+                format!("{}/events/{}", user_root(user), segment(event_id)),
                 "calendar",
             )
             .mailbox(user),
@@ -535,7 +534,7 @@ impl GraphClient {
         content_type: &'static str,
     ) -> Result<Value, GraphError> {
         let path: Vec<String> = path.split('/').map(segment).collect();
-        let item = format!("/users/{}/drive/root:/{}:", segment(user), path.join("/"));
+        let item = format!("{}/drive/root:/{}:", user_root(user), path.join("/"));
         if content.len() <= SIMPLE_UPLOAD_MAX {
             return self
                 .send(
@@ -650,7 +649,7 @@ impl GraphClient {
             connection,
             &GraphRequest::new(
                 Method::DELETE,
-                format!("/users/{}/drive/items/{}", segment(user), segment(item_id)),
+                format!("{}/drive/items/{}", user_root(user), segment(item_id)),
                 "drive",
             ),
         )
@@ -748,7 +747,7 @@ impl GraphClient {
     pub async fn get_user(&self, connection: &Connection, user: &str) -> Result<Value, GraphError> {
         self.send(
             connection,
-            &GraphRequest::new(Method::GET, format!("/users/{}", segment(user)), "users"),
+            &GraphRequest::new(Method::GET, user_root(user), "users"),
         )
         .await
     }
@@ -851,7 +850,7 @@ impl GraphClient {
             connection,
             &GraphRequest::new(
                 Method::POST,
-                format!("/users/{}/assignLicense", segment(user)),
+                format!("{}/assignLicense", user_root(user)),
                 "licenses",
             )
             .json(body),
@@ -875,7 +874,7 @@ impl GraphClient {
             connection,
             &GraphRequest::new(
                 Method::POST,
-                format!("/users/{}/sendMail", segment(mailbox)),
+                format!("{}/sendMail", user_root(mailbox)),
                 "mail",
             )
             .mailbox(mailbox)
@@ -899,7 +898,7 @@ impl GraphClient {
                 connection,
                 &GraphRequest::new(
                     Method::GET,
-                    format!("/users/{}/messages", segment(mailbox)),
+                    format!("{}/messages", user_root(mailbox)),
                     "mail",
                 )
                 .mailbox(mailbox),
@@ -926,8 +925,8 @@ impl GraphClient {
         let request = GraphRequest::new(
             Method::GET,
             format!(
-                "/users/{}/mailFolders/{}/messages/delta",
-                segment(mailbox),
+                "{}/mailFolders/{}/messages/delta",
+                user_root(mailbox),
                 segment(folder)
             ),
             "mail",
@@ -936,6 +935,32 @@ impl GraphClient {
         .mailbox(mailbox);
         self.delta(connection, &request, delta_link, max_pages)
             .await
+    }
+
+    /// A user's messages received at or after `since` (RFC 3339, UTC), newest first, with
+    /// the stored fields, 50 a page, up to `max_pages` pages.
+    ///
+    /// # Errors
+    /// [`GraphError`].
+    pub async fn messages_received_since(
+        &self,
+        connection: &Connection,
+        mailbox: &str,
+        since: &str,
+        max_pages: usize,
+    ) -> Result<Vec<Value>, GraphError> {
+        // `$filter` and `$orderby` on the same property, as Outlook requires.
+        let request = GraphRequest::new(
+            Method::GET,
+            format!("{}/messages", user_root(mailbox)),
+            "mail",
+        )
+        .query("$select", crate::mailbox::SELECT)
+        .query("$filter", format!("receivedDateTime ge {since}"))
+        .query("$orderby", "receivedDateTime desc")
+        .query("$top", "50")
+        .mailbox(mailbox);
+        self.collect(connection, &request, max_pages).await
     }
 
     /// A user's newest messages with the stored fields, 50 a page, up to `max_pages` pages.
@@ -950,7 +975,7 @@ impl GraphClient {
     ) -> Result<Vec<Value>, GraphError> {
         let request = GraphRequest::new(
             Method::GET,
-            format!("/users/{}/messages", segment(mailbox)),
+            format!("{}/messages", user_root(mailbox)),
             "mail",
         )
         .query("$select", crate::mailbox::SELECT)

@@ -7,7 +7,6 @@ use serde::{Deserialize, Serialize};
 
 use super::{Job, JobContext, JobError};
 use crate::connections;
-use crate::identity::GRAPH_RESOURCE;
 use crate::runs;
 
 /// Check a tenant's connections.
@@ -40,7 +39,7 @@ impl Job for ConnectionCheck {
         for connection in &list {
             if let Err(err) = context
                 .tokens
-                .access_token(connection, GRAPH_RESOURCE)
+                .access_token(connection, context.tokens.graph_resource())
                 .await
             {
                 failures.push((connection.id.clone(), err.reason_code()));

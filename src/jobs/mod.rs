@@ -213,6 +213,8 @@ pub struct JobContext {
     pub graph: std::sync::Arc<crate::graph::GraphClient>,
     /// The vault keys (secrets sent to Graph, such as clientStates).
     pub keys: std::sync::Arc<crate::vault::Keyring>,
+    /// `listener.public_url`: where Graph posts (jobs that create subscriptions need it).
+    pub public_url: Option<String>,
     /// This run's attempt, from 1: above 1 an earlier attempt may have done part of the work
     /// without recording it (a crash between Graph's answer and the database).
     pub attempt: u32,

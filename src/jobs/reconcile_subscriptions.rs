@@ -44,78 +44,108 @@ fn count(result: &'static str) {
         .increment(1);
 }
 
+/// What an attempt to create a subscription at Graph came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Creation {
+    /// Graph created it and its id is recorded.
+    Created,
+    /// Another job is creating it right now.
+    InProgress,
+    /// Graph refused or failed (recorded on the row with this reason; retried later).
+    Failed(&'static str),
+    /// No `listener.public_url`: Graph would have nowhere to post.
+    NoPublicUrl,
+}
+
+/// Creates `subscription` at Graph (Graph first runs the validation handshake against the
+/// public listener) and records its id, unless another job is creating it.
+pub(crate) async fn create_subscription(
+    context: &JobContext,
+    subscription: &Subscription,
+    connection: &Connection,
+    public_url: Option<&str>,
+) -> Result<Creation, JobError> {
+    let Some(public_url) = public_url else {
+        subscriptions::record_failed(&context.store, &subscription.id, "public_url_missing")
+            .await
+            .map_err(JobError::database)?;
+        return Ok(Creation::NoPublicUrl);
+    };
+    if !subscriptions::begin_create(&context.store, &subscription.id)
+        .await
+        .map_err(JobError::database)?
+    {
+        return Ok(Creation::InProgress);
+    }
+    let client_state = subscriptions::client_state(&context.store, &context.keys, &subscription.id)
+        .await
+        .map_err(JobError::database)?;
+    let lifetime =
+        subscriptions::max_lifetime(&subscription.resource, subscription.include_resource_data);
+    let expires = now_unix() + i64::try_from(lifetime.as_secs()).unwrap_or(0);
+    let mut body = json!({
+        "changeType": subscription.change_types,
+        "notificationUrl": endpoint(public_url, "/webhooks/graph"),
+        "lifecycleNotificationUrl": endpoint(public_url, "/webhooks/graph/lifecycle"),
+        "resource": subscription.resource,
+        "expirationDateTime": rfc3339(expires),
+        "clientState": client_state.as_str(),
+    });
+    if subscription.include_resource_data {
+        // Graph encrypts each notification's resource for this certificate.
+        body["includeResourceData"] = json!(true);
+        body["encryptionCertificate"] = json!(subscription.encryption_certificate);
+        body["encryptionCertificateId"] = json!(subscription.encryption_certificate_id);
+    }
+    match context.graph.create_subscription(connection, &body).await {
+        Ok(answer) => {
+            let Some(graph_id) = answer["id"].as_str() else {
+                return Err(JobError::Retry {
+                    reason: "graph_answer_invalid",
+                    message: "Graph's new subscription has no id".into(),
+                    after: None,
+                });
+            };
+            subscriptions::record_created(
+                &context.store,
+                &subscription.id,
+                graph_id,
+                &connection.id,
+                expiry_of(&answer, expires),
+            )
+            .await
+            .map_err(JobError::database)?;
+            count("created");
+            Ok(Creation::Created)
+        }
+        Err(err) => {
+            let reason = err.reason_code();
+            tracing::warn!(subscription = %subscription.id, reason, "creating a subscription failed");
+            subscriptions::record_failed(&context.store, &subscription.id, reason)
+                .await
+                .map_err(JobError::database)?;
+            count("create_failed");
+            Ok(Creation::Failed(reason))
+        }
+    }
+}
+
 impl ReconcileSubscriptions {
+    /// Throttling and outages are retried on the next tick.
     async fn create(
         &self,
         context: &JobContext,
         subscription: &Subscription,
         connection: &Connection,
     ) -> Result<(), JobError> {
-        let Some(public_url) = self.public_url.as_deref() else {
-            subscriptions::record_failed(&context.store, &subscription.id, "public_url_missing")
-                .await
-                .map_err(JobError::database)?;
-            return Ok(());
-        };
-        if !subscriptions::begin_create(&context.store, &subscription.id)
-            .await
-            .map_err(JobError::database)?
-        {
-            return Ok(());
-        }
-        let client_state =
-            subscriptions::client_state(&context.store, &context.keys, &subscription.id)
-                .await
-                .map_err(JobError::database)?;
-        let lifetime =
-            subscriptions::max_lifetime(&subscription.resource, subscription.include_resource_data);
-        let expires = now_unix() + i64::try_from(lifetime.as_secs()).unwrap_or(0);
-        let mut body = json!({
-            "changeType": subscription.change_types,
-            "notificationUrl": endpoint(public_url, "/webhooks/graph"),
-            "lifecycleNotificationUrl": endpoint(public_url, "/webhooks/graph/lifecycle"),
-            "resource": subscription.resource,
-            "expirationDateTime": rfc3339(expires),
-            "clientState": client_state.as_str(),
-        });
-        if subscription.include_resource_data {
-            // Graph encrypts each notification's resource for this certificate.
-            body["includeResourceData"] = json!(true);
-            body["encryptionCertificate"] = json!(subscription.encryption_certificate);
-            body["encryptionCertificateId"] = json!(subscription.encryption_certificate_id);
-        }
-        match context.graph.create_subscription(connection, &body).await {
-            Ok(answer) => {
-                let Some(graph_id) = answer["id"].as_str() else {
-                    return Err(JobError::Retry {
-                        reason: "graph_answer_invalid",
-                        message: "Graph's new subscription has no id".into(),
-                        after: None,
-                    });
-                };
-                subscriptions::record_created(
-                    &context.store,
-                    &subscription.id,
-                    graph_id,
-                    &connection.id,
-                    expiry_of(&answer, expires),
-                )
-                .await
-                .map_err(JobError::database)?;
-                count("created");
-                Ok(())
-            }
-            Err(err) => {
-                let reason = err.reason_code();
-                tracing::warn!(subscription = %subscription.id, reason, "creating a subscription failed");
-                subscriptions::record_failed(&context.store, &subscription.id, reason)
-                    .await
-                    .map_err(JobError::database)?;
-                count("create_failed");
-                // Throttling and outages are retried on the next tick.
-                Ok(())
-            }
-        }
+        create_subscription(
+            context,
+            subscription,
+            connection,
+            self.public_url.as_deref(),
+        )
+        .await
+        .map(drop)
     }
 
     async fn renew(
@@ -145,11 +175,12 @@ impl ReconcileSubscriptions {
                 Ok(())
             }
             Err(GraphError::NotFound { .. }) => {
-                // Graph dropped it (expired, removed): create it again now.
+                // Graph dropped it (expired, removed): create it again now; the resync reads
+                // what changed while Graph had none once it exists (it creates it itself if
+                // this attempt failed).
                 super::graph_lifecycle::lost_at_graph(context, subscription).await?;
                 count("recreated");
                 self.create(context, subscription, connection).await?;
-                // Changes while Graph had no subscription were never notified.
                 super::graph_lifecycle::enqueue_resync(context, subscription).await
             }
             Err(err) => {

@@ -1,15 +1,21 @@
 //! `resync_subscription`: brings tenantd's copy of a subscription's resource up to date when
 //! Graph may have dropped notifications: a `missed` lifecycle event, `subscriptionRemoved`,
-//! or a subscription Graph lost (404 on renewal). A mail folder
+//! or a subscription Graph lost (404 on renewal). A subscription Graph no longer has is
+//! created again first, and only then is the resource read: a change between the read and
+//! the new subscription would otherwise be seen by neither. A mail folder
 //! (`users/{id}/mailFolders/{folder}/messages`) is read with a delta query from where the last
 //! resync stopped, its removed messages marked deleted; all of a user's mail
-//! (`users/{id}/messages`, which has no delta query) by reading the newest messages again.
+//! (`users/{id}/messages`, which has no delta query) from the last known point: every message
+//! received since the newest one stored (less a margin), or the newest messages when none is.
 //! Other resources store nothing yet, so there is nothing to bring up to date. Sources:
-//! graph-protocol.md §1.3 and §1.7, learn.microsoft.com/graph/api/message-delta.
+//! graph-protocol.md §1.3 and §1.7, learn.microsoft.com/graph/api/message-delta,
+//! concepts/change-notifications-lifecycle-events.md ("subscriptionRemoved": create a new
+//! subscription, then resync).
 
 use serde::{Deserialize, Serialize};
 
 use super::{Job, JobContext, JobError};
+use crate::graph::resources::GraphResource;
 use crate::graph::GraphError;
 use crate::mailbox::{self, StoredMessage};
 use crate::metrics::names;
@@ -18,6 +24,13 @@ use crate::subscriptions;
 /// Pages of a delta query or listing read in one run (a longer resync continues from its
 /// delta link next time).
 const MAX_PAGES: usize = 50;
+
+/// How far before the newest stored message an all-mail resync starts reading (mail can be
+/// stamped a little before it shows up in the mailbox).
+const RESYNC_MARGIN_SECONDS: i64 = 15 * 60;
+
+/// How soon a resync looks again when another job is creating the subscription.
+const RECREATING_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Resynchronize one subscription's resource.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -39,38 +52,16 @@ enum Target {
     Other,
 }
 
-/// `users/{u}/mailFolders('Inbox')/messages`, `users/{u}/mailFolders/inbox/messages` (query
-/// ignored) or `users/{u}/messages`.
+/// What a subscription's resource is, read by the one resource grammar: a mail folder
+/// (`users/{u}/mailFolders('Inbox')/messages`, any case, a query ignored), all of a user's
+/// mail (`users/{u}/messages`, `me/messages`), or anything else.
 fn target(resource: &str) -> Target {
-    let path = resource
-        .split('?')
-        .next()
-        .unwrap_or_default()
-        .trim_matches('/');
-    let parts: Vec<&str> = path.split('/').collect();
-    let lower: Vec<String> = parts.iter().map(|p| p.to_ascii_lowercase()).collect();
-    match lower
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .as_slice()
-    {
-        ["users", _, "messages"] => Target::AllMail {
-            user: parts[1].to_string(),
-        },
-        ["users", _, "mailfolders", _, "messages"] => Target::Folder {
-            user: parts[1].to_string(),
-            folder: parts[3].to_string(),
-        },
-        [users, _, folder, "messages"]
-            if *users == "users" && folder.starts_with("mailfolders(") && folder.ends_with(')') =>
-        {
-            let inner = &parts[2]["mailFolders(".len()..parts[2].len() - 1];
-            Target::Folder {
-                user: parts[1].to_string(),
-                folder: inner.trim_matches('\'').to_string(),
-            }
-        }
+    match GraphResource::parse(resource) {
+        Some(GraphResource::Mail {
+            user,
+            folder: Some(folder),
+        }) => Target::Folder { user, folder },
+        Some(GraphResource::Mail { user, folder: None }) => Target::AllMail { user },
         _ => Target::Other,
     }
 }
@@ -98,6 +89,12 @@ impl Job for ResyncSubscription {
         else {
             return Ok(());
         };
+        if !subscription.wanted {
+            return Ok(());
+        }
+        if subscription.graph_id.is_none() {
+            recreate(&context, &subscription).await?;
+        }
         let target = target(&subscription.resource);
         let user = match &target {
             Target::Other => {
@@ -121,14 +118,28 @@ impl Job for ResyncSubscription {
                 )
                 .await
                 .map_err(GraphError::into_job_error)?,
-            _ => (
-                context
-                    .graph
-                    .newest_messages(&connection, &user, 10)
-                    .await
-                    .map_err(GraphError::into_job_error)?,
-                None,
-            ),
+            _ => {
+                let since =
+                    mailbox::newest_received(&context.store, &self.tenant_id, &subscription.id)
+                        .await
+                        .map_err(JobError::database)?
+                        .and_then(|at| chrono::DateTime::parse_from_rfc3339(&at).ok())
+                        .map(|at| {
+                            (at - chrono::Duration::seconds(RESYNC_MARGIN_SECONDS))
+                                .with_timezone(&chrono::Utc)
+                                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                        });
+                let messages = match since {
+                    Some(since) => {
+                        context
+                            .graph
+                            .messages_received_since(&connection, &user, &since, MAX_PAGES)
+                            .await
+                    }
+                    None => context.graph.newest_messages(&connection, &user, 10).await,
+                };
+                (messages.map_err(GraphError::into_job_error)?, None)
+            }
         };
         let (mut stored, mut removed) = (0u64, 0u64);
         for item in &items {
@@ -160,6 +171,42 @@ impl Job for ResyncSubscription {
         tracing::info!(subscription = %subscription.id, stored, removed, "resource resynchronized");
         count("resynced");
         Ok(())
+    }
+}
+
+/// Creates the subscription again at Graph before anything is read (see the module's note).
+async fn recreate(
+    context: &JobContext,
+    subscription: &subscriptions::Subscription,
+) -> Result<(), JobError> {
+    use super::reconcile_subscriptions::{create_subscription, Creation};
+    let connection = super::job_connection(&context.store, subscription).await?;
+    match create_subscription(
+        context,
+        subscription,
+        &connection,
+        context.public_url.as_deref(),
+    )
+    .await?
+    {
+        Creation::Created => {
+            tracing::info!(subscription = %subscription.id, "subscription created again; reading what changed meanwhile");
+            Ok(())
+        }
+        Creation::InProgress => Err(JobError::Retry {
+            reason: "subscription_recreating",
+            message: "another job is creating the subscription again; the resync reads once it exists".into(),
+            after: Some(RECREATING_RETRY),
+        }),
+        Creation::Failed(reason) => Err(JobError::Retry {
+            reason,
+            message: "the subscription could not be created again yet; the resync reads once it exists".into(),
+            after: None,
+        }),
+        Creation::NoPublicUrl => Err(JobError::Permanent {
+            reason: "public_url_missing",
+            message: "listener.public_url is not set, so the subscription cannot be created again; set it and retry this job".into(),
+        }),
     }
 }
 

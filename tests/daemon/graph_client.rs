@@ -386,6 +386,7 @@ async fn a_notified_message_is_fetched_and_stored_once_and_a_delete_marks_it(db:
     .unwrap();
     let context = tenantd::jobs::JobContext {
         attempt: 1,
+        public_url: None,
         graph: client.clone(),
         ..crate::helpers::job_context(&store, env.tokens.clone())
     };

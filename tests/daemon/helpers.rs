@@ -259,6 +259,8 @@ pub(crate) fn public_listener_on_free_port(config: &mut Config) -> String {
     let public_url = format!("http://127.0.0.1:{port}");
     config.listener.bind = format!("127.0.0.1:{port}").parse().unwrap();
     config.listener.public_url = Some(url::Url::parse(&public_url).unwrap());
+    // The emulator posts to the loopback listener over plain http.
+    config.listener.allow_http_public_url = true;
     public_url
 }
 
@@ -790,6 +792,7 @@ pub(crate) fn job_context(
 ) -> tenantd::jobs::JobContext {
     tenantd::jobs::JobContext {
         attempt: 1,
+        public_url: None,
         store: store.clone(),
         queue: tenantd::queue::Queue::new(store.clone()),
         graph: Arc::new(tenantd::graph::GraphClient::new(

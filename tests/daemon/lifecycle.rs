@@ -2,7 +2,8 @@
 //! lifecycle URL as Graph does, the daemon answers each: `missed` → a delta resync of the
 //! folder (mail that arrived unnotified is stored, mail deleted unnotified is marked, the
 //! next resync starts from the delta link); `reauthorizationRequired` → reauthorized at
-//! Graph; `subscriptionRemoved` → created again (a new Graph id) and resynced.
+//! Graph; `subscriptionRemoved` → created again (a new Graph id) before the resync reads
+//! what changed meanwhile, from the last known point.
 
 use serde_json::json;
 
@@ -30,6 +31,10 @@ fn in_mailbox<T>(live: &Live, change: impl FnOnce(&mut graph_emulator::world::Ma
 }
 
 fn unnotified_message(live: &Live, subject: &str) -> String {
+    unnotified_message_at(live, subject, "2026-12-01T10:00:00Z")
+}
+
+fn unnotified_message_at(live: &Live, subject: &str, received: &str) -> String {
     in_mailbox(live, |mailbox| {
         let inbox = mailbox.folder("inbox").unwrap().id.clone();
         let id = format!("AAMkUnnotified{}", subject.replace(' ', ""));
@@ -38,7 +43,7 @@ fn unnotified_message(live: &Live, subject: &str) -> String {
             "id": id,
             "subject": subject,
             "parentFolderId": inbox,
-            "receivedDateTime": "2026-12-01T10:00:00Z",
+            "receivedDateTime": received,
             "internetMessageId": format!("<{id}@contoso.onmicrosoft.com>"),
             "conversationId": "AAQkConversation",
             "bodyPreview": "sent while notifications were lost",
@@ -144,22 +149,9 @@ async fn every_lifecycle_event_is_handled(db: TestDb) {
         "reauthorized at Graph"
     );
 
-    // subscriptionRemoved: marked removed, created again by reconcile with a new Graph id.
+    // subscriptionRemoved: created again with a new Graph id by the resync, without waiting
+    // for the next reconcile.
     lifecycle(&live, &live.graph_id, "subscriptionRemoved").await;
-    eventually(
-        &db,
-        "SELECT id FROM subscriptions WHERE status = 'removed' AND graph_id IS NULL",
-    )
-    .await;
-    let store = db.store().await;
-    tenantd::jobs::enqueue(
-        &tenantd::queue::Queue::new(store),
-        &tenantd::jobs::reconcile_subscriptions::ReconcileSubscriptions {
-            public_url: Some(live.public_url.clone()),
-        },
-    )
-    .await
-    .unwrap();
     let recreated = eventually(
         &db,
         &format!(
@@ -172,4 +164,89 @@ async fn every_lifecycle_event_is_handled(db: TestDb) {
     live.app.stop().await.unwrap();
 }
 
-on_both_backends!(every_lifecycle_event_is_handled);
+/// concepts/change-notifications-lifecycle-events.md: after `subscriptionRemoved`, create a
+/// new subscription, then resync. The new subscription exists before the resource is read
+/// (so a change in between is seen by one or the other), and the read starts from the last
+/// known point: mail received since the newest stored message, not the whole mailbox.
+async fn a_removed_subscription_is_created_again_before_the_resync_reads(db: TestDb) {
+    let live = live_with(&db, "messages", false).await;
+    crate::webhooks::send_mail(
+        &live.emulator,
+        &live.client_id,
+        &live.secret,
+        &live.user_id,
+        "Before the removal",
+    )
+    .await;
+    eventually(
+        &db,
+        "SELECT subject FROM messages WHERE subject = 'Before the removal'",
+    )
+    .await;
+    let now = graph_emulator::clock::now();
+    // Mail Graph never notified: one from long before the last known point (the old
+    // subscription would have told), one while Graph had no subscription.
+    unnotified_message_at(
+        &live,
+        "Long before",
+        &graph_emulator::clock::graph(now - time::Duration::days(2)),
+    );
+    unnotified_message_at(&live, "In the gap", &graph_emulator::clock::graph(now));
+    live.emulator.shared().throttle.clear_requests();
+    lifecycle(&live, &live.graph_id, "subscriptionRemoved").await;
+    eventually(
+        &db,
+        "SELECT subject FROM messages WHERE deleted = 0 AND subject = 'In the gap'",
+    )
+    .await;
+    let active = db
+        .strings(
+            "SELECT graph_id FROM subscriptions WHERE status = 'active' AND graph_id IS NOT NULL",
+        )
+        .await;
+    assert_eq!(active.len(), 1);
+    assert_ne!(active[0], live.graph_id, "a new subscription at Graph");
+    let requests = live.emulator.shared().throttle.requests();
+    let created = requests
+        .iter()
+        .position(|r| r.method == "POST" && r.path.ends_with("/subscriptions"))
+        .expect("the subscription was created again");
+    let read = requests
+        .iter()
+        .position(|r| {
+            r.method == "GET"
+                && r.path
+                    .ends_with(&format!("/users/{}/messages", live.user_id))
+        })
+        .expect("the mailbox was read");
+    assert!(
+        created < read,
+        "created again (request {created}) before the resync read (request {read})"
+    );
+    assert!(
+        db.strings("SELECT subject FROM messages WHERE subject = 'Long before'")
+            .await
+            .is_empty(),
+        "the resync read from the last known point, not the whole mailbox"
+    );
+    // And the new subscription delivers.
+    crate::webhooks::send_mail(
+        &live.emulator,
+        &live.client_id,
+        &live.secret,
+        &live.user_id,
+        "After the removal",
+    )
+    .await;
+    eventually(
+        &db,
+        "SELECT subject FROM messages WHERE subject = 'After the removal'",
+    )
+    .await;
+    live.app.stop().await.unwrap();
+}
+
+on_both_backends!(
+    every_lifecycle_event_is_handled,
+    a_removed_subscription_is_created_again_before_the_resync_reads
+);

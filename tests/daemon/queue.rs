@@ -407,6 +407,7 @@ mod workers {
             registry: Arc::new(registry),
             context: tenantd::jobs::JobContext {
                 attempt: 1,
+                public_url: None,
                 queue: queue.clone(),
                 ..crate::helpers::job_context(&store, tokens)
             },

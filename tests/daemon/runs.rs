@@ -147,6 +147,7 @@ async fn the_connection_check_runs_on_the_workers_and_records_its_outcome(db: Te
         registry: Arc::new(Registry::standard()),
         context: tenantd::jobs::JobContext {
             attempt: 1,
+            public_url: None,
             queue: queue.clone(),
             ..crate::helpers::job_context(&store, tokens)
         },
