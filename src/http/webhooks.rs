@@ -598,6 +598,31 @@ fn content_hash(item: &Notification, change_type: &str) -> String {
 mod tests {
     use super::*;
 
+    /// 500 refusals in a minute are one line (with 1), the first after the minute says how
+    /// many came since; reasons are limited apart.
+    #[tokio::test(start_paused = true)]
+    async fn refusals_are_logged_once_per_reason_per_interval_with_their_count() {
+        let log = RefusalLog::default();
+        let logged: Vec<u64> = (0..500)
+            .filter_map(|_| log.note("unknown_subscription"))
+            .collect();
+        assert_eq!(logged, [1]);
+        assert_eq!(
+            log.note("client_state_mismatch"),
+            Some(1),
+            "another reason is its own"
+        );
+        tokio::time::advance(REFUSAL_LOG_INTERVAL - std::time::Duration::from_millis(1)).await;
+        assert_eq!(log.note("unknown_subscription"), None);
+        tokio::time::advance(std::time::Duration::from_millis(1)).await;
+        assert_eq!(
+            log.note("unknown_subscription"),
+            Some(501),
+            "the 499 held back, the one before the minute was up, and this one"
+        );
+        assert_eq!(log.note("unknown_subscription"), None);
+    }
+
     #[test]
     fn secrets_compare_equal_only_when_equal() {
         assert!(same_secret(b"abc", b"abc"));

@@ -12,7 +12,67 @@ crate::on_both_backends!(
     sigterm_stops_the_daemon_cleanly_with_exit_code_zero_within_the_grace_period,
     migrate_applies_once_then_reports_up_to_date,
     healthcheck_exits_zero_when_ready_and_one_when_not,
+    a_flood_of_forged_notifications_is_one_log_line_and_exact_metrics,
 );
+
+/// 500 forged posts (well-formed, naming a subscription tenantd never made): each is answered
+/// 202 and queues nothing (docs/decisions/0011-webhook-answers.md), the metrics count all 500,
+/// and the log has one line for them, with the count, not 500.
+async fn a_flood_of_forged_notifications_is_one_log_line_and_exact_metrics(db: TestDb) {
+    let mut command = tenantd_command();
+    command.env("TENANTD_DATABASE__URL", db.url());
+    let daemon = Daemon::run(command);
+    let (admin, public) = daemon.wait_until_running();
+    let client = reqwest::Client::new();
+    let forged = serde_json::json!({"value": [{
+        "subscriptionId": "9d8c7b6a-5f4e-4d3c-8b2a-1f0e9d8c7b6a",
+        "subscriptionExpirationDateTime": "2030-01-01T00:00:00Z",
+        "clientState": "guess",
+        "changeType": "created",
+        "resource": "users/u1/messages/m1",
+        "tenantId": "84bd8158-6d4d-4958-8b9f-9d6445542f95",
+    }]})
+    .to_string();
+    for _ in 0..500 {
+        let answer = client
+            .post(format!("http://{public}/webhooks/graph"))
+            .header("content-type", "application/json")
+            .body(forged.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 202);
+    }
+    let metrics = client
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let counted = metrics
+        .lines()
+        .find(|line| {
+            line.starts_with("tenantd_webhook_items_total{")
+                && line.contains("endpoint=\"notifications\"")
+                && line.contains("outcome=\"unknown_subscription\"")
+        })
+        .unwrap_or_else(|| panic!("no unknown_subscription series in:\n{metrics}"));
+    assert!(counted.ends_with(" 500"), "{counted}");
+    assert_eq!(
+        daemon.count_logs("notification items dropped"),
+        1,
+        "one line for the flood:\n{}",
+        daemon.output()
+    );
+    let line = daemon.wait_for_log("notification items dropped", Duration::from_secs(1));
+    assert_eq!(line["reason"], "unknown_subscription");
+    let queued = db
+        .strings("SELECT CAST(count(*) AS TEXT) FROM jobs WHERE kind = 'graph_notification'")
+        .await;
+    assert_eq!(queued, ["0"], "nothing queued");
+}
 
 async fn sigterm_stops_the_daemon_cleanly_with_exit_code_zero_within_the_grace_period(db: TestDb) {
     let mut command = tenantd_command();
