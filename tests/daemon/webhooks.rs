@@ -342,8 +342,9 @@ fn outlook_item(graph_id: &str, client_state: &str, fields: serde_json::Value) -
 /// - no `tenantId` (OneDrive's notifications and older Outlook payloads carry none:
 ///   concepts/outlook-change-notifications-overview.md has none on its samples): the
 ///   subscription's tenant, proved by the clientState;
-/// - `Created`/`Deleted` (the same document writes the change types capitalised);
-/// and an item whose `tenantId` is another tenant's is refused.
+/// - `Created`/`Deleted` (the same document writes the change types capitalised).
+///
+/// An item whose `tenantId` is another tenant's is refused.
 async fn graphs_variants_of_an_item_are_accepted_as_one_form(db: TestDb) {
     let env = env(db).await;
     let graph_id = "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9";
