@@ -1263,6 +1263,133 @@ mod tests {
         });
     }
 
+    /// learn.microsoft.com/graph/deployments: each cloud's identity authority and Graph root;
+    /// .../graph/sdks/national-clouds: the token audience is the national Graph host.
+    #[test]
+    fn a_cloud_sets_authority_graph_host_and_token_audience_together() {
+        Jail::expect_with(|jail| {
+            for (cloud, graph, authority) in [
+                (
+                    "global",
+                    "https://graph.microsoft.com",
+                    "https://login.microsoftonline.com/",
+                ),
+                (
+                    "usgov",
+                    "https://graph.microsoft.us",
+                    "https://login.microsoftonline.us/",
+                ),
+                (
+                    "usgov-dod",
+                    "https://dod-graph.microsoft.us",
+                    "https://login.microsoftonline.us/",
+                ),
+                (
+                    "china",
+                    "https://microsoftgraph.chinacloudapi.cn",
+                    "https://login.chinacloudapi.cn/",
+                ),
+            ] {
+                jail.set_env("TENANTD_GRAPH__CLOUD", cloud);
+                let config = load(None, &[]).unwrap().config;
+                assert_eq!(
+                    config.graph.base_url.as_str(),
+                    format!("{graph}/v1.0"),
+                    "{cloud}"
+                );
+                assert_eq!(config.identity.authority.as_str(), authority, "{cloud}");
+                assert_eq!(config.graph.token_resource(), graph, "{cloud}");
+            }
+            // Explicit URLs win; a proxy in front of Graph keeps the cloud's audience, and a
+            // Graph host names its own.
+            jail.set_env("TENANTD_GRAPH__CLOUD", "usgov");
+            jail.set_env(
+                "TENANTD_GRAPH__BASE_URL",
+                "https://graph-proxy.internal/v1.0",
+            );
+            jail.set_env(
+                "TENANTD_IDENTITY__AUTHORITY",
+                "https://login-proxy.internal",
+            );
+            let config = load(None, &[]).unwrap().config;
+            assert_eq!(
+                config.graph.base_url.as_str(),
+                "https://graph-proxy.internal/v1.0"
+            );
+            assert_eq!(
+                config.identity.authority.as_str(),
+                "https://login-proxy.internal/"
+            );
+            assert_eq!(config.graph.token_resource(), "https://graph.microsoft.us");
+            jail.set_env(
+                "TENANTD_GRAPH__BASE_URL",
+                "https://dod-graph.microsoft.us/v1.0",
+            );
+            jail.set_env("TENANTD_GRAPH__CLOUD", "usgov-dod");
+            let config = load(None, &[]).unwrap().config;
+            assert_eq!(
+                config.graph.token_resource(),
+                "https://dod-graph.microsoft.us"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_graph_host_or_authority_of_another_cloud_names_the_key_and_the_fix() {
+        Jail::expect_with(|jail| {
+            jail.set_env("TENANTD_GRAPH__BASE_URL", "https://graph.microsoft.us/v1.0");
+            let err = load(None, &[]).unwrap_err().to_string();
+            assert!(err.contains("graph.base_url"), "{err}");
+            assert!(
+                err.contains("`usgov` cloud but graph.cloud is `global`"),
+                "{err}"
+            );
+            assert!(err.contains("set graph.cloud"), "{err}");
+            jail.set_env("TENANTD_GRAPH__CLOUD", "usgov");
+            jail.set_env(
+                "TENANTD_IDENTITY__AUTHORITY",
+                "https://login.chinacloudapi.cn",
+            );
+            let err = load(None, &[]).unwrap_err().to_string();
+            assert!(err.contains("identity.authority"), "{err}");
+            assert!(!err.contains("graph.base_url"), "{err}");
+            jail.set_env("TENANTD_GRAPH__CLOUD", "mars");
+            let err = load(None, &[]).unwrap_err().to_string();
+            assert!(err.contains("graph.cloud"), "{err}");
+            assert!(err.contains("usgov-dod"), "the accepted values: {err}");
+            Ok(())
+        });
+    }
+
+    /// concepts/change-notifications-delivery-webhooks.md: the endpoint must be HTTPS.
+    #[test]
+    fn an_http_public_url_is_refused_unless_allowed() {
+        Jail::expect_with(|jail| {
+            jail.set_env("TENANTD_LISTENER__PUBLIC_URL", "http://tenantd.example.com");
+            let err = load(None, &[]).unwrap_err().to_string();
+            assert!(err.contains("listener.public_url"), "{err}");
+            assert!(
+                err.contains("only posts notifications to https://"),
+                "{err}"
+            );
+            assert!(err.contains("allow_http_public_url"), "the fix: {err}");
+            jail.set_env("TENANTD_LISTENER__ALLOW_HTTP_PUBLIC_URL", "true");
+            assert!(load(None, &[]).is_ok());
+            jail.set_env("TENANTD_LISTENER__ALLOW_HTTP_PUBLIC_URL", "false");
+            jail.set_env(
+                "TENANTD_LISTENER__PUBLIC_URL",
+                "https://tenantd.example.com",
+            );
+            assert!(load(None, &[]).is_ok());
+            // The demo's switch arrives as a flag.
+            jail.set_env("TENANTD_LISTENER__PUBLIC_URL", "http://127.0.0.1:8080");
+            let flags = [flag("listener.allow_http_public_url", "demo", "true")];
+            assert!(load(None, &flags).is_ok());
+            Ok(())
+        });
+    }
+
     #[test]
     fn layers_override_in_order_file_then_env_then_flags() {
         Jail::expect_with(|jail| {
@@ -1590,7 +1717,7 @@ mod tests {
             "the example's values are the defaults"
         );
         // Optional keys have no default, so the example shows them commented out.
-        for optional in ["url_file", "public_url"] {
+        for optional in ["url_file", "public_url", "base_url", "authority"] {
             assert!(
                 example.contains(&format!("# {optional} = ")),
                 "{optional} undocumented"

@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod clouds;
 mod connections;
 mod delegated;
 mod graph_client;

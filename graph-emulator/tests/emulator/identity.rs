@@ -545,3 +545,88 @@ async fn a_disabled_user_gets_no_tokens() {
         .assert_status(400);
     assert_eq!(refused.aadsts(), 50057);
 }
+
+/// Standing in for a national cloud (learn.microsoft.com/graph/deployments), the identity
+/// platform issues Graph tokens only for that cloud's Graph (`https://graph.microsoft.us`
+/// here; the global resource is unknown there: AADSTS500011) and Graph accepts only that
+/// audience (a global token gets 401).
+#[tokio::test]
+async fn a_national_cloud_issues_and_accepts_only_its_own_graph_audience() {
+    let env = Env::standard().await;
+    let global_token = env.app_token().await;
+    let settings = graph_emulator::Settings {
+        cloud: graph_emulator::world::Cloud::Usgov,
+        ..env.emulator.shared().settings()
+    };
+    env.emulator.shared().set_settings(settings);
+    let client = |scope: &'static str| {
+        let env = &env;
+        async move {
+            env.token_form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", &env.client_id),
+                ("client_secret", &env.client_secret),
+                ("scope", scope),
+            ])
+            .await
+        }
+    };
+    let refused = client("https://graph.microsoft.com/.default")
+        .await
+        .assert_status(400);
+    assert!(
+        refused.json["error_description"]
+            .as_str()
+            .unwrap()
+            .starts_with("AADSTS500011:"),
+        "{}",
+        refused.json
+    );
+    let issued = client("https://graph.microsoft.us/.default")
+        .await
+        .assert_status(200);
+    let token = issued.json["access_token"].as_str().unwrap().to_string();
+    assert_eq!(
+        graph_emulator::jwt::decode_claims(&token).unwrap()["aud"],
+        "https://graph.microsoft.us"
+    );
+    env.get("/users", &token).await.assert_status(200);
+    let wrong = env.get("/users", &global_token).await.assert_status(401);
+    assert_eq!(wrong.json["error"]["code"], "InvalidAuthenticationToken");
+}
+
+/// Every Graph answer carries a `request-id` and echoes the caller's `client-request-id`
+/// (learn.microsoft.com/graph/best-practices-concept#reliability-and-support), and the
+/// request log keeps both.
+#[tokio::test]
+async fn graph_answers_carry_request_ids() {
+    let env = Env::standard().await;
+    let token = env.app_token().await;
+    let answer = env
+        .http
+        .get(format!("{}/users", env.emulator.graph_url()))
+        .bearer_auth(&token)
+        .header("client-request-id", "6c1f7b4a-0d2e-4f55-9a61-2b3c4d5e6f70")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(
+        answer.headers()["client-request-id"],
+        "6c1f7b4a-0d2e-4f55-9a61-2b3c4d5e6f70"
+    );
+    let request_id = answer.headers()["request-id"].to_str().unwrap().to_string();
+    let logged = env
+        .emulator
+        .shared()
+        .throttle
+        .requests()
+        .into_iter()
+        .find(|r| r.path == "/v1.0/users")
+        .unwrap();
+    assert_eq!(logged.request_id, request_id);
+    assert_eq!(
+        logged.client_request_id.as_deref(),
+        Some("6c1f7b4a-0d2e-4f55-9a61-2b3c4d5e6f70")
+    );
+}

@@ -611,3 +611,107 @@ async fn rich_notifications_carry_the_resource_encrypted_and_signed_tokens() {
     )
     .expect("signed by the published key");
 }
+
+/// Outlook notifications take every form Microsoft documents, in turns: sample 01's
+/// `users/{id}@{tenant}/messages/{id}` with a notification `id`
+/// (concepts/change-notifications-delivery-webhooks.md), then `Users/{id}/Messages/{id}` and
+/// the rich form `Users('{id}')/messages('{id}')` without one
+/// (concepts/outlook-change-notifications-overview.md). A subscription with `$filter` gets
+/// `Created` as that document writes it. OneDrive items carry no `tenantId`.
+#[tokio::test]
+async fn notifications_take_every_documented_form() {
+    let env = Env::standard().await;
+    let adele = env.user("adele", true).await;
+    let token = env.app_token().await;
+    let receiver = Receiver::start(Handshake::Correct).await;
+    subscribe(&env, &token, json!({"changeType": "created", "notificationUrl": receiver.url(), "resource": format!("users/{adele}/messages"), "expirationDateTime": in_minutes(600), "clientState": "secretClientValue"})).await.assert_status(201);
+    let mut seen = Vec::new();
+    for n in 0..3 {
+        let created = env
+            .post(
+                &format!("/users/{adele}/messages"),
+                &token,
+                json!({"subject": format!("form {n}")}),
+            )
+            .await
+            .assert_status(201);
+        let id = created.json["id"].as_str().unwrap().to_string();
+        let body = receiver.next().await;
+        let item = body["value"][0].clone();
+        assert_eq!(item["tenantId"], crate::helpers::TENANT);
+        assert_eq!(item["changeType"], "created");
+        assert_eq!(item["resourceData"]["id"], id.as_str());
+        seen.push((item, id));
+    }
+    let (first, id) = &seen[0];
+    assert_eq!(
+        first["resource"],
+        format!("users/{adele}@{}/messages/{id}", crate::helpers::TENANT)
+    );
+    assert!(
+        first["id"].is_string(),
+        "sample 01 carries a notification id"
+    );
+    let (second, id) = &seen[1];
+    assert_eq!(second["resource"], format!("Users/{adele}/Messages/{id}"));
+    assert!(second.get("id").is_none());
+    let (third, id) = &seen[2];
+    assert_eq!(
+        third["resource"],
+        format!("Users('{adele}')/messages('{id}')")
+    );
+
+    // `$filter` subscription: the capitalised change type.
+    let filtered = Receiver::start(Handshake::Correct).await;
+    subscribe(&env, &token, json!({"changeType": "created", "notificationUrl": filtered.url(), "resource": format!("users/{adele}/messages?$filter=importance eq 'high'"), "expirationDateTime": in_minutes(600), "clientState": "secretClientValue"})).await.assert_status(201);
+    env.post(
+        &format!("/users/{adele}/messages"),
+        &token,
+        json!({"subject": "filtered"}),
+    )
+    .await
+    .assert_status(201);
+    assert_eq!(filtered.next().await["value"][0]["changeType"], "Created");
+
+    // OneDrive: no tenantId on the item.
+    let drive = Receiver::start(Handshake::Correct).await;
+    subscribe(&env, &token, json!({"changeType": "updated", "notificationUrl": drive.url(), "resource": format!("users/{adele}/drive/root"), "expirationDateTime": in_minutes(600), "clientState": "secretClientValue"})).await.assert_status(201);
+    let put = env
+        .http
+        .put(format!(
+            "{}/users/{adele}/drive/root:/notes.txt:/content",
+            env.emulator.graph_url()
+        ))
+        .bearer_auth(&token)
+        .body("notes")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 201);
+    let item = drive.next().await["value"][0].clone();
+    assert!(item.get("tenantId").is_none(), "{item}");
+    assert_eq!(item["changeType"], "updated");
+}
+
+/// `creatorId` is the service principal's object id (a GUID) for app-only subscriptions, as
+/// in the Outlook overview's subscription responses; the app token's `oid` is the same.
+#[tokio::test]
+async fn an_app_only_subscription_is_created_by_the_apps_service_principal() {
+    let env = Env::standard().await;
+    let adele = env.user("adele", true).await;
+    let token = env.app_token().await;
+    let receiver = Receiver::start(Handshake::Correct).await;
+    let created = subscribe(&env, &token, json!({"changeType": "created", "notificationUrl": receiver.url(), "resource": format!("users/{adele}/messages"), "expirationDateTime": in_minutes(600), "clientState": "secretClientValue"})).await.assert_status(201);
+    let creator = created.json["creatorId"].as_str().unwrap().to_string();
+    assert!(uuid_like(&creator), "{creator}");
+    let claims = graph_emulator::jwt::decode_claims(&token).unwrap();
+    assert_eq!(claims["oid"], creator.as_str());
+}
+
+fn uuid_like(value: &str) -> bool {
+    value.len() == 36
+        && value.char_indices().all(|(n, c)| match n {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
