@@ -1135,19 +1135,27 @@ impl Queue {
         })
     }
 
-    /// Deletes finished jobs older than `retention`. Returns how many.
+    /// Frees the window keys whose window closed, then deletes finished jobs older than
+    /// `retention`. Returns how many were deleted.
     ///
     /// # Errors
     /// The database failed.
     pub async fn prune(&self, retention: Duration) -> Result<u64, QueueError> {
-        // Rows holding a window key stay until their window closed, whatever the retention.
+        // Freed, not kept for the retention: `jobs_window` then holds a few hours of keys,
+        // not a week of them (Graph's etags are random, so a big index costs a page a row).
+        const FREE_WINDOWS: &str = "UPDATE jobs SET window_key = NULL WHERE window_key IS NOT NULL AND created_at < $1";
+        // Rows still holding a window key stay, whatever the retention.
         const SQL: &str = "DELETE FROM jobs WHERE state IN ('succeeded', 'failed', 'dead', 'cancelled') AND finished_at < $1 \
-             AND (window_key IS NULL OR created_at < $2)";
+             AND window_key IS NULL";
         let cutoff = now_ms().saturating_sub(millis(retention));
         let window_cutoff = now_ms().saturating_sub(millis(REDELIVERY_WINDOW));
+        write_tx!(self.store, |pool| sqlx::query(FREE_WINDOWS)
+            .bind(window_cutoff)
+            .execute(pool)
+            .await?
+            .rows_affected());
         Ok(write_tx!(self.store, |pool| sqlx::query(SQL)
             .bind(cutoff)
-            .bind(window_cutoff)
             .execute(pool)
             .await?
             .rows_affected()))
