@@ -51,10 +51,10 @@ pub mod names {
     /// Histogram of time spent waiting in the client-side limits by `family`.
     pub const GRAPH_LIMITER_WAIT: &str = "tenantd_graph_limiter_wait_seconds";
     /// Counter of notification items received by `endpoint` (`notifications`, `lifecycle`)
-    /// and `outcome` (`accepted`, `duplicate`, `unknown_subscription`,
-    /// `client_state_mismatch`, `tenant_mismatch`, `malformed`, and for rich items
-    /// `validation_token_missing`, `validation_token_invalid`, `data_signature_invalid`,
-    /// `data_key_invalid`).
+    /// and `outcome` (`accepted`, `unknown_subscription`, `client_state_mismatch`,
+    /// `tenant_mismatch`, `malformed`, and for rich items `validation_token_missing`,
+    /// `validation_token_invalid` (a token of the delivery failed), `data_signature_invalid`,
+    /// `data_key_invalid` and the other decryption failures). Every item is counted once.
     pub const WEBHOOK_ITEMS: &str = "tenantd_webhook_items_total";
     /// Counter of change notifications the worker processed, by resource `type` (`message`,
     /// `event`, `chat_message`, ..., `unknown`) and `outcome`: `stored`, `deleted` (mail),
