@@ -1143,7 +1143,8 @@ impl Queue {
     pub async fn prune(&self, retention: Duration) -> Result<u64, QueueError> {
         // Freed, not kept for the retention: `jobs_window` then holds a few hours of keys,
         // not a week of them (Graph's etags are random, so a big index costs a page a row).
-        const FREE_WINDOWS: &str = "UPDATE jobs SET window_key = NULL WHERE window_key IS NOT NULL AND created_at < $1";
+        const FREE_WINDOWS: &str =
+            "UPDATE jobs SET window_key = NULL WHERE window_key IS NOT NULL AND created_at < $1";
         // Rows still holding a window key stay, whatever the retention.
         const SQL: &str = "DELETE FROM jobs WHERE state IN ('succeeded', 'failed', 'dead', 'cancelled') AND finished_at < $1 \
              AND window_key IS NULL";

@@ -120,7 +120,12 @@ pub(crate) async fn create_subscription(
         }
         Err(err) => {
             let reason = err.reason_code();
-            tracing::warn!(subscription = %subscription.id, reason, "creating a subscription failed");
+            // A human may need to act: WARN when the failure is new, not every minute after.
+            if subscription.status == "failed" && subscription.reason.as_deref() == Some(reason) {
+                tracing::debug!(subscription = %subscription.id, reason, "creating a subscription failed again");
+            } else {
+                tracing::warn!(subscription = %subscription.id, reason, "creating a subscription failed");
+            }
             subscriptions::record_failed(&context.store, &subscription.id, reason)
                 .await
                 .map_err(JobError::database)?;
