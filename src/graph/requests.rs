@@ -937,33 +937,8 @@ impl GraphClient {
             .await
     }
 
-    /// A user's messages received at or after `since` (RFC 3339, UTC), newest first, with
-    /// the stored fields, 50 a page, up to `max_pages` pages.
-    ///
-    /// # Errors
-    /// [`GraphError`].
-    pub async fn messages_received_since(
-        &self,
-        connection: &Connection,
-        mailbox: &str,
-        since: &str,
-        max_pages: usize,
-    ) -> Result<Vec<Value>, GraphError> {
-        // `$filter` and `$orderby` on the same property, as Outlook requires.
-        let request = GraphRequest::new(
-            Method::GET,
-            format!("{}/messages", user_root(mailbox)),
-            "mail",
-        )
-        .query("$select", crate::mailbox::SELECT)
-        .query("$filter", format!("receivedDateTime ge {since}"))
-        .query("$orderby", "receivedDateTime desc")
-        .query("$top", "50")
-        .mailbox(mailbox);
-        self.collect(connection, &request, max_pages).await
-    }
-
-    /// A user's newest messages with the stored fields, 50 a page, up to `max_pages` pages.
+    /// A user's newest messages with the stored fields, 50 a page, up to `max_pages` pages;
+    /// with `received_since` (RFC 3339, UTC) only those received at or after it.
     ///
     /// # Errors
     /// [`GraphError`].
@@ -971,17 +946,23 @@ impl GraphClient {
         &self,
         connection: &Connection,
         mailbox: &str,
+        received_since: Option<&str>,
         max_pages: usize,
     ) -> Result<Vec<Value>, GraphError> {
-        let request = GraphRequest::new(
+        let mut request = GraphRequest::new(
             Method::GET,
             format!("{}/messages", user_root(mailbox)),
             "mail",
         )
-        .query("$select", crate::mailbox::SELECT)
-        .query("$orderby", "receivedDateTime desc")
-        .query("$top", "50")
-        .mailbox(mailbox);
+        .query("$select", crate::mailbox::SELECT);
+        if let Some(since) = received_since {
+            // `$filter` and `$orderby` on the same property, as Outlook requires.
+            request = request.query("$filter", format!("receivedDateTime ge {since}"));
+        }
+        let request = request
+            .query("$orderby", "receivedDateTime desc")
+            .query("$top", "50")
+            .mailbox(mailbox);
         self.collect(connection, &request, max_pages).await
     }
 }

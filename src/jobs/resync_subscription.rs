@@ -129,15 +129,11 @@ impl Job for ResyncSubscription {
                                 .with_timezone(&chrono::Utc)
                                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
                         });
-                let messages = match since {
-                    Some(since) => {
-                        context
-                            .graph
-                            .messages_received_since(&connection, &user, &since, MAX_PAGES)
-                            .await
-                    }
-                    None => context.graph.newest_messages(&connection, &user, 10).await,
-                };
+                let pages = if since.is_some() { MAX_PAGES } else { 10 };
+                let messages = context
+                    .graph
+                    .newest_messages(&connection, &user, since.as_deref(), pages)
+                    .await;
                 (messages.map_err(GraphError::into_job_error)?, None)
             }
         };
