@@ -4,6 +4,28 @@
 //!
 //! Owns no tables. Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
 
+/// `println!` for the CLI: a closed stdout (`tenantd tenant list | head`) ends the process
+/// quietly instead of panicking with a backtrace; other write errors end it with exit 1.
+/// Defined before the submodules, so it replaces std's `println!` in all of them.
+macro_rules! println {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(err) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            $crate::cli::stdout_failed(&err);
+        }
+    }};
+}
+
+/// `print!` likewise.
+macro_rules! print {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(err) = write!(std::io::stdout().lock(), $($arg)*) {
+            $crate::cli::stdout_failed(&err);
+        }
+    }};
+}
+
 mod attribution;
 mod heartbeat;
 mod queue;
@@ -136,6 +158,17 @@ impl Cli {
     fn load_config(&self) -> Result<LoadedConfig, config::ConfigError> {
         config::load(self.config.as_deref(), &self.flag_overrides())
     }
+}
+
+/// Standard output could not be written: a reader that went away (a closed pipe) is an
+/// ordinary end, anything else a failure. Either way the process ends here.
+#[doc(hidden)]
+pub fn stdout_failed(err: &std::io::Error) -> ! {
+    if err.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(EXIT_OK);
+    }
+    eprintln!("tenantd: cannot write to standard output: {err}");
+    std::process::exit(EXIT_FAILURE);
 }
 
 /// Runs the command line and returns the process exit code.

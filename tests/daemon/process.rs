@@ -539,3 +539,23 @@ fn a_single_underscore_env_var_is_warned_about() {
         "{stderr}"
     );
 }
+
+/// `tenantd … | head` closes the pipe early: the CLI ends quietly (exit 0, no panic, no
+/// backtrace) instead of panicking on the failed write.
+#[test]
+fn a_closed_stdout_ends_the_cli_quietly() {
+    let cwd = tempfile::tempdir().unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = tenantd_command()
+        .current_dir(cwd.path())
+        .arg("check-config")
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("Broken pipe"), "{stderr}");
+}
