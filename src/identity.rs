@@ -88,6 +88,17 @@ fn codes_text(codes: &[u32]) -> String {
 }
 
 impl TokenError {
+    /// OAuth's `invalid_grant` with codes that mean the presented code is bad: unknown,
+    /// expired (AADSTS70008), already redeemed (54005), malformed (9002313, 70000), or not
+    /// matching its redirect URI (50011) or PKCE challenge (501481). For a refresh token the
+    /// same `error` means other things (see [`TokenError::reason_code`]).
+    pub fn is_bad_authorization_code(&self) -> bool {
+        self.error() == "invalid_grant"
+            && [70008, 54005, 9002313, 70000, 50011, 501481]
+                .iter()
+                .any(|code| self.has(*code))
+    }
+
     fn has(&self, code: u32) -> bool {
         matches!(self, TokenError::Refused { codes, .. } if codes.contains(&code))
     }

@@ -53,6 +53,20 @@ pub enum CallbackError {
     Connection(#[from] ConnectionError),
 }
 
+impl CallbackError {
+    /// Stable reason code. A code the identity platform refuses as bad, expired or used is
+    /// `invalid_grant` (the refresh-token meanings of its AADSTS codes do not apply here); the
+    /// message keeps the AADSTS codes.
+    pub fn reason_code(&self) -> &'static str {
+        match self {
+            CallbackError::InvalidState => "invalid_state",
+            CallbackError::Token(token) if token.is_bad_authorization_code() => "invalid_grant",
+            CallbackError::Token(token) => token.reason_code(),
+            CallbackError::Connection(connection) => connection.reason_code(),
+        }
+    }
+}
+
 impl From<StoreError> for CallbackError {
     fn from(err: StoreError) -> Self {
         CallbackError::Connection(ConnectionError::Store(err))

@@ -65,13 +65,16 @@ const INVALID: &str = "This link is invalid, was already used or has expired (10
 fn failure(err: &CallbackError) -> Response {
     match err {
         CallbackError::InvalidState => page(StatusCode::BAD_REQUEST, INVALID.into()),
-        CallbackError::Token(token) => page(
-            StatusCode::BAD_GATEWAY,
-            format!(
-                "The identity platform refused the sign-in ({}).\n",
-                token.reason_code()
-            ),
-        ),
+        CallbackError::Token(token) => {
+            tracing::warn!(reason = err.reason_code(), error = %token, "the identity platform refused a browser sign-in");
+            page(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "The identity platform refused the sign-in ({}: {token}). Start the sign-in again.\n",
+                    err.reason_code()
+                ),
+            )
+        }
         CallbackError::Connection(connection) => {
             tracing::error!(
                 reason = connection.reason_code(),

@@ -1001,6 +1001,30 @@ async fn the_browser_sign_in_completes_on_the_callback(db: TestDb) {
         400,
         "the callback cannot be replayed"
     );
+    // A code the identity platform does not know (forged, expired or used): reported as
+    // `invalid_grant` with its AADSTS code, not as a refresh token's expiry.
+    let url = tenantd::oauth::start_authorize(
+        &env.store,
+        &env.keys,
+        &env.identity(),
+        TENANT,
+        &env.client_id,
+        &redirect,
+        "offline_access User.Read",
+    )
+    .await
+    .unwrap();
+    let state = url::Url::parse(&url)
+        .unwrap()
+        .query_pairs()
+        .find(|(key, _)| key == "state")
+        .map(|(_, value)| value.into_owned())
+        .unwrap();
+    let (status, text) = get_text(&format!("{redirect}?code=forged-code&state={state}")).await;
+    assert_eq!(status, 502, "{text}");
+    assert!(text.contains("invalid_grant"), "{text}");
+    assert!(text.contains("AADSTS70008"), "{text}");
+    assert!(!text.contains("refresh_token_expired"), "{text}");
     app.stop().await.unwrap();
 }
 
