@@ -12,8 +12,8 @@
 //! 202 goes out only after the accepted items are committed. A body that is not a
 //! notification collection gets a 4xx; a collection whose items fail the checks gets the same
 //! 202 as a good one and queues nothing for them, as Microsoft asks (docs/decisions/
-//! 0011-webhook-answers.md); a store that cannot check or commit gets a 503 so Graph
-//! redelivers. Refusals are counted exactly and logged at most once per reason per minute,
+//! 0011-webhook-answers.md); a store that cannot check or commit within 1 s
+//! ([`ANSWER_DEADLINE`]) gets a 503 with `Retry-After` so Graph redelivers, well inside its 3 s. Refusals are counted exactly and logged at most once per reason per minute,
 //! with the count; nothing secret is logged.
 
 use std::collections::HashMap;
@@ -101,6 +101,14 @@ impl ItemCounters {
             })
     }
 }
+
+/// The longest a notification POST waits for the database before the answer is a 503: Graph
+/// gives an endpoint 3 s, and counts answers after 2.9 s as slow
+/// (concepts/change-notifications-delivery-webhooks.md, "Throttling").
+pub const ANSWER_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `Retry-After` on a 503 (Graph retries on its own schedule; other senders may read it).
+const RETRY_AFTER_SECONDS: &str = "10";
 
 /// How often a refusal reason is logged at most (every refusal is counted in the metrics).
 pub const REFUSAL_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
@@ -312,12 +320,29 @@ async fn receive(
                 .map(str::to_ascii_lowercase)
         })
         .collect();
-    let lookup: Vec<&str> = ids.iter().flatten().map(String::as_str).collect();
-    let checks = match state.checks.get(&lookup).await {
-        Ok(checks) => checks,
-        Err(err) => {
-            tracing::error!(error = %err, reason = err.reason_code(), "cannot check notifications; asking Graph to redeliver");
-            return plain(StatusCode::SERVICE_UNAVAILABLE, "Try again later.\n");
+    // Graph waits 3 s for an answer: whatever the database does, answer within
+    // ANSWER_DEADLINE. The lookup runs as a task of its own, so a late one still completes
+    // (and fills the cache for the redelivery) instead of being cut off mid-query.
+    let deadline = tokio::time::Instant::now() + ANSWER_DEADLINE;
+    let lookup: Vec<String> = ids.iter().flatten().cloned().collect();
+    let cache = Arc::clone(&state.checks);
+    let read = tokio::spawn(async move {
+        let lookup: Vec<&str> = lookup.iter().map(String::as_str).collect();
+        cache.get(&lookup).await
+    });
+    let checks = match tokio::time::timeout_at(deadline, read).await {
+        Ok(Ok(Ok(checks))) => checks,
+        Ok(Ok(Err(err))) => {
+            if let Some(times) = state.refusals.note(err.reason_code()) {
+                tracing::error!(error = %err, reason = err.reason_code(), times, "cannot check notifications; asking Graph to redeliver (logged at most once a minute)");
+            }
+            return unavailable();
+        }
+        Ok(Err(_)) | Err(_) => {
+            if let Some(times) = state.refusals.note("check_deadline") {
+                tracing::error!(reason = "database_slow", times, "checking notifications took longer than {ANSWER_DEADLINE:?}; asking Graph to redeliver (logged at most once a minute)");
+            }
+            return unavailable();
         }
     };
     let mut vetted: Vec<Result<(&Notification, &Arc<subscriptions::Check>), &'static str>> = items
@@ -341,9 +366,7 @@ async fn receive(
     if !rich.is_empty() {
         let vouched = match vouched_for(state, &collection.validation_tokens).await {
             Ok(vouched) => vouched,
-            Err(TokenRefusal::Unavailable) => {
-                return plain(StatusCode::SERVICE_UNAVAILABLE, "Try again later.\n");
-            }
+            Err(TokenRefusal::Unavailable) => return unavailable(),
             // One failing token makes the whole delivery suspect: nothing of it is queued.
             Err(TokenRefusal::Suspicious) => {
                 for vetted in &mut vetted {
@@ -419,13 +442,33 @@ async fn receive(
     if accepted.is_empty() {
         return StatusCode::ACCEPTED.into_response();
     }
-    match state.intake.submit(accepted).await {
-        Ok(()) => StatusCode::ACCEPTED.into_response(),
-        Err(err) => {
-            tracing::error!(error = %err, "accepted notifications were not committed; asking Graph to redeliver");
-            plain(StatusCode::SERVICE_UNAVAILABLE, "Try again later.\n")
+    // 202 only after the commit; past the deadline a 503 (a commit that still lands makes
+    // Graph's redelivery a duplicate, which the dedupe key absorbs).
+    match tokio::time::timeout_at(deadline, state.intake.submit(accepted)).await {
+        Ok(Ok(())) => StatusCode::ACCEPTED.into_response(),
+        Ok(Err(err)) => {
+            if let Some(times) = state.refusals.note("intake_failed") {
+                tracing::error!(error = %err, times, "accepted notifications were not committed; asking Graph to redeliver (logged at most once a minute)");
+            }
+            unavailable()
+        }
+        Err(_) => {
+            if let Some(times) = state.refusals.note("intake_deadline") {
+                tracing::error!(reason = "database_slow", times, "committing notifications took longer than {ANSWER_DEADLINE:?}; asking Graph to redeliver (logged at most once a minute)");
+            }
+            unavailable()
         }
     }
+}
+
+/// 503 with `Retry-After`: the notification was not committed, Graph should send it again.
+fn unavailable() -> Response {
+    let mut response = plain(StatusCode::SERVICE_UNAVAILABLE, "Try again later.\n");
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        axum::http::HeaderValue::from_static(RETRY_AFTER_SECONDS),
+    );
+    response
 }
 
 /// Why a delivery's validation tokens vouch for nothing.

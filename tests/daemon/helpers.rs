@@ -83,6 +83,29 @@ pub(crate) struct TestDb {
     kind: Kind,
 }
 
+/// A held write lock on `jobs` ([`TestDb::lock_jobs`]); released by [`JobsLock::release`].
+pub(crate) enum JobsLock {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres(sqlx::PgConnection),
+}
+
+impl JobsLock {
+    /// Ends the locking transaction.
+    pub(crate) async fn release(self) {
+        use sqlx::Connection as _;
+        match self {
+            JobsLock::Sqlite(mut conn) => {
+                sqlx::query("ROLLBACK").execute(&mut conn).await.unwrap();
+                conn.close().await.unwrap();
+            }
+            JobsLock::Postgres(mut conn) => {
+                sqlx::query("ROLLBACK").execute(&mut conn).await.unwrap();
+                conn.close().await.unwrap();
+            }
+        }
+    }
+}
+
 enum Kind {
     Sqlite {
         _dir: tempfile::TempDir,
@@ -143,6 +166,32 @@ impl TestDb {
     /// The database URL.
     pub(crate) fn url(&self) -> &str {
         &self.url
+    }
+
+    /// Holds the write lock on `jobs` from a connection of its own until the returned guard
+    /// is dropped: SQLite `BEGIN EXCLUSIVE`, PostgreSQL `LOCK TABLE jobs` in an open
+    /// transaction. Writers of the daemon wait; readers go on.
+    pub(crate) async fn lock_jobs(&self) -> JobsLock {
+        use sqlx::Connection as _;
+        match &self.kind {
+            Kind::Sqlite { .. } => {
+                let mut conn = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+                sqlx::query("BEGIN EXCLUSIVE")
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                JobsLock::Sqlite(conn)
+            }
+            Kind::Postgres { .. } => {
+                let mut conn = sqlx::PgConnection::connect(&self.url).await.unwrap();
+                sqlx::query("BEGIN").execute(&mut conn).await.unwrap();
+                sqlx::query("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                JobsLock::Postgres(conn)
+            }
+        }
     }
 
     /// Takes the database away under a running daemon: the SQLite file is deleted, the

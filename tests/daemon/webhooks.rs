@@ -490,6 +490,62 @@ async fn a_redelivery_after_the_first_job_finished_is_one_job_across_a_restart(d
     env.app.stop().await.unwrap();
 }
 
+/// Graph gives an endpoint 3 s and counts answers after 2.9 s as slow
+/// (concepts/change-notifications-delivery-webhooks.md, "Throttling"). With the database
+/// unable to take the batch (another transaction holds the jobs table), a delivery gets a 503
+/// with `Retry-After` after the 1 s deadline, never a 202; once the lock is gone, Graph's
+/// redelivery of it is accepted and it is one job.
+async fn a_database_that_cannot_take_the_batch_is_answered_503_in_time(db: TestDb) {
+    let env = env(db).await;
+    let graph_id = "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9";
+    let (_, state) = env.subscription("users/u1/messages", graph_id).await;
+    let first = outlook_item(graph_id, &state, serde_json::json!({}));
+    let answer = env.post("/webhooks/graph", "application/json", first).await;
+    assert_eq!(answer.status(), 202);
+    let second = outlook_item(
+        graph_id,
+        &state,
+        serde_json::json!({"resourceData": {"@odata.etag": "W/\"second\"", "id": "m2"}}),
+    );
+    let lock = env.db.lock_jobs().await;
+    let started = std::time::Instant::now();
+    let answer = env
+        .post("/webhooks/graph", "application/json", second.clone())
+        .await;
+    let took = started.elapsed();
+    assert_eq!(answer.status(), 503);
+    assert_eq!(answer.headers()["retry-after"], "10");
+    assert!(
+        took < std::time::Duration::from_millis(2_900),
+        "answered in {took:?}, past Graph's 2.9 s"
+    );
+    assert!(took >= tenantd::http::webhooks::ANSWER_DEADLINE, "{took:?}");
+    lock.release().await;
+    // Graph's redelivery.
+    let mut accepted = false;
+    for _ in 0..50 {
+        let answer = env
+            .post("/webhooks/graph", "application/json", second.clone())
+            .await;
+        if answer.status() == 202 {
+            accepted = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(accepted, "accepted once the database takes writes again");
+    let jobs = env
+        .db
+        .strings("SELECT payload FROM jobs WHERE kind = 'graph_notification' AND payload LIKE '%second%'")
+        .await;
+    assert_eq!(
+        jobs.len(),
+        1,
+        "the 503'd delivery and its redelivery are one job"
+    );
+    env.app.stop().await.unwrap();
+}
+
 /// Waits up to 20 s for `sql` to return a row.
 pub(crate) async fn eventually(db: &TestDb, sql: &str) -> Vec<String> {
     for _ in 0..200 {
@@ -999,6 +1055,7 @@ on_both_backends!(
     microsofts_samples_are_accepted_and_a_redelivery_is_one_job,
     forged_unknown_and_malformed_notifications_queue_nothing,
     graphs_variants_of_an_item_are_accepted_as_one_form,
+    a_database_that_cannot_take_the_batch_is_answered_503_in_time,
     every_documented_form_is_stored_and_the_unrecognised_dead_lettered,
     a_redelivery_after_the_first_job_finished_is_one_job_across_a_restart,
     subscription_checks_are_cached_for_their_ttl_and_unknown_ids_never,
