@@ -86,6 +86,9 @@ pub enum AppError {
     /// The vault's key file is missing or malformed.
     #[error(transparent)]
     Vault(#[from] crate::vault::VaultError),
+    /// The vault's keys do not open the stored secrets.
+    #[error(transparent)]
+    KeyCheck(#[from] crate::key_check::KeyCheckError),
     /// The configured subscriptions could not be recorded.
     #[error("subscriptions: {0}")]
     Subscriptions(#[from] crate::subscriptions::SubscriptionError),
@@ -144,6 +147,8 @@ impl Application {
                 "created a vault key file next to the data; in production keep keys apart (secrets.key_file)"
             );
         }
+        // A key file that does not open the stored secrets must not look ready.
+        crate::key_check::prove(&store, &keys).await?;
         let keys = Arc::new(keys);
         let tokens = Arc::new(TokenService::new(
             store.clone(),

@@ -13,7 +13,7 @@ use zeroize::Zeroizing;
 
 use crate::audit::{self, now_unix, Actor};
 use crate::store::{transaction, with_pool, write_tx, Store, StoreError};
-use crate::vault::{key_id_of, Keyring, Slot, VaultError};
+use crate::vault::{Keyring, SealedValue, Slot, VaultError};
 
 /// How a connection gets tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -663,88 +663,77 @@ pub async fn set_status(
     Ok(())
 }
 
-/// Progress of a key rotation.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Rotation {
-    /// Ciphertexts re-sealed under the active key in this run.
-    pub rotated: usize,
-    /// Ciphertexts already under the active key.
-    pub current: usize,
-}
-
-/// Re-seals every secret and token not under the active key. Each row is updated on its own
-/// and only if unchanged since it was read, so the run is safe to interrupt and resume, and
-/// safe beside a running daemon. `progress` is called after each row.
+/// Every sealed value this module owns: client secrets and tokens.
 ///
 /// # Errors
-/// A vault failure (a key missing for some row) or the database.
-pub async fn rotate_keys(
-    store: &Store,
-    keys: &Keyring,
-    mut progress: impl FnMut(&Rotation),
-) -> Result<Rotation, ConnectionError> {
-    let mut report = Rotation::default();
+/// The database failed.
+pub async fn sealed_values(store: &Store) -> Result<Vec<SealedValue>, StoreError> {
     let secrets: Vec<(String, Option<String>)> = with_pool!(store, |pool| sqlx::query_as(
         "SELECT id, client_secret FROM connections"
     )
     .fetch_all(pool)
-    .await
-    .map_err(StoreError::from)?);
-    for (id, sealed) in secrets {
-        let Some(sealed) = sealed else { continue };
-        if key_id_of(&sealed) == Some(keys.active_id()) {
-            report.current += 1;
-            continue;
-        }
-        let plain = keys.open(&sealed, secret_slot(&id))?;
-        let resealed = keys.seal(&plain, secret_slot(&id));
-        write_tx!(store, |pool| {
-            sqlx::query(
-                "UPDATE connections SET client_secret = $1 WHERE id = $2 AND client_secret = $3",
-            )
-            .bind(&resealed)
-            .bind(&id)
-            .bind(&sealed)
-            .execute(pool)
-            .await
-            .map_err(StoreError::from)?;
-        });
-        report.rotated += 1;
-        progress(&report);
-    }
+    .await?);
     let tokens: Vec<(String, String, String)> = with_pool!(store, |pool| sqlx::query_as(
         "SELECT connection_id, resource, token FROM connection_tokens"
     )
     .fetch_all(pool)
-    .await
-    .map_err(StoreError::from)?);
-    for (connection_id, resource, sealed) in tokens {
-        if key_id_of(&sealed) == Some(keys.active_id()) {
-            report.current += 1;
-            continue;
-        }
-        let row = token_row(&connection_id, &resource);
-        let slot = Slot {
+    .await?);
+    let secrets = secrets.into_iter().filter_map(|(id, sealed)| {
+        Some(SealedValue {
+            table: SECRET_SLOT.0,
+            column: SECRET_SLOT.1,
+            row: id,
+            sealed: sealed?,
+        })
+    });
+    let tokens = tokens
+        .into_iter()
+        .map(|(connection_id, resource, sealed)| SealedValue {
             table: "connection_tokens",
             column: "token",
-            row: &row,
-        };
-        let plain = keys.open(&sealed, slot)?;
-        let resealed = keys.seal(&plain, slot);
-        write_tx!(store, |pool| {
-            sqlx::query("UPDATE connection_tokens SET token = $1 WHERE connection_id = $2 AND resource = $3 AND token = $4")
-                .bind(&resealed)
-                .bind(&connection_id)
-                .bind(&resource)
-                .bind(&sealed)
-                .execute(pool)
-                .await
-                .map_err(StoreError::from)?;
+            row: token_row(&connection_id, &resource),
+            sealed,
         });
-        report.rotated += 1;
-        progress(&report);
-    }
-    Ok(report)
+    Ok(secrets.chain(tokens).collect())
+}
+
+/// Replaces a sealed value with `resealed` if it is still what was read (a concurrent
+/// refresh wins). Returns whether it was replaced.
+///
+/// # Errors
+/// The database failed.
+pub async fn replace_sealed(
+    store: &Store,
+    value: &SealedValue,
+    resealed: &str,
+) -> Result<bool, StoreError> {
+    let replaced = match value.table {
+        "connection_tokens" => {
+            let (connection_id, resource) = value.row.split_once('/').unwrap_or((&value.row, ""));
+            write_tx!(store, |pool| {
+                sqlx::query(
+                "UPDATE connection_tokens SET token = $1 WHERE connection_id = $2 AND resource = $3 AND token = $4"
+            )
+            .bind(resealed)
+            .bind(connection_id)
+            .bind(resource)
+            .bind(&value.sealed)
+            .execute(pool)
+            .await?
+            .rows_affected()
+            })
+        }
+        _ => write_tx!(store, |pool| sqlx::query(
+            "UPDATE connections SET client_secret = $1 WHERE id = $2 AND client_secret = $3"
+        )
+        .bind(resealed)
+        .bind(&value.row)
+        .bind(&value.sealed)
+        .execute(pool)
+        .await?
+        .rows_affected()),
+    };
+    Ok(replaced == 1)
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ pub mod identity;
 pub mod instance;
 pub mod intake;
 pub mod jobs;
+pub mod key_check;
 pub mod mailbox;
 pub mod metrics;
 pub mod oauth;

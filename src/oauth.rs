@@ -88,6 +88,49 @@ fn verifier_slot(state: &str) -> Slot<'_> {
     }
 }
 
+/// Every sealed value this module owns: the PKCE verifiers of pending browser sign-ins.
+///
+/// # Errors
+/// The database failed.
+pub async fn sealed_values(store: &Store) -> Result<Vec<crate::vault::SealedValue>, StoreError> {
+    let rows: Vec<(String, String)> = crate::store::with_pool!(store, |pool| sqlx::query_as(
+        "SELECT state, code_verifier FROM oauth_states WHERE code_verifier IS NOT NULL"
+    )
+    .fetch_all(pool)
+    .await?);
+    Ok(rows
+        .into_iter()
+        .map(|(state, sealed)| crate::vault::SealedValue {
+            table: "oauth_states",
+            column: "code_verifier",
+            row: state,
+            sealed,
+        })
+        .collect())
+}
+
+/// Replaces a sealed verifier with `resealed` if it is still what was read. Returns whether
+/// it was replaced.
+///
+/// # Errors
+/// The database failed.
+pub async fn replace_sealed(
+    store: &Store,
+    value: &crate::vault::SealedValue,
+    resealed: &str,
+) -> Result<bool, StoreError> {
+    let replaced = crate::store::write_tx!(store, |pool| sqlx::query(
+        "UPDATE oauth_states SET code_verifier = $1 WHERE state = $2 AND code_verifier = $3"
+    )
+    .bind(resealed)
+    .bind(&value.row)
+    .bind(&value.sealed)
+    .execute(pool)
+    .await?
+    .rows_affected());
+    Ok(replaced == 1)
+}
+
 async fn insert(
     store: &Store,
     state: &str,

@@ -714,51 +714,60 @@ pub async fn record_failed(store: &Store, id: &str, reason: &str) -> Result<(), 
     Ok(())
 }
 
-/// Re-seals every clientState not under the active key, row by row and only if unchanged since
-/// read (safe to interrupt, resume, and run beside a daemon). Returns (re-sealed, already
-/// current).
+/// Every sealed value this module owns: clientStates and rich subscriptions' certificate keys.
 ///
 /// # Errors
-/// A vault failure (a key missing for some row) or the database.
-pub async fn rotate_keys(
-    store: &Store,
-    keys: &Keyring,
-) -> Result<(usize, usize), SubscriptionError> {
+/// The database failed.
+pub async fn sealed_values(store: &Store) -> Result<Vec<crate::vault::SealedValue>, StoreError> {
     let rows: Vec<(String, String, Option<String>)> = with_pool!(store, |pool| sqlx::query_as(
         "SELECT id, client_state, encryption_key FROM subscriptions"
     )
     .fetch_all(pool)
-    .await
-    .map_err(StoreError::from)?);
-    let (mut rotated, mut current) = (0, 0);
+    .await?);
+    let mut values = Vec::with_capacity(rows.len());
     for (id, client_state, encryption_key) in rows {
-        // The clientState, and for rich subscriptions the certificate key.
-        let sealed_values = [
-            ("client_state", Some(client_state), client_state_slot(&id)),
-            ("encryption_key", encryption_key, encryption_key_slot(&id)),
-        ];
-        for (column, sealed, slot) in sealed_values {
-            let Some(sealed) = sealed else { continue };
-            if crate::vault::key_id_of(&sealed) == Some(keys.active_id()) {
-                current += 1;
-                continue;
-            }
-            let plain = keys.open(&sealed, slot)?;
-            let resealed = keys.seal(&plain, slot);
-            let sql =
-                format!("UPDATE subscriptions SET {column} = $1 WHERE id = $2 AND {column} = $3");
-            write_tx!(store, |conn| sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(&resealed)
-                .bind(&id)
-                .bind(&sealed)
-                .execute(conn)
-                .await
-                .map_err(StoreError::from)?
-                .rows_affected());
-            rotated += 1;
+        if let Some(key) = encryption_key {
+            values.push(crate::vault::SealedValue {
+                table: "subscriptions",
+                column: "encryption_key",
+                row: id.clone(),
+                sealed: key,
+            });
         }
+        values.push(crate::vault::SealedValue {
+            table: "subscriptions",
+            column: "client_state",
+            row: id,
+            sealed: client_state,
+        });
     }
-    Ok((rotated, current))
+    Ok(values)
+}
+
+/// Replaces a sealed value with `resealed` if it is still what was read. Returns whether it
+/// was replaced.
+///
+/// # Errors
+/// The database failed.
+pub async fn replace_sealed(
+    store: &Store,
+    value: &crate::vault::SealedValue,
+    resealed: &str,
+) -> Result<bool, StoreError> {
+    let sql = match value.column {
+        "encryption_key" => {
+            "UPDATE subscriptions SET encryption_key = $1 WHERE id = $2 AND encryption_key = $3"
+        }
+        _ => "UPDATE subscriptions SET client_state = $1 WHERE id = $2 AND client_state = $3",
+    };
+    let replaced = write_tx!(store, |conn| sqlx::query(sql)
+        .bind(resealed)
+        .bind(&value.row)
+        .bind(&value.sealed)
+        .execute(conn)
+        .await?
+        .rows_affected());
+    Ok(replaced == 1)
 }
 
 /// How long the webhook keeps a subscription's check before reading the table again.

@@ -69,6 +69,36 @@ pub struct Slot<'a> {
     pub row: &'a str,
 }
 
+/// One stored ciphertext with where it lives, as the module owning its table lists it (for
+/// key checks and rotation, which walk every sealed value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedValue {
+    /// Table name.
+    pub table: &'static str,
+    /// Column name.
+    pub column: &'static str,
+    /// Row identity as its slot binds it.
+    pub row: String,
+    /// The ciphertext.
+    pub sealed: String,
+}
+
+impl SealedValue {
+    /// The slot the ciphertext is bound to.
+    pub fn slot(&self) -> Slot<'_> {
+        Slot {
+            table: self.table,
+            column: self.column,
+            row: &self.row,
+        }
+    }
+
+    /// The key id the ciphertext names, if it is in the vault's format.
+    pub fn key_id(&self) -> Option<&str> {
+        key_id_of(&self.sealed)
+    }
+}
+
 impl Slot<'_> {
     fn associated_data(&self, key_id: &str) -> Vec<u8> {
         format!(
@@ -180,7 +210,21 @@ impl Keyring {
     /// # Errors
     /// [`VaultError::KeyFile`] when it is missing, unreadable or malformed.
     pub fn load(path: &Path) -> Result<Self, VaultError> {
+        use std::os::unix::fs::PermissionsExt;
         let resolved = resolve_key_file(path);
+        // Like ssh with a private key: keys anyone else on the machine can read are refused.
+        if let Ok(metadata) = std::fs::metadata(&resolved) {
+            let mode = metadata.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(VaultError::KeyFile {
+                    path: resolved,
+                    problem: format!(
+                        "it is readable or writable by group or others (mode {mode:03o}), so anyone on this machine could read the keys"
+                    ),
+                    fix: "make it its owner's alone: chmod 600 <the file above> (systemd's LoadCredential= files already are)",
+                });
+            }
+        }
         let contents = Zeroizing::new(std::fs::read_to_string(&resolved).map_err(|err| VaultError::KeyFile {
             path: resolved.clone(),
             problem: err.kind().to_string(),
@@ -430,6 +474,28 @@ mod tests {
         let debug = format!("{keys:?}");
         assert!(debug.contains("k1"));
         assert!(!debug.contains(line.split(' ').nth(1).unwrap().trim()));
+    }
+
+    #[test]
+    fn a_key_file_others_can_read_is_refused_with_the_chmod() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vault.keys");
+        Keyring::create_file(&path, "k1").unwrap();
+        for mode in [0o640, 0o604, 0o660] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = Keyring::load(&path).unwrap_err();
+            assert_eq!(err.reason_code(), "vault_key_file");
+            let text = err.to_string();
+            assert!(text.contains(&format!("mode {mode:03o}")), "{text}");
+            assert!(text.contains("chmod 600"), "{text}");
+            assert!(text.contains(path.to_str().unwrap()), "{text}");
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).unwrap();
+        assert!(
+            Keyring::load(&path).is_ok(),
+            "read-only for its owner is fine"
+        );
     }
 
     #[test]

@@ -107,8 +107,15 @@ pub(crate) enum KeysCommand {
         id: String,
     },
     /// Re-encrypt every stored secret under the active (first) key of secrets.key_file; safe to
-    /// interrupt and run again
+    /// interrupt and run again. Lists every secret it cannot open and exits 1 while any is left
     Rotate,
+    /// Open every stored secret and report, per key id, how many open with secrets.key_file;
+    /// exits 1 when one does not
+    Verify {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub(crate) async fn open(config: &Config) -> Result<(Store, Arc<Keyring>), String> {
@@ -666,42 +673,102 @@ pub(crate) async fn run_keys(config: &Config, command: &KeysCommand) -> i32 {
                     return EXIT_FAILURE;
                 }
             };
-            let result = connections::rotate_keys(&store, &keys, |progress| {
-                if progress.rotated % 100 == 0 {
-                    eprintln!("tenantd: re-encrypted {} so far", progress.rotated);
+            let result = crate::key_check::rotate(&store, &keys, |rotated| {
+                if rotated % 100 == 0 {
+                    eprintln!("tenantd: re-encrypted {rotated} so far");
                 }
             })
-            .await
-            .map_err(|err| (err.reason_code(), err.to_string()));
-            // Subscriptions' clientStates are vault secrets too.
-            let result = match result {
-                Ok(mut report) => crate::subscriptions::rotate_keys(&store, &keys)
-                    .await
-                    .map(|(rotated, current)| {
-                        report.rotated += rotated;
-                        report.current += current;
-                        report
-                    })
-                    .map_err(|err| (err.reason_code(), err.to_string())),
-                Err(err) => Err(err),
-            };
+            .await;
             store.close().await;
-            match result {
-                Ok(report) => {
-                    println!(
-                        "re-encrypted {} secret(s) under key `{}`; {} already were",
-                        report.rotated,
-                        keys.active_id(),
-                        report.current
-                    );
-                    EXIT_OK
-                }
-                Err((reason, err)) => {
+            let report = match result {
+                Ok(report) => report,
+                Err(err) => {
                     eprintln!(
-                        "tenantd: rotation stopped ({reason}): {err}; run it again after fixing"
+                        "tenantd: rotation stopped ({}): {err}; what was re-encrypted stays so, run it again when the database is back",
+                        err.reason_code()
                     );
-                    EXIT_FAILURE
+                    return EXIT_FAILURE;
                 }
+            };
+            println!(
+                "re-encrypted {} secret(s) under key `{}`; {} already were",
+                report.rotated,
+                keys.active_id(),
+                report.current
+            );
+            for left in &report.left {
+                println!(
+                    "not re-encrypted: {}.{} row {} ({})",
+                    left.table, left.column, left.row, left.reason
+                );
+            }
+            if report.changed > 0 {
+                println!(
+                    "{} secret(s) changed while being re-encrypted (a token refreshed); run `tenantd keys rotate` again",
+                    report.changed
+                );
+            }
+            if report.complete() {
+                EXIT_OK
+            } else {
+                if !report.left.is_empty() {
+                    eprintln!(
+                        "tenantd: {} secret(s) could not be opened with secrets.key_file: add back the key they name (`tenantd keys verify`), or remove or re-enter those connections and subscriptions; then run `tenantd keys rotate` again. Keep the old key until this exits 0",
+                        report.left.len()
+                    );
+                }
+                EXIT_FAILURE
+            }
+        }
+        KeysCommand::Verify { json } => {
+            let (store, keys) = match open(config).await {
+                Ok(opened) => opened,
+                Err(message) => {
+                    eprintln!("tenantd: {message}");
+                    return EXIT_FAILURE;
+                }
+            };
+            let values = crate::key_check::sealed_values(&store).await;
+            store.close().await;
+            let values = match values {
+                Ok(values) => values,
+                Err(err) => {
+                    eprintln!("tenantd: {err} ({})", err.reason_code());
+                    return EXIT_FAILURE;
+                }
+            };
+            let uses = crate::key_check::tally(&keys, &values);
+            if *json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&uses).expect("key uses serialize")
+                );
+            } else {
+                println!(
+                    "{:<34} {:<12} {:>8} {:>8}",
+                    "KEY ID", "KEY FILE", "OPENS", "FAILS"
+                );
+                for key in &uses {
+                    println!(
+                        "{:<34} {:<12} {:>8} {:>8}",
+                        key.key_id,
+                        if key.in_key_file {
+                            "present"
+                        } else {
+                            "missing"
+                        },
+                        key.opened,
+                        key.failed
+                    );
+                }
+            }
+            if uses.iter().all(|key| key.failed == 0) {
+                EXIT_OK
+            } else {
+                eprintln!(
+                    "tenantd: some stored secrets do not open with secrets.key_file (FAILS above): a missing key must be added back; a present key that opens none is the wrong key"
+                );
+                EXIT_FAILURE
             }
         }
     }

@@ -455,28 +455,22 @@ async fn keys_rotate_leaves_nothing_under_the_old_key(db: TestDb) {
         .unwrap(),
     );
     let mut seen = 0;
-    let report = connections::rotate_keys(&env.store, &rotating, |p| seen = p.rotated)
+    let report = tenantd::key_check::rotate(&env.store, &rotating, |n| seen = n)
         .await
         .unwrap();
     assert_eq!(
-        report.rotated, 2,
-        "the client secret and the access token: {report:?}"
+        report.rotated, 5,
+        "the client secret, the access token, both clientStates and the rich one's certificate key: {report:?}"
     );
-    assert_eq!(seen, 2);
-    let again = connections::rotate_keys(&env.store, &rotating, |_| {})
+    assert_eq!(seen, 5);
+    assert!(report.complete(), "{report:?}");
+    let again = tenantd::key_check::rotate(&env.store, &rotating, |_| {})
         .await
         .unwrap();
     assert_eq!(
         (again.rotated, again.current),
-        (0, 2),
+        (0, 5),
         "resumable: nothing left to do"
-    );
-    assert_eq!(
-        tenantd::subscriptions::rotate_keys(&env.store, &rotating)
-            .await
-            .unwrap(),
-        (3, 0),
-        "the subscriptions' clientStates and the rich one's certificate key too"
     );
     let mut sealed = db.strings("SELECT client_secret FROM connections").await;
     sealed.extend(db.strings("SELECT token FROM connection_tokens").await);
@@ -514,6 +508,123 @@ async fn keys_rotate_leaves_nothing_under_the_old_key(db: TestDb) {
         .await
         .unwrap();
     assert!(checks["g-rich"].rich.is_some(), "the certificate key opens");
+}
+
+/// A key file that is not the one the secrets were sealed with stops the daemon at start
+/// (exit 1, the key named, the fix given, `/readyz` never ready), as does one missing a key
+/// the database still names; `keys verify` counts per key id; `keys rotate` re-seals every
+/// value it can, names each one it cannot (table, column, row, reason), exits 1 until none is
+/// left, and finishes when run again.
+async fn the_vault_proves_its_key_and_rotation_names_what_it_cannot_open(db: TestDb) {
+    let env = env(&db, CANARY).await;
+    let connection = env.add_app().await;
+    env.service()
+        .access_token(&connection, GRAPH_RESOURCE)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let write_keys = |name: &str, contents: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, contents).unwrap();
+        std::fs::set_permissions(
+            &path,
+            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600),
+        )
+        .unwrap();
+        path
+    };
+    let run = |keys: &std::path::Path, args: &[&str]| {
+        let output = tenantd_command()
+            .args(["--database-url", db.url()])
+            .args(args)
+            .env("TENANTD_SECRETS__KEY_FILE", keys)
+            .env("TENANTD_ADMIN__BIND", "127.0.0.1:0")
+            .env("TENANTD_LISTENER__BIND", "127.0.0.1:0")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(!text.contains(CANARY), "a secret was printed: {text}");
+        (output.status.code(), text)
+    };
+    let own = write_keys("own.keys", &env.key_line);
+    // Same key id, other bytes: the wrong key.
+    let wrong = write_keys("wrong.keys", &Keyring::new_key_line("k1"));
+    let (code, text) = run(&wrong, &["run"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("key `k1` in secrets.key_file opens none"),
+        "{text}"
+    );
+    assert!(text.contains("fix: point secrets.key_file"), "{text}");
+    assert!(!text.contains("tenantd is running"), "never ready: {text}");
+    // Another key id altogether: the database's key is missing.
+    let other = write_keys("other.keys", &Keyring::new_key_line("k9"));
+    let (code, text) = run(&other, &["run"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("sealed with key `k1`"), "{text}");
+    assert!(
+        text.contains("which secrets.key_file does not hold"),
+        "{text}"
+    );
+    let (code, text) = run(&other, &["keys", "verify"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("k1 ") && l.contains("missing")),
+        "{text}"
+    );
+    let (code, text) = run(&own, &["keys", "verify", "--json"]);
+    assert_eq!(code, Some(0), "{text}");
+    let uses: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(uses[0]["key_id"], "k1");
+    assert_eq!(uses[0]["opened"], 2, "the client secret and the token");
+
+    // One value the keys cannot open (sealed under a key nobody has any more).
+    let lost = Keyring::parse(Path::new("k"), &Keyring::new_key_line("k0")).unwrap();
+    let forgotten = lost.seal(
+        b"lost",
+        tenantd::vault::Slot {
+            table: "connections",
+            column: "client_secret",
+            row: "c-lost",
+        },
+    );
+    db.execute(&format!(
+        "INSERT INTO connections (id, tenant_id, client_id, auth_mode, status, authority, client_secret, created_at, updated_at) \
+         SELECT 'c-lost', tenant_id, 'other-app', auth_mode, status, authority, '{forgotten}', created_at, updated_at FROM connections WHERE id = '{}'",
+        connection.id
+    ))
+    .await;
+    let rotating = write_keys(
+        "rotating.keys",
+        &format!(
+            "{}{}",
+            Keyring::new_key_line("k2").as_str(),
+            env.key_line.as_str()
+        ),
+    );
+    let (code, text) = run(&rotating, &["keys", "rotate"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("re-encrypted 2 secret(s) under key `k2`"),
+        "{text}"
+    );
+    assert!(
+        text.contains("not re-encrypted: connections.client_secret row c-lost (vault_key_missing)"),
+        "{text}"
+    );
+    db.execute("DELETE FROM connections WHERE id = 'c-lost'")
+        .await;
+    let (code, text) = run(&rotating, &["keys", "rotate"]);
+    assert_eq!(code, Some(0), "finishes when run again: {text}");
+    assert!(
+        text.contains("re-encrypted 0 secret(s) under key `k2`; 2 already were"),
+        "{text}"
+    );
 }
 
 async fn secrets_never_leak_into_the_database_listings_or_metrics(db: TestDb) {
@@ -839,6 +950,11 @@ async fn transient_failures_keep_the_connection_active_until_the_limit(db: TestD
 async fn daemon(env: &Env, db: &TestDb) -> crate::helpers::TestApp {
     let dir = std::env::temp_dir().join(format!("tenantd-keys-{}", uuid::Uuid::new_v4().simple()));
     std::fs::write(&dir, env.key_line.as_bytes()).unwrap();
+    std::fs::set_permissions(
+        &dir,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600),
+    )
+    .unwrap();
     let mut config = crate::helpers::test_config(db);
     config.secrets.key_file = dir;
     config.identity.authority = url::Url::parse(&env.emulator.base_url()).unwrap();
@@ -1118,6 +1234,7 @@ async fn tenant_connect_signs_in_by_device_code(db: TestDb) {
 }
 
 on_both_backends!(
+    the_vault_proves_its_key_and_rotation_names_what_it_cannot_open,
     disabled_connections_get_no_tokens,
     tenant_connect_signs_in_by_device_code,
     the_consent_callback_reactivates_connections_once,
