@@ -257,5 +257,6 @@ fn worker_pool(store: &Store, queue: &Queue, concurrency: usize) -> tenantd::wor
         lease: LEASE,
         poll: Duration::from_millis(500),
         grace: Duration::from_secs(5),
+        release_now: Default::default(),
     }
 }

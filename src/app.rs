@@ -35,6 +35,10 @@ use crate::tokens::TokenService;
 use crate::vault::Keyring;
 use crate::worker::WorkerPool;
 
+/// How long a second stop signal waits for in-flight jobs to be handed back (released without
+/// counting their attempt), which takes one database write each.
+const FORCED_RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How long closing the database may take after the drain.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -348,6 +352,7 @@ impl Application {
                     .shutdown
                     .grace()
                     .saturating_sub(Duration::from_secs(1)),
+                release_now: shutdown.force.clone(),
             };
             let heartbeat = tasks.register("workers", (poll * 20).max(Duration::from_secs(30)));
             work.spawn(pool.run(work_stop.clone(), heartbeat));
@@ -405,10 +410,13 @@ impl Application {
                 tasks.left = work.len(),
                 "grace period over; exiting with work still running"
             ),
-            () = shutdown.force.cancelled() => tracing::warn!(
-                tasks.left = work.len(),
-                "second stop signal; exiting now"
-            ),
+            () = shutdown.force.cancelled() => {
+                // The workers hand their jobs back at once; wait for that, not for the jobs.
+                tracing::warn!(tasks.left = work.len(), "second stop signal; handing in-flight jobs back and exiting");
+                if tokio::time::timeout(FORCED_RELEASE_TIMEOUT, work.wait()).await.is_err() {
+                    tracing::warn!(tasks.left = work.len(), "exiting with work still running; its leases expire and the reaper retries it");
+                }
+            }
         }
 
         admin_stop.cancel();

@@ -6,7 +6,8 @@
 //!
 //! Owns no tables. Invariants: a worker never sleeps on a throttled job (it goes back to the
 //! queue with its `run_at`); on stop it claims nothing more, lets running jobs finish within
-//! the grace period and then releases the rest without counting the attempt.
+//! the grace period and then releases the rest without counting the attempt; a second stop
+//! signal releases them at once.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -51,6 +52,9 @@ pub struct WorkerPool {
     pub poll: Duration,
     /// How long running jobs may finish after a stop.
     pub grace: Duration,
+    /// Cancelled by a second stop signal: running jobs are handed back at once (released
+    /// without counting the attempt) instead of being waited for.
+    pub release_now: CancellationToken,
 }
 
 impl WorkerPool {
@@ -128,6 +132,11 @@ impl WorkerPool {
             () = running.wait() => {}
             () = tokio::time::sleep(this.grace) => {
                 tracing::warn!(jobs.left = running.len(), "grace period over; releasing unfinished jobs");
+                release.cancel();
+                running.wait().await;
+            }
+            () = this.release_now.cancelled() => {
+                tracing::warn!(jobs.left = running.len(), "second stop signal; releasing unfinished jobs now (their attempts are not counted)");
                 release.cancel();
                 running.wait().await;
             }

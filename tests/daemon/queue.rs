@@ -416,6 +416,7 @@ mod workers {
             lease,
             poll: Duration::from_millis(20),
             grace,
+            release_now: Default::default(),
         };
         (queue, pool)
     }
@@ -551,6 +552,33 @@ mod workers {
         );
     }
 
+    /// A second SIGTERM/SIGINT (`release_now`) cuts the grace short but still hands every
+    /// running job back: released, its attempt not counted, nothing left `running`.
+    async fn a_second_stop_signal_hands_running_jobs_back_at_once(db: TestDb) {
+        let (queue, pool) = pool(&db, Duration::from_secs(30), Duration::from_secs(600)).await;
+        let release_now = pool.release_now.clone();
+        jobs::enqueue(&queue, &Sleepy { millis: 60_000 })
+            .await
+            .unwrap();
+        let stop = CancellationToken::new();
+        let health = tenantd::health::TaskHealth::default();
+        let running = tokio::spawn(pool.run(
+            stop.clone(),
+            health.register("workers", Duration::from_secs(60)),
+        ));
+        wait_for(&queue, JobState::Running, 1).await;
+        stop.cancel();
+        release_now.cancel();
+        tokio::time::timeout(Duration::from_secs(5), running)
+            .await
+            .expect("the pool stops at once, not after its 600 s grace")
+            .unwrap();
+        assert!(queue.list(JobState::Running, 10).await.unwrap().is_empty());
+        let released = queue.list(JobState::Available, 10).await.unwrap();
+        assert_eq!(released.len(), 1);
+        assert_eq!(released[0].attempts, 0, "the attempt is not burned");
+    }
+
     async fn an_idle_pool_wakes_for_new_work_without_waiting_for_its_poll(db: TestDb) {
         let (queue, mut pool) = pool(&db, Duration::from_secs(30), Duration::from_secs(5)).await;
         pool.poll = Duration::from_secs(3600);
@@ -587,6 +615,7 @@ mod workers {
         outcomes_are_recorded_without_sleeping_on_throttled_jobs,
         leases_are_renewed_while_a_job_runs,
         on_stop_unfinished_jobs_are_released_after_the_grace_period,
+        a_second_stop_signal_hands_running_jobs_back_at_once,
     );
 }
 

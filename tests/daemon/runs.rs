@@ -156,6 +156,7 @@ async fn the_connection_check_runs_on_the_workers_and_records_its_outcome(db: Te
         lease: Duration::from_secs(30),
         poll: Duration::from_millis(20),
         grace: Duration::from_secs(2),
+        release_now: Default::default(),
     };
     let stop = CancellationToken::new();
     let health = tenantd::health::TaskHealth::default();
