@@ -246,11 +246,23 @@ impl Application {
             metrics: metrics.clone(),
             stopping: stopping.clone(),
         };
+        // Both listeners admit connections under the same limits.
+        let limits = http::ServeLimits {
+            header_read_timeout: Duration::from_millis(
+                config.listener.header_read_timeout_ms.max(1),
+            ),
+            body_read_timeout: Duration::from_millis(config.listener.body_read_timeout_ms.max(1)),
+            body_min_bytes_per_second: config.listener.body_min_bytes_per_second,
+            max_body_bytes: http::webhooks::MAX_BODY_BYTES,
+            max_connections: usize::try_from(config.listener.max_connections).unwrap_or(usize::MAX),
+            max_connections_per_peer: usize::try_from(config.listener.max_connections_per_peer)
+                .unwrap_or(usize::MAX),
+        };
         let admin_task = tokio::spawn(serve_listener(
             "admin",
             admin,
             http::admin::router(admin_state),
-            http::ServeLimits::default(),
+            limits,
             admin_stop.clone(),
             failed_tx.clone(),
         ));
@@ -289,13 +301,7 @@ impl Application {
                     scope: config.identity.delegated_scopes.join(" "),
                 },
             ),
-            http::ServeLimits {
-                header_read_timeout: Duration::from_millis(
-                    config.listener.header_read_timeout_ms.max(1),
-                ),
-                max_connections: usize::try_from(config.listener.max_connections)
-                    .unwrap_or(usize::MAX),
-            },
+            limits,
             work_stop.clone(),
             failed_tx,
         ));

@@ -406,8 +406,17 @@ pub struct ListenerConfig {
     /// A connection that has not sent a request's headers within this is closed (keep-alive
     /// connections idle this long too).
     pub header_read_timeout_ms: u64,
-    /// Open connections at most; more are closed on arrival (Graph retries).
+    /// Open connections at most; at the cap, the connection that made no progress for longest
+    /// is closed to admit the new one.
     pub max_connections: u32,
+    /// Open connections from one peer address at most (the same eviction within that
+    /// address), so one client cannot take the whole listener. Behind a reverse proxy every
+    /// connection comes from the proxy: raise it to `max_connections` and limit clients there.
+    pub max_connections_per_peer: u32,
+    /// A request body must arrive whole within this many milliseconds (else 408).
+    pub body_read_timeout_ms: u64,
+    /// ... and, after its first second, at this many bytes per second at least.
+    pub body_min_bytes_per_second: u64,
     /// Accept an `http://` `public_url`. Graph only posts to https; `tenantd demo` sets this
     /// for the loopback emulator.
     pub allow_http_public_url: bool,
@@ -420,6 +429,9 @@ impl Default for ListenerConfig {
             public_url: None,
             header_read_timeout_ms: 10_000,
             max_connections: 1_024,
+            max_connections_per_peer: 256,
+            body_read_timeout_ms: 5_000,
+            body_min_bytes_per_second: 4_096,
             allow_http_public_url: false,
         }
     }
@@ -963,6 +975,20 @@ fn validate(config: &Config, figment: &Figment) -> Vec<ConfigProblem> {
             "listener.header_read_timeout_ms",
             "must be at least 1".into(),
             "use a few seconds, such as 10000",
+        );
+    }
+    if config.listener.max_connections_per_peer == 0 {
+        problem(
+            "listener.max_connections_per_peer",
+            "must be at least 1".into(),
+            "use a whole number such as 256 (or listener.max_connections behind a reverse proxy)",
+        );
+    }
+    if config.listener.body_read_timeout_ms == 0 {
+        problem(
+            "listener.body_read_timeout_ms",
+            "must be at least 1".into(),
+            "use a whole number of milliseconds such as 5000 (Graph waits 3 s for an answer)",
         );
     }
     if config.listener.max_connections == 0 {

@@ -23,9 +23,12 @@ pub mod names {
     pub const HTTP_REQUESTS: &str = "tenantd_http_requests_total";
     /// Histogram of HTTP request durations by `listener` and `route`.
     pub const HTTP_REQUEST_DURATION: &str = "tenantd_http_request_duration_seconds";
-    /// Counter of connections closed at once because a listener had `max_connections` open,
-    /// by `listener`.
+    /// Counter of connections closed to admit a new one because a listener (or one peer
+    /// address) was at its connection cap, by `listener`: the one that made no progress for
+    /// longest goes.
     pub const HTTP_CONNECTIONS_SHED: &str = "tenantd_http_connections_shed_total";
+    /// Counter of request bodies cut off for coming too slowly (408).
+    pub const HTTP_SLOW_BODIES: &str = "tenantd_http_slow_bodies_total";
     /// Gauge: 1 while `/readyz` would answer 200.
     pub const READY: &str = "tenantd_ready";
     /// Counter of token requests by `grant` and `result`.
@@ -164,8 +167,12 @@ fn describe() {
     );
     metrics::describe_gauge!(names::READY, "1 while /readyz answers 200.");
     metrics::describe_counter!(
+        names::HTTP_SLOW_BODIES,
+        "Request bodies cut off with 408 for coming too slowly."
+    );
+    metrics::describe_counter!(
         names::HTTP_CONNECTIONS_SHED,
-        "Connections closed on arrival because the listener was at its connection limit."
+        "Connections closed to make room at a connection cap (the stalest one goes)."
     );
     metrics::describe_counter!(
         names::TOKEN_REQUESTS,

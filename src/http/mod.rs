@@ -10,36 +10,191 @@ pub mod admin;
 pub mod public;
 pub mod webhooks;
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt as _;
 
 /// Limits on a listener's connections, so slow or abusive clients cannot hold it.
 #[derive(Debug, Clone, Copy)]
 pub struct ServeLimits {
-    /// A connection that has not sent a request's full headers within this is closed.
+    /// A connection that has not sent a request's full headers within this is closed; a
+    /// keep-alive connection idle this long is closed too.
     pub header_read_timeout: Duration,
-    /// Open connections at most; past it new connections are closed at once (Graph retries),
-    /// and the ones already open keep being served.
+    /// A request body must arrive whole within this (408 and the connection closed).
+    pub body_read_timeout: Duration,
+    /// ... and, after its first second, at this many bytes per second at least.
+    pub body_min_bytes_per_second: u64,
+    /// Largest request body read (413 past it, before it is all read).
+    pub max_body_bytes: usize,
+    /// Open connections at most.
     pub max_connections: usize,
+    /// Open connections from one peer address at most.
+    pub max_connections_per_peer: usize,
 }
 
 impl Default for ServeLimits {
     fn default() -> Self {
         Self {
             header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(5),
+            body_min_bytes_per_second: 4096,
+            max_body_bytes: webhooks::MAX_BODY_BYTES,
             max_connections: 1024,
+            max_connections_per_peer: 256,
         }
     }
+}
+
+/// An open connection, as admission sees it.
+struct Tracked {
+    peer: IpAddr,
+    /// When it last finished a request (or opened): the connection that made no progress for
+    /// longest is the one evicted when a cap is reached.
+    progress_ms: AtomicU64,
+    /// Cancelled to evict it.
+    evict: CancellationToken,
+}
+
+impl Tracked {
+    fn touch(&self, epoch: Instant) {
+        self.progress_ms
+            .store(millis_since(epoch), Ordering::Relaxed);
+    }
+}
+
+fn millis_since(epoch: Instant) -> u64 {
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The open connections of a listener, and the admission policy: under the caps every new
+/// connection is admitted; at a cap (the listener's, or the peer's) the connection of that
+/// scope that made no progress for longest is evicted to make room. A client that opens
+/// connections and sends nothing (or dribbles) only ever displaces its own kind, while clients
+/// that finish requests keep being served.
+struct Admission {
+    epoch: Instant,
+    limits: ServeLimits,
+    open: Mutex<Vec<Arc<Tracked>>>,
+}
+
+impl Admission {
+    fn admit(&self, peer: IpAddr) -> (Arc<Tracked>, Option<Arc<Tracked>>) {
+        let tracked = Arc::new(Tracked {
+            peer,
+            progress_ms: AtomicU64::new(millis_since(self.epoch)),
+            evict: CancellationToken::new(),
+        });
+        let mut open = self.open.lock().expect("admission lock");
+        let from_peer = open.iter().filter(|c| c.peer == peer).count();
+        let victim = if from_peer >= self.limits.max_connections_per_peer.max(1) {
+            stalest(open.iter().filter(|c| c.peer == peer))
+        } else if open.len() >= self.limits.max_connections.max(1) {
+            stalest(open.iter())
+        } else {
+            None
+        };
+        if let Some(victim) = &victim {
+            open.retain(|c| !Arc::ptr_eq(c, victim));
+            victim.evict.cancel();
+        }
+        open.push(Arc::clone(&tracked));
+        (tracked, victim)
+    }
+
+    fn close(&self, tracked: &Arc<Tracked>) {
+        self.open
+            .lock()
+            .expect("admission lock")
+            .retain(|c| !Arc::ptr_eq(c, tracked));
+    }
+}
+
+fn stalest<'a>(connections: impl Iterator<Item = &'a Arc<Tracked>>) -> Option<Arc<Tracked>> {
+    connections
+        .min_by_key(|c| c.progress_ms.load(Ordering::Relaxed))
+        .cloned()
+}
+
+/// Reads the whole request body within the limits before the handler sees it: a body that
+/// takes longer than `body_read_timeout`, or comes slower than `body_min_bytes_per_second`
+/// after its first second, is answered 408 and its connection closed.
+async fn read_body_in_time(
+    limits: ServeLimits,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use http_body_util::BodyExt;
+    let (parts, mut body) = request.into_parts();
+    let declared = parts
+        .headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > limits.max_body_bytes) {
+        return too_large();
+    }
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + limits.body_read_timeout;
+    let mut collected = Vec::new();
+    loop {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    collected.extend_from_slice(&data);
+                }
+                if collected.len() > limits.max_body_bytes {
+                    return too_large();
+                }
+                let elapsed = started.elapsed();
+                let floor = limits.body_min_bytes_per_second as f64 * elapsed.as_secs_f64();
+                #[allow(clippy::cast_precision_loss)]
+                if elapsed > Duration::from_secs(1) && (collected.len() as f64) < floor {
+                    return too_slow();
+                }
+            }
+            // The client went away or sent a broken body.
+            Ok(Some(Err(_))) => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    [(axum::http::header::CONNECTION, "close")],
+                )
+                    .into_response();
+            }
+            Ok(None) => break,
+            Err(_) => return too_slow(),
+        }
+    }
+    let request = axum::extract::Request::from_parts(parts, axum::body::Body::from(collected));
+    next.run(request).await
+}
+
+fn too_large() -> Response {
+    (
+        StatusCode::PAYLOAD_TOO_LARGE,
+        [(axum::http::header::CONNECTION, "close")],
+        "The request body is too large.\n",
+    )
+        .into_response()
+}
+
+fn too_slow() -> Response {
+    metrics::counter!(crate::metrics::names::HTTP_SLOW_BODIES).increment(1);
+    (
+        StatusCode::REQUEST_TIMEOUT,
+        [(axum::http::header::CONNECTION, "close")],
+        "The request body came too slowly.\n",
+    )
+        .into_response()
 }
 
 /// Serves `router` on `listener` until `shutdown` is cancelled, then stops accepting and lets
@@ -55,7 +210,14 @@ pub async fn serve(
     limits: ServeLimits,
 ) -> std::io::Result<()> {
     let graceful = GracefulShutdown::new();
-    let open = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let admission = Arc::new(Admission {
+        epoch: Instant::now(),
+        limits,
+        open: Mutex::new(Vec::new()),
+    });
+    let router = router.layer(axum::middleware::from_fn(move |request, next| {
+        read_body_in_time(limits, request, next)
+    }));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
@@ -65,29 +227,43 @@ pub async fn serve(
             accepted = listener.accept() => accepted,
             () = shutdown.cancelled() => break,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(err) => {
                 tracing::warn!(listener = name, error = %err, "accepting a connection failed; retrying");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        let Ok(permit) = open.clone().try_acquire_owned() else {
+        let (tracked, evicted) = admission.admit(peer.ip());
+        if evicted.is_some() {
             metrics::counter!(crate::metrics::names::HTTP_CONNECTIONS_SHED, "listener" => name)
                 .increment(1);
-            drop(stream);
-            continue;
-        };
+        }
         let _ = stream.set_nodelay(true);
-        let connection = graceful.watch(http.serve_connection(
-            TokioIo::new(stream),
-            TowerToHyperService::new(router.clone()),
-        ));
+        let service = {
+            let router = router.clone();
+            let tracked = Arc::clone(&tracked);
+            let epoch = admission.epoch;
+            hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                let router = router.clone();
+                let tracked = Arc::clone(&tracked);
+                async move {
+                    let response = router.oneshot(request.map(axum::body::Body::new)).await;
+                    tracked.touch(epoch);
+                    response
+                }
+            })
+        };
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let admission = Arc::clone(&admission);
         tokio::spawn(async move {
             // Errors here are the client's (reset, timeout, malformed request).
-            let _ = connection.await;
-            drop(permit);
+            tokio::select! {
+                _ = connection => {}
+                () = tracked.evict.cancelled() => {}
+            }
+            admission.close(&tracked);
         });
     }
     drop(listener);

@@ -199,39 +199,157 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off_without_stalling_ot
     app.stop().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn past_the_connection_limit_new_connections_are_closed_and_open_ones_served() {
+/// A connection from `source` (a loopback address of its own) to `to`.
+async fn connect_from(source: &str, to: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+/// One handshake on an open connection; the answer's first line.
+async fn handshake_on(stream: &mut tokio::net::TcpStream) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(b"GET /webhooks/graph?validationToken=open HTTP/1.1\r\nHost: tenantd\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = vec![0u8; 512];
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .expect("an answer")
+        .unwrap();
+    String::from_utf8_lossy(&answer[..read])
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// At the connection cap the new connection is admitted and the one that made no progress
+/// for longest (opened, never finished a request) is closed: a client that finishes requests
+/// keeps its connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_connection_cap_the_stalest_connection_makes_room() {
     let db = TestDb::sqlite();
     let mut config = crate::helpers::test_config(&db);
     config.listener.max_connections = 2;
     config.listener.header_read_timeout_ms = 30_000;
     let app = crate::helpers::spawn_app_with(config).await;
-    let mut first = tokio::net::TcpStream::connect(app.public).await.unwrap();
-    let second = tokio::net::TcpStream::connect(app.public).await.unwrap();
-    // Give the listener a moment to accept both before the third arrives.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut idle = tokio::net::TcpStream::connect(app.public).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut busy = tokio::net::TcpStream::connect(app.public).await.unwrap();
+    assert!(handshake_on(&mut busy).await.starts_with("HTTP/1.1 200"));
     let mut third = tokio::net::TcpStream::connect(app.public).await.unwrap();
     assert!(
-        closed_within(&mut third, Duration::from_secs(5))
+        closed_within(&mut idle, Duration::from_secs(5))
             .await
             .is_some(),
-        "the third connection is closed at once"
+        "the connection that never sent a request makes room"
     );
-    // An open connection is still served.
-    first
-        .write_all(b"GET /webhooks/graph?validationToken=open HTTP/1.1\r\nHost: tenantd\r\n\r\n")
+    assert!(
+        handshake_on(&mut busy).await.starts_with("HTTP/1.1 200"),
+        "the busy one is kept"
+    );
+    assert!(
+        handshake_on(&mut third).await.starts_with("HTTP/1.1 200"),
+        "the new one is served"
+    );
+    app.stop().await.unwrap();
+}
+
+/// A keep-alive connection that finished a request and then sits idle is closed after the
+/// header read timeout: idle connections do not pile up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed() {
+    let db = TestDb::sqlite();
+    let mut config = crate::helpers::test_config(&db);
+    config.listener.header_read_timeout_ms = 300;
+    let app = crate::helpers::spawn_app_with(config).await;
+    let mut stream = tokio::net::TcpStream::connect(app.public).await.unwrap();
+    assert!(handshake_on(&mut stream).await.starts_with("HTTP/1.1 200"));
+    let took = closed_within(&mut stream, Duration::from_secs(10))
         .await
-        .unwrap();
+        .expect("the idle connection is closed");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    app.stop().await.unwrap();
+}
+
+/// One address cannot take the listener: past its own cap, its stalest connection goes,
+/// while another address's connections are untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_is_capped_without_touching_another() {
+    let db = TestDb::sqlite();
+    let mut config = crate::helpers::test_config(&db);
+    config.listener.max_connections = 100;
+    config.listener.max_connections_per_peer = 2;
+    config.listener.header_read_timeout_ms = 30_000;
+    let app = crate::helpers::spawn_app_with(config).await;
+    let mut other = connect_from("127.0.0.2", app.public).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut first = connect_from("127.0.0.1", app.public).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let _second = connect_from("127.0.0.1", app.public).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut third = connect_from("127.0.0.1", app.public).await;
+    assert!(
+        closed_within(&mut first, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "the address's stalest connection makes room"
+    );
+    assert!(handshake_on(&mut third).await.starts_with("HTTP/1.1 200"));
+    assert!(
+        handshake_on(&mut other).await.starts_with("HTTP/1.1 200"),
+        "the other address's older, idle connection is untouched"
+    );
+    app.stop().await.unwrap();
+}
+
+/// Headers complete, then a body that never comes, or comes a byte at a time: 408 and the
+/// connection closed, within the body deadline; others are served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_never_comes_or_dribbles_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = TestDb::sqlite();
+    let mut config = crate::helpers::test_config(&db);
+    config.listener.body_read_timeout_ms = 1_500;
+    config.listener.body_min_bytes_per_second = 4_096;
+    let app = crate::helpers::spawn_app_with(config).await;
+    let head = b"POST /webhooks/graph HTTP/1.1\r\nHost: tenantd\r\nContent-Type: application/json\r\nContent-Length: 2000\r\n\r\n";
+    let mut silent = tokio::net::TcpStream::connect(app.public).await.unwrap();
+    silent.write_all(head).await.unwrap();
+    silent.write_all(b"{\"value\": [").await.unwrap();
+    let mut dribbling = tokio::net::TcpStream::connect(app.public).await.unwrap();
+    dribbling.write_all(head).await.unwrap();
+    let dribble = tokio::spawn(async move {
+        for _ in 0..40 {
+            if dribbling.write_all(b" ").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut answer = vec![0u8; 512];
+        let read = dribbling.read(&mut answer).await.unwrap_or(0);
+        String::from_utf8_lossy(&answer[..read]).to_string()
+    });
+    assert!(handshake_ok(&app).await, "others are served meanwhile");
     let mut answer = vec![0u8; 512];
-    let read = first.read(&mut answer).await.unwrap();
-    let answer = String::from_utf8_lossy(&answer[..read]);
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert!(answer.ends_with("open"), "{answer}");
-    // Once one closes, new connections are accepted again.
-    drop(second);
-    drop(first);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(handshake_ok(&app).await);
+    let read = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut answer))
+        .await
+        .expect("answered within the body deadline")
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&answer[..read]).starts_with("HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&answer[..read])
+    );
+    assert!(closed_within(&mut silent, Duration::from_secs(5))
+        .await
+        .is_some());
+    let dribbled = tokio::time::timeout(Duration::from_secs(5), dribble)
+        .await
+        .expect("the dribbling client is cut off")
+        .unwrap();
+    assert!(dribbled.starts_with("HTTP/1.1 408"), "{dribbled}");
     app.stop().await.unwrap();
 }
