@@ -59,6 +59,8 @@ pub struct TokenClaims {
     pub issued_at: i64,
     /// `exp`.
     pub expires_at: i64,
+    /// `iss` when not Graph's (`https://sts.windows.net/{tenant}/`): for forging.
+    pub issuer: Option<String>,
 }
 
 impl TokenClaims {
@@ -71,6 +73,7 @@ impl TokenClaims {
             app_id: CHANGE_TRACKING_APP_ID.to_string(),
             issued_at,
             expires_at: issued_at + TOKEN_LIFETIME_SECONDS,
+            issuer: None,
         }
     }
 }
@@ -103,7 +106,10 @@ impl TokenSigner {
     /// A signed token with `claims` (the shape of sample 04).
     pub fn sign(&self, claims: &TokenClaims) -> String {
         let (kid, key) = self.key();
-        let issuer = format!("https://sts.windows.net/{}/", claims.tenant);
+        let issuer = claims
+            .issuer
+            .clone()
+            .unwrap_or_else(|| format!("https://sts.windows.net/{}/", claims.tenant));
         let body = json!({
             "aud": claims.audience,
             "iss": issuer,

@@ -254,6 +254,22 @@ async fn forged_tokens_and_tampered_content_are_refused_and_queue_nothing(db: Te
             vec![good.clone(), stranger.sign(&claims)],
         ),
         ("not a JWT", vec!["not-a-token".into()]),
+        (
+            "another issuer",
+            vec![sign(&|c| {
+                c.issuer = Some("https://login.example.com/attacker/v2.0".into());
+            })],
+        ),
+        (
+            "alg none, no signature",
+            vec![{
+                use base64::Engine;
+                let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .encode(r#"{"typ":"JWT","alg":"none"}"#);
+                let body = good.split('.').nth(1).unwrap();
+                format!("{header}.{body}.")
+            }],
+        ),
     ];
     let mut answers = Vec::new();
     for (case, tokens) in tokens {
