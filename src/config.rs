@@ -1152,7 +1152,12 @@ fn describe_origin(metadata: &Metadata, path: &[String]) -> String {
 
 /// Turns one figment/serde error into a problem with a fix, without echoing secret values.
 fn describe_figment_error(err: &figment::Error) -> ConfigProblem {
-    let key = err.path.join(".");
+    // A file that is not valid TOML (a duplicate key, a syntax error) names no key: say so.
+    let key = if err.path.is_empty() {
+        "config file".to_string()
+    } else {
+        err.path.join(".")
+    };
     let origin = err
         .metadata
         .as_ref()
@@ -1221,6 +1226,7 @@ fn fix_for(key: &str) -> String {
             "use an absolute https:// URL"
         }
         "database.url_file" => "use a path to a file holding only the URL",
+        "config file" => "make the file valid TOML (each key once per section); config/tenantd.example.toml shows the layout",
         _ if key.ends_with("_seconds") || key.ends_with("max_connections") => "use a whole number",
         _ => "see config/tenantd.example.toml for the accepted values",
     };
@@ -1748,6 +1754,82 @@ mod tests {
                 example.contains(&format!("# {optional} = ")),
                 "{optional} undocumented"
             );
+        }
+    }
+}
+
+/// Fuzzing the configuration loader with a fixed budget: any file text, valid TOML or not,
+/// with known keys holding values of any shape, ends in a config or in problems naming keys,
+/// never a panic.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn load_text(text: &str) -> Result<Config, Vec<ConfigProblem>> {
+        let figment = Figment::new().merge(Toml::string(text));
+        let mut config: Config = figment.extract().map_err(|err| {
+            err.into_iter()
+                .map(|e| describe_figment_error(&e))
+                .collect::<Vec<_>>()
+        })?;
+        apply_cloud(&figment, &mut config);
+        let problems = validate(&config, &figment);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(problems)
+        }
+    }
+
+    const KEYS: &[&str] = &[
+        "database.url",
+        "database.max_connections",
+        "graph.cloud",
+        "graph.base_url",
+        "identity.authority",
+        "listener.public_url",
+        "listener.bind",
+        "listener.max_connections_per_peer",
+        "log.level",
+        "shutdown.grace_seconds",
+        "secrets.key_file",
+        "queue.workers",
+    ];
+
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<bool>().prop_map(|b| b.to_string()),
+            any::<String>().prop_map(|s| format!("{s:?}")),
+            Just("[1, \"a\"]".to_string()),
+            Just("{ a = 1 }".to_string()),
+            Just("\"http://[::1\"".to_string()),
+            Just("\"usgov\"".to_string()),
+            Just("\"https://graph.microsoft.us/v1.0\"".to_string()),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        #[test]
+        fn any_text_loads_or_names_its_problems(text in any::<String>()) {
+            let _ = load_text(&text);
+        }
+
+        #[test]
+        fn known_keys_with_values_of_any_shape_never_panic(
+            entries in proptest::collection::vec((proptest::sample::select(KEYS), value()), 0..6)
+        ) {
+            let mut text = String::new();
+            for (key, value) in entries {
+                let (section, name) = key.split_once('.').expect("dotted");
+                text.push_str(&format!("[{section}]\n{name} = {value}\n"));
+            }
+            if let Err(problems) = load_text(&text) {
+                prop_assert!(problems.iter().all(|p| !p.key.is_empty()));
+            }
         }
     }
 }
