@@ -643,6 +643,160 @@ async fn real_deliveries_are_served_in_time_under_slow_clients_and_a_reconnect_s
     env.app.stop().await.unwrap();
 }
 
+/// A TCP proxy in front of PostgreSQL that can be cut (every connection dropped, new ones
+/// refused) and restored: a database outage the test controls.
+struct CuttableProxy {
+    addr: std::net::SocketAddr,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    links: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl CuttableProxy {
+    async fn start(upstream: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let links = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (accept_cut, accept_links) = (cut.clone(), links.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if accept_cut.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
+                let link = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                accept_links.lock().unwrap().push(link.abort_handle());
+            }
+        });
+        Self { addr, cut, links }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Reliability: PostgreSQL gone for 10 s under webhook load (a proxy between daemon and
+/// server cut): every answer is a 202 or a 503, never a 202 without a commit; the daemon
+/// recovers by itself once the database is back, and the 503'd deliveries, sent again as
+/// Graph does, are all queued: nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_under_load_answers_503s_and_loses_nothing() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let server: url::Url = db.url().parse().unwrap();
+    let upstream = format!(
+        "{}:{}",
+        server.host_str().unwrap(),
+        server.port().unwrap_or(5432)
+    )
+    .parse()
+    .unwrap();
+    let proxy = CuttableProxy::start(upstream).await;
+    let mut proxied = server.clone();
+    proxied.set_port(Some(proxy.addr.port())).unwrap();
+    proxied.set_host(Some("127.0.0.1")).unwrap();
+    let proxied = proxied.to_string();
+    let env = env_with(db, |config| {
+        config.database.url = tenantd::config::DatabaseUrl::new(proxied.clone());
+    })
+    .await;
+    let graph_id = "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9";
+    let (_, state) = env.subscription("users/u1/messages", graph_id).await;
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let post = |n: usize| {
+        let body = outlook_item(
+            graph_id,
+            &state,
+            serde_json::json!({"resourceData": {"@odata.etag": format!("W/\"outage-{n}\""), "id": format!("m{n}")}}),
+        );
+        let client = client.clone();
+        let url = format!("http://{}/webhooks/graph", env.app.public);
+        async move {
+            client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .map(|answer| answer.status().as_u16())
+                .unwrap_or(0)
+        }
+    };
+    let mut answers: Vec<(usize, u16)> = Vec::new();
+    let started = std::time::Instant::now();
+    let mut n = 0;
+    let (mut cut_at, mut restored_at) = (None, None);
+    while started.elapsed() < std::time::Duration::from_secs(16) {
+        let elapsed = started.elapsed();
+        if cut_at.is_none() && elapsed > std::time::Duration::from_secs(2) {
+            proxy.cut();
+            cut_at = Some(n);
+        }
+        if restored_at.is_none() && elapsed > std::time::Duration::from_secs(12) {
+            proxy.restore();
+            restored_at = Some(n);
+        }
+        answers.push((n, post(n).await));
+        n += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (cut_at, restored_at) = (cut_at.unwrap(), restored_at.unwrap());
+    assert!(
+        answers
+            .iter()
+            .all(|(_, status)| *status == 202 || *status == 503),
+        "only 202 and 503: {:?}",
+        answers
+            .iter()
+            .filter(|(_, s)| *s != 202 && *s != 503)
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        answers[cut_at..restored_at].iter().any(|(_, s)| *s == 503),
+        "the outage is answered 503"
+    );
+    assert!(
+        answers[restored_at..].iter().any(|(_, s)| *s == 202),
+        "recovered by itself once the database came back"
+    );
+    // Graph sends the 503'd ones again.
+    for (n, status) in &answers {
+        if *status == 503 {
+            let mut accepted = false;
+            for _ in 0..50 {
+                if post(*n).await == 202 {
+                    accepted = true;
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            assert!(accepted, "redelivery {n} accepted");
+        }
+    }
+    let queued = env
+        .db
+        .strings("SELECT payload FROM jobs WHERE kind = 'graph_notification' AND payload LIKE '%outage-%'")
+        .await;
+    assert_eq!(
+        queued.len(),
+        answers.len(),
+        "every delivery is one job: nothing lost, none twice"
+    );
+    env.app.stop().await.unwrap();
+}
+
 /// Waits up to 20 s for `sql` to return a row.
 pub(crate) async fn eventually(db: &TestDb, sql: &str) -> Vec<String> {
     for _ in 0..200 {
