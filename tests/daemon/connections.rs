@@ -340,6 +340,71 @@ async fn delegated_refresh_rotates_and_revocation_needs_reconsent(db: TestDb) {
     );
 }
 
+/// Reliability: ten concurrent callers needing a delegated connection's token cause one
+/// refresh (the refresh token is rotated once and the newest one kept); and a crash between
+/// the identity platform's answer and its commit loses nothing: the refresh token still stored
+/// works after a restart (Microsoft rotates refresh tokens on use without revoking the old one:
+/// entra-docs, refresh-tokens.md).
+async fn concurrent_refreshes_are_one_and_a_crash_before_the_commit_recovers(db: TestDb) {
+    let env = env(&db, "s").await;
+    let connection = device_code_sign_in(&env).await;
+    let stored = || async {
+        let (token, _) =
+            connections::load_token(&env.store, &env.keys, &connection.id, REFRESH_SLOT)
+                .await
+                .unwrap()
+                .unwrap();
+        token.to_string()
+    };
+    let first = stored().await;
+    db.execute("DELETE FROM connection_tokens WHERE resource <> 'refresh'")
+        .await;
+    env.emulator.shared().throttle.clear_requests();
+    let service = Arc::new(env.service());
+    let mut callers = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let (service, connection) = (service.clone(), connection.clone());
+        callers.spawn(async move { service.access_token(&connection, GRAPH_RESOURCE).await });
+    }
+    while let Some(done) = callers.join_next().await {
+        done.unwrap().unwrap();
+    }
+    let refreshes = env
+        .emulator
+        .shared()
+        .throttle
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with("/oauth2/v2.0/token"))
+        .count();
+    assert_eq!(refreshes, 1, "one refresh for ten callers");
+    let second = stored().await;
+    assert_ne!(first, second, "the rotated refresh token is kept");
+    // The identity platform answers a refresh, and the process dies before storing it.
+    let lost = env
+        .identity()
+        .refresh(
+            TENANT,
+            &env.client_id,
+            None,
+            &second,
+            "offline_access User.Read",
+        )
+        .await
+        .unwrap();
+    assert!(lost.refresh_token.is_some());
+    assert_eq!(stored().await, second, "nothing was committed");
+    // After the restart (a new token service), the stored refresh token still works.
+    db.execute("DELETE FROM connection_tokens WHERE resource <> 'refresh'")
+        .await;
+    let restarted = env.service();
+    restarted
+        .access_token(&connection, GRAPH_RESOURCE)
+        .await
+        .unwrap();
+    assert_ne!(stored().await, second, "and its successor is kept");
+}
+
 async fn moved_or_altered_ciphertexts_do_not_decrypt(db: TestDb) {
     let env = env(&db, "s").await;
     let first = env.add_app().await;
@@ -1234,6 +1299,7 @@ async fn tenant_connect_signs_in_by_device_code(db: TestDb) {
 }
 
 on_both_backends!(
+    concurrent_refreshes_are_one_and_a_crash_before_the_commit_recovers,
     the_vault_proves_its_key_and_rotation_names_what_it_cannot_open,
     disabled_connections_get_no_tokens,
     tenant_connect_signs_in_by_device_code,
