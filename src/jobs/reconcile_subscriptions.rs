@@ -378,6 +378,13 @@ mod tests {
                             "{}: renewed with {left} s left, window {window} s",
                             subscription.resource
                         );
+                        // An instance clock 10 minutes slow renews 10 minutes later than
+                        // this: still before Graph's expiry, with a minute to spare.
+                        assert!(
+                            left > 11 * 60,
+                            "{}: a clock 10 minutes slow would renew too late ({left} s left)",
+                            subscription.resource
+                        );
                         subscription.expires_at = Some(asked);
                         renewals[n] += 1;
                     }

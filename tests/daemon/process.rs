@@ -14,7 +14,147 @@ crate::on_both_backends!(
     healthcheck_exits_zero_when_ready_and_one_when_not,
     a_flood_of_forged_notifications_is_one_log_line_and_exact_metrics,
     killed_20_times_during_a_drain_every_job_still_finishes_once,
+    instance_clocks_ten_minutes_off_do_not_rescue_live_jobs_early,
 );
+
+/// `tenantd run` under libfaketime with the clock moved by `offset` (`+10m`, `-10m`);
+/// monotonic time stays true, as it does on a machine whose wall clock is off. `None` when
+/// faketime is not installed (CI installs it and sets TENANTD_REQUIRE_FAKETIME=1).
+fn daemon_with_clock_off(offset: &str, env: &[(&str, String)]) -> Option<Daemon> {
+    let found = std::process::Command::new("faketime")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !found {
+        assert!(
+            std::env::var("TENANTD_REQUIRE_FAKETIME").as_deref() != Ok("1"),
+            "TENANTD_REQUIRE_FAKETIME=1 but faketime is not installed (apt-get install faketime)"
+        );
+        eprintln!("skipped: faketime is not installed (apt-get install faketime)");
+        return None;
+    }
+    let mut command = std::process::Command::new("faketime");
+    for (name, _) in std::env::vars() {
+        if name.starts_with("TENANTD_") || name == "NOTIFY_SOCKET" || name.starts_with("WATCHDOG_")
+        {
+            command.env_remove(name);
+        }
+    }
+    command
+        .stdin(Stdio::null())
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .args(["-f", offset, env!("CARGO_BIN_EXE_tenantd")]);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    Some(Daemon::run(command))
+}
+
+/// Reliability: instances whose clocks are 10 minutes off do not rescue a live job early,
+/// because leases are judged by the database's clock. A job hangs in a token request to an
+/// address that never answers; on PostgreSQL it runs on an instance 10 minutes slow while
+/// another, 10 minutes fast, runs the reaper (twice in 20 s); on SQLite (one instance by
+/// design, its clock is the database's) the fast instance runs both. The job stays `running`
+/// under its first lease owner, its attempt counted once.
+async fn instance_clocks_ten_minutes_off_do_not_rescue_live_jobs_early(db: TestDb) {
+    let blackhole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let authority = format!("http://{}", blackhole.local_addr().unwrap());
+    let held = std::thread::spawn(move || {
+        let mut open = Vec::new();
+        for stream in blackhole.incoming().take(16) {
+            open.push(stream);
+        }
+        open
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("vault.keys");
+    tenantd::vault::Keyring::create_file(&key_file, "k1").unwrap();
+    let keys = tenantd::vault::Keyring::load(&key_file).unwrap();
+    let store = db.store().await;
+    store.migrate().await.unwrap();
+    let tenant = "84bd8158-6d4d-4958-8b9f-9d6445542f95";
+    tenantd::connections::add_app(
+        &store,
+        &keys,
+        tenantd::connections::NewAppConnection {
+            tenant_id: tenant,
+            client_id: "11111111-2222-4333-8444-555555555555",
+            client_secret: "s",
+            label: None,
+            make_default: true,
+            authority: &authority,
+        },
+        tenantd::audit::Actor::Cli,
+    )
+    .await
+    .unwrap();
+    tenantd::jobs::enqueue(
+        &tenantd::queue::Queue::new(store.clone()),
+        &tenantd::jobs::connection_check::ConnectionCheck {
+            tenant_id: tenant.into(),
+            run_id: None,
+        },
+    )
+    .await
+    .unwrap();
+    let env = [
+        ("TENANTD_DATABASE__URL", db.url().to_string()),
+        ("TENANTD_SECRETS__KEY_FILE", key_file.display().to_string()),
+        ("TENANTD_IDENTITY__AUTHORITY", authority.clone()),
+        ("TENANTD_QUEUE__LEASE_SECONDS", "3".to_string()),
+        ("TENANTD_QUEUE__WORKERS", "1".to_string()),
+    ];
+    let postgres = !db.url().starts_with("sqlite");
+    let Some(runner) = daemon_with_clock_off(if postgres { "-10m" } else { "+10m" }, &env) else {
+        return;
+    };
+    runner.wait_until_running();
+    let running = "SELECT lease_owner || ' ' || CAST(attempts AS TEXT) FROM jobs WHERE kind = 'connection_check' AND state = 'running'";
+    let first = crate::webhooks::eventually(&db, running).await;
+    // The claim was stamped with the instance's clock: proof the clock really is off.
+    let stamped: i64 = db
+        .strings("SELECT CAST(updated_at AS TEXT) FROM jobs WHERE kind = 'connection_check'")
+        .await[0]
+        .parse()
+        .unwrap();
+    let real = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
+    assert!(
+        (stamped - real).abs() > 9 * 60 * 1000,
+        "the runner's clock is 10 minutes off: stamped {stamped}, real {real}"
+    );
+    let reaper = if postgres {
+        let other = [("TENANTD_QUEUE__WORKERS", "0".to_string())];
+        let env: Vec<(&str, String)> = env
+            .iter()
+            .filter(|(name, _)| *name != "TENANTD_QUEUE__WORKERS")
+            .cloned()
+            .chain(other)
+            .collect();
+        let reaper = daemon_with_clock_off("+10m", &env).expect("faketime was found above");
+        reaper.wait_until_running();
+        Some(reaper)
+    } else {
+        None
+    };
+    // Two passes of the reaper (at start and after 15 s).
+    tokio::time::sleep(Duration::from_secs(17)).await;
+    let now = db.strings(running).await;
+    assert_eq!(
+        now, first,
+        "the live job was not rescued: still running under its first lease, one attempt"
+    );
+    assert!(first[0].ends_with(" 1"), "{first:?}");
+    drop(reaper);
+    drop(runner);
+    drop(held);
+    store.close().await;
+}
 
 /// Reliability: 10,000 jobs drained by the real binary, killed with SIGKILL 20 times while it
 /// works. In the end every job succeeded (none lost, none dead), none is left `running` past
