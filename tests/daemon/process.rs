@@ -15,7 +15,113 @@ crate::on_both_backends!(
     a_flood_of_forged_notifications_is_one_log_line_and_exact_metrics,
     killed_20_times_during_a_drain_every_job_still_finishes_once,
     instance_clocks_ten_minutes_off_do_not_rescue_live_jobs_early,
+    a_double_sigterm_hands_the_running_job_back_and_exits_at_once,
 );
+
+/// Reliability: SIGTERM, then SIGTERM again, while a job hangs: the daemon exits 0 at once
+/// (not after its 30 s grace) and the job is handed back: `available`, its attempt not
+/// counted, not left `running` until its lease expires.
+async fn a_double_sigterm_hands_the_running_job_back_and_exits_at_once(db: TestDb) {
+    let job = hanging_job(&db).await;
+    let mut command = tenantd_command();
+    command.env("TENANTD_SHUTDOWN__GRACE_SECONDS", "30");
+    for (name, value) in &job.env {
+        command.env(name, value);
+    }
+    let mut daemon = Daemon::run(command);
+    daemon.wait_until_running();
+    crate::webhooks::eventually(
+        &db,
+        "SELECT id FROM jobs WHERE kind = 'connection_check' AND state = 'running'",
+    )
+    .await;
+    let sent = Instant::now();
+    daemon.signal("TERM");
+    daemon.wait_for_log("stop requested", Duration::from_secs(5));
+    daemon.signal("TERM");
+    let status = tokio::task::block_in_place(|| daemon.wait_exit(Duration::from_secs(20)));
+    assert_eq!(status.code(), Some(0), "{}", daemon.output());
+    assert!(
+        sent.elapsed() < Duration::from_secs(10),
+        "exited in {:?}, not after the 30 s grace",
+        sent.elapsed()
+    );
+    let state = db
+        .strings("SELECT state || ' ' || CAST(attempts AS TEXT) FROM jobs WHERE kind = 'connection_check'")
+        .await;
+    assert_eq!(
+        state,
+        ["available 0"],
+        "handed back without burning the attempt"
+    );
+    job.store.close().await;
+}
+
+/// A `connection_check` job that hangs: its connection's authority accepts connections and
+/// never answers (the token request waits for its 30 s timeout). Returns what keeps it so
+/// and the environment a daemon needs to run it.
+struct HangingJob {
+    _held: std::thread::JoinHandle<Vec<std::io::Result<std::net::TcpStream>>>,
+    _dir: tempfile::TempDir,
+    store: tenantd::store::Store,
+    env: Vec<(&'static str, String)>,
+}
+
+async fn hanging_job(db: &TestDb) -> HangingJob {
+    let blackhole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let authority = format!("http://{}", blackhole.local_addr().unwrap());
+    let held = std::thread::spawn(move || {
+        let mut open = Vec::new();
+        for stream in blackhole.incoming().take(16) {
+            open.push(stream);
+        }
+        open
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("vault.keys");
+    tenantd::vault::Keyring::create_file(&key_file, "k1").unwrap();
+    let keys = tenantd::vault::Keyring::load(&key_file).unwrap();
+    let store = db.store().await;
+    store.migrate().await.unwrap();
+    let tenant = "84bd8158-6d4d-4958-8b9f-9d6445542f95";
+    tenantd::connections::add_app(
+        &store,
+        &keys,
+        tenantd::connections::NewAppConnection {
+            tenant_id: tenant,
+            client_id: "11111111-2222-4333-8444-555555555555",
+            client_secret: "s",
+            label: None,
+            make_default: true,
+            authority: &authority,
+        },
+        tenantd::audit::Actor::Cli,
+    )
+    .await
+    .unwrap();
+    tenantd::jobs::enqueue(
+        &tenantd::queue::Queue::new(store.clone()),
+        &tenantd::jobs::connection_check::ConnectionCheck {
+            tenant_id: tenant.into(),
+            run_id: None,
+        },
+    )
+    .await
+    .unwrap();
+    let env = vec![
+        ("TENANTD_DATABASE__URL", db.url().to_string()),
+        ("TENANTD_SECRETS__KEY_FILE", key_file.display().to_string()),
+        ("TENANTD_IDENTITY__AUTHORITY", authority.clone()),
+        ("TENANTD_QUEUE__LEASE_SECONDS", "3".to_string()),
+        ("TENANTD_QUEUE__WORKERS", "1".to_string()),
+    ];
+    HangingJob {
+        _held: held,
+        _dir: dir,
+        store,
+        env,
+    }
+}
 
 /// `tenantd run` under libfaketime with the clock moved by `offset` (`+10m`, `-10m`);
 /// monotonic time stays true, as it does on a machine whose wall clock is off. `None` when
@@ -57,53 +163,12 @@ fn daemon_with_clock_off(offset: &str, env: &[(&str, String)]) -> Option<Daemon>
 /// design, its clock is the database's) the fast instance runs both. The job stays `running`
 /// under its first lease owner, its attempt counted once.
 async fn instance_clocks_ten_minutes_off_do_not_rescue_live_jobs_early(db: TestDb) {
-    let blackhole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let authority = format!("http://{}", blackhole.local_addr().unwrap());
-    let held = std::thread::spawn(move || {
-        let mut open = Vec::new();
-        for stream in blackhole.incoming().take(16) {
-            open.push(stream);
-        }
-        open
-    });
-    let dir = tempfile::tempdir().unwrap();
-    let key_file = dir.path().join("vault.keys");
-    tenantd::vault::Keyring::create_file(&key_file, "k1").unwrap();
-    let keys = tenantd::vault::Keyring::load(&key_file).unwrap();
-    let store = db.store().await;
-    store.migrate().await.unwrap();
-    let tenant = "84bd8158-6d4d-4958-8b9f-9d6445542f95";
-    tenantd::connections::add_app(
-        &store,
-        &keys,
-        tenantd::connections::NewAppConnection {
-            tenant_id: tenant,
-            client_id: "11111111-2222-4333-8444-555555555555",
-            client_secret: "s",
-            label: None,
-            make_default: true,
-            authority: &authority,
-        },
-        tenantd::audit::Actor::Cli,
-    )
-    .await
-    .unwrap();
-    tenantd::jobs::enqueue(
-        &tenantd::queue::Queue::new(store.clone()),
-        &tenantd::jobs::connection_check::ConnectionCheck {
-            tenant_id: tenant.into(),
-            run_id: None,
-        },
-    )
-    .await
-    .unwrap();
-    let env = [
-        ("TENANTD_DATABASE__URL", db.url().to_string()),
-        ("TENANTD_SECRETS__KEY_FILE", key_file.display().to_string()),
-        ("TENANTD_IDENTITY__AUTHORITY", authority.clone()),
-        ("TENANTD_QUEUE__LEASE_SECONDS", "3".to_string()),
-        ("TENANTD_QUEUE__WORKERS", "1".to_string()),
-    ];
+    let HangingJob {
+        _held: held,
+        _dir,
+        store,
+        env,
+    } = hanging_job(&db).await;
     let postgres = !db.url().starts_with("sqlite");
     let Some(runner) = daemon_with_clock_off(if postgres { "-10m" } else { "+10m" }, &env) else {
         return;
