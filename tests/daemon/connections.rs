@@ -1140,17 +1140,20 @@ async fn the_browser_sign_in_completes_on_the_callback(db: TestDb) {
         .unwrap()
         .redirect_uris
         .push(redirect.clone());
-    let url = tenantd::oauth::start_authorize(
-        &env.store,
-        &env.keys,
-        &env.identity(),
-        TENANT,
-        &env.client_id,
-        &redirect,
-        "offline_access User.Read",
-    )
-    .await
-    .unwrap();
+    let authorize = || async {
+        tenantd::oauth::start_authorize(
+            &env.store,
+            &env.keys,
+            &env.identity(),
+            TENANT,
+            &env.client_id,
+            &redirect,
+            "offline_access User.Read",
+        )
+        .await
+        .unwrap()
+    };
+    let url = authorize().await;
     assert!(url.contains("code_challenge_method=S256"));
     // Microsoft's sign-in page: the emulator signs in the user named by login_hint.
     let (status, location) =
@@ -1184,17 +1187,7 @@ async fn the_browser_sign_in_completes_on_the_callback(db: TestDb) {
     );
     // A code the identity platform does not know (forged, expired or used): reported as
     // `invalid_grant` with its AADSTS code, not as a refresh token's expiry.
-    let url = tenantd::oauth::start_authorize(
-        &env.store,
-        &env.keys,
-        &env.identity(),
-        TENANT,
-        &env.client_id,
-        &redirect,
-        "offline_access User.Read",
-    )
-    .await
-    .unwrap();
+    let url = authorize().await;
     let state = url::Url::parse(&url)
         .unwrap()
         .query_pairs()
