@@ -1,5 +1,6 @@
 //! Cron schedules that only enqueue: each fire time becomes one job (dedupe key
-//! `schedule:<name>:<fire time>`), however many instances tick; schedules follow their IANA
+//! `schedule:<name>:<fire time>`, or the kind's own key for kinds that run one at a time, such
+//! as `reconcile_subscriptions`), however many instances tick; schedules follow their IANA
 //! time zone across daylight-saving changes; after downtime the latest missed fire is enqueued
 //! once, not every missed one.
 //!
@@ -83,7 +84,12 @@ pub fn job_of<J: Job + Clone>(job: J) -> impl Fn() -> NewJob + Send + Sync {
         kind: J::KIND.into(),
         payload: serde_json::to_value(&job).expect("job payloads serialize"),
         tenant_id: job.tenant().unwrap_or_default(),
-        dedupe_key: None,
+        // Kinds that run one at a time keep their own key (see `Scheduler::tick`).
+        dedupe_key: if J::ONE_AT_A_TIME {
+            job.dedupe_key()
+        } else {
+            None
+        },
         priority: 0,
         run_at: None,
         max_attempts: J::MAX_ATTEMPTS,
@@ -247,7 +253,8 @@ pub fn heartbeats(scenarios: &[crate::config::HeartbeatConfig]) -> Vec<Schedule>
                     kind: HeartbeatRun::KIND.into(),
                     payload: serde_json::to_value(&job).expect("job payloads serialize"),
                     tenant_id: job.tenant_id.clone(),
-                    dedupe_key: job.dedupe_key(),
+                    // One job per fire time: the tick gives it the fire's key.
+                    dedupe_key: None,
                     priority: 0,
                     run_at: None,
                     max_attempts: HeartbeatRun::MAX_ATTEMPTS,
@@ -319,7 +326,12 @@ impl Scheduler {
                 continue; // Another instance took this tick.
             }
             let mut job = (schedule.job)();
-            job.dedupe_key = Some(format!("schedule:{}:{}", schedule.name, fire.timestamp()));
+            // A kind that runs one at a time (reconcile, pruning) keeps its own key, so a fire
+            // while one is unfinished (the start-up run, a slow earlier fire) is that one;
+            // other kinds get one job per fire time.
+            if job.dedupe_key.is_none() {
+                job.dedupe_key = Some(format!("schedule:{}:{}", schedule.name, fire.timestamp()));
+            }
             if let Err(err) = self.queue.enqueue(&job).await {
                 // Give the tick back so the next tick (here or elsewhere) enqueues it.
                 write_tx!(self.store, |pool| {

@@ -229,6 +229,10 @@ pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// How long one attempt may run.
     const TIMEOUT: Duration = Duration::from_secs(60);
 
+    /// Runs one at a time whoever enqueues it: a scheduled fire while one is unfinished is
+    /// that one (the schedule keeps the kind's own dedupe key instead of one per fire).
+    const ONE_AT_A_TIME: bool = false;
+
     /// Unfinished jobs with the same key are not enqueued twice.
     fn dedupe_key(&self) -> Option<String> {
         None

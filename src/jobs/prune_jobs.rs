@@ -16,6 +16,7 @@ pub struct PruneJobs {
 
 impl Job for PruneJobs {
     const KIND: &'static str = "prune_jobs";
+    const ONE_AT_A_TIME: bool = true;
     const MAX_ATTEMPTS: u32 = 3;
 
     fn dedupe_key(&self) -> Option<String> {

@@ -203,6 +203,7 @@ impl ReconcileSubscriptions {
 
 impl Job for ReconcileSubscriptions {
     const KIND: &'static str = "reconcile_subscriptions";
+    const ONE_AT_A_TIME: bool = true;
     const MAX_ATTEMPTS: u32 = 3;
     const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 

@@ -314,7 +314,47 @@ async fn finished_jobs_are_pruned_after_retention_and_cancel_only_touches_waitin
     assert!(queue.stats().await.unwrap().is_empty());
 }
 
+/// One reconcile at a time: the start-up run and the scheduled ones share the kind's dedupe
+/// key, so a fire while one is unfinished is that one (two at once raced each other: issue 17);
+/// once it finished the next fire runs again.
+async fn a_scheduled_reconcile_while_one_is_unfinished_is_that_one(db: TestDb) {
+    let store = db.store().await;
+    store.migrate().await.unwrap();
+    let queue = Queue::new(store.clone());
+    let reconcile =
+        tenantd::jobs::reconcile_subscriptions::ReconcileSubscriptions { public_url: None };
+    tenantd::jobs::enqueue(&queue, &reconcile).await.unwrap();
+    let scheduler =
+        tenantd::scheduler::Scheduler::new(store, queue, tenantd::scheduler::builtin(168, None));
+    let t0 = "2026-12-03T10:00:00Z"
+        .parse::<chrono::DateTime<chrono::Utc>>()
+        .unwrap();
+    scheduler.tick(t0).await.unwrap();
+    scheduler
+        .tick(t0 + chrono::Duration::seconds(61))
+        .await
+        .unwrap();
+    let count = || async {
+        db.strings("SELECT CAST(count(*) AS TEXT) FROM jobs WHERE kind = 'reconcile_subscriptions'")
+            .await
+            .remove(0)
+    };
+    assert_eq!(
+        count().await,
+        "1",
+        "the scheduled fire is the unfinished start-up run"
+    );
+    db.execute("UPDATE jobs SET state = 'succeeded', finished_at = 1 WHERE kind = 'reconcile_subscriptions'")
+        .await;
+    scheduler
+        .tick(t0 + chrono::Duration::seconds(121))
+        .await
+        .unwrap();
+    assert_eq!(count().await, "2", "after it finished, the next fire runs");
+}
+
 on_both_backends!(
+    a_scheduled_reconcile_while_one_is_unfinished_is_that_one,
     dedupe_holds_among_unfinished_jobs_only,
     expired_leases_are_rescued_and_stale_workers_fenced_off,
     retries_back_off_and_dead_letter_after_the_last_attempt,
