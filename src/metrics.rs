@@ -64,8 +64,9 @@ pub mod names {
     /// `fetched` (confirmed at Graph), `gone` (deleted since), `ignored` (a type tenantd does
     /// not store), `unrecognized_resource` (dead-lettered).
     pub const NOTIFICATIONS_PROCESSED: &str = "tenantd_notifications_processed_total";
-    /// Counter of subscription reconcile actions by `result` (`created`, `renewed`,
-    /// `recreated`, `deleted`, `create_failed`, `renew_failed`, `delete_failed`).
+    /// Counter of subscription reconcile actions by `result` (`created`, `adopted` (made by
+    /// an interrupted attempt, found at Graph), `renewed`, `recreated`, `deleted`,
+    /// `create_failed`, `renew_failed`, `delete_failed`).
     pub const SUBSCRIPTION_RENEWALS: &str = "tenantd_subscription_renewals_total";
     /// Counter of resource resyncs after missed notifications by `result` (`resynced`,
     /// `nothing_stored`).

@@ -675,6 +675,23 @@ impl GraphClient {
         .await
     }
 
+    /// `GET /subscriptions`: the calling app's subscriptions in the connection's tenant
+    /// (api-reference/v1.0/api/subscription-list.md).
+    ///
+    /// # Errors
+    /// [`GraphError`].
+    pub async fn list_subscriptions(
+        &self,
+        connection: &Connection,
+    ) -> Result<Vec<Value>, GraphError> {
+        self.collect(
+            connection,
+            &GraphRequest::new(Method::GET, "/subscriptions", "subscriptions"),
+            10,
+        )
+        .await
+    }
+
     /// `PATCH /subscriptions/{id}` with a new `expirationDateTime` (RFC 3339). Returns Graph's
     /// subscription object.
     ///

@@ -71,6 +71,9 @@ pub(crate) async fn create_subscription(
             .map_err(JobError::database)?;
         return Ok(Creation::NoPublicUrl);
     };
+    // An earlier attempt claimed the creation (`creating`, recorded before its POST) and never
+    // recorded the result: Graph may have created it before the crash.
+    let interrupted = subscription.reason.as_deref() == Some("creating");
     if !subscriptions::begin_create(&context.store, &subscription.id)
         .await
         .map_err(JobError::database)?
@@ -80,6 +83,13 @@ pub(crate) async fn create_subscription(
     let client_state = subscriptions::client_state(&context.store, &context.keys, &subscription.id)
         .await
         .map_err(JobError::database)?;
+    if interrupted {
+        if let Some(adopted) =
+            adopt(context, subscription, connection, public_url, &client_state).await?
+        {
+            return Ok(adopted);
+        }
+    }
     let lifetime =
         subscriptions::max_lifetime(&subscription.resource, subscription.include_resource_data);
     let expires = now_unix() + i64::try_from(lifetime.as_secs()).unwrap_or(0);
@@ -133,6 +143,56 @@ pub(crate) async fn create_subscription(
             Ok(Creation::Failed(reason))
         }
     }
+}
+
+/// After an interrupted create: the subscription Graph made for this one (same resource and
+/// notification URL, and the same clientState where Graph shows it), recorded instead of
+/// creating another, which would be an orphan notifying until it expires. `None` when Graph
+/// has none (or cannot be asked: then a new one is created, as before).
+async fn adopt(
+    context: &JobContext,
+    subscription: &Subscription,
+    connection: &Connection,
+    public_url: &str,
+    client_state: &str,
+) -> Result<Option<Creation>, JobError> {
+    let listed = match context.graph.list_subscriptions(connection).await {
+        Ok(listed) => listed,
+        Err(err) => {
+            tracing::warn!(subscription = %subscription.id, reason = err.reason_code(), "cannot list Graph's subscriptions to adopt one an interrupted attempt made; creating a new one");
+            return Ok(None);
+        }
+    };
+    let url = endpoint(public_url, "/webhooks/graph");
+    let ours = listed.iter().find(|candidate| {
+        let same_resource = candidate["resource"].as_str().is_some_and(|r| {
+            r.trim_start_matches('/')
+                .eq_ignore_ascii_case(subscription.resource.trim_start_matches('/'))
+        });
+        let same_url = candidate["notificationUrl"].as_str() == Some(url.as_str());
+        let same_state = candidate["clientState"]
+            .as_str()
+            .is_none_or(|state| state == client_state);
+        same_resource && same_url && same_state
+    });
+    let Some(ours) = ours else {
+        return Ok(None);
+    };
+    let Some(graph_id) = ours["id"].as_str() else {
+        return Ok(None);
+    };
+    subscriptions::record_created(
+        &context.store,
+        &subscription.id,
+        graph_id,
+        &connection.id,
+        expiry_of(ours, now_unix()),
+    )
+    .await
+    .map_err(JobError::database)?;
+    tracing::warn!(subscription = %subscription.id, "adopted the subscription an interrupted attempt created at Graph instead of creating another");
+    count("adopted");
+    Ok(Some(Creation::Created))
 }
 
 impl ReconcileSubscriptions {

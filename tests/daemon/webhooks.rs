@@ -1066,6 +1066,60 @@ async fn every_documented_form_is_stored_and_the_unrecognised_dead_lettered(db: 
     live.app.stop().await.unwrap();
 }
 
+/// No orphans: a crash between Graph's 201 and the commit of its id leaves the row claimed
+/// (`creating`) without an id while Graph has the subscription. The next create lists
+/// Graph's subscriptions and adopts that one (same resource, URL and clientState) instead of
+/// creating a second that would notify until it expired.
+async fn a_subscription_created_before_a_crash_is_adopted_not_made_twice(db: TestDb) {
+    let live = live(&db).await;
+    // The state a crash right after Graph's 201 leaves: the claim, no id (and the claim old
+    // enough for another attempt to take it).
+    let old = tenantd::audit::now_unix() - 600;
+    db.execute(&format!(
+        "UPDATE subscriptions SET graph_id = NULL, expires_at = NULL, status = 'pending', reason = 'creating', updated_at = {old}"
+    ))
+    .await;
+    let store = db.store().await;
+    tenantd::jobs::enqueue(
+        &tenantd::queue::Queue::new(store.clone()),
+        &tenantd::jobs::reconcile_subscriptions::ReconcileSubscriptions {
+            public_url: Some(live.public_url.clone()),
+        },
+    )
+    .await
+    .unwrap();
+    let adopted = eventually(
+        &db,
+        "SELECT graph_id FROM subscriptions WHERE status = 'active' AND graph_id IS NOT NULL",
+    )
+    .await;
+    assert_eq!(
+        adopted[..],
+        [live.graph_id.as_str()],
+        "the subscription Graph made is adopted"
+    );
+    assert_eq!(
+        live.emulator.shared().world().subscriptions.len(),
+        1,
+        "no second subscription at Graph"
+    );
+    // And it delivers to the adopted row.
+    send_mail(
+        &live.emulator,
+        &live.client_id,
+        &live.secret,
+        &live.user_id,
+        "After adoption",
+    )
+    .await;
+    eventually(
+        &db,
+        "SELECT subject FROM messages WHERE subject = 'After adoption'",
+    )
+    .await;
+    live.app.stop().await.unwrap();
+}
+
 /// Events are fetched, not stored: the worker confirms the change at Graph (one GET of the
 /// changed event) and the job succeeds.
 async fn an_event_notification_is_fetched_from_graph(db: TestDb) {
@@ -1303,6 +1357,7 @@ on_both_backends!(
     the_subscription_commands_want_list_and_unwant,
     subscriptions_are_renewed_before_expiry_and_recreated_when_graph_lost_them,
     a_configured_subscription_is_created_and_a_new_message_ends_up_stored,
+    a_subscription_created_before_a_crash_is_adopted_not_made_twice,
     an_event_notification_is_fetched_from_graph,
     microsofts_samples_are_accepted_and_a_redelivery_is_one_job,
     forged_unknown_and_malformed_notifications_queue_nothing,
