@@ -96,6 +96,14 @@ pub enum AppError {
     /// The configured subscriptions could not be recorded.
     #[error("subscriptions: {0}")]
     Subscriptions(#[from] crate::subscriptions::SubscriptionError),
+    /// A background task stayed silent past `shutdown.stall_exit_seconds`.
+    #[error("the {task} task has been stuck for more than {limit:?} past its promise; exiting so the supervisor restarts tenantd (shutdown.stall_exit_seconds)")]
+    Stalled {
+        /// The task's name.
+        task: &'static str,
+        /// How long past its promise it was silent.
+        limit: Duration,
+    },
     /// A listener stopped accepting connections on its own.
     #[error("the {listener} listener failed: {reason}")]
     Listener {
@@ -303,7 +311,7 @@ impl Application {
             ),
             limits,
             work_stop.clone(),
-            failed_tx,
+            failed_tx.clone(),
         ));
         work.spawn(metrics_upkeep(metrics, tasks.clone(), work_stop.clone()));
         work.spawn(queue_upkeep(
@@ -368,6 +376,14 @@ impl Application {
             tasks.clone(),
             work_stop.clone(),
         ));
+        if config.shutdown.stall_exit_seconds > 0 {
+            work.spawn(stall_guard(
+                tasks.clone(),
+                Duration::from_secs(config.shutdown.stall_exit_seconds),
+                failed_tx,
+                work_stop.clone(),
+            ));
+        }
         if let Some(interval) = notifier.watchdog_interval() {
             tracing::info!(
                 interval_ms = interval.as_millis() as u64,
@@ -552,6 +568,32 @@ async fn run_scheduler(scheduler: Scheduler, tasks: TaskHealth, stop: Cancellati
     }
 }
 
+/// How often the stall guard looks.
+const STALL_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Ends the daemon with an error (exit 1, so the supervisor restarts it) when a background
+/// task stays silent `limit` past what it promised: `/readyz` has said `task_stalled` all that
+/// time, and a stuck task does not come back by itself.
+async fn stall_guard(
+    tasks: TaskHealth,
+    limit: Duration,
+    failed: mpsc::Sender<AppError>,
+    stop: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(STALL_CHECK_INTERVAL);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            _ = ticker.tick() => {
+                if let Some(task) = tasks.stalled_past(limit) {
+                    let _ = failed.send(AppError::Stalled { task, limit }).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
 /// Pings the systemd watchdog while every background task is alive. A database outage does not
 /// stop the pings (a restart would not fix it; `/readyz` reports it); a stalled or dead task
 /// does, so systemd restarts a daemon that is stuck.
@@ -603,6 +645,49 @@ mod tests {
             left -= now;
         }
         tokio::task::yield_now().await;
+    }
+
+    /// A task stuck past the limit ends the daemon with `Stalled`, which the CLI turns into
+    /// exit 1 (the supervisor restarts); while it beats, nothing happens.
+    #[tokio::test(start_paused = true)]
+    async fn a_task_stuck_past_the_limit_ends_the_daemon() {
+        let tasks = TaskHealth::default();
+        let heartbeat = tasks.register("workers", Duration::from_secs(30));
+        let (failed_tx, mut failed_rx) = mpsc::channel(1);
+        let stop = CancellationToken::new();
+        let guard = tokio::spawn(stall_guard(
+            tasks.clone(),
+            Duration::from_secs(60),
+            failed_tx,
+            stop.clone(),
+        ));
+        for _ in 0..30 {
+            tokio::time::advance(Duration::from_secs(10)).await;
+            heartbeat.beat();
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            failed_rx.try_recv().is_err(),
+            "a beating task is left alone"
+        );
+        tokio::time::advance(Duration::from_secs(100)).await;
+        let failed = tokio::time::timeout(Duration::from_secs(10), failed_rx.recv())
+            .await
+            .expect("the guard reports")
+            .expect("an error");
+        assert!(
+            matches!(
+                failed,
+                AppError::Stalled {
+                    task: "workers",
+                    ..
+                }
+            ),
+            "{failed}"
+        );
+        guard.await.unwrap();
+        drop(heartbeat);
+        stop.cancel();
     }
 
     #[tokio::test(start_paused = true)]

@@ -642,11 +642,17 @@ impl Default for LogConfig {
 pub struct ShutdownConfig {
     /// After SIGTERM, how long in-flight work may take before the process exits anyway.
     pub grace_seconds: u64,
+    /// A background task silent this many seconds past what it promised makes the process
+    /// exit 1, so the supervisor restarts it (a stuck daemon does not heal); 0 disables.
+    pub stall_exit_seconds: u64,
 }
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
-        Self { grace_seconds: 30 }
+        Self {
+            grace_seconds: 30,
+            stall_exit_seconds: 300,
+        }
     }
 }
 

@@ -76,6 +76,20 @@ impl TaskHealth {
     }
 }
 
+impl TaskHealth {
+    /// A task that has stayed silent for `limit` longer than it promised, if any: stuck for
+    /// good, as far as the process can tell.
+    pub fn stalled_past(&self, limit: Duration) -> Option<&'static str> {
+        let now = Instant::now();
+        self.lock()
+            .iter()
+            .find(|(_, state)| {
+                !state.stopped && now.duration_since(state.last_beat) > state.max_silence + limit
+            })
+            .map(|(task, _)| *task)
+    }
+}
+
 /// A task's handle: call [`Heartbeat::beat`] each round; dropping it marks the task stopped.
 #[derive(Debug)]
 pub struct Heartbeat {
@@ -97,6 +111,31 @@ impl Drop for Heartbeat {
         if let Some(state) = self.health.lock().get_mut(self.task) {
             state.stopped = true;
         }
+    }
+}
+
+#[cfg(test)]
+mod stall_tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_task_silent_past_the_limit_is_named() {
+        let health = TaskHealth::default();
+        let beating = health.register("beating", Duration::from_secs(10));
+        let _silent = health.register("silent", Duration::from_secs(10));
+        let limit = Duration::from_secs(300);
+        for _ in 0..30 {
+            tokio::time::advance(Duration::from_secs(10)).await;
+            beating.beat();
+        }
+        assert_eq!(
+            health.stalled_past(limit),
+            None,
+            "300 s silent: stalled, not yet past"
+        );
+        tokio::time::advance(Duration::from_secs(11)).await;
+        beating.beat();
+        assert_eq!(health.stalled_past(limit), Some("silent"));
     }
 }
 

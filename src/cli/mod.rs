@@ -160,6 +160,9 @@ impl Cli {
     }
 }
 
+/// How long after the grace period a stopping daemon is ended regardless.
+const HARD_STOP_MARGIN: Duration = Duration::from_secs(10);
+
 /// Standard output could not be written: a reader that went away (a closed pipe) is an
 /// ordinary end, anything else a failure. Either way the process ends here.
 #[doc(hidden)]
@@ -413,10 +416,29 @@ fn run(
     let shutdown = Shutdown::new();
     let (signal_tx, signal_rx) = tokio::sync::mpsc::unbounded_channel();
     let signals_handle = signals.handle();
+    // Whatever is stuck (a wedged database thread, a runtime that no longer polls), the
+    // process is gone HARD_STOP_MARGIN after the grace period that follows the first stop
+    // signal: this thread is no runtime's, so nothing in the runtime can hold it.
+    let hard_stop = loaded.config.shutdown.grace() + HARD_STOP_MARGIN;
     let forwarder = std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
+            let mut deadline_set = false;
             for signal in signals.forever() {
+                if !deadline_set && (signal == SIGTERM || signal == SIGINT) {
+                    deadline_set = true;
+                    let _ = std::thread::Builder::new()
+                        .name("hard-stop".into())
+                        .spawn(move || {
+                            std::thread::sleep(hard_stop);
+                            eprintln!(
+                                "tenantd: still not stopped {}s after the stop signal (the grace period and {}s more); exiting now",
+                                hard_stop.as_secs(),
+                                HARD_STOP_MARGIN.as_secs()
+                            );
+                            std::process::exit(EXIT_FAILURE);
+                        });
+                }
                 if signal_tx.send(signal).is_err() {
                     break;
                 }

@@ -140,25 +140,36 @@ async fn read_body_in_time(
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|length| length > limits.max_body_bytes) {
+    // Too large: the rest is read and dropped (within the same deadline and rate, and up to
+    // DRAIN_LIMIT) before the 413, so the client reads the answer instead of a reset.
+    let mut too_big = declared.is_some_and(|length| length > limits.max_body_bytes);
+    if declared.is_some_and(|length| length > DRAIN_LIMIT) {
         return too_large();
     }
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + limits.body_read_timeout;
     let mut collected = Vec::new();
+    let mut received = 0usize;
     loop {
         match tokio::time::timeout_at(deadline, body.frame()).await {
             Ok(Some(Ok(frame))) => {
                 if let Ok(data) = frame.into_data() {
-                    collected.extend_from_slice(&data);
+                    received += data.len();
+                    if !too_big {
+                        collected.extend_from_slice(&data);
+                    }
                 }
-                if collected.len() > limits.max_body_bytes {
+                if received > limits.max_body_bytes {
+                    too_big = true;
+                    collected = Vec::new();
+                }
+                if received > DRAIN_LIMIT {
                     return too_large();
                 }
                 let elapsed = started.elapsed();
                 let floor = limits.body_min_bytes_per_second as f64 * elapsed.as_secs_f64();
                 #[allow(clippy::cast_precision_loss)]
-                if elapsed > Duration::from_secs(1) && (collected.len() as f64) < floor {
+                if elapsed > Duration::from_secs(1) && (received as f64) < floor {
                     return too_slow();
                 }
             }
@@ -174,9 +185,15 @@ async fn read_body_in_time(
             Err(_) => return too_slow(),
         }
     }
+    if too_big {
+        return too_large();
+    }
     let request = axum::extract::Request::from_parts(parts, axum::body::Body::from(collected));
     next.run(request).await
 }
+
+/// The most of an oversized body read (and dropped) so that its sender sees the 413.
+const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
 
 fn too_large() -> Response {
     (
