@@ -300,11 +300,16 @@ impl Drop for TestDb {
 /// Puts `config`'s public listener on a free loopback port, chosen before the daemon starts
 /// because Graph must be told where to post; returns its URL.
 pub(crate) fn public_listener_on_free_port(config: &mut Config) -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // Below the ephemeral range (32768-60999 on Linux): a port the kernel hands out for port 0
+    // is also what outgoing connections take, and tests that open hundreds of them (the
+    // reconnect storm) would take it between this check and the daemon's bind.
+    let port = loop {
+        let candidate = 20_000 + uuid::Uuid::new_v4().as_u128() % 12_000;
+        let candidate = u16::try_from(candidate).expect("below 32000");
+        if std::net::TcpListener::bind(("127.0.0.1", candidate)).is_ok() {
+            break candidate;
+        }
+    };
     let public_url = format!("http://127.0.0.1:{port}");
     config.listener.bind = format!("127.0.0.1:{port}").parse().unwrap();
     config.listener.public_url = Some(url::Url::parse(&public_url).unwrap());
