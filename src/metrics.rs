@@ -65,7 +65,8 @@ pub mod names {
     /// not store), `unrecognized_resource` (dead-lettered).
     pub const NOTIFICATIONS_PROCESSED: &str = "tenantd_notifications_processed_total";
     /// Counter of subscription reconcile actions by `result` (`created`, `adopted` (made by
-    /// an interrupted attempt, found at Graph), `renewed`, `recreated`, `deleted`,
+    /// an interrupted attempt, found at Graph), `orphan_deleted` (a duplicate such attempts
+    /// left), `renewed`, `recreated`, `deleted`,
     /// `create_failed`, `renew_failed`, `delete_failed`).
     pub const SUBSCRIPTION_RENEWALS: &str = "tenantd_subscription_renewals_total";
     /// Counter of resource resyncs after missed notifications by `result` (`resynced`,

@@ -164,7 +164,7 @@ async fn adopt(
         }
     };
     let url = endpoint(public_url, "/webhooks/graph");
-    let ours = listed.iter().find(|candidate| {
+    let made_for_this = |candidate: &&serde_json::Value| {
         let same_resource = candidate["resource"].as_str().is_some_and(|r| {
             r.trim_start_matches('/')
                 .eq_ignore_ascii_case(subscription.resource.trim_start_matches('/'))
@@ -174,8 +174,11 @@ async fn adopt(
             .as_str()
             .is_none_or(|state| state == client_state);
         same_resource && same_url && same_state
-    });
-    let Some(ours) = ours else {
+    };
+    // The one that lives longest is kept; any other an interrupted attempt left is deleted.
+    let mut made: Vec<&serde_json::Value> = listed.iter().filter(made_for_this).collect();
+    made.sort_by_key(|candidate| std::cmp::Reverse(expiry_of(candidate, 0)));
+    let Some((ours, extra)) = made.split_first() else {
         return Ok(None);
     };
     let Some(graph_id) = ours["id"].as_str() else {
@@ -190,6 +193,17 @@ async fn adopt(
     )
     .await
     .map_err(JobError::database)?;
+    for orphan in extra
+        .iter()
+        .filter_map(|candidate| candidate["id"].as_str())
+    {
+        match context.graph.delete_subscription(connection, orphan).await {
+            Ok(()) | Err(GraphError::NotFound { .. }) => count("orphan_deleted"),
+            Err(err) => {
+                tracing::warn!(subscription = %subscription.id, reason = err.reason_code(), "could not delete a duplicate an interrupted attempt left at Graph; it lapses at its expiry");
+            }
+        }
+    }
     tracing::warn!(subscription = %subscription.id, "adopted the subscription an interrupted attempt created at Graph instead of creating another");
     count("adopted");
     Ok(Some(Creation::Created))

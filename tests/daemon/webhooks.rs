@@ -1079,6 +1079,15 @@ async fn a_subscription_created_before_a_crash_is_adopted_not_made_twice(db: Tes
         "UPDATE subscriptions SET graph_id = NULL, expires_at = NULL, status = 'pending', reason = 'creating', updated_at = {old}"
     ))
     .await;
+    // A second attempt had been interrupted the same way: a duplicate at Graph, shorter-lived.
+    let duplicate = {
+        let mut world = live.emulator.shared().world();
+        let mut copy = world.subscriptions[&live.graph_id].clone();
+        copy.id = "7e1f0c9a-8b3d-4a8e-9d2b-6b0a4d1e5c3f".into();
+        copy.expiration -= time::Duration::hours(1);
+        world.subscriptions.insert(copy.id.clone(), copy.clone());
+        copy.id
+    };
     let store = db.store().await;
     tenantd::jobs::enqueue(
         &tenantd::queue::Queue::new(store.clone()),
@@ -1098,10 +1107,28 @@ async fn a_subscription_created_before_a_crash_is_adopted_not_made_twice(db: Tes
         [live.graph_id.as_str()],
         "the subscription Graph made is adopted"
     );
+    for _ in 0..50 {
+        if !live
+            .emulator
+            .shared()
+            .world()
+            .subscriptions
+            .contains_key(&duplicate)
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     assert_eq!(
-        live.emulator.shared().world().subscriptions.len(),
-        1,
-        "no second subscription at Graph"
+        live.emulator
+            .shared()
+            .world()
+            .subscriptions
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>(),
+        [live.graph_id.clone()],
+        "no second subscription at Graph: the duplicate is deleted"
     );
     // And it delivers to the adopted row.
     send_mail(
