@@ -1127,7 +1127,7 @@ async fn a_subscription_created_before_a_crash_is_adopted_not_made_twice(db: Tes
             .keys()
             .cloned()
             .collect::<Vec<_>>(),
-        [live.graph_id.clone()],
+        std::slice::from_ref(&live.graph_id),
         "no second subscription at Graph: the duplicate is deleted"
     );
     // And it delivers to the adopted row.
