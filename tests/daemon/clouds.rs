@@ -28,16 +28,7 @@ fn emulate(emulator: &graph_emulator::Emulator, cloud: EmulatedCloud) {
 
 async fn a_national_cloud_gets_and_needs_tokens_of_its_own_audience(db: TestDb) {
     let (emulator, client_id, secret) = seeded_emulator(TENANT, 1, &["User.Read.All"]).await;
-    let user_id = {
-        let world = emulator.shared().world();
-        world.tenants[TENANT]
-            .users
-            .values()
-            .next()
-            .unwrap()
-            .id
-            .clone()
-    };
+    let user_id = crate::helpers::first_user_id(&emulator, TENANT);
     let store = db.store().await;
     store.migrate().await.unwrap();
     let key = tenantd::vault::Keyring::new_key_line("k1");

@@ -607,11 +607,7 @@ async fn the_vault_proves_its_key_and_rotation_names_what_it_cannot_open(db: Tes
             .env("TENANTD_LISTENER__BIND", "127.0.0.1:0")
             .output()
             .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let text = crate::helpers::combined_output(&output);
         assert!(!text.contains(CANARY), "a secret was printed: {text}");
         (output.status.code(), text)
     };
@@ -727,11 +723,7 @@ async fn secrets_never_leak_into_the_database_listings_or_metrics(db: TestDb) {
         .env("TENANTD_SECRETS__KEY_FILE", "/nonexistent/keys")
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let text = crate::helpers::combined_output(&output);
     assert!(!text.contains(CANARY), "{text}");
 }
 
@@ -826,11 +818,7 @@ async fn the_cli_adds_lists_checks_and_removes(db: TestDb) {
             )
             .output()
             .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let text = crate::helpers::combined_output(&output);
         assert!(!text.contains(CANARY), "a secret was printed: {text}");
         (output.status.code(), text)
     };

@@ -745,6 +745,27 @@ pub(crate) async fn default_app(
     .unwrap()
 }
 
+/// The id of the first user seeded in `tenant` at `emulator`.
+pub(crate) fn first_user_id(emulator: &graph_emulator::Emulator, tenant: &str) -> String {
+    let world = emulator.shared().world();
+    world.tenants[tenant]
+        .users
+        .values()
+        .next()
+        .expect("a seeded user")
+        .id
+        .clone()
+}
+
+/// A finished process's standard output and error, as one text.
+pub(crate) fn combined_output(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
 /// A test vault key, the tenant's default app-only connection to `emulator`, and a token
 /// service asking the emulator: what tests of Graph-calling code share.
 pub(crate) async fn connect_app(

@@ -877,16 +877,7 @@ pub(crate) async fn live_with(db: &TestDb, resource: &str, include_resource_data
         ],
     )
     .await;
-    let user_id = {
-        let world = emulator.shared().world();
-        world.tenants[TENANT]
-            .users
-            .values()
-            .next()
-            .unwrap()
-            .id
-            .clone()
-    };
+    let user_id = crate::helpers::first_user_id(&emulator, TENANT);
     let mut config = test_config(db);
     let public_url = crate::helpers::public_listener_on_free_port(&mut config);
     config.graph.base_url = url::Url::parse(&emulator.graph_url()).unwrap();
