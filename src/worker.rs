@@ -170,26 +170,23 @@ impl WorkerPool {
         let mut context = self.context.clone();
         context.attempt = job.attempt;
         let run = kind.run(job.payload.clone(), context);
-        let renew_every = self.lease / 3;
-        let mut renewals =
-            tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
-        let timeout = tokio::time::sleep(kind.timeout);
-        tokio::pin!(run, timeout);
-        let outcome = loop {
+        // The lease is renewed by a future polled beside the job, never inside a `select!`
+        // arm: an arm's await leaves the job unpolled, and a job in the middle of a SQLite
+        // transaction holds the process's write turn while sqlx's connection thread waits
+        // for the job to take its BEGIN/COMMIT acknowledgement. A renewal waiting for that
+        // turn then waited forever, and every writer behind it (issue #17's wedge).
+        let outcome = {
+            let keep_lease = self.keep_lease(&job);
+            let timeout = tokio::time::sleep(kind.timeout);
+            tokio::pin!(run, timeout, keep_lease);
             tokio::select! {
-                result = &mut run => break Some(result),
-                () = &mut timeout => break Some(Err(JobError::Retry { reason: "job_timeout", message: format!("ran longer than {:?}", kind.timeout), after: None })),
-                () = release.cancelled() => break None,
-                _ = renewals.tick() => {
-                    match self.queue.renew(&job, self.lease).await {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            tracing::warn!(job.id = %job.id, job.kind = %job.kind, "lease lost; abandoning the attempt");
-                            record(&job.kind, "lease_lost", started);
-                            return;
-                        }
-                        Err(err) => tracing::warn!(job.id = %job.id, error = %err, "lease renewal failed"),
-                    }
+                result = &mut run => Some(result),
+                () = &mut timeout => Some(Err(JobError::Retry { reason: "job_timeout", message: format!("ran longer than {:?}", kind.timeout), after: None })),
+                () = release.cancelled() => None,
+                () = &mut keep_lease => {
+                    tracing::warn!(job.id = %job.id, job.kind = %job.kind, "lease lost; abandoning the attempt");
+                    record(&job.kind, "lease_lost", started);
+                    return;
                 }
             }
         };
@@ -242,6 +239,27 @@ impl WorkerPool {
             Ok(outcome) => record(&job.kind, outcome, started),
             Err(err) => {
                 tracing::error!(job.id = %job.id, error = %err, "could not record a job outcome; the lease will expire and the reaper retries it")
+            }
+        }
+    }
+}
+
+impl WorkerPool {
+    /// Renews `job`'s lease every third of its length; returns only when the lease is lost
+    /// (another worker or the reaper took the job). A failed renewal is logged and tried
+    /// again at the next tick: the lease still has two thirds left.
+    async fn keep_lease(&self, job: &ClaimedJob) {
+        let every = self.lease / 3;
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            match self.queue.renew(job, self.lease).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(err) => {
+                    tracing::warn!(job.id = %job.id, error = %err, "lease renewal failed");
+                }
             }
         }
     }

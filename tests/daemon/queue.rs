@@ -419,6 +419,38 @@ mod workers {
         }
     }
 
+    /// Writes to the store, one short transaction after another, for `millis`: a job that is
+    /// inside a transaction at almost any instant (as a reconcile of thousands of
+    /// subscriptions is).
+    #[derive(Serialize, Deserialize)]
+    struct BusyWriter {
+        millis: u64,
+    }
+    impl Job for BusyWriter {
+        const KIND: &'static str = "test_busy_writer";
+        async fn run(self, context: JobContext) -> Result<(), JobError> {
+            let until = tokio::time::Instant::now() + Duration::from_millis(self.millis);
+            let mut written = 0_u32;
+            while tokio::time::Instant::now() < until {
+                context
+                    .queue
+                    .enqueue(&tenantd::queue::NewJob {
+                        kind: "test_written".into(),
+                        payload: serde_json::json!({ "n": written }),
+                        tenant_id: String::new(),
+                        dedupe_key: None,
+                        priority: 0,
+                        run_at: Some(i64::MAX / 2),
+                        max_attempts: 1,
+                    })
+                    .await
+                    .map_err(JobError::database)?;
+                written += 1;
+            }
+            Ok(())
+        }
+    }
+
     async fn pool(db: &TestDb, lease: Duration, grace: Duration) -> (Queue, WorkerPool) {
         let store = db.store().await;
         store.migrate().await.unwrap();
@@ -427,6 +459,7 @@ mod workers {
         registry.register::<Throttled>();
         registry.register::<Broken>();
         registry.register::<Sleepy>();
+        registry.register::<BusyWriter>();
         let keys = Arc::new(
             tenantd::vault::Keyring::parse(
                 std::path::Path::new("k"),
@@ -566,6 +599,32 @@ mod workers {
         running.await.unwrap();
     }
 
+    /// The wedge of issue #17: a lease renewal that fired while the job was inside a SQLite
+    /// transaction waited for the write turn the job held, while the job (not polled during
+    /// the renewal) could never take the acknowledgement of its BEGIN or COMMIT from sqlx's
+    /// connection thread: every writer of the process stopped for good. Renewals every 50 ms
+    /// over two seconds of continuous writes met that moment within a few ticks.
+    async fn a_lease_renewal_never_waits_on_the_job_it_renews(db: TestDb) {
+        let (queue, pool) = pool(&db, Duration::from_millis(150), Duration::from_secs(5)).await;
+        jobs::enqueue(&queue, &BusyWriter { millis: 2000 })
+            .await
+            .unwrap();
+        let stop = CancellationToken::new();
+        let health = tenantd::health::TaskHealth::default();
+        let running = tokio::spawn(pool.run(
+            stop.clone(),
+            health.register("workers", Duration::from_secs(60)),
+        ));
+        let done = wait_for(&queue, JobState::Succeeded, 1).await;
+        assert_eq!(done[0].kind, "test_busy_writer");
+        assert_eq!(done[0].attempts, 1, "the lease was held throughout");
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(5), running)
+            .await
+            .expect("the pool stops")
+            .unwrap();
+    }
+
     async fn on_stop_unfinished_jobs_are_released_after_the_grace_period(db: TestDb) {
         let (queue, pool) = pool(&db, Duration::from_secs(30), Duration::from_millis(200)).await;
         jobs::enqueue(&queue, &Sleepy { millis: 60_000 })
@@ -654,6 +713,7 @@ mod workers {
         an_idle_pool_wakes_for_new_work_without_waiting_for_its_poll,
         outcomes_are_recorded_without_sleeping_on_throttled_jobs,
         leases_are_renewed_while_a_job_runs,
+        a_lease_renewal_never_waits_on_the_job_it_renews,
         on_stop_unfinished_jobs_are_released_after_the_grace_period,
         a_second_stop_signal_hands_running_jobs_back_at_once,
     );
