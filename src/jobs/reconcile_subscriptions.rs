@@ -286,59 +286,77 @@ impl Job for ReconcileSubscriptions {
     }
 
     async fn run(self, context: JobContext) -> Result<(), JobError> {
+        use futures_util::stream::{self, TryStreamExt};
         let all = subscriptions::list(&context.store, None)
             .await
             .map_err(JobError::database)?;
         let now = now_unix();
-        for subscription in &all {
-            let connection =
-                match super::subscription_connection(&context.store, subscription).await {
-                    Ok(connection) => connection,
-                    Err(err) => {
-                        subscriptions::record_failed(
-                            &context.store,
-                            &subscription.id,
-                            err.reason_code(),
-                        )
-                        .await
-                        .map_err(JobError::database)?;
-                        continue;
-                    }
-                };
-            match (
-                subscriptions::action(subscription, now),
-                &subscription.graph_id,
-            ) {
-                (Action::Delete, Some(graph_id)) => {
-                    match context
-                        .graph
-                        .delete_subscription(&connection, graph_id)
-                        .await
-                    {
-                        Ok(()) | Err(GraphError::NotFound { .. }) => {
-                            subscriptions::forget(&context.store, &subscription.id)
-                                .await
-                                .map_err(JobError::database)?;
-                            count("deleted");
-                        }
-                        Err(err) => {
-                            tracing::warn!(subscription = %subscription.id, reason = err.reason_code(), "deleting a subscription failed");
-                            count("delete_failed");
-                        }
-                    }
-                }
-                (Action::Forget, _) => subscriptions::forget(&context.store, &subscription.id)
-                    .await
-                    .map_err(JobError::database)?,
-                (Action::Create, _) => self.create(&context, subscription, &connection).await?,
-                (Action::Renew, Some(graph_id)) => {
-                    self.renew(&context, subscription, &connection, graph_id)
-                        .await?;
-                }
-                _ => {}
-            }
-        }
+        // Several at once: each waits mostly on Graph (and Graph's handshake with our
+        // listener), so thousands done one by one would outlast the job's timeout. All of them
+        // are polled together by `try_for_each_concurrent`: none is left holding the store's
+        // write turn unpolled. The Graph client's per-tenant pacing still applies.
+        stream::iter(all.iter().map(Ok))
+            .try_for_each_concurrent(RECONCILE_CONCURRENCY, |subscription| {
+                self.reconcile_one(&context, subscription, now)
+            })
+            .await?;
         publish_gauges(&context).await;
+        Ok(())
+    }
+}
+
+/// Subscriptions a reconcile works on at once.
+const RECONCILE_CONCURRENCY: usize = 16;
+
+impl ReconcileSubscriptions {
+    /// Brings one subscription in line: delete, forget, create or renew as its state asks.
+    async fn reconcile_one(
+        &self,
+        context: &JobContext,
+        subscription: &Subscription,
+        now: i64,
+    ) -> Result<(), JobError> {
+        let connection = match super::subscription_connection(&context.store, subscription).await {
+            Ok(connection) => connection,
+            Err(err) => {
+                subscriptions::record_failed(&context.store, &subscription.id, err.reason_code())
+                    .await
+                    .map_err(JobError::database)?;
+                return Ok(());
+            }
+        };
+        match (
+            subscriptions::action(subscription, now),
+            &subscription.graph_id,
+        ) {
+            (Action::Delete, Some(graph_id)) => {
+                match context
+                    .graph
+                    .delete_subscription(&connection, graph_id)
+                    .await
+                {
+                    Ok(()) | Err(GraphError::NotFound { .. }) => {
+                        subscriptions::forget(&context.store, &subscription.id)
+                            .await
+                            .map_err(JobError::database)?;
+                        count("deleted");
+                    }
+                    Err(err) => {
+                        tracing::warn!(subscription = %subscription.id, reason = err.reason_code(), "deleting a subscription failed");
+                        count("delete_failed");
+                    }
+                }
+            }
+            (Action::Forget, _) => subscriptions::forget(&context.store, &subscription.id)
+                .await
+                .map_err(JobError::database)?,
+            (Action::Create, _) => self.create(context, subscription, &connection).await?,
+            (Action::Renew, Some(graph_id)) => {
+                self.renew(context, subscription, &connection, graph_id)
+                    .await?;
+            }
+            _ => {}
+        }
         Ok(())
     }
 }
