@@ -959,3 +959,89 @@ pub(crate) async fn sign_in_delegated(
     .await
     .unwrap()
 }
+
+/// A TCP proxy in front of PostgreSQL that can be cut (every connection dropped, new ones
+/// refused) and restored, or frozen (connections stay open and nothing passes either way: a
+/// database that hangs): outages the test controls.
+pub(crate) struct CuttableProxy {
+    pub(crate) addr: std::net::SocketAddr,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    frozen: tokio_util::sync::CancellationToken,
+    links: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl CuttableProxy {
+    pub(crate) async fn start(upstream: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let frozen = tokio_util::sync::CancellationToken::new();
+        let links = Arc::new(Mutex::new(Vec::new()));
+        let (accept_cut, accept_links, accept_frozen) =
+            (cut.clone(), links.clone(), frozen.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if accept_cut.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
+                let frozen = accept_frozen.clone();
+                let link = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            () = frozen.cancelled() => {
+                                // Both sockets stay open; nothing is forwarded any more.
+                                std::future::pending::<()>().await;
+                            }
+                        }
+                    }
+                });
+                accept_links.lock().unwrap().push(link.abort_handle());
+            }
+        });
+        Self {
+            addr,
+            cut,
+            frozen,
+            links,
+        }
+    }
+
+    /// The database is gone: connections reset, new ones refused.
+    pub(crate) fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+
+    pub(crate) fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The database hangs: every open connection and every new one stays open and silent.
+    pub(crate) fn freeze(&self) {
+        self.frozen.cancel();
+    }
+
+    /// `db`'s URL with the proxy in front.
+    pub(crate) fn url_for(&self, db: &TestDb) -> String {
+        let mut proxied: url::Url = db.url().parse().unwrap();
+        proxied.set_port(Some(self.addr.port())).unwrap();
+        proxied.set_host(Some("127.0.0.1")).unwrap();
+        proxied.to_string()
+    }
+
+    /// A proxy in front of `db`'s server.
+    pub(crate) async fn in_front_of(db: &TestDb) -> Self {
+        let server: url::Url = db.url().parse().unwrap();
+        let upstream = format!(
+            "{}:{}",
+            server.host_str().unwrap(),
+            server.port().unwrap_or(5432)
+        )
+        .parse()
+        .unwrap();
+        Self::start(upstream).await
+    }
+}

@@ -862,3 +862,41 @@ fn a_closed_stdout_ends_the_cli_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(!stderr.contains("Broken pipe"), "{stderr}");
 }
+
+/// Reliability: whatever is stuck, SIGTERM ends the process within the grace period plus the
+/// hard-stop margin (10 s), exit code 1 so the supervisor knows. Here the database hangs (a
+/// proxy keeps every connection open and forwards nothing), so the drain, the lease release
+/// and the final instance write all wait forever: only the hard stop can end it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_the_process_even_when_the_database_hangs() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let proxy = crate::helpers::CuttableProxy::in_front_of(&db).await;
+    let mut command = tenantd_command();
+    command
+        .env("TENANTD_DATABASE__URL", proxy.url_for(&db))
+        .env("TENANTD_SHUTDOWN__GRACE_SECONDS", "2");
+    let mut daemon = Daemon::run(command);
+    daemon.wait_until_running();
+    proxy.freeze();
+    // Let the daemon's own work run into the hung database first.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let sent = Instant::now();
+    daemon.signal("TERM");
+    let status = tokio::task::block_in_place(|| daemon.wait_exit(Duration::from_secs(30)));
+    let took = sent.elapsed();
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "a stop that could not finish is a failure: {}",
+        daemon.output()
+    );
+    assert!(
+        took >= Duration::from_secs(11) && took < Duration::from_secs(16),
+        "exited {took:?} after SIGTERM: the 2 s grace plus the 10 s margin, not sooner, not much later"
+    );
+    assert!(daemon
+        .output()
+        .contains("still not stopped 12s after the stop signal"));
+}

@@ -644,49 +644,6 @@ async fn real_deliveries_are_served_in_time_under_slow_clients_and_a_reconnect_s
     env.app.stop().await.unwrap();
 }
 
-/// A TCP proxy in front of PostgreSQL that can be cut (every connection dropped, new ones
-/// refused) and restored: a database outage the test controls.
-struct CuttableProxy {
-    addr: std::net::SocketAddr,
-    cut: Arc<std::sync::atomic::AtomicBool>,
-    links: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
-}
-
-impl CuttableProxy {
-    async fn start(upstream: std::net::SocketAddr) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let links = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (accept_cut, accept_links) = (cut.clone(), links.clone());
-        tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if accept_cut.load(std::sync::atomic::Ordering::SeqCst) {
-                    continue;
-                }
-                let link = tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-                accept_links.lock().unwrap().push(link.abort_handle());
-            }
-        });
-        Self { addr, cut, links }
-    }
-
-    fn cut(&self) {
-        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
-        for link in self.links.lock().unwrap().drain(..) {
-            link.abort();
-        }
-    }
-
-    fn restore(&self) {
-        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
 /// Reliability: PostgreSQL gone for 10 s under webhook load (a proxy between daemon and
 /// server cut): every answer is a 202 or a 503, never a 202 without a commit; the daemon
 /// recovers by itself once the database is back, and the 503'd deliveries, sent again as
@@ -696,19 +653,8 @@ async fn a_database_outage_under_load_answers_503s_and_loses_nothing() {
     let Some(db) = TestDb::postgres().await else {
         return;
     };
-    let server: url::Url = db.url().parse().unwrap();
-    let upstream = format!(
-        "{}:{}",
-        server.host_str().unwrap(),
-        server.port().unwrap_or(5432)
-    )
-    .parse()
-    .unwrap();
-    let proxy = CuttableProxy::start(upstream).await;
-    let mut proxied = server.clone();
-    proxied.set_port(Some(proxy.addr.port())).unwrap();
-    proxied.set_host(Some("127.0.0.1")).unwrap();
-    let proxied = proxied.to_string();
+    let proxy = crate::helpers::CuttableProxy::in_front_of(&db).await;
+    let proxied = proxy.url_for(&db);
     let env = env_with(db, |config| {
         config.database.url = tenantd::config::DatabaseUrl::new(proxied.clone());
     })
