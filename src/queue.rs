@@ -451,6 +451,44 @@ const TAKE_POSTGRES: &str = concat!(
     "RETURNING id, kind, payload, tenant_id, attempts, max_attempts"
 );
 
+// The common PostgreSQL claim in one statement: up to `$6` lanes in order from after the
+// cursor `$5` round to it, each its equal share of `$6` (the first lanes the remainder),
+// taken as `TAKE_POSTGRES` does. When lanes have fewer ready jobs than their share, the claim
+// goes on with the lane walk for the rest.
+const CLAIM_POSTGRES: &str = concat!(
+    "WITH RECURSIVE after_lanes(tenant_id, n) AS (",
+    "SELECT (SELECT tenant_id FROM jobs WHERE state = 'available' AND tenant_id > $5 ORDER BY tenant_id LIMIT 1), 1 ",
+    "UNION ALL SELECT (SELECT j.tenant_id FROM jobs j WHERE j.state = 'available' ",
+    "AND j.tenant_id > a.tenant_id ORDER BY j.tenant_id LIMIT 1), n + 1 ",
+    "FROM after_lanes a WHERE a.tenant_id IS NOT NULL AND n < $6), ",
+    "start_lanes(tenant_id, n) AS (",
+    "SELECT (SELECT tenant_id FROM jobs WHERE state = 'available' ORDER BY tenant_id LIMIT 1), 1 ",
+    "UNION ALL SELECT (SELECT j.tenant_id FROM jobs j WHERE j.state = 'available' ",
+    "AND j.tenant_id > s.tenant_id ORDER BY j.tenant_id LIMIT 1), n + 1 ",
+    "FROM start_lanes s WHERE s.tenant_id IS NOT NULL AND s.tenant_id < $5 AND n < $6), ",
+    "lanes AS (SELECT tenant_id, n AS pos FROM after_lanes WHERE tenant_id IS NOT NULL ",
+    "UNION ALL SELECT tenant_id, $6 + n FROM start_lanes WHERE tenant_id IS NOT NULL AND tenant_id <= $5 ",
+    "ORDER BY pos LIMIT $6), ",
+    "shared AS (SELECT tenant_id, $6 / count(*) OVER () + ",
+    "CASE WHEN row_number() OVER (ORDER BY pos) <= $6 % count(*) OVER () THEN 1 ELSE 0 END AS quota FROM lanes) ",
+    "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = $1, lease_token = $2, ",
+    "lease_expires_at = ", postgres_now!(), " + $3, updated_at = $4 ",
+    "WHERE id = ANY(ARRAY(SELECT picked.id FROM shared CROSS JOIN LATERAL ",
+    "(SELECT j.id FROM jobs j WHERE j.state = 'available' AND j.tenant_id = shared.tenant_id ",
+    "AND j.run_at <= ", postgres_now!(), " ORDER BY j.priority DESC, j.run_at, j.id LIMIT shared.quota ",
+    "FOR UPDATE SKIP LOCKED) picked)) ",
+    "RETURNING id, kind, payload, tenant_id, attempts, max_attempts"
+);
+
+/// The lane a one-statement claim served last: of the lanes it took jobs from, the last in
+/// the order it walked them (after `cursor` first, then from the start round to `cursor`).
+fn last_served(cursor: &str, rows: &[ClaimRow]) -> Option<String> {
+    rows.iter()
+        .map(|row| row.3.as_str())
+        .max_by_key(|lane| (*lane <= cursor, *lane))
+        .map(str::to_string)
+}
+
 const RENEW_SQLITE: &str = concat!(
     "UPDATE jobs SET lease_expires_at = ",
     sqlite_now!(),
@@ -757,6 +795,37 @@ impl LaneConn<'_> {
     }
 }
 
+/// A PostgreSQL claim: one statement when the lanes have their shares ready (the common case
+/// under load), the lane walk for whatever that statement could not fill.
+async fn claim_postgres(
+    pool: &sqlx::PgPool,
+    start: Option<String>,
+    limit: usize,
+    lease: &Lease<'_>,
+) -> Result<(Vec<ClaimRow>, Option<String>), QueueError> {
+    let Some(cursor) = start.clone() else {
+        return LaneConn::Postgres(pool).walk(start, limit, lease).await;
+    };
+    let mut rows: Vec<ClaimRow> = sqlx::query_as(CLAIM_POSTGRES)
+        .bind(lease.owner)
+        .bind(lease.token)
+        .bind(lease.millis)
+        .bind(lease.now)
+        .bind(&cursor)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(pool)
+        .await?;
+    if rows.len() >= limit {
+        let last = last_served(&cursor, &rows);
+        return Ok((rows, last));
+    }
+    let (more, last) = LaneConn::Postgres(pool)
+        .walk(start, limit - rows.len(), lease)
+        .await?;
+    rows.extend(more);
+    Ok((rows, last))
+}
+
 /// `want` split among `lanes` as evenly as it goes, the first lanes taking the remainder.
 fn shares(lanes: usize, want: usize) -> impl Iterator<Item = usize> {
     (0..lanes).map(move |n| want / lanes + usize::from(n < want % lanes))
@@ -993,7 +1062,7 @@ impl Queue {
             tx.commit().await?;
             walked
         } else if let Some(pool) = self.store.postgres() {
-            LaneConn::Postgres(pool).walk(start, limit, &terms).await?
+            claim_postgres(pool, start, limit, &terms).await?
         } else {
             unreachable!("a store has one of the two pools")
         };

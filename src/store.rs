@@ -331,6 +331,7 @@ impl Store {
                     .options([("statement_timeout", timeout_ms.as_str())]);
                 let pool = PgPoolOptions::new()
                     .max_connections(config.max_connections)
+                    .test_before_acquire(false)
                     .acquire_timeout(acquire_timeout)
                     .connect_with(options)
                     .await
