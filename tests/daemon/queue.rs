@@ -625,6 +625,41 @@ mod workers {
             .unwrap();
     }
 
+    /// Claimed ahead, a job that waits for a slot past half its lease is handed back (its
+    /// attempt not counted) instead of being started with a lease about to lapse: no lease
+    /// ever expires, and each job runs once, on its first attempt.
+    async fn a_job_claimed_ahead_that_waited_too_long_is_handed_back(db: TestDb) {
+        let (queue, mut pool) = pool(&db, Duration::from_millis(900), Duration::from_secs(5)).await;
+        pool.concurrency = 1;
+        for _ in 0..3 {
+            jobs::enqueue(&queue, &Sleepy { millis: 700 })
+                .await
+                .unwrap();
+        }
+        let stop = CancellationToken::new();
+        let health = tenantd::health::TaskHealth::default();
+        let running = tokio::spawn(pool.run(
+            stop.clone(),
+            health.register("workers", Duration::from_secs(60)),
+        ));
+        // Kept waiting unrenewed behind two 700 ms jobs, the last one's lease (900 ms) would
+        // lapse and the reaper would take it: it must have been handed back before that.
+        for _ in 0..120 {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+            assert_eq!(queue.reap().await.unwrap().rescued, 0, "no lease lapsed");
+            if queue.list(JobState::Succeeded, 10).await.unwrap().len() == 3 {
+                break;
+            }
+        }
+        let done = wait_for(&queue, JobState::Succeeded, 3).await;
+        assert!(
+            done.iter().all(|job| job.attempts == 1),
+            "each ran once, its hand-back not counted: {done:?}"
+        );
+        stop.cancel();
+        running.await.unwrap();
+    }
+
     async fn on_stop_unfinished_jobs_are_released_after_the_grace_period(db: TestDb) {
         let (queue, pool) = pool(&db, Duration::from_secs(30), Duration::from_millis(200)).await;
         jobs::enqueue(&queue, &Sleepy { millis: 60_000 })
@@ -714,6 +749,7 @@ mod workers {
         outcomes_are_recorded_without_sleeping_on_throttled_jobs,
         leases_are_renewed_while_a_job_runs,
         a_lease_renewal_never_waits_on_the_job_it_renews,
+        a_job_claimed_ahead_that_waited_too_long_is_handed_back,
         on_stop_unfinished_jobs_are_released_after_the_grace_period,
         a_second_stop_signal_hands_running_jobs_back_at_once,
     );
