@@ -22,11 +22,16 @@ use crate::health::Heartbeat;
 use crate::jobs::{JobContext, JobError, Registry};
 use crate::queue::{backoff, ClaimedJob, Queue};
 
-/// Jobs in hand (running, waiting for a slot, asked for) as a multiple of the concurrency: a
-/// claim is made when half a pool's worth or less is left waiting. Claims have a fixed cost
-/// (a round trip and a commit), so larger ones drain faster: 2 gave 11,000–13,500 no-op
-/// jobs/s at concurrency 24 on PostgreSQL, 4 gave 17,500–18,500 (docs/PERFORMANCE.md).
-const CLAIM_AHEAD: usize = 4;
+/// Most jobs in hand (running, waiting for a slot, asked for) as a multiple of the
+/// concurrency: a claim is made when half a pool's worth or less is left waiting. Claims have
+/// a fixed cost (round trips and a commit), so larger ones drain faster (docs/PERFORMANCE.md:
+/// 2, 4 and 8 at concurrency 24 on PostgreSQL). The multiple in use adapts: it drops to 1 (no
+/// more than the free slots) when a job waited too long for a slot, and doubles back up each
+/// time a claim's jobs all started promptly.
+const CLAIM_AHEAD: usize = 8;
+/// Longest a claimed job waits for a slot (or half its lease, if shorter) before it is handed
+/// back: a pool busy with slow jobs must not sit on work another instance could start.
+const WAIT_FOR_SLOT: Duration = Duration::from_secs(2);
 /// Claims at once: the next starts while the previous one's round trips are under way.
 const CLAIMS_IN_FLIGHT: usize = 2;
 
@@ -86,6 +91,8 @@ impl WorkerPool {
         let mut asked = 0;
         // The last claim found nothing: wait for the work signal before claiming again.
         let mut drained = false;
+        let mut ahead = CLAIM_AHEAD;
+        let wait_limit = WAIT_FOR_SLOT.min(this.lease / 2);
         loop {
             heartbeat.beat();
             let busy = concurrency - slots.available_permits();
@@ -93,9 +100,9 @@ impl WorkerPool {
             if claiming.len() < CLAIMS_IN_FLIGHT
                 && !drained
                 && waiting.len() <= concurrency / 2
-                && in_hand < concurrency * CLAIM_AHEAD
+                && in_hand < concurrency * ahead
             {
-                let want = concurrency * CLAIM_AHEAD - in_hand;
+                let want = concurrency * ahead - in_hand;
                 asked += want;
                 let pool = this.clone();
                 claiming.spawn(async move {
@@ -117,6 +124,10 @@ impl WorkerPool {
                     let (was_asked, claimed) = claimed.unwrap_or_default();
                     asked -= was_asked;
                     drained = claimed.is_empty();
+                    if waiting.is_empty() && !drained {
+                        // The previous claim's jobs have all started: claim more ahead.
+                        ahead = (ahead * 2).min(CLAIM_AHEAD);
+                    }
                     let at = Instant::now();
                     waiting.extend(claimed.into_iter().map(|job| (job, at)));
                 }
@@ -124,9 +135,11 @@ impl WorkerPool {
                     let permit = permit.expect("the semaphore is never closed");
                     let (job, claimed_at) = waiting.pop_front().expect("guarded");
                     let pool = this.clone();
-                    if claimed_at.elapsed() > this.lease / 2 {
-                        // Waited too long behind slow jobs: its lease may lapse before it is
-                        // renewed. Handed back (attempt not counted) for whoever is free.
+                    if claimed_at.elapsed() > wait_limit {
+                        // Waited too long behind slow jobs (its lease might even lapse before
+                        // it is renewed): handed back, attempt not counted, for whoever is
+                        // free; claim no further ahead than the free slots for now.
+                        ahead = 1;
                         drop(permit);
                         running.spawn(async move {
                             let _ = pool.queue.release(&job).await;
