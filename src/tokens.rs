@@ -20,6 +20,8 @@ use crate::secret::Secret;
 use crate::store::Store;
 use crate::vault::Keyring;
 
+/// Delegated connections a sweep renews at once.
+const SWEEP_CONCURRENCY: usize = 16;
 /// Tokens are renewed this long before they expire.
 pub const RENEW_BEFORE_SECONDS: i64 = 300;
 /// The `connection_tokens.resource` of a connection's refresh token.
@@ -233,24 +235,39 @@ impl TokenService {
     /// # Errors
     /// The database failed.
     pub async fn sweep(&self) -> Result<SweepReport, ConnectionError> {
+        use futures_util::StreamExt;
         let list = connections::list(&self.store, None).await?;
         let now = now_unix();
         let horizon =
             now + RENEW_BEFORE_SECONDS + i64::try_from(SWEEP_INTERVAL.as_secs()).unwrap_or(0);
         let mut report = SweepReport::default();
-        for connection in list
-            .iter()
-            .filter(|c| c.auth_mode == AuthMode::Delegated && c.status == Status::Active)
-        {
-            if connection.token_expires_at.is_some_and(|at| at > horizon) {
-                continue;
-            }
-            match self
+        // Several at once: each waits mostly on the identity platform, and thousands one by
+        // one would outlast the sweep interval. `for_each_concurrent` polls them all together.
+        let outcomes = std::sync::Mutex::new(Vec::new());
+        futures_util::stream::iter(list.iter().filter(|c| {
+            c.auth_mode == AuthMode::Delegated
+                && c.status == Status::Active
+                && !c.token_expires_at.is_some_and(|at| at > horizon)
+        }))
+        .for_each_concurrent(SWEEP_CONCURRENCY, |connection| async {
+            let renewed = self
                 .access_token(connection, self.identity.graph_resource())
                 .await
-            {
-                Ok(_) => report.renewed += 1,
-                Err(_) => report.failed += 1,
+                .is_ok();
+            outcomes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(renewed);
+        })
+        .await;
+        for renewed in outcomes
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        {
+            if renewed {
+                report.renewed += 1;
+            } else {
+                report.failed += 1;
             }
         }
         let list = connections::list(&self.store, None).await?;
