@@ -247,7 +247,7 @@ impl TokenService {
         futures_util::stream::iter(list.iter().filter(|c| {
             c.auth_mode == AuthMode::Delegated
                 && c.status == Status::Active
-                && !c.token_expires_at.is_some_and(|at| at > horizon)
+                && c.token_expires_at.is_none_or(|at| at <= horizon)
         }))
         .for_each_concurrent(SWEEP_CONCURRENCY, |connection| async {
             let renewed = self
