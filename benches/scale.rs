@@ -221,7 +221,6 @@ async fn measure(
     let public_url = format!("http://127.0.0.1:{public_port}");
     let mut config = Config::default();
     config.database.url = DatabaseUrl::new(url.clone());
-    config.database.max_connections = 16;
     config.admin.bind = "127.0.0.1:0".parse().unwrap();
     config.listener.bind = format!("127.0.0.1:{public_port}").parse().unwrap();
     config.listener.public_url = Some(url::Url::parse(&public_url).unwrap());

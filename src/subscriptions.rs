@@ -533,6 +533,49 @@ pub async fn list(
     Ok(rows.into_iter().map(from_row).collect())
 }
 
+/// Up to `limit` subscriptions with ids after `after` (from the first with `None`), in id
+/// order: a reconcile of tens of thousands holds one page at a time, not all of them.
+///
+/// # Errors
+/// The database failed.
+pub async fn page(
+    store: &Store,
+    after: Option<&str>,
+    limit: u32,
+) -> Result<Vec<Subscription>, SubscriptionError> {
+    let sql = format!("SELECT {COLUMNS} FROM subscriptions WHERE id > $1 ORDER BY id LIMIT $2");
+    let rows: Vec<Row> = with_pool!(store, |pool| sqlx::query_as(sqlx::AssertSqlSafe(
+        sql.as_str()
+    ))
+    .bind(after.unwrap_or_default())
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await
+    .map_err(StoreError::from)?);
+    Ok(rows.into_iter().map(from_row).collect())
+}
+
+/// How many subscriptions are in each status, and the soonest expiry of an active one: what
+/// the gauges show, counted by the database.
+///
+/// # Errors
+/// The database failed.
+pub async fn status_counts(
+    store: &Store,
+) -> Result<(Vec<(String, i64)>, Option<i64>), SubscriptionError> {
+    const COUNTS: &str = "SELECT status, count(*) FROM subscriptions GROUP BY status";
+    const SOONEST: &str = "SELECT min(expires_at) FROM subscriptions WHERE status = 'active'";
+    let counts: Vec<(String, i64)> = with_pool!(store, |pool| sqlx::query_as(COUNTS)
+        .fetch_all(pool)
+        .await
+        .map_err(StoreError::from)?);
+    let soonest: Option<i64> = with_pool!(store, |pool| sqlx::query_scalar(SOONEST)
+        .fetch_one(pool)
+        .await
+        .map_err(StoreError::from)?);
+    Ok((counts, soonest))
+}
+
 /// One subscription by tenantd's id.
 ///
 /// # Errors

@@ -287,19 +287,27 @@ impl Job for ReconcileSubscriptions {
 
     async fn run(self, context: JobContext) -> Result<(), JobError> {
         use futures_util::stream::{self, TryStreamExt};
-        let all = subscriptions::list(&context.store, None)
-            .await
-            .map_err(JobError::database)?;
         let now = now_unix();
-        // Several at once: each waits mostly on Graph (and Graph's handshake with our
-        // listener), so thousands done one by one would outlast the job's timeout. All of them
-        // are polled together by `try_for_each_concurrent`: none is left holding the store's
-        // write turn unpolled. The Graph client's per-tenant pacing still applies.
-        stream::iter(all.iter().map(Ok))
-            .try_for_each_concurrent(RECONCILE_CONCURRENCY, |subscription| {
-                self.reconcile_one(&context, subscription, now)
-            })
-            .await?;
+        // A page at a time (memory stays flat with tens of thousands), several of a page at
+        // once: each waits mostly on Graph (and Graph's handshake with our listener), so
+        // thousands done one by one would outlast the job's timeout. All of them are polled
+        // together by `try_for_each_concurrent`: none is left holding the store's write turn
+        // unpolled. The Graph client's per-tenant pacing still applies.
+        let mut after: Option<String> = None;
+        loop {
+            let page = subscriptions::page(&context.store, after.as_deref(), RECONCILE_PAGE)
+                .await
+                .map_err(JobError::database)?;
+            let Some(last) = page.last() else {
+                break;
+            };
+            after = Some(last.id.clone());
+            stream::iter(page.iter().map(Ok))
+                .try_for_each_concurrent(RECONCILE_CONCURRENCY, |subscription| {
+                    self.reconcile_one(&context, subscription, now)
+                })
+                .await?;
+        }
         publish_gauges(&context).await;
         Ok(())
     }
@@ -307,6 +315,8 @@ impl Job for ReconcileSubscriptions {
 
 /// Subscriptions a reconcile works on at once.
 const RECONCILE_CONCURRENCY: usize = 16;
+/// Subscriptions a reconcile reads at a time.
+const RECONCILE_PAGE: u32 = 500;
 
 impl ReconcileSubscriptions {
     /// Brings one subscription in line: delete, forget, create or renew as its state asks.
@@ -363,20 +373,18 @@ impl ReconcileSubscriptions {
 
 /// Subscriptions by status and the soonest expiry, for dashboards and alerts.
 async fn publish_gauges(context: &JobContext) {
-    let Ok(all) = subscriptions::list(&context.store, None).await else {
+    let Ok((counts, soonest)) = subscriptions::status_counts(&context.store).await else {
         return;
     };
     for status in ["pending", "active", "failed", "removed"] {
         #[allow(clippy::cast_precision_loss)]
-        let count = all.iter().filter(|s| s.status == status).count() as f64;
+        let count = counts
+            .iter()
+            .find(|(s, _)| s == status)
+            .map_or(0, |(_, n)| *n) as f64;
         metrics::gauge!(crate::metrics::names::SUBSCRIPTIONS, "status" => status).set(count);
     }
-    if let Some(soonest) = all
-        .iter()
-        .filter(|s| s.status == "active")
-        .filter_map(|s| s.expires_at)
-        .min()
-    {
+    if let Some(soonest) = soonest {
         #[allow(clippy::cast_precision_loss)]
         metrics::gauge!(crate::metrics::names::SUBSCRIPTION_EXPIRY)
             .set((soonest - now_unix()) as f64);
