@@ -494,6 +494,18 @@ mod workers {
         (queue, pool)
     }
 
+    /// Runs `pool` in a task (its heartbeat may stay silent for `silence`); cancel the token to
+    /// stop it.
+    fn start(
+        pool: WorkerPool,
+        silence: Duration,
+    ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+        let stop = CancellationToken::new();
+        let health = tenantd::health::TaskHealth::default();
+        let running = tokio::spawn(pool.run(stop.clone(), health.register("workers", silence)));
+        (stop, running)
+    }
+
     async fn wait_for(
         queue: &Queue,
         state: JobState,
@@ -542,12 +554,7 @@ mod workers {
         let (queue, pool) = pool(&db, Duration::from_secs(30), Duration::from_secs(5)).await;
         jobs::enqueue(&queue, &Throttled).await.unwrap();
         jobs::enqueue(&queue, &Broken).await.unwrap();
-        let stop = CancellationToken::new();
-        let health = tenantd::health::TaskHealth::default();
-        let running = tokio::spawn(pool.run(
-            stop.clone(),
-            health.register("workers", Duration::from_secs(60)),
-        ));
+        let (stop, running) = start(pool, Duration::from_secs(60));
         let failed = wait_for(&queue, JobState::Failed, 1).await;
         assert_eq!(failed[0].last_reason.as_deref(), Some("bad_request"));
         let throttled = loop {
@@ -579,12 +586,7 @@ mod workers {
         jobs::enqueue(&queue, &Sleepy { millis: 2500 })
             .await
             .unwrap();
-        let stop = CancellationToken::new();
-        let health = tenantd::health::TaskHealth::default();
-        let running = tokio::spawn(pool.run(
-            stop.clone(),
-            health.register("workers", Duration::from_secs(60)),
-        ));
+        let (stop, running) = start(pool, Duration::from_secs(60));
         for _ in 0..10 {
             tokio::time::sleep(Duration::from_millis(250)).await;
             assert_eq!(
@@ -609,12 +611,7 @@ mod workers {
         jobs::enqueue(&queue, &BusyWriter { millis: 2000 })
             .await
             .unwrap();
-        let stop = CancellationToken::new();
-        let health = tenantd::health::TaskHealth::default();
-        let running = tokio::spawn(pool.run(
-            stop.clone(),
-            health.register("workers", Duration::from_secs(60)),
-        ));
+        let (stop, running) = start(pool, Duration::from_secs(60));
         let done = wait_for(&queue, JobState::Succeeded, 1).await;
         assert_eq!(done[0].kind, "test_busy_writer");
         assert_eq!(done[0].attempts, 1, "the lease was held throughout");
@@ -636,12 +633,7 @@ mod workers {
                 .await
                 .unwrap();
         }
-        let stop = CancellationToken::new();
-        let health = tenantd::health::TaskHealth::default();
-        let running = tokio::spawn(pool.run(
-            stop.clone(),
-            health.register("workers", Duration::from_secs(60)),
-        ));
+        let (stop, running) = start(pool, Duration::from_secs(60));
         // Kept waiting unrenewed behind two 700 ms jobs, the last one's lease (900 ms) would
         // lapse and the reaper would take it: it must have been handed back before that.
         for _ in 0..120 {
@@ -666,12 +658,7 @@ mod workers {
             .await
             .unwrap();
         jobs::enqueue(&queue, &Sleepy { millis: 10 }).await.unwrap();
-        let stop = CancellationToken::new();
-        let health = tenantd::health::TaskHealth::default();
-        let running = tokio::spawn(pool.run(
-            stop.clone(),
-            health.register("workers", Duration::from_secs(60)),
-        ));
+        let (stop, running) = start(pool, Duration::from_secs(60));
         wait_for(&queue, JobState::Succeeded, 1).await;
         stop.cancel();
         tokio::time::timeout(Duration::from_secs(5), running)
@@ -694,12 +681,7 @@ mod workers {
         jobs::enqueue(&queue, &Sleepy { millis: 60_000 })
             .await
             .unwrap();
-        let stop = CancellationToken::new();
-        let health = tenantd::health::TaskHealth::default();
-        let running = tokio::spawn(pool.run(
-            stop.clone(),
-            health.register("workers", Duration::from_secs(60)),
-        ));
+        let (stop, running) = start(pool, Duration::from_secs(60));
         wait_for(&queue, JobState::Running, 1).await;
         stop.cancel();
         release_now.cancel();
@@ -716,12 +698,7 @@ mod workers {
     async fn an_idle_pool_wakes_for_new_work_without_waiting_for_its_poll(db: TestDb) {
         let (queue, mut pool) = pool(&db, Duration::from_secs(30), Duration::from_secs(5)).await;
         pool.poll = Duration::from_secs(3600);
-        let stop = CancellationToken::new();
-        let health = tenantd::health::TaskHealth::default();
-        let running = tokio::spawn(pool.run(
-            stop.clone(),
-            health.register("workers", Duration::from_secs(7200)),
-        ));
+        let (stop, running) = start(pool, Duration::from_secs(7200));
         // The first job is enqueued in process (the in-process wake-up, both backends).
         jobs::enqueue(&queue, &Sleepy { millis: 1 }).await.unwrap();
         wait_for(&queue, JobState::Succeeded, 1).await;
