@@ -95,6 +95,21 @@ impl WorkerPool {
         let wait_limit = WAIT_FOR_SLOT.min(this.lease / 2);
         loop {
             heartbeat.beat();
+            // Waited too long behind slow jobs (the lease might even lapse before it is
+            // renewed): handed back, attempt not counted, for whoever is free, without waiting
+            // for a slot here; claim no further ahead than the free slots for now. The oldest
+            // claims are at the front; the loop comes round at least every poll.
+            while waiting
+                .front()
+                .is_some_and(|(_, claimed_at)| claimed_at.elapsed() > wait_limit)
+            {
+                let (job, _) = waiting.pop_front().expect("checked");
+                ahead = 1;
+                let pool = this.clone();
+                running.spawn(async move {
+                    let _ = pool.queue.release(&job).await;
+                });
+            }
             let busy = concurrency - slots.available_permits();
             let in_hand = busy + waiting.len() + asked;
             if claiming.len() < CLAIMS_IN_FLIGHT
@@ -133,19 +148,8 @@ impl WorkerPool {
                 }
                 permit = slots.clone().acquire_owned(), if !waiting.is_empty() => {
                     let permit = permit.expect("the semaphore is never closed");
-                    let (job, claimed_at) = waiting.pop_front().expect("guarded");
+                    let (job, _) = waiting.pop_front().expect("guarded");
                     let pool = this.clone();
-                    if claimed_at.elapsed() > wait_limit {
-                        // Waited too long behind slow jobs (its lease might even lapse before
-                        // it is renewed): handed back, attempt not counted, for whoever is
-                        // free; claim no further ahead than the free slots for now.
-                        ahead = 1;
-                        drop(permit);
-                        running.spawn(async move {
-                            let _ = pool.queue.release(&job).await;
-                        });
-                        continue;
-                    }
                     let (release, completions) = (release.clone(), completions.clone());
                     running.spawn(async move {
                         pool.execute(job, release, completions, permit).await;

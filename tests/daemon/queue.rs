@@ -629,13 +629,13 @@ mod workers {
         let (queue, mut pool) = pool(&db, Duration::from_millis(900), Duration::from_secs(5)).await;
         pool.concurrency = 1;
         for _ in 0..3 {
-            jobs::enqueue(&queue, &Sleepy { millis: 700 })
+            jobs::enqueue(&queue, &Sleepy { millis: 1500 })
                 .await
                 .unwrap();
         }
         let (stop, running) = start(pool, Duration::from_secs(60));
-        // Kept waiting unrenewed behind two 700 ms jobs, the last one's lease (900 ms) would
-        // lapse and the reaper would take it: it must have been handed back before that.
+        // Kept waiting unrenewed behind 1.5 s jobs, a waiting job's lease (900 ms) would lapse
+        // and the reaper would take it: it must be handed back before a slot frees.
         for _ in 0..120 {
             tokio::time::sleep(Duration::from_millis(25)).await;
             assert_eq!(queue.reap().await.unwrap().rescued, 0, "no lease lapsed");
