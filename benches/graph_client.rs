@@ -148,6 +148,7 @@ async fn main() {
             requests_per_window: budget,
             window_seconds: window,
             mailbox_concurrency: 4,
+            ..Budgets::default()
         });
     };
     let dir = tempfile::tempdir().expect("temp dir");

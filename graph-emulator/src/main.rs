@@ -41,7 +41,9 @@ CONTROL API ({base}/_emulator, JSON):
   POST   /subscriptions/{id}/lifecycle    {event: reauthorizationRequired|subscriptionRemoved|missed}
   GET|PUT /settings                       token lifetimes, provisioning delay, handshake and
                                           delivery timeouts, delivery retries
-  GET|PUT /budgets                        {requestsPerWindow, windowSeconds, mailboxConcurrency}
+  GET|PUT /budgets                        {requestsPerWindow, windowSeconds, mailboxConcurrency,
+                                           refill: fixedWindow|tokenBucket}, per app, tenant
+                                          and service (identity, outlook, files, teams, ...)
   GET|PUT /faults                         {seed, errorRate, errorStatuses, latencyMs, dropRate,
                                            notificationDelayMs}
   GET|DELETE /requests                    the request log (method, path, status, time)

@@ -2,10 +2,20 @@
 //! request before its handler runs.
 //!
 //! Throttling follows https://learn.microsoft.com/graph/throttling and
-//! .../throttling-limits: a request budget per app per tenant answered with `429`, a
+//! .../throttling-limits: a request budget per app per tenant and service (identity, Outlook,
+//! files, Teams, subscriptions: each Graph service keeps its own limits) answered with `429`, a
 //! `Retry-After` header and the `TooManyRequests` body (published sample 13); Outlook allows 4
 //! concurrent requests per app per mailbox (`ApplicationThrottled`, MailboxConcurrency). The
 //! requests of a `$batch` are throttled one by one, the batch itself is not.
+//!
+//! A budget refills in one of two ways: a fixed window (all of it back when the window ends), or
+//! a token bucket, as Graph's identity limits ("resource units per 10 seconds") behave: it holds
+//! `requestsPerWindow` tokens and refills continuously at `requestsPerWindow / windowSeconds`
+//! per second; a throttled request costs a token too ("throttled requests still count"), down to
+//! 0.8 of the bucket in debt, so a client that ignores `Retry-After` waits longer. In bucket mode
+//! identity answers carry the documented headers: `x-ms-resource-unit` on every answer,
+//! `x-ms-throttle-limit-percentage` (0.8 to 1.8) once more than 0.8 of the bucket is used, and
+//! `x-ms-throttle-scope` and `x-ms-throttle-information` on a 429.
 //!
 //! Invariants: faults come from a seeded generator, so a seed replays the same sequence; the
 //! request log is bounded; control API calls are neither throttled, faulted nor logged.
@@ -29,16 +39,31 @@ use tokio::sync::Semaphore;
 use crate::graph::GraphError;
 use crate::{clock, jwt, AppState};
 
+/// How a budget comes back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Refill {
+    /// All of it when the window ends.
+    #[default]
+    FixedWindow,
+    /// Continuously: a bucket of `requests_per_window` tokens refilled at
+    /// `requests_per_window / window_seconds` per second.
+    TokenBucket,
+}
+
 /// Request budgets, changeable at run time.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct Budgets {
-    /// Requests one app may make against one tenant per window.
+    /// Requests one app may make against one tenant and service per window (the bucket's size
+    /// in token-bucket mode).
     pub requests_per_window: u32,
     /// The window length.
     pub window_seconds: u64,
     /// Concurrent requests per app per mailbox (Outlook: 4).
     pub mailbox_concurrency: u32,
+    /// Fixed windows or a token bucket.
+    pub refill: Refill,
 }
 
 impl Default for Budgets {
@@ -49,6 +74,7 @@ impl Default for Budgets {
             requests_per_window: 2_000,
             window_seconds: 10,
             mailbox_concurrency: 4,
+            refill: Refill::FixedWindow,
         }
     }
 }
@@ -134,13 +160,37 @@ struct Window {
     used: u32,
 }
 
+#[derive(Debug)]
+struct Bucket {
+    /// Tokens left; below zero when throttled requests ran it into debt.
+    level: f64,
+    at: Instant,
+}
+
+/// The (tenant, app, service) a budget belongs to.
+type BudgetKey = (String, String, &'static str);
+
+/// What spending one request of a budget came to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Spent {
+    /// Allowed; in token-bucket mode, the share of the bucket now used.
+    Allowed { used: Option<f64> },
+    /// Over budget: wait this long; in token-bucket mode, the share used.
+    Throttled { wait: Duration, used: Option<f64> },
+}
+
+/// How far a bucket may run into debt, as a share of its size: Graph's
+/// `x-ms-throttle-limit-percentage` tops out at 1.8.
+const MAX_DEBT: f64 = 0.8;
+
 /// Budgets, faults, mailbox semaphores and the request log.
 #[derive(Debug)]
 pub struct Throttle {
     budgets: Mutex<Budgets>,
     faults: Mutex<Faults>,
     generator: Mutex<Generator>,
-    windows: Mutex<HashMap<(String, String), Window>>,
+    windows: Mutex<HashMap<BudgetKey, Window>>,
+    buckets: Mutex<HashMap<BudgetKey, Bucket>>,
     mailboxes: Mutex<HashMap<(String, String, String), Arc<Semaphore>>>,
     log: Mutex<VecDeque<RequestRecord>>,
 }
@@ -153,6 +203,7 @@ impl Default for Throttle {
             budgets: Mutex::new(Budgets::default()),
             faults: Mutex::new(faults),
             windows: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(HashMap::new()),
             mailboxes: Mutex::new(HashMap::new()),
             log: Mutex::new(VecDeque::new()),
         }
@@ -175,6 +226,7 @@ impl Throttle {
     pub fn set_budgets(&self, budgets: Budgets) {
         *lock(&self.budgets) = budgets;
         lock(&self.windows).clear();
+        lock(&self.buckets).clear();
         lock(&self.mailboxes).clear();
     }
 
@@ -207,28 +259,59 @@ impl Throttle {
         log.push_back(record);
     }
 
-    /// Spends one request of the (tenant, app) budget; `Some(wait)` when none is left.
-    fn spend(&self, tenant: &str, app: &str) -> Option<Duration> {
+    /// Spends one request of the (tenant, app, service) budget.
+    fn spend(&self, key: BudgetKey) -> Spent {
         let budgets = self.budgets();
         let window = Duration::from_secs(budgets.window_seconds.max(1));
-        let mut windows = lock(&self.windows);
-        let entry = windows
-            .entry((tenant.to_string(), app.to_string()))
-            .or_insert(Window {
-                started: Instant::now(),
-                used: 0,
-            });
-        if entry.started.elapsed() >= window {
-            *entry = Window {
-                started: Instant::now(),
-                used: 0,
-            };
+        match budgets.refill {
+            Refill::FixedWindow => {
+                let mut windows = lock(&self.windows);
+                let entry = windows.entry(key).or_insert(Window {
+                    started: Instant::now(),
+                    used: 0,
+                });
+                if entry.started.elapsed() >= window {
+                    *entry = Window {
+                        started: Instant::now(),
+                        used: 0,
+                    };
+                }
+                if entry.used >= budgets.requests_per_window {
+                    return Spent::Throttled {
+                        wait: window.saturating_sub(entry.started.elapsed()),
+                        used: None,
+                    };
+                }
+                entry.used += 1;
+                Spent::Allowed { used: None }
+            }
+            Refill::TokenBucket => {
+                let size = f64::from(budgets.requests_per_window.max(1));
+                let per_second = size / window.as_secs_f64();
+                let now = Instant::now();
+                let mut buckets = lock(&self.buckets);
+                let bucket = buckets.entry(key).or_insert(Bucket {
+                    level: size,
+                    at: now,
+                });
+                bucket.level = (bucket.level
+                    + now.duration_since(bucket.at).as_secs_f64() * per_second)
+                    .min(size);
+                bucket.at = now;
+                let allowed = bucket.level >= 1.0;
+                // A throttled request costs a token too, down to the largest debt.
+                bucket.level = (bucket.level - 1.0).max(-MAX_DEBT * size);
+                let used = Some((size - bucket.level) / size);
+                if allowed {
+                    Spent::Allowed { used }
+                } else {
+                    Spent::Throttled {
+                        wait: Duration::from_secs_f64((1.0 - bucket.level) / per_second),
+                        used,
+                    }
+                }
+            }
         }
-        if entry.used >= budgets.requests_per_window {
-            return Some(window.saturating_sub(entry.started.elapsed()));
-        }
-        entry.used += 1;
-        None
     }
 
     fn mailbox(&self, key: (String, String, String)) -> Arc<Semaphore> {
@@ -307,6 +390,45 @@ fn mailbox_of(path: &str) -> Option<String> {
     .iter()
     .any(|w| w.eq_ignore_ascii_case(workload))
     .then(|| user.to_ascii_lowercase())
+}
+
+/// The Graph service whose limits a `/v1.0` path counts against
+/// (learn.microsoft.com/graph/throttling-limits): Outlook (a mailbox's mail, calendar and
+/// contacts), files (OneDrive and SharePoint), Teams, the subscription API, identity and access
+/// (users, groups, applications, licenses, the directory), or any other.
+pub fn service_of(path: &str) -> &'static str {
+    let rest = path.trim_start_matches("/v1.0").trim_start_matches('/');
+    let mut segments = rest.split('/');
+    let first = segments.next().unwrap_or_default();
+    // `/users/{id}/...` and `/me/...` name the service by the segment after the user.
+    let owned = match first {
+        "users" => {
+            segments.next();
+            segments.next()
+        }
+        "me" => segments.next(),
+        _ => None,
+    };
+    if let Some(workload) = owned {
+        let lower = workload.to_ascii_lowercase();
+        return match lower.as_str() {
+            "messages" | "mailfolders" | "sendmail" | "events" | "calendar" | "calendars"
+            | "calendarview" | "contacts" | "contactfolders" | "mailboxsettings" => "outlook",
+            "drive" | "drives" => "files",
+            "chats" | "joinedteams" | "teamwork" => "teams",
+            _ => "identity",
+        };
+    }
+    match first {
+        "users" | "me" | "groups" | "applications" | "servicePrincipals" | "subscribedSkus"
+        | "organization" | "directoryObjects" | "domains" | "directoryRoles" | "devices" => {
+            "identity"
+        }
+        "drives" | "sites" | "shares" => "files",
+        "chats" | "teams" | "appCatalogs" | "teamwork" => "teams",
+        "subscriptions" => "subscriptions",
+        _ => "other",
+    }
 }
 
 /// Applies faults, budgets and mailbox concurrency, and logs the request.
@@ -418,10 +540,38 @@ async fn guarded(
         return injected_error(&faults, pick);
     }
     let mut _permit = None;
+    let mut identity_use = None;
     if path.starts_with("/v1.0") {
         if let (Some(tenant), Some(app)) = (tenant, client_id) {
-            if let Some(wait) = state.throttle.spend(tenant, app) {
-                return too_many_requests(wait);
+            let service = service_of(path);
+            let spent = state
+                .throttle
+                .spend((tenant.to_string(), app.to_string(), service));
+            let identity = service == "identity";
+            match spent {
+                Spent::Throttled { wait, used } => {
+                    let mut response = too_many_requests(wait);
+                    if let (true, Some(used)) = (identity, used) {
+                        identity_headers(&mut response, used);
+                        // The documented scope format: <Scope>/<Limit>/<ApplicationId>/<TenantId>.
+                        let headers = response.headers_mut();
+                        if let Ok(scope) = HeaderValue::from_str(&format!(
+                            "Tenant_Application/ReadWrite/{app}/{tenant}"
+                        )) {
+                            headers.insert("x-ms-throttle-scope", scope);
+                        }
+                        headers.insert(
+                            "x-ms-throttle-information",
+                            HeaderValue::from_static("ResourceUnitLimitExceeded"),
+                        );
+                    }
+                    return response;
+                }
+                Spent::Allowed { used } => {
+                    if identity {
+                        identity_use = used;
+                    }
+                }
             }
             if let Some(mailbox) = mailbox_of(path) {
                 let mailbox = if mailbox == "me" {
@@ -455,7 +605,24 @@ async fn guarded(
     if faults.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
     }
-    next.run(request).await
+    let mut response = next.run(request).await;
+    if let Some(used) = identity_use {
+        identity_headers(&mut response, used);
+    }
+    response
+}
+
+/// The identity service's load headers (throttling-limits, "Identity and access"): the
+/// request's cost in resource units (the emulator charges 1), and the share of the limit used
+/// once it passes 0.8.
+fn identity_headers(response: &mut Response, used: f64) {
+    let headers = response.headers_mut();
+    headers.insert("x-ms-resource-unit", HeaderValue::from(1u32));
+    if used > 0.8 {
+        if let Ok(value) = HeaderValue::from_str(&format!("{:.2}", used.min(1.0 + MAX_DEBT))) {
+            headers.insert("x-ms-throttle-limit-percentage", value);
+        }
+    }
 }
 
 fn injected_error(faults: &Faults, pick: u64) -> Response {
@@ -501,15 +668,96 @@ mod tests {
             requests_per_window: 2,
             window_seconds: 60,
             mailbox_concurrency: 4,
+            refill: Refill::FixedWindow,
         });
-        assert!(throttle.spend("t", "a").is_none());
-        assert!(throttle.spend("t", "a").is_none());
-        let wait = throttle.spend("t", "a").expect("over budget");
+        let key = |app: &str, service| ("t".to_string(), app.to_string(), service);
+        let allowed = Spent::Allowed { used: None };
+        assert_eq!(throttle.spend(key("a", "identity")), allowed);
+        assert_eq!(throttle.spend(key("a", "identity")), allowed);
+        let Spent::Throttled { wait, .. } = throttle.spend(key("a", "identity")) else {
+            panic!("over budget")
+        };
         assert!(wait > Duration::from_secs(58) && wait <= Duration::from_secs(60));
-        assert!(
-            throttle.spend("t", "other-app").is_none(),
+        assert_eq!(
+            throttle.spend(key("other-app", "identity")),
+            allowed,
             "budgets are per app"
         );
+        assert_eq!(
+            throttle.spend(key("a", "outlook")),
+            allowed,
+            "and per service"
+        );
+    }
+
+    #[test]
+    fn a_token_bucket_refills_continuously_and_throttled_requests_cost_too() {
+        let throttle = Throttle::default();
+        throttle.set_budgets(Budgets {
+            requests_per_window: 10,
+            window_seconds: 10,
+            mailbox_concurrency: 4,
+            refill: Refill::TokenBucket,
+        });
+        let key = || ("t".to_string(), "a".to_string(), "identity");
+        for n in 1..=10 {
+            let Spent::Allowed { used: Some(used) } = throttle.spend(key()) else {
+                panic!("the full bucket allows 10")
+            };
+            // Refill of a few microseconds aside, n of 10 tokens are used.
+            assert!((used - f64::from(n) / 10.0).abs() < 0.01, "{n}: {used}");
+        }
+        let Spent::Throttled { wait, used } = throttle.spend(key()) else {
+            panic!("empty")
+        };
+        // The 429 cost a token: one in debt, so two seconds (at 1 per second) until one is back.
+        assert!(
+            wait > Duration::from_millis(1_900) && wait <= Duration::from_secs(2),
+            "{wait:?}"
+        );
+        assert!((used.unwrap() - 1.1).abs() < 0.01);
+        for _ in 0..100 {
+            throttle.spend(key());
+        }
+        let Spent::Throttled { wait, used } = throttle.spend(key()) else {
+            panic!("empty")
+        };
+        assert!((used.unwrap() - 1.8).abs() < 0.01, "debt stops at 0.8");
+        assert!(wait > Duration::from_millis(8_900), "{wait:?}");
+        // Time refills it continuously, not at a window's end.
+        let mut buckets = lock(&throttle.buckets);
+        let bucket = buckets.get_mut(&key()).expect("bucket");
+        bucket.level = 0.0;
+        bucket.at -= Duration::from_millis(2_500);
+        drop(buckets);
+        assert!(matches!(throttle.spend(key()), Spent::Allowed { .. }));
+        assert!(matches!(throttle.spend(key()), Spent::Allowed { .. }));
+        assert!(
+            matches!(throttle.spend(key()), Spent::Throttled { .. }),
+            "2.5 s gave 2 tokens"
+        );
+    }
+
+    #[test]
+    fn paths_count_against_their_graph_service() {
+        for (path, service) in [
+            ("/v1.0/users", "identity"),
+            ("/v1.0/users/u@x", "identity"),
+            ("/v1.0/users/u@x/assignLicense", "identity"),
+            ("/v1.0/subscribedSkus", "identity"),
+            ("/v1.0/applications/a/addPassword", "identity"),
+            ("/v1.0/users/u@x/messages/m", "outlook"),
+            ("/v1.0/me/mailFolders/inbox/messages", "outlook"),
+            ("/v1.0/users/u@x/events", "outlook"),
+            ("/v1.0/users/u@x/drive/root:/a.txt:/content", "files"),
+            ("/v1.0/drives/d/items/i", "files"),
+            ("/v1.0/chats/c/messages", "teams"),
+            ("/v1.0/users/u@x/chats", "teams"),
+            ("/v1.0/subscriptions/s", "subscriptions"),
+            ("/v1.0/reports/x", "other"),
+        ] {
+            assert_eq!(service_of(path), service, "{path}");
+        }
     }
 
     #[test]

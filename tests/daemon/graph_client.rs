@@ -114,6 +114,7 @@ async fn retry_after_is_honoured_inside_the_budget(db: TestDb) {
         requests_per_window: 2,
         window_seconds: 1,
         mailbox_concurrency: 4,
+        ..Budgets::default()
     });
     let client = env.client(|_| {});
     let started = Instant::now();
@@ -140,6 +141,7 @@ async fn past_the_budget_the_wait_goes_back_to_the_queue(db: TestDb) {
         requests_per_window: 1,
         window_seconds: 60,
         mailbox_concurrency: 4,
+        ..Budgets::default()
     });
     let client = env.client(|config| config.retry_budget_seconds = 5);
     client
@@ -199,6 +201,7 @@ async fn batches_retry_their_throttled_items(db: TestDb) {
         requests_per_window: 10,
         window_seconds: 1,
         mailbox_concurrency: 4,
+        ..Budgets::default()
     });
     let client = env.client(|_| {});
     let requests: Vec<GraphRequest> = (0..25)

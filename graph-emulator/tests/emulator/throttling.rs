@@ -174,3 +174,65 @@ async fn faults_inject_errors_and_dropped_connections_reproducibly() {
     assert!(last["status"].as_u64().is_some());
     assert_eq!(last["clientId"], env.client_id.as_str());
 }
+
+/// Token-bucket mode and the identity service's documented headers
+/// (learn.microsoft.com/graph/throttling-limits, "Identity and access service limits"):
+/// `x-ms-resource-unit` on answers, `x-ms-throttle-limit-percentage` once more than 0.8 of the
+/// limit is used, `x-ms-throttle-scope` (`<Scope>/<Limit>/<ApplicationId>/<TenantId>`) and
+/// `x-ms-throttle-information` on a 429, whose body is still published sample 13.
+#[tokio::test]
+async fn a_token_bucket_throttles_identity_with_its_documented_headers_and_other_services_apart() {
+    let env = Env::standard().await;
+    let adele = env.user("adele", true).await;
+    let token = env.app_token().await;
+    env.control_put(
+        "/budgets",
+        json!({"requestsPerWindow": 5, "windowSeconds": 10, "refill": "tokenBucket"}),
+    )
+    .await
+    .assert_status(204);
+    let mut percentages = Vec::new();
+    for _ in 0..5 {
+        let answer = env.get("/users", &token).await.assert_status(200);
+        assert_eq!(answer.header("x-ms-resource-unit").as_deref(), Some("1"));
+        percentages.push(answer.header("x-ms-throttle-limit-percentage"));
+    }
+    assert!(
+        percentages[..4].iter().all(Option::is_none),
+        "not below 0.8: {percentages:?}"
+    );
+    let last: f64 = percentages[4]
+        .as_deref()
+        .expect("sent past 0.8")
+        .parse()
+        .expect("a number");
+    assert!((0.8..=1.8).contains(&last), "{last}");
+    let throttled = env.get("/users", &token).await.assert_status(429);
+    assert_conforms("13-throttled-429-response-body.json", &throttled.json);
+    let scope = throttled.header("x-ms-throttle-scope").expect("scope");
+    let parts: Vec<&str> = scope.split('/').collect();
+    assert_eq!(parts.len(), 4, "{scope}");
+    assert_eq!((parts[0], parts[1]), ("Tenant_Application", "ReadWrite"));
+    assert!(parts[2..].iter().all(|id| uuid_like(id)), "{scope}");
+    assert_eq!(
+        throttled.header("x-ms-throttle-information").as_deref(),
+        Some("ResourceUnitLimitExceeded")
+    );
+    // One token in debt, two to go at 0.5 a second: 4 s.
+    let retry_after: u64 = throttled
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .expect("whole seconds");
+    assert_eq!(retry_after, 4);
+    // Outlook keeps its own limits, and sends no identity headers.
+    let mail = env
+        .get(&format!("/users/{adele}/messages"), &token)
+        .await
+        .assert_status(200);
+    assert!(mail.header("x-ms-resource-unit").is_none());
+}
+
+fn uuid_like(id: &str) -> bool {
+    id.len() == 36 && id.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+}
