@@ -531,9 +531,10 @@ pub struct GraphConfig {
     /// Graph API base, including the version. Follows `graph.cloud` unless given (a proxy or
     /// the emulator).
     pub base_url: Url,
-    /// Starting and highest request rate per tenant (requests per second); the client slows
-    /// down after 429s and climbs back.
-    pub requests_per_second: u32,
+    /// A cap on the request rate per tenant and Graph service (requests per second). Unset
+    /// (the default), tenantd learns each tenant's budget from Graph's answers: it starts at 5
+    /// per second, climbs while Graph allows and slows down at 429s and load headers.
+    pub requests_per_second: Option<u32>,
     /// Concurrent requests per mailbox (Outlook allows 4 per app and mailbox).
     pub mailbox_concurrency: u32,
     /// Concurrent Graph requests of this process.
@@ -564,7 +565,7 @@ impl Default for GraphConfig {
         Self {
             cloud: Cloud::Global,
             base_url: Cloud::Global.graph_base_url(),
-            requests_per_second: 20,
+            requests_per_second: None,
             mailbox_concurrency: 4,
             max_concurrency: 64,
             request_timeout_seconds: 30,
@@ -1002,6 +1003,13 @@ fn validate(config: &Config, figment: &Figment) -> Vec<ConfigProblem> {
             "listener.max_connections",
             "must be at least 1".into(),
             "use a whole number such as 1024",
+        );
+    }
+    if config.graph.requests_per_second == Some(0) {
+        problem(
+            "graph.requests_per_second",
+            "must be at least 1".into(),
+            "remove it to let tenantd learn each tenant's budget from Graph, or set a cap such as 20",
         );
     }
     if config.database.max_connections == 0 {

@@ -229,10 +229,12 @@ impl GraphClient {
                     .await?,
             )
         };
+        let service = limits::service_of(request.family);
         let permit = self
             .limits
-            .acquire(&connection.tenant_id, request.mailbox.as_deref())
+            .acquire(&connection.tenant_id, service, request.mailbox.as_deref())
             .await;
+        let held_back = permit.held_back;
         metrics::histogram!(names::GRAPH_LIMITER_WAIT, "family" => request.family)
             .record(permit.waited.as_secs_f64());
         // A fresh id per request: Graph echoes it and logs it with its own `request-id`, the
@@ -256,7 +258,7 @@ impl GraphClient {
                 .header(reqwest::header::CONTENT_TYPE, *content_type)
                 .body(body.clone());
         }
-        let rate = self.limits.tenant(&connection.tenant_id);
+        let pace = self.limits.pace(&connection.tenant_id, service);
         let response = match builder.send().await {
             Ok(response) => response,
             Err(err) => {
@@ -291,6 +293,13 @@ impl GraphClient {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| errors::parse_retry_after(v, SystemTime::now()));
+        // Identity answers say how much of the limit is used once past 0.8.
+        let load = response
+            .headers()
+            .get("x-ms-throttle-limit-percentage")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|load| load.is_finite());
         let bytes = response.bytes().await.map_err(|_| GraphError::Transient {
             detail: "body_read".into(),
             retry_after: backoff(1, BACKOFF_BASE, BACKOFF_CAP),
@@ -301,7 +310,7 @@ impl GraphClient {
             serde_json::from_slice(&bytes).unwrap_or(Value::Null)
         };
         if status.is_success() {
-            rate.succeeded();
+            pace.succeeded(load, held_back);
             return Ok(body);
         }
         let code = graph_code(&body);
@@ -330,7 +339,7 @@ impl GraphClient {
             StatusCode::TOO_MANY_REQUESTS => {
                 let retry_after =
                     retry_after.unwrap_or_else(|| backoff(2, BACKOFF_BASE, BACKOFF_CAP));
-                rate.throttled(retry_after);
+                pace.throttled(retry_after);
                 metrics::counter!(names::GRAPH_THROTTLED, "family" => request.family).increment(1);
                 GraphError::Throttled { retry_after, code }
             }
@@ -504,7 +513,12 @@ impl GraphClient {
                         longest = longest.max(wait);
                         retry.push(index);
                         if status == 429 {
-                            self.limits.tenant(&connection.tenant_id).throttled(wait);
+                            self.limits
+                                .pace(
+                                    &connection.tenant_id,
+                                    limits::service_of(requests[index].family),
+                                )
+                                .throttled(wait);
                         }
                     } else {
                         results[index] = Some((status, response["body"].clone()));

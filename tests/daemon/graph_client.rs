@@ -130,8 +130,8 @@ async fn retry_after_is_honoured_inside_the_budget(db: TestDb) {
         "the client waited for Retry-After"
     );
     assert!(
-        client.limits().tenant(TENANT).rate() < 20.0,
-        "the tenant's rate came down after the 429"
+        client.limits().pace(TENANT, "identity").rate() < tenantd::graph::limits::START_RATE,
+        "the tenant's identity pace came down after the 429"
     );
 }
 
