@@ -339,6 +339,15 @@ impl Application {
         {
             tracing::warn!(error = %err, reason = err.reason_code(), "could not enqueue the first subscription reconcile; the schedule will");
         }
+        // And orphans a crash left at Graph are swept at start, not hours later.
+        if let Err(err) = crate::jobs::enqueue(
+            &queue,
+            &crate::jobs::sweep_subscriptions::SweepSubscriptions {},
+        )
+        .await
+        {
+            tracing::warn!(error = %err, reason = err.reason_code(), "could not enqueue the first orphan sweep; the schedule will");
+        }
         if config.queue.workers > 0 {
             let poll = Duration::from_millis(config.queue.poll_interval_ms.max(10));
             let pool = WorkerPool {

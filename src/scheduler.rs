@@ -19,6 +19,7 @@ use crate::jobs::heartbeat_run::HeartbeatRun;
 use crate::jobs::prune_attribution::PruneAttribution;
 use crate::jobs::prune_jobs::PruneJobs;
 use crate::jobs::reconcile_subscriptions::ReconcileSubscriptions;
+use crate::jobs::sweep_subscriptions::SweepSubscriptions;
 use crate::jobs::token_sweep::TokenSweep;
 use crate::jobs::Job;
 use crate::queue::{NewJob, Queue, QueueError};
@@ -208,8 +209,8 @@ impl Schedule {
     }
 }
 
-/// The built-in schedules: subscription reconcile every minute, token sweep every two minutes,
-/// pruning (finished jobs, the attribution lookback) hourly.
+/// The built-in schedules: subscription reconcile every minute, the orphan sweep every six
+/// hours, token sweep every two minutes, pruning (finished jobs, the attribution lookback) hourly.
 pub fn builtin(retention_hours: u64, public_url: Option<String>) -> Vec<Schedule> {
     vec![
         Schedule::new(
@@ -217,6 +218,14 @@ pub fn builtin(retention_hours: u64, public_url: Option<String>) -> Vec<Schedule
             "0 * * * * *",
             "UTC",
             job_of(ReconcileSubscriptions { public_url }),
+        )
+        .expect("valid built-in schedule"),
+        // Orphans at Graph (a create whose answer was lost) are rare: four sweeps a day.
+        Schedule::new(
+            "sweep_subscriptions",
+            "0 23 */6 * * *",
+            "UTC",
+            job_of(SweepSubscriptions {}),
         )
         .expect("valid built-in schedule"),
         Schedule::new("token_sweep", "0 */2 * * * *", "UTC", job_of(TokenSweep {}))
@@ -447,7 +456,7 @@ mod tests {
     #[test]
     fn the_built_in_schedules_parse() {
         let schedules = builtin(168, None);
-        assert_eq!(schedules.len(), 4);
+        assert_eq!(schedules.len(), 5);
         assert!(schedules.iter().all(|s| s.next_after(Utc::now()).is_some()));
     }
 }

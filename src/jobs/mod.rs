@@ -17,6 +17,7 @@ pub mod prune_attribution;
 pub mod prune_jobs;
 pub mod reconcile_subscriptions;
 pub mod resync_subscription;
+pub mod sweep_subscriptions;
 pub mod token_sweep;
 
 use std::collections::HashMap;
@@ -321,6 +322,7 @@ impl Registry {
         registry.register::<prune_jobs::PruneJobs>();
         registry.register::<reconcile_subscriptions::ReconcileSubscriptions>();
         registry.register::<resync_subscription::ResyncSubscription>();
+        registry.register::<sweep_subscriptions::SweepSubscriptions>();
         registry.register::<token_sweep::TokenSweep>();
         registry
     }

@@ -1084,6 +1084,99 @@ async fn a_subscription_created_before_a_crash_is_adopted_not_made_twice(db: Tes
     live.app.stop().await.unwrap();
 }
 
+/// No orphans left behind either: a subscription at Graph for our notification URL that no row
+/// knows (a create whose answer was lost, its row since unwanted) is deleted by the sweep that
+/// runs at start-up and every six hours; ours and another deployment's stay. While a create is
+/// in flight (its row `creating`, no id yet) a subscription of its resource is left alone: it
+/// may be the one that create is making.
+async fn the_sweep_deletes_orphans_at_graph_and_nothing_else(db: TestDb) {
+    let live = live(&db).await;
+    let succeeded =
+        "SELECT id FROM jobs WHERE kind = 'sweep_subscriptions' AND state = 'succeeded'";
+    // The start-up sweep found nothing to delete.
+    eventually(&db, succeeded).await;
+    assert_eq!(live.emulator.shared().world().subscriptions.len(), 1);
+    let (orphan, foreign) = {
+        let mut world = live.emulator.shared().world();
+        let mut orphan = world.subscriptions[&live.graph_id].clone();
+        orphan.id = "0b5d7c2e-1f3a-4c6b-8e9d-2a4f6c8e0b1d".into();
+        let mut foreign = orphan.clone();
+        foreign.id = "5c9e1a3f-7b2d-4e6a-9c8b-1d3f5a7c9e2b".into();
+        foreign.notification_url = "https://elsewhere.example.com/webhooks/graph".into();
+        world
+            .subscriptions
+            .insert(orphan.id.clone(), orphan.clone());
+        world
+            .subscriptions
+            .insert(foreign.id.clone(), foreign.clone());
+        (orphan.id, foreign.id)
+    };
+    let store = db.store().await;
+    let queue = tenantd::queue::Queue::new(store.clone());
+    let sweep = || async {
+        let before = db.strings(succeeded).await.len();
+        tenantd::jobs::enqueue(
+            &queue,
+            &tenantd::jobs::sweep_subscriptions::SweepSubscriptions {},
+        )
+        .await
+        .unwrap();
+        for _ in 0..200 {
+            if db.strings(succeeded).await.len() > before {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("the sweep did not finish within 20 s");
+    };
+    // The metrics recorder is one per test process: compare with the count before.
+    let deleted = || async {
+        let metrics = live.app.get_admin("/metrics").await.text().await.unwrap();
+        metrics
+            .lines()
+            .find(|line| {
+                line.starts_with("tenantd_subscription_renewals_total{")
+                    && line.contains("result=\"orphan_deleted\"")
+            })
+            .and_then(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let deleted_before = deleted().await;
+    sweep().await;
+    let mut left: Vec<String> = live
+        .emulator
+        .shared()
+        .world()
+        .subscriptions
+        .keys()
+        .cloned()
+        .collect();
+    left.sort();
+    let mut expected = vec![live.graph_id.clone(), foreign.clone()];
+    expected.sort();
+    assert_eq!(
+        left, expected,
+        "the orphan {orphan} is deleted, ours and the foreign one stay"
+    );
+    assert!(deleted().await > deleted_before, "the deletion is counted");
+    // A create in flight: the row claimed just now, Graph's answer not yet recorded.
+    let now = tenantd::audit::now_unix();
+    db.execute(&format!(
+        "UPDATE subscriptions SET graph_id = NULL, reason = 'creating', updated_at = {now}"
+    ))
+    .await;
+    sweep().await;
+    assert!(
+        live.emulator
+            .shared()
+            .world()
+            .subscriptions
+            .contains_key(&live.graph_id),
+        "what a create in flight may be making is not swept"
+    );
+    live.app.stop().await.unwrap();
+}
+
 /// Events are fetched, not stored: the worker confirms the change at Graph (one GET of the
 /// changed event) and the job succeeds.
 async fn an_event_notification_is_fetched_from_graph(db: TestDb) {
@@ -1322,6 +1415,7 @@ on_both_backends!(
     subscriptions_are_renewed_before_expiry_and_recreated_when_graph_lost_them,
     a_configured_subscription_is_created_and_a_new_message_ends_up_stored,
     a_subscription_created_before_a_crash_is_adopted_not_made_twice,
+    the_sweep_deletes_orphans_at_graph_and_nothing_else,
     an_event_notification_is_fetched_from_graph,
     microsofts_samples_are_accepted_and_a_redelivery_is_one_job,
     forged_unknown_and_malformed_notifications_queue_nothing,
