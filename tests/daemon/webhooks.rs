@@ -744,6 +744,32 @@ async fn a_database_outage_under_load_answers_503s_and_loses_nothing() {
     env.app.stop().await.unwrap();
 }
 
+/// Enqueues `reconcile` once no run is unfinished: a run already under way has read its rows,
+/// so a request made during it is folded into it (one reconcile at a time) and sees nothing new.
+async fn enqueue_a_new_run(
+    db: &TestDb,
+    queue: &tenantd::queue::Queue,
+    reconcile: &tenantd::jobs::reconcile_subscriptions::ReconcileSubscriptions,
+) {
+    for _ in 0..200 {
+        let unfinished = db
+            .strings(
+                "SELECT id FROM jobs WHERE kind = 'reconcile_subscriptions' \
+                 AND state IN ('available', 'running')",
+            )
+            .await;
+        if unfinished.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let enqueued = tenantd::jobs::enqueue(queue, reconcile).await.unwrap();
+    assert!(
+        matches!(enqueued, tenantd::queue::Enqueued::Created(_)),
+        "a new run, not one folded into a run under way: {enqueued:?}"
+    );
+}
+
 /// Waits up to 20 s for `sql` to return a row.
 pub(crate) async fn eventually(db: &TestDb, sql: &str) -> Vec<String> {
     for _ in 0..200 {
@@ -1241,7 +1267,7 @@ async fn subscriptions_are_renewed_before_expiry_and_recreated_when_graph_lost_t
         now + 3600
     ))
     .await;
-    tenantd::jobs::enqueue(&queue, &reconcile).await.unwrap();
+    enqueue_a_new_run(&db, &queue, &reconcile).await;
     let renewed = eventually(
         &db,
         &format!(
@@ -1272,7 +1298,7 @@ async fn subscriptions_are_renewed_before_expiry_and_recreated_when_graph_lost_t
         now + 3600
     ))
     .await;
-    tenantd::jobs::enqueue(&queue, &reconcile).await.unwrap();
+    enqueue_a_new_run(&db, &queue, &reconcile).await;
     let recreated = eventually(
         &db,
         &format!(
