@@ -744,26 +744,25 @@ async fn a_database_outage_under_load_answers_503s_and_loses_nothing() {
     env.app.stop().await.unwrap();
 }
 
-/// Enqueues `reconcile` once no run is unfinished: a run already under way has read its rows,
+/// Enqueues `job` (a one-at-a-time kind) once no run of it is unfinished: a run already under way has read its rows,
 /// so a request made during it is folded into it (one reconcile at a time) and sees nothing new.
-async fn enqueue_a_new_run(
+async fn enqueue_a_new_run<J: tenantd::jobs::Job>(
     db: &TestDb,
     queue: &tenantd::queue::Queue,
-    reconcile: &tenantd::jobs::reconcile_subscriptions::ReconcileSubscriptions,
+    job: &J,
 ) {
+    let unfinished_sql = format!(
+        "SELECT id FROM jobs WHERE kind = '{}' AND state IN ('available', 'running')",
+        J::KIND
+    );
     for _ in 0..200 {
-        let unfinished = db
-            .strings(
-                "SELECT id FROM jobs WHERE kind = 'reconcile_subscriptions' \
-                 AND state IN ('available', 'running')",
-            )
-            .await;
+        let unfinished = db.strings(&unfinished_sql).await;
         if unfinished.is_empty() {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    let enqueued = tenantd::jobs::enqueue(queue, reconcile).await.unwrap();
+    let enqueued = tenantd::jobs::enqueue(queue, job).await.unwrap();
     assert!(
         matches!(enqueued, tenantd::queue::Enqueued::Created(_)),
         "a new run, not one folded into a run under way: {enqueued:?}"
@@ -934,6 +933,13 @@ async fn every_documented_form_is_stored_and_the_unrecognised_dead_lettered(db: 
     )
     .await;
     assert_eq!(stored, ["3"]);
+    // A job's message is written before the job is marked done: wait for the marks too.
+    eventually(
+        &db,
+        "SELECT CAST(count(*) AS TEXT) FROM jobs WHERE kind = 'graph_notification' \
+         AND state = 'succeeded' HAVING count(*) >= 3",
+    )
+    .await;
     let resources = db
         .strings(
             "SELECT payload FROM jobs WHERE kind = 'graph_notification' AND state = 'succeeded'",
@@ -1052,14 +1058,14 @@ async fn a_subscription_created_before_a_crash_is_adopted_not_made_twice(db: Tes
         copy.id
     };
     let store = db.store().await;
-    tenantd::jobs::enqueue(
+    enqueue_a_new_run(
+        &db,
         &tenantd::queue::Queue::new(store.clone()),
         &tenantd::jobs::reconcile_subscriptions::ReconcileSubscriptions {
             public_url: Some(live.public_url.clone()),
         },
     )
-    .await
-    .unwrap();
+    .await;
     let adopted = eventually(
         &db,
         "SELECT graph_id FROM subscriptions WHERE status = 'active' AND graph_id IS NOT NULL",
@@ -1141,12 +1147,12 @@ async fn the_sweep_deletes_orphans_at_graph_and_nothing_else(db: TestDb) {
     let queue = tenantd::queue::Queue::new(store.clone());
     let sweep = || async {
         let before = db.strings(succeeded).await.len();
-        tenantd::jobs::enqueue(
+        enqueue_a_new_run(
+            &db,
             &queue,
             &tenantd::jobs::sweep_subscriptions::SweepSubscriptions {},
         )
-        .await
-        .unwrap();
+        .await;
         for _ in 0..200 {
             if db.strings(succeeded).await.len() > before {
                 return;
