@@ -1,4 +1,4 @@
-//! Workers: claim ahead (up to four times the concurrency in hand, the next claim made while jobs
+//! Workers: claim ahead (up to eight times the concurrency in hand, the next claim made while jobs
 //! run, woken by the queue's work signal, polling as the fallback), run each with its kind's timeout while renewing the lease, and
 //! record the outcome (done, retry with backoff or the job's Retry-After, permanent failure);
 //! successes are recorded in batches, one transaction for all that finished meanwhile. The
