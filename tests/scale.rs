@@ -206,13 +206,7 @@ async fn a_thousand_tenants_get_their_subscriptions_without_a_wedge(db: TestDb) 
         .await
         .into_iter()
         .collect();
-    let at_graph: BTreeSet<String> = emulator
-        .shared()
-        .world()
-        .subscriptions
-        .keys()
-        .cloned()
-        .collect();
+    let at_graph = emulator.shared().subscription_ids();
     assert_eq!(recorded.len(), wanted);
     assert_eq!(
         at_graph, recorded,

@@ -118,6 +118,12 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// The ids of the subscriptions Graph holds now, in order (what tests compare with a
+    /// daemon's records).
+    pub fn subscription_ids(&self) -> std::collections::BTreeSet<String> {
+        self.world().subscriptions.keys().cloned().collect()
+    }
+
     /// The current settings.
     pub fn settings(&self) -> Settings {
         self.settings
