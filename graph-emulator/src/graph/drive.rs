@@ -593,7 +593,7 @@ async fn upload_fragment(
         ));
     }
     let last = end + 1 == total;
-    if !last && length % FRAGMENT_UNIT != 0 {
+    if !last && !length.is_multiple_of(FRAGMENT_UNIT) {
         return Err(GraphError::bad_request(
             "invalidRequest",
             "Fragments must be a multiple of 320 KiB (327,680 bytes), except the last.",
