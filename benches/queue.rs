@@ -83,23 +83,41 @@ async fn main() {
                 tasks.push(tokio::spawn(async move {
                     let owner = format!("bench-{w}");
                     let mut done = 0usize;
+                    // Full-batch completions and their total time: one statement's cost.
+                    let (mut full, mut full_time) = (0u32, Duration::ZERO);
                     loop {
                         let claimed = queue.claim(&owner, batch, LEASE).await.expect("claim");
                         if claimed.is_empty() {
-                            return done;
+                            return (done, full, full_time);
                         }
+                        let started = Instant::now();
                         let held = queue.complete_each(&claimed).await.expect("complete");
+                        if claimed.len() == batch as usize {
+                            full += 1;
+                            full_time += started.elapsed();
+                        }
                         done += held.iter().filter(|held| **held).count();
                     }
                 }));
             }
-            let mut drained = 0;
+            let (mut drained, mut full, mut full_time) = (0, 0u32, Duration::ZERO);
             for task in tasks {
-                drained += task.await.expect("worker");
+                let (done, completions, took) = task.await.expect("worker");
+                drained += done;
+                full += completions;
+                full_time += took;
             }
             let drain = started.elapsed();
             assert_eq!(drained, jobs, "every job completed once");
             println!("{backend} drain {count} {:.0} jobs/s", rate(jobs, drain));
+            if full > 0 {
+                // A completion of CLAIM_BATCH jobs is one statement over 8 KiB: the measure
+                // that finds a socket without TCP_NODELAY (~40 ms instead of a few).
+                println!(
+                    "{backend} complete_{batch}_mean {count} {:.2} ms",
+                    full_time.as_secs_f64() * 1000.0 / f64::from(full)
+                );
+            }
             println!(
                 "{backend} e2e_seq {count} {:.0} jobs/s",
                 rate(jobs, enqueue + drain)
