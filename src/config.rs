@@ -149,8 +149,8 @@ pub fn heartbeat_problems(heartbeat: &HeartbeatConfig) -> Vec<(String, String, &
             "use the Entra tenant ID (a GUID), as `tenantd tenant list` shows it",
         ));
     }
-    if let Err(err) = crate::scheduler::Schedule::check(&heartbeat.schedule, &heartbeat.timezone) {
-        let key = if matches!(err, crate::scheduler::ScheduleProblem::Zone) {
+    if let Err(err) = crate::cron::CronSchedule::parse(&heartbeat.schedule, &heartbeat.timezone) {
+        let key = if matches!(err, crate::cron::CronProblem::Zone) {
             "timezone"
         } else {
             "schedule"

@@ -14,6 +14,7 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod connections;
+pub mod cron;
 pub mod demo;
 pub mod graph;
 pub mod health;

@@ -6,15 +6,14 @@
 //!
 //! Owns `schedules`. Invariants: a schedule's `last_fire_at` only moves forward, through a
 //! conditional UPDATE, so exactly one instance enqueues each fire time; fire times are computed
-//! in the schedule's zone (croner on local time, chrono-tz for the zone), never a fixed offset.
+//! in the schedule's zone (`cron.rs`), never a fixed offset.
 //! Why not tokio-cron-scheduler: docs/decisions/0008-scheduler.md.
 
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use chrono_tz::Tz;
-use croner::Cron;
 
+use crate::cron::{CronProblem, CronSchedule};
 use crate::jobs::heartbeat_run::HeartbeatRun;
 use crate::jobs::prune_attribution::PruneAttribution;
 use crate::jobs::prune_jobs::PruneJobs;
@@ -64,8 +63,7 @@ impl From<sqlx::Error> for ScheduleError {
 pub struct Schedule {
     /// Stable name.
     pub name: String,
-    cron: Cron,
-    zone: Tz,
+    when: CronSchedule,
     job: Box<dyn Fn() -> NewJob + Send + Sync>,
 }
 
@@ -73,8 +71,7 @@ impl std::fmt::Debug for Schedule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Schedule")
             .field("name", &self.name)
-            .field("cron", &self.cron.as_str())
-            .field("zone", &self.zone.name())
+            .field("when", &self.when)
             .finish_non_exhaustive()
     }
 }
@@ -97,49 +94,7 @@ pub fn job_of<J: Job + Clone>(job: J) -> impl Fn() -> NewJob + Send + Sync {
     }
 }
 
-/// What is wrong with a schedule's expression or zone (for configuration messages).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ScheduleProblem {
-    /// The cron expression does not parse.
-    #[error("not a cron expression with seconds ({0})")]
-    Cron(String),
-    /// Unknown time zone.
-    #[error("not an IANA time zone")]
-    Zone,
-}
-
-impl ScheduleProblem {
-    /// How to fix it.
-    pub fn fix(&self) -> &'static str {
-        match self {
-            ScheduleProblem::Cron(_) => {
-                "six fields with seconds first, e.g. \"0 */20 8-18 * * Mon-Fri\""
-            }
-            ScheduleProblem::Zone => "use a name such as \"Europe/Berlin\" or \"UTC\"",
-        }
-    }
-}
-
-/// The parsed expression, or the parser's words.
-fn parse_cron(expression: &str) -> Result<Cron, String> {
-    Cron::new(expression)
-        .with_seconds_required()
-        .with_dom_and_dow()
-        .parse()
-        .map_err(|err| err.to_string())
-}
-
 impl Schedule {
-    /// Checks an expression and zone as [`Schedule::new`] reads them.
-    ///
-    /// # Errors
-    /// What is wrong.
-    pub fn check(expression: &str, zone: &str) -> Result<(), ScheduleProblem> {
-        parse_cron(expression).map_err(ScheduleProblem::Cron)?;
-        zone.parse::<Tz>().map_err(|_| ScheduleProblem::Zone)?;
-        Ok(())
-    }
-
     /// A schedule firing at `expression` (cron with seconds) in `zone`.
     ///
     /// # Errors
@@ -150,62 +105,33 @@ impl Schedule {
         zone: &str,
         job: impl Fn() -> NewJob + Send + Sync + 'static,
     ) -> Result<Self, ScheduleError> {
-        let cron = parse_cron(expression).map_err(|reason| ScheduleError::Cron {
-            name: name.into(),
-            expression: expression.into(),
-            reason,
-        })?;
-        let zone: Tz = zone.parse().map_err(|_| ScheduleError::Zone {
-            name: name.into(),
-            zone: zone.into(),
+        let when = CronSchedule::parse(expression, zone).map_err(|problem| match problem {
+            CronProblem::Cron(reason) => ScheduleError::Cron {
+                name: name.into(),
+                expression: expression.into(),
+                reason,
+            },
+            CronProblem::Zone => ScheduleError::Zone {
+                name: name.into(),
+                zone: zone.into(),
+            },
         })?;
         Ok(Self {
             name: name.into(),
-            cron,
-            zone,
+            when,
             job: Box::new(job),
         })
     }
 
     /// The first fire time strictly after `after`.
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let mut from = after.with_timezone(&self.zone);
-        for _ in 0..4 {
-            let next = self
-                .cron
-                .find_next_occurrence(&from, false)
-                .ok()?
-                .with_timezone(&Utc);
-            if next > after {
-                return Some(next);
-            }
-            // In a repeated (fall-back) hour croner answers the first of the two wall-clock
-            // times, which can lie before `after`: search on from an hour later.
-            from = (from + chrono::Duration::hours(1)).with_timezone(&self.zone);
-        }
-        None
+        self.when.next_after(after)
     }
 
     /// The latest fire time in `(last, now]`, if any: after downtime only the newest missed fire
     /// is returned, so it is caught up once.
     pub fn due(&self, last: DateTime<Utc>, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let mut due = None;
-        let mut cursor = last;
-        // Bounded: a every-second schedule after a long outage skips to the newest fire
-        // through the loop below only up to this many steps, then jumps.
-        for _ in 0..100_000 {
-            match self.next_after(cursor) {
-                Some(next) if next <= now => {
-                    due = Some(next);
-                    cursor = next;
-                }
-                _ => return due,
-            }
-        }
-        // Very long outage of a very frequent schedule: the newest fire at or before `now`.
-        self.next_after(now - chrono::Duration::seconds(1))
-            .filter(|n| *n <= now)
-            .or(due)
+        self.when.due(last, now)
     }
 }
 
