@@ -392,7 +392,7 @@ async fn measure(
         &url,
         &format!(
             "UPDATE subscriptions SET expires_at = {}",
-            tenantd::audit::now_unix() + 3600
+            tenantd::clock::now_unix() + 3600
         ),
     )
     .await;
@@ -404,7 +404,7 @@ async fn measure(
         &url,
         &format!(
             "SELECT count(*) FROM subscriptions WHERE expires_at > {}",
-            tenantd::audit::now_unix() + 24 * 3600
+            tenantd::clock::now_unix() + 24 * 3600
         ),
     )
     .await;

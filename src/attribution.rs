@@ -11,7 +11,7 @@
 
 use serde::Serialize;
 
-use crate::audit::now_unix;
+use crate::clock::now_unix;
 use crate::store::{with_pool, write_tx, Store, StoreError};
 
 /// The lookback when a tenant set none.

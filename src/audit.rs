@@ -4,6 +4,7 @@
 //! Owns `audit_log`. Invariants: rows are only ever appended (removing a tenant keeps its
 //! trail); no secret, token or personal data beyond ids is ever written here.
 
+use crate::clock::now_unix;
 use crate::store::{with_pool, write_tx, Store, StoreError};
 
 /// Who did it.
@@ -43,13 +44,6 @@ pub struct AuditEntry {
     pub connection_id: Option<String>,
     /// A stable reason code.
     pub reason: Option<String>,
-}
-
-/// Seconds since the Unix epoch, as the audit trail and connections store time.
-pub fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 type AuditRow = (

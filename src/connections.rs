@@ -11,7 +11,8 @@
 use serde::Serialize;
 use zeroize::Zeroizing;
 
-use crate::audit::{self, now_unix, Actor};
+use crate::audit::{self, Actor};
+use crate::clock::now_unix;
 use crate::store::{transaction, with_pool, write_tx, Store, StoreError};
 use crate::vault::{Keyring, SealedValue, Slot, VaultError};
 

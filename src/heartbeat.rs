@@ -10,7 +10,7 @@
 
 use serde::Serialize;
 
-use crate::audit::now_unix;
+use crate::clock::now_unix;
 use crate::store::{with_pool, write_tx, Store, StoreError};
 
 /// One created object.

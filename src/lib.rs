@@ -12,6 +12,7 @@ pub mod app;
 pub mod attribution;
 pub mod audit;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod connections;
 pub mod cron;

@@ -8,7 +8,7 @@
 
 use serde_json::Value;
 
-use crate::audit::now_unix;
+use crate::clock::now_unix;
 use crate::store::{with_pool, write_tx, Store, StoreError};
 
 /// A message as Graph returned it, reduced to what is stored.

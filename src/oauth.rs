@@ -12,7 +12,8 @@ use base64::Engine;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use crate::audit::{self, now_unix, Actor};
+use crate::audit::{self, Actor};
+use crate::clock::now_unix;
 use crate::connections::{self, AuthMode, ConnectionError, NewDelegatedConnection, Status};
 use crate::identity::{token_claims, CodeRedemption, IdentityClient, TokenError};
 use crate::store::{with_pool, write_tx, Store, StoreError};

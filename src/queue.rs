@@ -86,7 +86,7 @@ pub struct NewJob {
 impl NewJob {
     /// This job as the row a batch insert reads (see [`EncodedJob`]), with a new id.
     pub fn encode(&self) -> EncodedJob {
-        self.row().encode_at(now_ms())
+        self.row().encode_at(crate::clock::now_unix_ms())
     }
 
     fn row(&self) -> JobRow<'_, serde_json::Value> {
@@ -125,7 +125,7 @@ pub struct JobRow<'a, P: Serialize + ?Sized> {
 impl<P: Serialize + ?Sized> JobRow<'_, P> {
     /// The row a batch insert reads, with a new id.
     pub fn encode(&self) -> EncodedJob {
-        self.encode_at(now_ms())
+        self.encode_at(crate::clock::now_unix_ms())
     }
 
     fn encode_at(&self, now: i64) -> EncodedJob {
@@ -368,12 +368,6 @@ impl QueueError {
             QueueError::Payload(_) => "job_payload_invalid",
         }
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn millis(duration: Duration) -> i64 {
@@ -893,7 +887,7 @@ impl Queue {
     /// The database failed.
     pub async fn enqueue(&self, job: &NewJob) -> Result<Enqueued, QueueError> {
         let id = new_job_id();
-        let now = now_ms();
+        let now = crate::clock::now_unix_ms();
         const INSERT: &str = "INSERT INTO jobs (id, kind, payload, tenant_id, dedupe_key, priority, run_at, max_attempts, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
              ON CONFLICT (kind, dedupe_key) WHERE dedupe_key IS NOT NULL AND state IN ('available', 'running') DO NOTHING";
@@ -935,7 +929,7 @@ impl Queue {
     /// # Errors
     /// The database failed.
     pub async fn enqueue_many(&self, jobs: &[NewJob]) -> Result<u64, QueueError> {
-        let now = now_ms();
+        let now = crate::clock::now_unix_ms();
         let mut inserted = 0;
         for chunk in jobs.chunks(1000) {
             let rows: Vec<EncodedJob> = chunk.iter().map(|job| job.row().encode_at(now)).collect();
@@ -995,7 +989,7 @@ impl Queue {
                 None => claims.push((&job.lease_token, vec![&job.id])),
             }
         }
-        let now = now_ms();
+        let now = crate::clock::now_unix_ms();
         let mut done: HashSet<String> = HashSet::with_capacity(jobs.len());
         if let Some(pool) = self.store.sqlite() {
             let _turn = self.store.sqlite_write_turn().await;
@@ -1052,7 +1046,7 @@ impl Queue {
             owner,
             token: &token,
             millis: millis(lease),
-            now: now_ms(),
+            now: crate::clock::now_unix_ms(),
         };
         let start = self.cursor.lock().expect("cursor lock").clone();
         let (rows, last) = if let Some(pool) = self.store.sqlite() {
@@ -1125,7 +1119,7 @@ impl Queue {
              finished_at = CASE WHEN attempts >= max_attempts THEN CAST($1 AS BIGINT) ELSE NULL END, \
              run_at = $2, last_reason = $3, last_message = $4, lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = $5 \
              WHERE id = $6 AND lease_token = $7 AND state = 'running'";
-        let now = now_ms();
+        let now = crate::clock::now_unix_ms();
         let affected = write_tx!(self.store, |pool| sqlx::query(SQL)
             .bind(now)
             .bind(now.saturating_add(millis(delay)))
@@ -1153,7 +1147,7 @@ impl Queue {
         const SQL: &str = "UPDATE jobs SET state = 'failed', finished_at = $1, last_reason = $2, last_message = $3, \
              lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = $4 \
              WHERE id = $5 AND lease_token = $6 AND state = 'running'";
-        let now = now_ms();
+        let now = crate::clock::now_unix_ms();
         let affected = write_tx!(self.store, |pool| sqlx::query(SQL)
             .bind(now)
             .bind(reason)
@@ -1175,7 +1169,7 @@ impl Queue {
         const SQL: &str = "UPDATE jobs SET state = 'available', attempts = attempts - 1, lease_owner = NULL, lease_token = NULL, \
              lease_expires_at = NULL, updated_at = $1 WHERE id = $2 AND lease_token = $3 AND state = 'running'";
         let affected = write_tx!(self.store, |pool| sqlx::query(SQL)
-            .bind(now_ms())
+            .bind(crate::clock::now_unix_ms())
             .bind(&job.id)
             .bind(&job.lease_token)
             .execute(pool)
@@ -1190,7 +1184,7 @@ impl Queue {
     /// # Errors
     /// The database failed.
     pub async fn reap(&self) -> Result<Reaped, QueueError> {
-        let now = now_ms();
+        let now = crate::clock::now_unix_ms();
         let states: Vec<String> = write_tx!(self.store, REAP_SQLITE, REAP_POSTGRES, |conn, sql| {
             sqlx::query_scalar(sql)
                 .bind(now)
@@ -1217,8 +1211,8 @@ impl Queue {
         // Rows still holding a window key stay, whatever the retention.
         const SQL: &str = "DELETE FROM jobs WHERE state IN ('succeeded', 'failed', 'dead', 'cancelled') AND finished_at < $1 \
              AND window_key IS NULL";
-        let cutoff = now_ms().saturating_sub(millis(retention));
-        let window_cutoff = now_ms().saturating_sub(millis(REDELIVERY_WINDOW));
+        let cutoff = crate::clock::now_unix_ms().saturating_sub(millis(retention));
+        let window_cutoff = crate::clock::now_unix_ms().saturating_sub(millis(REDELIVERY_WINDOW));
         write_tx!(self.store, |pool| sqlx::query(FREE_WINDOWS)
             .bind(window_cutoff)
             .execute(pool)
@@ -1277,7 +1271,7 @@ impl Queue {
     pub async fn retry_now(&self, id: &str) -> Result<bool, QueueError> {
         const SQL: &str = "UPDATE jobs SET state = 'available', attempts = 0, run_at = $1, finished_at = NULL, updated_at = $2 \
              WHERE id = $3 AND state IN ('dead', 'failed', 'cancelled')";
-        let now = now_ms();
+        let now = crate::clock::now_unix_ms();
         let retried = write_tx!(self.store, |pool| sqlx::query(SQL)
             .bind(now)
             .bind(now)
@@ -1306,7 +1300,7 @@ impl Queue {
     /// The database failed.
     pub async fn cancel(&self, id: &str) -> Result<bool, QueueError> {
         const SQL: &str = "UPDATE jobs SET state = 'cancelled', finished_at = $1, updated_at = $2 WHERE id = $3 AND state = 'available'";
-        let now = now_ms();
+        let now = crate::clock::now_unix_ms();
         Ok(write_tx!(self.store, |pool| sqlx::query(SQL)
             .bind(now)
             .bind(now)

@@ -9,7 +9,7 @@
 
 use serde::Serialize;
 
-use crate::audit::now_unix;
+use crate::clock::now_unix;
 use crate::queue::{NewJob, Queue, QueueError};
 use crate::store::{with_pool, write_tx, Store, StoreError};
 

@@ -16,7 +16,7 @@ use chacha20poly1305::aead::OsRng;
 use serde::Serialize;
 use zeroize::Zeroizing;
 
-use crate::audit::now_unix;
+use crate::clock::now_unix;
 use crate::store::{with_pool, write_tx, Store, StoreError};
 use crate::vault::{Keyring, Slot, VaultError};
 

@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex};
 
 use backon::Retryable;
 
-use crate::audit::{self, now_unix, Actor};
+use crate::audit::{self, Actor};
+use crate::clock::now_unix;
 use crate::connections::{self, check_authority, AuthMode, Connection, ConnectionError, Status};
 use crate::identity::{IdentityClient, TokenError, Tokens};
 use crate::secret::Secret;

@@ -277,7 +277,7 @@ impl Keyring {
     pub fn open_configured(path: &Path) -> Result<(Self, bool), VaultError> {
         let is_default = path == Path::new(crate::config::DEFAULT_KEY_FILE);
         if is_default && !resolve_key_file(path).exists() {
-            let id = format!("k{}", crate::audit::now_unix());
+            let id = format!("k{}", crate::clock::now_unix());
             Self::create_file(path, &id)?;
             return Ok((Self::load(path)?, true));
         }

@@ -9,7 +9,8 @@ use std::time::Duration;
 use clap::Subcommand;
 
 use super::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
-use crate::audit::{now_unix, Actor};
+use crate::audit::Actor;
+use crate::clock::now_unix;
 use crate::config::Config;
 use crate::connections::{self, AuthMode, Connection, NewAppConnection, NewDelegatedConnection};
 use crate::identity::{token_claims, DevicePoll, IdentityClient, DEV_PORTAL_RESOURCE};

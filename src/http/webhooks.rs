@@ -484,7 +484,7 @@ async fn vouched_for(
     state: &WebhookState,
     tokens: &[String],
 ) -> Result<Vec<ValidToken>, TokenRefusal> {
-    let now = crate::audit::now_unix();
+    let now = crate::clock::now_unix();
     let mut vouched = Vec::with_capacity(tokens.len());
     for token in tokens {
         match state.tokens.validate(token, now).await {

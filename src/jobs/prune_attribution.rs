@@ -18,7 +18,7 @@ impl Job for PruneAttribution {
     }
 
     async fn run(self, context: JobContext) -> Result<(), JobError> {
-        let pruned = crate::attribution::prune(&context.store, crate::audit::now_unix())
+        let pruned = crate::attribution::prune(&context.store, crate::clock::now_unix())
             .await
             .map_err(JobError::database)?;
         tracing::info!(

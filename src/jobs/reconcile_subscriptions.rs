@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{Job, JobContext, JobError};
-use crate::audit::now_unix;
+use crate::clock::now_unix;
 use crate::connections::Connection;
 use crate::graph::GraphError;
 use crate::subscriptions::{self, Action, Subscription};

@@ -168,7 +168,7 @@ async fn fifty_concurrent_callers_cause_one_token_request(db: TestDb) {
     let stored = connections::get(&env.store, &connection.id).await.unwrap();
     assert_eq!(stored.status, Status::Active);
     assert!(stored.last_token_at.is_some());
-    assert!(stored.token_expires_at.unwrap() > tenantd::audit::now_unix() + 3000);
+    assert!(stored.token_expires_at.unwrap() > tenantd::clock::now_unix() + 3000);
 }
 
 async fn failures_move_the_connection_to_the_status_that_needs_a_human(db: TestDb) {

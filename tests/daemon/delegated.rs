@@ -263,7 +263,7 @@ async fn mail_is_sent_once_as_the_user_and_replies_link_back_within_the_window(d
     // With a 30-day window, an action from 45 days ago is outside it and pruned.
     attribution::set_lookback(&store, TENANT, 30).await.unwrap();
     assert!(attribution::set_lookback(&store, TENANT, 45).await.is_err());
-    let now = tenantd::audit::now_unix();
+    let now = tenantd::clock::now_unix();
     db.execute(&format!(
         "UPDATE delegated_actions SET created_at = {}",
         now - 45 * 86_400

@@ -431,7 +431,7 @@ async fn a_redelivery_after_the_first_job_finished_is_one_job_across_a_restart(d
     }
     assert_eq!(env.queued("graph_notification").await.len(), 2);
     // Both jobs finished (as a worker would have recorded them).
-    let now = tenantd::audit::now_unix() * 1000;
+    let now = tenantd::clock::now_unix() * 1000;
     env.db
         .execute(&format!(
             "UPDATE jobs SET state = 'succeeded', finished_at = {now} WHERE kind = 'graph_notification'"
@@ -1043,7 +1043,7 @@ async fn a_subscription_created_before_a_crash_is_adopted_not_made_twice(db: Tes
     let live = live(&db).await;
     // The state a crash right after Graph's 201 leaves: the claim, no id (and the claim old
     // enough for another attempt to take it).
-    let old = tenantd::audit::now_unix() - 600;
+    let old = tenantd::clock::now_unix() - 600;
     db.execute(&format!(
         "UPDATE subscriptions SET graph_id = NULL, expires_at = NULL, status = 'pending', reason = 'creating', updated_at = {old}"
     ))
@@ -1177,7 +1177,7 @@ async fn the_sweep_deletes_orphans_at_graph_and_nothing_else(db: TestDb) {
     );
     assert!(deleted().await > deleted_before, "the deletion is counted");
     // A create in flight: the row claimed just now, Graph's answer not yet recorded.
-    let now = tenantd::audit::now_unix();
+    let now = tenantd::clock::now_unix();
     db.execute(&format!(
         "UPDATE subscriptions SET graph_id = NULL, reason = 'creating', updated_at = {now}"
     ))
@@ -1251,7 +1251,7 @@ async fn subscriptions_are_renewed_before_expiry_and_recreated_when_graph_lost_t
     let reconcile = tenantd::jobs::reconcile_subscriptions::ReconcileSubscriptions {
         public_url: Some(live.public_url.clone()),
     };
-    let now = tenantd::audit::now_unix();
+    let now = tenantd::clock::now_unix();
     // Due: an hour left (a week's subscription renews in its last quarter).
     db.execute(&format!(
         "UPDATE subscriptions SET expires_at = {}, last_renewed_at = 0",
