@@ -8,7 +8,6 @@
 
 use std::time::Duration;
 
-use crate::jobs::JobError;
 use crate::tokens::TokenServiceError;
 
 /// Why a Graph call failed.
@@ -87,29 +86,6 @@ impl GraphError {
             GraphError::Token(err) => err.reason_code(),
         }
     }
-
-    /// The job outcome: throttling and transient failures go back to the queue with their wait
-    /// (so no worker sleeps on them); everything else needs a change before it can work.
-    pub fn into_job_error(self) -> JobError {
-        let reason = self.reason_code();
-        let message = self.to_string();
-        match self {
-            GraphError::Throttled { retry_after, .. }
-            | GraphError::Transient { retry_after, .. } => JobError::Retry {
-                reason,
-                message,
-                after: Some(retry_after),
-            },
-            GraphError::Token(TokenServiceError::Token(token)) if token.status().is_none() => {
-                JobError::Retry {
-                    reason,
-                    message,
-                    after: None,
-                }
-            }
-            _ => JobError::Permanent { reason, message },
-        }
-    }
 }
 
 /// Parses `Retry-After`: seconds (Graph sends fractions such as `2.128`) or an HTTP date.
@@ -149,28 +125,5 @@ mod tests {
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("-1", now), None);
         let _ = SystemTime::now();
-    }
-
-    #[test]
-    fn throttling_goes_back_to_the_queue_with_its_wait() {
-        let throttled = GraphError::Throttled {
-            retry_after: Duration::from_secs(7),
-            code: "TooManyRequests".into(),
-        };
-        match throttled.into_job_error() {
-            JobError::Retry { reason, after, .. } => {
-                assert_eq!((reason, after), ("throttled", Some(Duration::from_secs(7))))
-            }
-            other => panic!("{other:?}"),
-        }
-        let denied = GraphError::Forbidden {
-            code: "ErrorAccessDenied".into(),
-            access_policy: true,
-        };
-        assert_eq!(denied.reason_code(), "access_policy_denied");
-        assert!(matches!(
-            denied.into_job_error(),
-            JobError::Permanent { .. }
-        ));
     }
 }

@@ -171,7 +171,7 @@ impl Job for DelegatedEvent {
                 reason: "event_not_found",
                 message: "the user's calendar has no such event".into(),
             },
-            err => err.into_job_error(),
+            err => JobError::from(err),
         })
     }
 }

@@ -110,7 +110,7 @@ impl Job for DelegatedSendMail {
                 let draft = graph
                     .create_draft(&connection, &me, &message)
                     .await
-                    .map_err(GraphError::into_job_error)?;
+                    .map_err(JobError::from)?;
                 let text = |key: &str| draft[key].as_str().map(str::to_string);
                 let id = text("id").ok_or_else(|| JobError::Permanent {
                     reason: "graph_answer_invalid",
@@ -141,7 +141,7 @@ impl Job for DelegatedSendMail {
             Err(GraphError::NotFound { .. }) => count("already_sent"),
             Err(err) => {
                 count("failed");
-                return Err(err.into_job_error());
+                return Err(JobError::from(err));
             }
         }
         attribution::mark_done(&context.store, &action.id)

@@ -50,7 +50,7 @@ impl Job for GraphLifecycle {
                         lost_at_graph(&context, &subscription).await?;
                         enqueue_resync(&context, &subscription).await
                     }
-                    Err(err) => Err(err.into_job_error()),
+                    Err(err) => Err(JobError::from(err)),
                 }
             }
             "subscriptionRemoved" => {

@@ -136,7 +136,7 @@ impl Job for GraphNotification {
                     count("message", "gone");
                     return Ok(());
                 }
-                Err(err) => return Err(err.into_job_error()),
+                Err(err) => return Err(JobError::from(err)),
             },
         };
         let stored =
@@ -174,7 +174,7 @@ async fn fetch_only(
         Ok(_) => count(kind, "fetched"),
         // Deleted since the notification.
         Err(GraphError::NotFound { .. }) => count(kind, "gone"),
-        Err(err) => return Err(err.into_job_error()),
+        Err(err) => return Err(JobError::from(err)),
     }
     Ok(())
 }

@@ -107,7 +107,7 @@ fn graph_failure(err: GraphError, owner: &str, what: &str) -> JobError {
                 "an Exchange application access policy or RBAC for Applications denies this app the mailbox of {owner}"
             ),
         },
-        _ => err.into_job_error(),
+        _ => JobError::from(err),
     }
 }
 
@@ -199,7 +199,7 @@ impl Run<'_> {
                     ),
                 )
                 .await
-                .map_err(GraphError::into_job_error)?;
+                .map_err(JobError::from)?;
             let user = match found {
                 Some(user) => user,
                 None => {
@@ -221,7 +221,7 @@ impl Run<'_> {
                     let created = graph
                         .create_user(&self.app, &body)
                         .await
-                        .map_err(GraphError::into_job_error)?;
+                        .map_err(JobError::from)?;
                     let id = created["id"].as_str().unwrap_or_default().to_string();
                     self.record(&format!("user:{upn}"), "user", &id, &upn, None)
                         .await?;
@@ -246,7 +246,7 @@ impl Run<'_> {
                         &json!({"usageLocation": config.usage_location}),
                     )
                     .await
-                    .map_err(GraphError::into_job_error)?;
+                    .map_err(JobError::from)?;
             }
             if let Some(part_number) = &config.license_sku {
                 if skus.is_none() {
@@ -254,7 +254,7 @@ impl Run<'_> {
                         graph
                             .subscribed_skus(&self.app)
                             .await
-                            .map_err(GraphError::into_job_error)?,
+                            .map_err(JobError::from)?,
                     );
                 }
                 let sku = skus
@@ -293,7 +293,7 @@ impl Run<'_> {
                     graph
                         .assign_license(&self.app, &id, &sku_id)
                         .await
-                        .map_err(GraphError::into_job_error)?;
+                        .map_err(JobError::from)?;
                     // The cached count is now one short; a later user re-reads it.
                     skus = None;
                     self.record(&format!("license:{upn}"), "license", &sku_id, &id, None)
@@ -454,12 +454,12 @@ impl Run<'_> {
         let chat = graph
             .one_on_one_chat(staff, &staff.user_id, &with.id)
             .await
-            .map_err(GraphError::into_job_error)?;
+            .map_err(JobError::from)?;
         let chat_id = chat["id"].as_str().unwrap_or_default().to_string();
         let message = graph
             .post_chat_message(staff, &chat_id, &content.chat_line())
             .await
-            .map_err(GraphError::into_job_error)?;
+            .map_err(JobError::from)?;
         let id = message["id"].as_str().unwrap_or_default().to_string();
         self.record(
             step,

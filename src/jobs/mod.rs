@@ -29,8 +29,10 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::graph::GraphError;
 use crate::queue::{EncodedJob, Enqueued, JobRow, NewJob, Queue, QueueError};
 use crate::store::Store;
+use crate::tokens::TokenServiceError;
 
 /// What a job run reports when it does not succeed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -53,6 +55,32 @@ pub enum JobError {
         /// Sanitized message.
         message: String,
     },
+}
+
+/// The job outcome of a Graph failure: throttling and transient failures go back to the queue
+/// with their wait (so no worker sleeps on them); a token endpoint that could not be reached is
+/// retried after backoff; everything else needs a change before it can work.
+impl From<GraphError> for JobError {
+    fn from(err: GraphError) -> Self {
+        let reason = err.reason_code();
+        let message = err.to_string();
+        match err {
+            GraphError::Throttled { retry_after, .. }
+            | GraphError::Transient { retry_after, .. } => JobError::Retry {
+                reason,
+                message,
+                after: Some(retry_after),
+            },
+            GraphError::Token(TokenServiceError::Token(token)) if token.status().is_none() => {
+                JobError::Retry {
+                    reason,
+                    message,
+                    after: None,
+                }
+            }
+            _ => JobError::Permanent { reason, message },
+        }
+    }
 }
 
 impl JobError {
@@ -387,5 +415,30 @@ impl Registry {
         let mut kinds: Vec<&'static str> = self.kinds.keys().copied().collect();
         kinds.sort_unstable();
         kinds
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttling_goes_back_to_the_queue_with_its_wait() {
+        let throttled = GraphError::Throttled {
+            retry_after: Duration::from_secs(7),
+            code: "TooManyRequests".into(),
+        };
+        match JobError::from(throttled) {
+            JobError::Retry { reason, after, .. } => {
+                assert_eq!((reason, after), ("throttled", Some(Duration::from_secs(7))))
+            }
+            other => panic!("{other:?}"),
+        }
+        let denied = GraphError::Forbidden {
+            code: "ErrorAccessDenied".into(),
+            access_policy: true,
+        };
+        assert_eq!(denied.reason_code(), "access_policy_denied");
+        assert!(matches!(JobError::from(denied), JobError::Permanent { .. }));
     }
 }

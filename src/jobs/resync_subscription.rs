@@ -16,7 +16,6 @@ use serde::{Deserialize, Serialize};
 
 use super::{Job, JobContext, JobError};
 use crate::graph::resources::GraphResource;
-use crate::graph::GraphError;
 use crate::mailbox::{self, StoredMessage};
 use crate::metrics::names;
 use crate::subscriptions;
@@ -117,7 +116,7 @@ impl Job for ResyncSubscription {
                     MAX_PAGES,
                 )
                 .await
-                .map_err(GraphError::into_job_error)?,
+                .map_err(JobError::from)?,
             _ => {
                 let since =
                     mailbox::newest_received(&context.store, &self.tenant_id, &subscription.id)
@@ -134,7 +133,7 @@ impl Job for ResyncSubscription {
                     .graph
                     .newest_messages(&connection, &user, since.as_deref(), pages)
                     .await;
-                (messages.map_err(GraphError::into_job_error)?, None)
+                (messages.map_err(JobError::from)?, None)
             }
         };
         let (mut stored, mut removed) = (0u64, 0u64);

@@ -91,7 +91,7 @@ async fn typed_requests_page_through_collections(db: TestDb) {
         .unwrap_err();
     assert_eq!(missing.reason_code(), "not_found");
     assert!(matches!(
-        missing.into_job_error(),
+        JobError::from(missing),
         JobError::Permanent { .. }
     ));
     let skus = client.subscribed_skus(&env.connection).await.unwrap();
@@ -161,7 +161,7 @@ async fn past_the_budget_the_wait_goes_back_to_the_queue(db: TestDb) {
         panic!("{err:?}")
     };
     assert!(*retry_after > Duration::from_secs(50), "{retry_after:?}");
-    match err.into_job_error() {
+    match JobError::from(err) {
         JobError::Retry { reason, after, .. } => {
             assert_eq!(reason, "throttled");
             assert!(after.unwrap() > Duration::from_secs(50));
@@ -240,7 +240,7 @@ async fn transient_failures_are_retried_then_reported(db: TestDb) {
         .await
         .unwrap_err();
     assert_eq!(err.reason_code(), "transient");
-    assert!(matches!(err.into_job_error(), JobError::Retry { .. }));
+    assert!(matches!(JobError::from(err), JobError::Retry { .. }));
     assert_eq!(env.counter("faults_errors"), 3, "one try and two retries");
     env.emulator.shared().throttle.set_faults(Faults {
         seed: 9,
