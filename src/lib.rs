@@ -30,6 +30,7 @@ pub mod mailbox;
 pub mod metrics;
 pub mod oauth;
 pub mod queue;
+pub mod retry;
 pub mod rich_notifications;
 pub mod runs;
 pub mod scheduler;

@@ -374,21 +374,6 @@ fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Exponential backoff with full jitter: a random delay in `[0, min(cap, base * 2^(attempt-1))]`
-/// (AWS Architecture Blog, "Exponential Backoff And Jitter").
-pub fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
-    let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
-    let ceiling = exp.min(cap);
-    let random = u64::from_le_bytes(
-        uuid::Uuid::new_v4().as_bytes()[..8]
-            .try_into()
-            .expect("8 bytes"),
-    );
-    #[allow(clippy::cast_precision_loss)]
-    let share = (random >> 11) as f64 / (1u64 << 53) as f64;
-    ceiling.mul_f64(share)
-}
-
 // The database clock in Unix milliseconds, per dialect.
 macro_rules! sqlite_now {
     () => {
@@ -1315,26 +1300,6 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_stays_within_its_exponential_ceiling() {
-        let base = Duration::from_secs(1);
-        let cap = Duration::from_secs(60);
-        for attempt in 1..=12 {
-            let ceiling = (base * 2u32.pow(attempt - 1)).min(cap);
-            for _ in 0..50 {
-                let delay = backoff(attempt, base, cap);
-                assert!(
-                    delay <= ceiling,
-                    "attempt {attempt}: {delay:?} > {ceiling:?}"
-                );
-            }
-        }
-        let spread: std::collections::BTreeSet<u128> = (0..50)
-            .map(|_| backoff(10, base, cap).as_millis())
-            .collect();
-        assert!(spread.len() > 10, "full jitter spreads retries out");
-    }
 
     #[test]
     fn states_round_trip() {

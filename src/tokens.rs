@@ -17,12 +17,19 @@ use crate::audit::{self, Actor};
 use crate::clock::now_unix;
 use crate::connections::{self, check_authority, AuthMode, Connection, ConnectionError, Status};
 use crate::identity::{IdentityClient, TokenError, Tokens};
+use crate::retry::RetryPolicy;
 use crate::secret::Secret;
 use crate::store::Store;
 use crate::vault::Keyring;
 
 /// Delegated connections a sweep renews at once.
 const SWEEP_CONCURRENCY: usize = 16;
+/// A token endpoint that could not be reached: two more tries within about half a second.
+const TOKEN_RETRY: RetryPolicy = RetryPolicy::new(
+    std::time::Duration::from_millis(200),
+    std::time::Duration::from_secs(2),
+)
+.with_max_times(2);
 /// Tokens are renewed this long before they expire.
 pub const RENEW_BEFORE_SECONDS: i64 = 300;
 /// The `connection_tokens.resource` of a connection's refresh token.
@@ -136,7 +143,7 @@ impl TokenService {
         // Network errors and 5xx are retried with backoff here; past that the caller (or the
         // next sweep) tries again.
         let fetched = (|| self.fetch(connection, resource))
-            .retry(backon::ExponentialBuilder::default().with_min_delay(std::time::Duration::from_millis(200)).with_max_times(2).with_jitter())
+            .retry(TOKEN_RETRY)
             .when(|err: &TokenServiceError| matches!(err, TokenServiceError::Token(e) if e.status().is_none()))
             .await;
         metrics::counter!(

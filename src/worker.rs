@@ -20,7 +20,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::health::Heartbeat;
 use crate::jobs::{JobContext, JobError, Registry};
-use crate::queue::{backoff, ClaimedJob, Queue};
+use crate::queue::{ClaimedJob, Queue};
+use crate::retry::RetryPolicy;
 
 /// Most jobs in hand (running, waiting for a slot, asked for) as a multiple of the
 /// concurrency: a claim is made when half a pool's worth or less is left waiting. Claims have
@@ -42,9 +43,8 @@ const COMPLETION_BATCH: usize = 256;
 /// was lost; `None`: the write failed).
 type Completion = (ClaimedJob, oneshot::Sender<Option<bool>>);
 
-/// Retry backoff base and ceiling.
-const BACKOFF_BASE: Duration = Duration::from_secs(2);
-const BACKOFF_CAP: Duration = Duration::from_secs(3600);
+/// A failed job's next try: from up to 2 s after the first failure to up to an hour.
+const JOB_RETRY: RetryPolicy = RetryPolicy::new(Duration::from_secs(2), Duration::from_secs(3600));
 
 /// A pool of workers in this process.
 pub struct WorkerPool {
@@ -259,8 +259,7 @@ impl WorkerPool {
                 message,
                 after,
             })) => {
-                let delay =
-                    backoff(job.attempt, BACKOFF_BASE, BACKOFF_CAP).max(after.unwrap_or_default());
+                let delay = JOB_RETRY.delay(job.attempt).max(after.unwrap_or_default());
                 tracing::info!(job.id = %job.id, job.kind = %job.kind, reason, attempt = job.attempt, "job will be retried");
                 let outcome = if job.attempt >= job.max_attempts {
                     "dead"

@@ -26,14 +26,15 @@ pub use errors::GraphError;
 use crate::config::GraphConfig;
 use crate::connections::Connection;
 use crate::metrics::names;
-use crate::queue::backoff;
+use crate::retry::RetryPolicy;
 use crate::tokens::TokenService;
 use limits::Limits;
 
 /// Most requests in one `$batch` (Graph's limit).
 pub const BATCH_LIMIT: usize = 20;
-const BACKOFF_BASE: Duration = Duration::from_millis(500);
-const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// Retries within one request (and the wait a transient failure hands the queue).
+const IN_REQUEST_RETRY: RetryPolicy =
+    RetryPolicy::new(Duration::from_millis(500), Duration::from_secs(30));
 
 /// One request, relative to the Graph base URL.
 #[derive(Debug, Clone)]
@@ -276,7 +277,7 @@ impl GraphClient {
                 );
                 return Err(GraphError::Transient {
                     detail: detail.into(),
-                    retry_after: backoff(1, BACKOFF_BASE, BACKOFF_CAP),
+                    retry_after: IN_REQUEST_RETRY.delay(1),
                 });
             }
         };
@@ -302,7 +303,7 @@ impl GraphClient {
             .filter(|load| load.is_finite());
         let bytes = response.bytes().await.map_err(|_| GraphError::Transient {
             detail: "body_read".into(),
-            retry_after: backoff(1, BACKOFF_BASE, BACKOFF_CAP),
+            retry_after: IN_REQUEST_RETRY.delay(1),
         })?;
         let body: Value = if bytes.is_empty() {
             Value::Null
@@ -337,8 +338,7 @@ impl GraphClient {
         }
         Err(match status {
             StatusCode::TOO_MANY_REQUESTS => {
-                let retry_after =
-                    retry_after.unwrap_or_else(|| backoff(2, BACKOFF_BASE, BACKOFF_CAP));
+                let retry_after = retry_after.unwrap_or_else(|| IN_REQUEST_RETRY.delay(2));
                 pace.throttled(retry_after);
                 metrics::counter!(names::GRAPH_THROTTLED, "family" => request.family).increment(1);
                 GraphError::Throttled { retry_after, code }
@@ -348,7 +348,7 @@ impl GraphClient {
             | StatusCode::BAD_GATEWAY
             | StatusCode::INTERNAL_SERVER_ERROR => GraphError::Transient {
                 detail: status.as_u16().to_string(),
-                retry_after: retry_after.unwrap_or_else(|| backoff(1, BACKOFF_BASE, BACKOFF_CAP)),
+                retry_after: retry_after.unwrap_or_else(|| IN_REQUEST_RETRY.delay(1)),
             },
             StatusCode::UNAUTHORIZED => GraphError::Unauthorized { code },
             StatusCode::FORBIDDEN => {
@@ -509,7 +509,7 @@ impl GraphClient {
                         let wait = response["headers"]["Retry-After"]
                             .as_str()
                             .and_then(|v| errors::parse_retry_after(v, SystemTime::now()))
-                            .unwrap_or_else(|| backoff(round, BACKOFF_BASE, BACKOFF_CAP));
+                            .unwrap_or_else(|| IN_REQUEST_RETRY.delay(round));
                         longest = longest.max(wait);
                         retry.push(index);
                         if status == 429 {
