@@ -16,6 +16,10 @@ use crate::clock::now_unix;
 use crate::store::{transaction, with_pool, write_tx, Store, StoreError};
 use crate::vault::{Keyring, SealedValue, Slot, VaultError};
 
+/// The `connection_tokens.resource` of a connection's refresh token (the other rows are
+/// access tokens, one per resource).
+pub const REFRESH_SLOT: &str = "refresh";
+
 /// How a connection gets tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -417,15 +421,7 @@ pub async fn add_delegated(
             id
         }
     };
-    store_token(
-        store,
-        keys,
-        &id,
-        crate::tokens::REFRESH_SLOT,
-        new.refresh_token,
-        None,
-    )
-    .await?;
+    store_token(store, keys, &id, REFRESH_SLOT, new.refresh_token, None).await?;
     let connection = get(store, &id).await?;
     set_status(store, &connection, Status::Active, None, actor).await?;
     get(store, &id).await

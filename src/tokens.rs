@@ -15,7 +15,9 @@ use backon::Retryable;
 
 use crate::audit::{self, Actor};
 use crate::clock::now_unix;
-use crate::connections::{self, check_authority, AuthMode, Connection, ConnectionError, Status};
+use crate::connections::{
+    self, check_authority, AuthMode, Connection, ConnectionError, Status, REFRESH_SLOT,
+};
 use crate::identity::{IdentityClient, TokenError, Tokens};
 use crate::retry::RetryPolicy;
 use crate::secret::Secret;
@@ -32,8 +34,6 @@ const TOKEN_RETRY: RetryPolicy = RetryPolicy::new(
 .with_max_times(2);
 /// Tokens are renewed this long before they expire.
 pub const RENEW_BEFORE_SECONDS: i64 = 300;
-/// The `connection_tokens.resource` of a connection's refresh token.
-pub const REFRESH_SLOT: &str = "refresh";
 /// How often the sweep runs.
 pub const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(120);
 /// Consecutive transient failures (each already retried with backoff) before a connection is

@@ -6,10 +6,11 @@ use std::sync::Arc;
 use graph_emulator::world::{AppSeed, FailureRule, IdentityFailure, TenantSeed, UserSeed};
 use graph_emulator::Emulator;
 use tenantd::audit::{self, Actor};
+use tenantd::connections::REFRESH_SLOT;
 use tenantd::connections::{self, NewAppConnection, NewDelegatedConnection, Status};
 use tenantd::identity::{token_claims, DevicePoll, IdentityClient, GRAPH_RESOURCE};
 use tenantd::store::Store;
-use tenantd::tokens::{TokenService, REFRESH_SLOT};
+use tenantd::tokens::TokenService;
 use tenantd::vault::Keyring;
 
 use crate::helpers::{tenantd_command, TestDb};
