@@ -1,0 +1,264 @@
+//! The one-way flow, enforced: reads every file of `src/` and the layer table in
+//! docs/ARCHITECTURE.md, and fails on an import from a higher layer, on modules that import
+//! each other (directly or round a loop), and on a module the table does not place.
+//! Granularity: the top-level modules of the crate (`jobs/` counts as `jobs`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+type Imports = BTreeMap<String, BTreeSet<String>>;
+
+/// The code of a file without comments and without its `#[cfg(test)]` items.
+fn production_code(text: &str) -> String {
+    let mut code = String::new();
+    let mut skipping_test_item = false;
+    let mut depth: i64 = 0;
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with("//") {
+            continue;
+        }
+        let line = line.split(" //").next().unwrap_or(line);
+        if !skipping_test_item && trimmed.starts_with("#[cfg(test)]") {
+            skipping_test_item = true;
+            depth = 0;
+            continue;
+        }
+        if skipping_test_item {
+            depth += line.matches('{').count() as i64 - line.matches('}').count() as i64;
+            // The item ends where its braces close (or at its `;` for a one-line item).
+            if depth <= 0 && (line.contains('}') || line.trim_end().ends_with(';')) {
+                skipping_test_item = false;
+            }
+            continue;
+        }
+        code.push_str(line);
+        code.push('\n');
+    }
+    code
+}
+
+/// The leading identifier of `text`.
+fn identifier(text: &str) -> String {
+    text.trim_start()
+        .chars()
+        .take_while(|c| c.is_alphanumeric() || *c == '_')
+        .collect()
+}
+
+/// The crate-level modules a piece of code names through `crate::…`, including each entry
+/// of a group such as `crate::{a, b::c, d::{e, f}}`.
+fn named_modules(code: &str) -> BTreeSet<String> {
+    let mut named = BTreeSet::new();
+    for (at, _) in code.match_indices("crate::") {
+        let after = &code[at + "crate::".len()..];
+        let Some(group) = after.strip_prefix('{') else {
+            named.insert(identifier(after));
+            continue;
+        };
+        let (mut depth, mut entry) = (0, 0);
+        for (i, ch) in group.char_indices() {
+            match ch {
+                '{' => depth += 1,
+                '}' if depth == 0 => {
+                    named.insert(identifier(&group[entry..i]));
+                    break;
+                }
+                '}' => depth -= 1,
+                ',' if depth == 0 => {
+                    named.insert(identifier(&group[entry..i]));
+                    entry = i + 1;
+                }
+                _ => {}
+            }
+        }
+    }
+    named.remove("");
+    named
+}
+
+/// Every top-level module of `src/` and the other top-level modules it imports.
+fn crate_imports(src: &Path) -> Imports {
+    let mut modules: Imports = BTreeMap::new();
+    let mut files = vec![src.to_path_buf()];
+    let mut sources = Vec::new();
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(&path).expect("src is readable") {
+                files.push(entry.expect("entry").path());
+            }
+        } else if path.extension().is_some_and(|ext| ext == "rs") {
+            sources.push(path);
+        }
+    }
+    for path in sources {
+        let relative = path.strip_prefix(src).expect("under src");
+        let first = relative
+            .components()
+            .next()
+            .expect("a file")
+            .as_os_str()
+            .to_string_lossy()
+            .trim_end_matches(".rs")
+            .to_string();
+        if first == "lib" || first == "main" {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("source is readable");
+        let imports = modules.entry(first.clone()).or_default();
+        for named in named_modules(&production_code(&text)) {
+            if named != first {
+                imports.insert(named);
+            }
+        }
+    }
+    let known: BTreeSet<String> = modules.keys().cloned().collect();
+    for imports in modules.values_mut() {
+        imports.retain(|name| known.contains(name));
+    }
+    modules
+}
+
+/// The table under `## Layers`: module → layer number.
+fn layer_table(architecture: &str) -> BTreeMap<String, u32> {
+    let section = architecture
+        .split("\n## Layers\n")
+        .nth(1)
+        .expect("docs/ARCHITECTURE.md has a `## Layers` section")
+        .split("\n## ")
+        .next()
+        .unwrap_or_default();
+    let mut layers = BTreeMap::new();
+    for row in section.lines().filter(|line| line.starts_with("| ")) {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let Some(number) = cells
+            .get(1)
+            .and_then(|cell| cell.split_whitespace().next())
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        for module in cells.get(2).unwrap_or(&"").split(',') {
+            let module = module.trim().trim_matches('`');
+            if !module.is_empty() {
+                layers.insert(module.to_string(), number);
+            }
+        }
+    }
+    layers
+}
+
+/// What breaks the layering, one line each; empty when none.
+fn violations(imports: &Imports, layers: &BTreeMap<String, u32>) -> Vec<String> {
+    let mut found = Vec::new();
+    for module in imports.keys() {
+        if !layers.contains_key(module) {
+            found.push(format!(
+                "`{module}` is not in the layer table of docs/ARCHITECTURE.md: place it"
+            ));
+        }
+    }
+    for module in layers.keys() {
+        if !imports.contains_key(module) {
+            found.push(format!(
+                "the layer table names `{module}`, which src/ does not have"
+            ));
+        }
+    }
+    for (module, targets) in imports {
+        let Some(own) = layers.get(module) else {
+            continue;
+        };
+        for target in targets {
+            if let Some(theirs) = layers.get(target) {
+                if theirs > own {
+                    found.push(format!(
+                        "`{module}` (layer {own}) imports `{target}` (layer {theirs}), a higher layer"
+                    ));
+                }
+            }
+        }
+    }
+    // A cycle: depth-first search, reporting the loop from the first module met twice.
+    fn visit(
+        module: &str,
+        imports: &Imports,
+        path: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+        found: &mut Vec<String>,
+    ) {
+        if let Some(start) = path.iter().position(|m| m == module) {
+            let mut ring = path[start..].to_vec();
+            ring.push(module.to_string());
+            found.push(format!("import cycle: {}", ring.join(" → ")));
+            return;
+        }
+        if done.contains(module) {
+            return;
+        }
+        path.push(module.to_string());
+        for target in imports.get(module).into_iter().flatten() {
+            visit(target, imports, path, done, found);
+        }
+        path.pop();
+        done.insert(module.to_string());
+    }
+    let mut done = BTreeSet::new();
+    for module in imports.keys() {
+        visit(module, imports, &mut Vec::new(), &mut done, &mut found);
+    }
+    found
+}
+
+#[test]
+fn the_crate_follows_its_layers() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let imports = crate_imports(&root.join("src"));
+    let architecture =
+        std::fs::read_to_string(root.join("docs/ARCHITECTURE.md")).expect("architecture doc");
+    let layers = layer_table(&architecture);
+    assert!(layers.len() > 20, "the table was read: {layers:?}");
+    // The reader sees real imports (not an empty map that passes by default).
+    assert!(imports["jobs"].contains("graph") && imports["app"].contains("worker"));
+    let found = violations(&imports, &layers);
+    assert!(found.is_empty(), "{}", found.join("\n"));
+}
+
+#[test]
+fn a_wrong_way_import_a_cycle_and_an_unplaced_module_are_caught() {
+    let code = "use crate::{clock::now_unix, graph::{GraphError, x}};\nfn f() { crate::queue::go(); }\n// crate::cli is a comment\n#[cfg(test)]\nmod tests {\n    use crate::app;\n}\n";
+    let names = named_modules(&production_code(code));
+    assert_eq!(
+        names,
+        BTreeSet::from(["clock".to_string(), "graph".into(), "queue".into()])
+    );
+    let layers = layer_table("# x\n\n## Layers\n\n| layer | modules |\n|---|---|\n| 1 base | `clock` |\n| 2 store | `store`, `audit` |\n| 3 top | `app` |\n\n## Next\n| 9 | `nope` |\n");
+    assert_eq!(layers.len(), 4, "{layers:?}");
+    let imports: Imports = [
+        ("clock", vec!["store"]),
+        ("store", vec!["audit"]),
+        ("audit", vec!["store"]),
+        ("app", vec!["clock"]),
+        ("stray", vec![]),
+    ]
+    .into_iter()
+    .map(|(m, t)| (m.to_string(), t.into_iter().map(String::from).collect()))
+    .collect();
+    let found = violations(&imports, &layers);
+    assert!(
+        found
+            .iter()
+            .any(|v| v.contains("`clock` (layer 1) imports `store` (layer 2)")),
+        "{found:?}"
+    );
+    assert!(
+        found.iter().any(|v| v.contains("import cycle")),
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|v| v.contains("`stray` is not in the layer table")),
+        "{found:?}"
+    );
+}
