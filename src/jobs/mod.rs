@@ -12,6 +12,7 @@ pub mod graph_lifecycle;
 pub mod graph_notification;
 pub mod heartbeat_cleanup;
 pub mod heartbeat_run;
+mod kinds;
 pub mod noop;
 pub mod prune_attribution;
 pub mod prune_jobs;
@@ -335,26 +336,6 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// The one registration list of every job kind.
-    pub fn standard() -> Self {
-        let mut registry = Self::default();
-        registry.register::<connection_check::ConnectionCheck>();
-        registry.register::<delegated_event::DelegatedEvent>();
-        registry.register::<delegated_send_mail::DelegatedSendMail>();
-        registry.register::<graph_lifecycle::GraphLifecycle>();
-        registry.register::<graph_notification::GraphNotification>();
-        registry.register::<heartbeat_cleanup::HeartbeatCleanup>();
-        registry.register::<heartbeat_run::HeartbeatRun>();
-        registry.register::<noop::Noop>();
-        registry.register::<prune_attribution::PruneAttribution>();
-        registry.register::<prune_jobs::PruneJobs>();
-        registry.register::<reconcile_subscriptions::ReconcileSubscriptions>();
-        registry.register::<resync_subscription::ResyncSubscription>();
-        registry.register::<sweep_subscriptions::SweepSubscriptions>();
-        registry.register::<token_sweep::TokenSweep>();
-        registry
-    }
-
     /// Adds a kind.
     pub fn register<J: Job>(&mut self) {
         let handler: Handler = Arc::new(|payload, context| {
