@@ -6,6 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::resync_subscription::enqueue_resync;
+use super::subscription_steps::{lost_at_graph, still_there};
 use super::{Job, JobContext, JobError};
 use crate::graph::GraphError;
 use crate::subscriptions;
@@ -76,43 +78,4 @@ impl Job for GraphLifecycle {
             }
         }
     }
-}
-
-/// Queues a resync of the subscription's resource (one at a time per subscription).
-pub(crate) async fn enqueue_resync(
-    context: &JobContext,
-    subscription: &subscriptions::Subscription,
-) -> Result<(), JobError> {
-    super::enqueue(
-        &context.queue,
-        &super::resync_subscription::ResyncSubscription {
-            subscription_id: subscription.id.clone(),
-            tenant_id: subscription.tenant_id.clone(),
-        },
-    )
-    .await
-    .map(|_| ())
-    .map_err(JobError::database)
-}
-
-/// The subscription, or `None` once it was deleted (its late jobs have nothing to do).
-pub(crate) async fn still_there(
-    context: &JobContext,
-    id: &str,
-) -> Result<Option<subscriptions::Subscription>, JobError> {
-    match subscriptions::get(&context.store, id).await {
-        Ok(subscription) => Ok(Some(subscription)),
-        Err(subscriptions::SubscriptionError::NotFound(_)) => Ok(None),
-        Err(err) => Err(JobError::database(err)),
-    }
-}
-
-/// Graph answered 404 for the subscription: marked removed, so reconcile creates it again.
-pub(crate) async fn lost_at_graph(
-    context: &JobContext,
-    subscription: &subscriptions::Subscription,
-) -> Result<(), JobError> {
-    subscriptions::record_removed(&context.store, &subscription.id, "subscription_not_found")
-        .await
-        .map_err(JobError::database)
 }

@@ -18,6 +18,7 @@ pub mod prune_attribution;
 pub mod prune_jobs;
 pub mod reconcile_subscriptions;
 pub mod resync_subscription;
+mod subscription_steps;
 pub mod sweep_subscriptions;
 pub mod token_sweep;
 

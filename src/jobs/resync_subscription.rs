@@ -84,7 +84,7 @@ impl Job for ResyncSubscription {
 
     async fn run(self, context: JobContext) -> Result<(), JobError> {
         let Some(subscription) =
-            super::graph_lifecycle::still_there(&context, &self.subscription_id).await?
+            super::subscription_steps::still_there(&context, &self.subscription_id).await?
         else {
             return Ok(());
         };
@@ -174,7 +174,7 @@ async fn recreate(
     context: &JobContext,
     subscription: &subscriptions::Subscription,
 ) -> Result<(), JobError> {
-    use super::reconcile_subscriptions::{create_subscription, Creation};
+    use super::subscription_steps::{create_subscription, Creation};
     let connection = super::job_connection(&context.store, subscription).await?;
     match create_subscription(
         context,
@@ -203,6 +203,23 @@ async fn recreate(
             message: "listener.public_url is not set, so the subscription cannot be created again; set it and retry this job".into(),
         }),
     }
+}
+
+/// Queues a resync of the subscription's resource (one at a time per subscription).
+pub(super) async fn enqueue_resync(
+    context: &JobContext,
+    subscription: &subscriptions::Subscription,
+) -> Result<(), JobError> {
+    super::enqueue(
+        &context.queue,
+        &ResyncSubscription {
+            subscription_id: subscription.id.clone(),
+            tenant_id: subscription.tenant_id.clone(),
+        },
+    )
+    .await
+    .map(|_| ())
+    .map_err(JobError::database)
 }
 
 #[cfg(test)]
