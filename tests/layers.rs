@@ -179,35 +179,159 @@ fn violations(imports: &Imports, layers: &BTreeMap<String, u32>) -> Vec<String> 
             }
         }
     }
-    // A cycle: depth-first search, reporting the loop from the first module met twice.
+    found.extend(cycles(imports));
+    found
+}
+
+/// Every import cycle, as `a → b → a`: depth-first search, reporting the loop from the first
+/// node met twice.
+fn cycles(imports: &Imports) -> Vec<String> {
     fn visit(
-        module: &str,
+        node: &str,
         imports: &Imports,
         path: &mut Vec<String>,
         done: &mut BTreeSet<String>,
         found: &mut Vec<String>,
     ) {
-        if let Some(start) = path.iter().position(|m| m == module) {
+        if let Some(start) = path.iter().position(|m| m == node) {
             let mut ring = path[start..].to_vec();
-            ring.push(module.to_string());
+            ring.push(node.to_string());
             found.push(format!("import cycle: {}", ring.join(" → ")));
             return;
         }
-        if done.contains(module) {
+        if done.contains(node) {
             return;
         }
-        path.push(module.to_string());
-        for target in imports.get(module).into_iter().flatten() {
+        path.push(node.to_string());
+        for target in imports.get(node).into_iter().flatten() {
             visit(target, imports, path, done, found);
         }
         path.pop();
-        done.insert(module.to_string());
+        done.insert(node.to_string());
     }
+    let mut found = Vec::new();
     let mut done = BTreeSet::new();
-    for module in imports.keys() {
-        visit(module, imports, &mut Vec::new(), &mut done, &mut found);
+    for node in imports.keys() {
+        visit(node, imports, &mut Vec::new(), &mut done, &mut found);
     }
     found
+}
+
+/// The module path a file of `src/` defines (`jobs/mod.rs` → `jobs`, `graph/errors.rs` →
+/// `graph::errors`; `lib.rs` → the crate root, empty).
+fn module_path_of(relative: &Path) -> Vec<String> {
+    let mut parts: Vec<String> = relative
+        .with_extension("")
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    if parts.last().is_some_and(|last| last == "mod") {
+        parts.pop();
+    }
+    if parts.len() == 1 && (parts[0] == "lib" || parts[0] == "main") {
+        parts.clear();
+    }
+    parts
+}
+
+/// The paths a piece of code names from `crate::` or `super::` (relative to `here`), each as
+/// segments; a group (`super::{a::b, c}`) gives one path per entry.
+fn named_paths(code: &str, here: &[String]) -> Vec<Vec<String>> {
+    fn segments(text: &str) -> Vec<String> {
+        let mut found = Vec::new();
+        let mut rest = text;
+        loop {
+            let name = identifier(rest);
+            if name.is_empty() {
+                return found;
+            }
+            rest = &rest.trim_start()[name.len()..];
+            found.push(name);
+            match rest.strip_prefix("::") {
+                Some(after) if !after.starts_with('{') => rest = after,
+                _ => return found,
+            }
+        }
+    }
+    let mut paths = Vec::new();
+    for (root, base) in [
+        ("crate::", Vec::new()),
+        ("super::", here[..here.len().saturating_sub(1)].to_vec()),
+    ] {
+        for (at, _) in code.match_indices(root) {
+            let before = code[..at].chars().next_back();
+            if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':') {
+                continue;
+            }
+            let after = &code[at + root.len()..];
+            let mut entries = Vec::new();
+            if let Some(group) = after.strip_prefix('{') {
+                let (mut depth, mut start) = (0, 0);
+                for (i, ch) in group.char_indices() {
+                    match ch {
+                        '{' => depth += 1,
+                        '}' if depth == 0 => {
+                            entries.push(&group[start..i]);
+                            break;
+                        }
+                        '}' => depth -= 1,
+                        ',' if depth == 0 => {
+                            entries.push(&group[start..i]);
+                            start = i + 1;
+                        }
+                        _ => {}
+                    }
+                }
+            } else {
+                entries.push(after);
+            }
+            for entry in entries {
+                let named = segments(entry);
+                if !named.is_empty() {
+                    paths.push(base.iter().cloned().chain(named).collect());
+                }
+            }
+        }
+    }
+    paths
+}
+
+/// Every file of `src/` and the other files it imports from (a path resolves to the file of
+/// its longest prefix that is a module). Declaring a child module (`mod x;`) and naming a
+/// child by a bare path are not counted: the check is for `crate::` and `super::` imports.
+fn file_imports(src: &Path) -> Imports {
+    let mut sources = Vec::new();
+    let mut pending = vec![src.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(&path).expect("src is readable") {
+                pending.push(entry.expect("entry").path());
+            }
+        } else if path.extension().is_some_and(|ext| ext == "rs") {
+            let relative = path.strip_prefix(src).expect("under src").to_path_buf();
+            let code = production_code(&std::fs::read_to_string(&path).expect("readable"));
+            sources.push((relative, code));
+        }
+    }
+    let by_module: BTreeMap<Vec<String>, String> = sources
+        .iter()
+        .map(|(relative, _)| (module_path_of(relative), relative.display().to_string()))
+        .collect();
+    let mut imports = Imports::new();
+    for (relative, code) in &sources {
+        let name = relative.display().to_string();
+        let here = module_path_of(relative);
+        let targets = imports.entry(name.clone()).or_default();
+        for path in named_paths(code, &here) {
+            let file = (1..=path.len())
+                .rev()
+                .find_map(|n| by_module.get(&path[..n]));
+            if let Some(file) = file.filter(|file| **file != name) {
+                targets.insert(file.clone());
+            }
+        }
+    }
+    imports
 }
 
 #[test]
@@ -221,6 +345,16 @@ fn the_crate_follows_its_layers() {
     // The reader sees real imports (not an empty map that passes by default).
     assert!(imports["jobs"].contains("graph") && imports["app"].contains("worker"));
     let found = violations(&imports, &layers);
+    assert!(found.is_empty(), "{}", found.join("\n"));
+}
+
+#[test]
+fn no_file_of_src_is_in_an_import_cycle() {
+    let imports = file_imports(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"));
+    // The reader resolves real paths: `super::` within jobs/ and `crate::` into graph/.
+    assert!(imports["jobs/graph_lifecycle.rs"].contains("jobs/subscription_steps.rs"));
+    assert!(imports["jobs/graph_notification.rs"].contains("graph/resources.rs"));
+    let found = cycles(&imports);
     assert!(found.is_empty(), "{}", found.join("\n"));
 }
 
