@@ -8,15 +8,18 @@
 //! `0bf30f3b-4a52-48df-9a82-234910c4a086`). Which audiences are tenantd's is the caller's
 //! business (the tenant's app ids). Sources: graph-protocol.md §2.4.
 //!
+//! The signature and decoding are jsonwebtoken's (RS256 pinned); the time, issuer and
+//! publisher checks are made here, with the caller's clock.
+//!
 //! Owns no tables. Invariants: keys are fetched by one caller at a time; a failed fetch keeps
 //! the keys already known; nothing from a token is trusted before its signature checks out.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use aws_lc_rs::signature::{RsaPublicKeyComponents, RSA_PKCS1_2048_8192_SHA256};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use tokio::time::Instant;
 
@@ -134,7 +137,7 @@ struct Jwk {
 
 #[derive(Default)]
 struct Keys {
-    by_id: HashMap<String, RsaPublicKeyComponents<Vec<u8>>>,
+    by_id: HashMap<String, DecodingKey>,
     /// The last successful fetch.
     fetched_at: Option<Instant>,
     /// The last fetch tried, successful or not (fetches are spaced by this).
@@ -181,7 +184,7 @@ impl TokenValidator {
 
     /// The key `kid` as last fetched; with `fresh_only`, only while the keys are under a day
     /// old.
-    fn lookup(&self, kid: &str, fresh_only: bool) -> Option<RsaPublicKeyComponents<Vec<u8>>> {
+    fn lookup(&self, kid: &str, fresh_only: bool) -> Option<DecodingKey> {
         let keys = self.keys.read().expect("keys lock");
         let fresh = keys
             .fetched_at
@@ -189,16 +192,13 @@ impl TokenValidator {
         keys.by_id
             .get(kid)
             .filter(|_| fresh || !fresh_only)
-            .map(|key| RsaPublicKeyComponents {
-                n: key.n.clone(),
-                e: key.e.clone(),
-            })
+            .cloned()
     }
 
     /// The key `kid`, fetching the published keys when it is not known (at most every five
     /// minutes) or the known ones are a day old. When a fetch fails, a key already known is
     /// still used.
-    async fn key(&self, kid: &str) -> Result<RsaPublicKeyComponents<Vec<u8>>, TokenError> {
+    async fn key(&self, kid: &str) -> Result<DecodingKey, TokenError> {
         if let Some(key) = self.lookup(kid, true) {
             return Ok(key);
         }
@@ -258,8 +258,8 @@ impl TokenValidator {
             let (Some(id), Some(n), Some(e)) = (key.kid, key.n, key.e) else {
                 continue;
             };
-            if let (Ok(n), Ok(e)) = (URL_SAFE_NO_PAD.decode(n), URL_SAFE_NO_PAD.decode(e)) {
-                by_id.insert(id, RsaPublicKeyComponents { n, e });
+            if let Ok(key) = DecodingKey::from_rsa_components(&n, &e) {
+                by_id.insert(id, key);
             }
         }
         let mut keys = self.keys.write().expect("keys lock");
@@ -274,7 +274,7 @@ impl TokenValidator {
     /// [`TokenError`] naming the first check that failed.
     pub async fn validate(&self, token: &str, now: i64) -> Result<ValidToken, TokenError> {
         let mut parts = token.trim().split('.');
-        let (Some(head), Some(body), Some(signature), None) =
+        let (Some(head), Some(_), Some(_), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(TokenError::Malformed);
@@ -284,14 +284,21 @@ impl TokenValidator {
             return Err(TokenError::Algorithm);
         }
         let kid = header.kid.ok_or(TokenError::UnknownKey)?;
-        let signature = URL_SAFE_NO_PAD
-            .decode(signature)
-            .map_err(|_| TokenError::Malformed)?;
         let key = self.key(&kid).await?;
-        let signed = &token.trim()[..head.len() + 1 + body.len()];
-        key.verify(&RSA_PKCS1_2048_8192_SHA256, signed.as_bytes(), &signature)
-            .map_err(|_| TokenError::Signature)?;
-        let claims: Claims = part(body)?;
+        // The signature (RS256 only) and the decoding are jsonwebtoken's; the time checks
+        // below take `now` from the caller, and the issuer and publisher depend on `tid`.
+        let mut signature_only = Validation::new(Algorithm::RS256);
+        signature_only.validate_exp = false;
+        signature_only.validate_nbf = false;
+        signature_only.validate_aud = false;
+        signature_only.required_spec_claims.clear();
+        let claims: Claims = jsonwebtoken::decode(token.trim(), &key, &signature_only)
+            .map_err(|err| match err.kind() {
+                jsonwebtoken::errors::ErrorKind::InvalidSignature => TokenError::Signature,
+                jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => TokenError::Algorithm,
+                _ => TokenError::Malformed,
+            })?
+            .claims;
         if claims.exp.is_none_or(|exp| now > exp + LEEWAY_SECONDS) {
             return Err(TokenError::Expired);
         }
