@@ -31,10 +31,10 @@ use graph_emulator::throttle::{Budgets, Refill};
 use graph_emulator::world::{AppSeed, TenantSeed, UserSeed};
 use graph_emulator::Emulator;
 use tenantd::config::{DatabaseConfig, DatabaseUrl, GraphConfig};
-use tenantd::connections::Connection;
 use tenantd::graph::{GraphClient, GraphError};
 use tenantd::store::Store;
-use tenantd::tokens::TokenService;
+use tenantd::vault::connections::Connection;
+use tenantd::vault::tokens::TokenService;
 
 const TENANT: &str = "84bd8158-6d4d-4958-8b9f-9d6445542f95";
 const USER: &str = "user0@contoso.onmicrosoft.com";
@@ -368,10 +368,10 @@ async fn main() {
         .expect("key"),
     );
     let authority = emulator.base_url();
-    let connection = tenantd::connections::add_app(
+    let connection = tenantd::vault::connections::add_app(
         &store,
         &keys,
-        tenantd::connections::NewAppConnection {
+        tenantd::vault::connections::NewAppConnection {
             tenant_id: TENANT,
             client_id: &client_id,
             client_secret: &secret,
@@ -384,7 +384,7 @@ async fn main() {
     .await
     .expect("connection");
     let identity =
-        tenantd::identity::IdentityClient::new(url::Url::parse(&authority).expect("url"));
+        tenantd::vault::identity::IdentityClient::new(url::Url::parse(&authority).expect("url"));
     let tokens = Arc::new(TokenService::new(store.clone(), keys, identity));
     let token = tokens
         .access_token(&connection, "https://graph.microsoft.com")

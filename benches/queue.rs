@@ -242,9 +242,10 @@ fn worker_pool(store: &Store, queue: &Queue, concurrency: usize) -> tenantd::wor
         )
         .expect("key"),
     );
-    let identity =
-        tenantd::identity::IdentityClient::new(url::Url::parse("http://127.0.0.1:9").expect("url"));
-    let tokens = Arc::new(tenantd::tokens::TokenService::new(
+    let identity = tenantd::vault::identity::IdentityClient::new(
+        url::Url::parse("http://127.0.0.1:9").expect("url"),
+    );
+    let tokens = Arc::new(tenantd::vault::tokens::TokenService::new(
         store.clone(),
         keys,
         identity,

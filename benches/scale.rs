@@ -244,10 +244,10 @@ async fn measure(
     let started = Instant::now();
     for (n, (tenant, user)) in tenants.iter().enumerate() {
         if n % 2 == 0 {
-            tenantd::connections::add_app(
+            tenantd::vault::connections::add_app(
                 &store,
                 &keys,
-                tenantd::connections::NewAppConnection {
+                tenantd::vault::connections::NewAppConnection {
                     tenant_id: tenant,
                     client_id: &client_id(n),
                     client_secret: &secret(n),
@@ -260,10 +260,10 @@ async fn measure(
             .await
             .expect("app connection");
         } else {
-            tenantd::connections::add_delegated(
+            tenantd::vault::connections::add_delegated(
                 &store,
                 &keys,
-                tenantd::connections::NewDelegatedConnection {
+                tenantd::vault::connections::NewDelegatedConnection {
                     tenant_id: tenant,
                     client_id: &client_id(n),
                     user_id: user,
@@ -279,8 +279,8 @@ async fn measure(
     }
     report(backend, "add_connections", tenants.len(), started.elapsed());
 
-    let identity = tenantd::identity::IdentityClient::configured(&config);
-    let tokens = Arc::new(tenantd::tokens::TokenService::new(
+    let identity = tenantd::vault::identity::IdentityClient::configured(&config);
+    let tokens = Arc::new(tenantd::vault::tokens::TokenService::new(
         store.clone(),
         keys.clone(),
         identity,
@@ -296,11 +296,11 @@ async fn measure(
         started.elapsed(),
     );
     // App-only tokens are acquired on demand: all of them, 16 at a time, as jobs would.
-    let apps = tenantd::connections::list(&store, None)
+    let apps = tenantd::vault::connections::list(&store, None)
         .await
         .expect("list")
         .into_iter()
-        .filter(|c| c.auth_mode == tenantd::connections::AuthMode::App)
+        .filter(|c| c.auth_mode == tenantd::vault::connections::AuthMode::App)
         .collect::<Vec<_>>();
     let started = Instant::now();
     {

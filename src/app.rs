@@ -23,7 +23,6 @@ use crate::config::Config;
 use crate::graph::GraphClient;
 use crate::health::TaskHealth;
 use crate::http::{self, admin::AdminState};
-use crate::identity::IdentityClient;
 use crate::instance::{self, Instance};
 use crate::intake::Intake;
 use crate::jobs::{JobContext, Registry};
@@ -31,7 +30,8 @@ use crate::queue::Queue;
 use crate::scheduler::Scheduler;
 use crate::store::{Store, StoreError};
 use crate::systemd::Notifier;
-use crate::tokens::TokenService;
+use crate::vault::identity::IdentityClient;
+use crate::vault::tokens::TokenService;
 use crate::vault::Keyring;
 use crate::worker::WorkerPool;
 

@@ -14,7 +14,7 @@ use graph_emulator::{Emulator, Settings};
 use crate::app::Application;
 use crate::audit::Actor;
 use crate::config::{ActivityConfig, ActivityKind, DemoUsersConfig, FlagOverride, HeartbeatConfig};
-use crate::connections::{self, NewAppConnection};
+use crate::vault::connections::{self, NewAppConnection};
 use crate::vault::Keyring;
 
 /// Where the demo keeps its database.

@@ -54,7 +54,7 @@ impl KeyCheckError {
 /// # Errors
 /// The database failed.
 pub async fn sealed_values(store: &Store) -> Result<Vec<SealedValue>, StoreError> {
-    let mut values = crate::connections::sealed_values(store).await?;
+    let mut values = crate::vault::connections::sealed_values(store).await?;
     values.extend(crate::subscriptions::sealed_values(store).await?);
     values.extend(crate::oauth::sealed_values(store).await?);
     Ok(values)
@@ -208,7 +208,7 @@ pub async fn rotate(
         let resealed = keys.seal(&plain, value.slot());
         let replaced = match value.table {
             "connections" | "connection_tokens" => {
-                crate::connections::replace_sealed(store, &value, &resealed).await?
+                crate::vault::connections::replace_sealed(store, &value, &resealed).await?
             }
             "subscriptions" => {
                 crate::subscriptions::replace_sealed(store, &value, &resealed).await?

@@ -14,9 +14,9 @@ use zeroize::Zeroizing;
 
 use crate::audit::{self, Actor};
 use crate::clock::now_unix;
-use crate::connections::{self, AuthMode, ConnectionError, NewDelegatedConnection, Status};
-use crate::identity::{token_claims, CodeRedemption, IdentityClient, TokenError};
 use crate::store::{with_pool, write_tx, Store, StoreError};
+use crate::vault::connections::{self, AuthMode, ConnectionError, NewDelegatedConnection, Status};
+use crate::vault::identity::{token_claims, CodeRedemption, IdentityClient, TokenError};
 use crate::vault::{Keyring, Slot};
 
 /// How long a started browser flow may take.

@@ -941,7 +941,7 @@ pub async fn checks_for(
         let rich = match (certificate_id, sealed_key) {
             (Some(certificate_id), Some(sealed_key)) => {
                 let pkcs8 = keys.open(&sealed_key, encryption_key_slot(&id))?;
-                let app_ids = crate::connections::list(store, Some(&tenant_id))
+                let app_ids = crate::vault::connections::list(store, Some(&tenant_id))
                     .await
                     .map_err(|err| StoreError::Query(err.to_string()))?
                     .into_iter()

@@ -7,9 +7,9 @@ use clap::Subcommand;
 use super::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
 use crate::attribution;
 use crate::config::Config;
-use crate::connections::canonical_tenant;
 use crate::jobs::Registry;
 use crate::queue::{Enqueued, Queue};
+use crate::vault::connections::canonical_tenant;
 
 /// `tenantd attribution ...`
 #[derive(Debug, Subcommand)]

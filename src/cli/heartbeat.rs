@@ -6,12 +6,12 @@ use clap::Subcommand;
 use super::runs::start_and_report;
 use super::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
 use crate::config::Config;
-use crate::connections::canonical_tenant;
 use crate::heartbeat;
 use crate::jobs::heartbeat_cleanup::HeartbeatCleanup;
 use crate::jobs::heartbeat_run::HeartbeatRun;
 use crate::jobs::Job;
 use crate::queue::NewJob;
+use crate::vault::connections::canonical_tenant;
 
 /// `tenantd heartbeat ...`
 #[derive(Debug, Subcommand)]

@@ -4,11 +4,11 @@ use clap::Subcommand;
 
 use super::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
 use crate::config::Config;
-use crate::connections::canonical_tenant;
 use crate::jobs::connection_check::ConnectionCheck;
 use crate::jobs::Job;
 use crate::queue::{NewJob, Queue};
 use crate::runs::{self, Started};
+use crate::vault::connections::canonical_tenant;
 
 /// `tenantd runs ...`
 #[derive(Debug, Subcommand)]

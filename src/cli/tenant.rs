@@ -12,10 +12,12 @@ use super::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
 use crate::audit::Actor;
 use crate::clock::now_unix;
 use crate::config::Config;
-use crate::connections::{self, AuthMode, Connection, NewAppConnection, NewDelegatedConnection};
-use crate::identity::{token_claims, DevicePoll, IdentityClient, DEV_PORTAL_RESOURCE};
 use crate::store::Store;
-use crate::tokens::TokenService;
+use crate::vault::connections::{
+    self, AuthMode, Connection, NewAppConnection, NewDelegatedConnection,
+};
+use crate::vault::identity::{token_claims, DevicePoll, IdentityClient, DEV_PORTAL_RESOURCE};
+use crate::vault::tokens::TokenService;
 use crate::vault::Keyring;
 
 /// `tenantd tenant ...`
@@ -610,7 +612,7 @@ async fn check(
                         }
                     }
                 }
-                Err(crate::tokens::TokenServiceError::Token(err)) if err.is_consent() => {
+                Err(crate::vault::tokens::TokenServiceError::Token(err)) if err.is_consent() => {
                     println!(
                         "  {name}: missing consent (expected: {})",
                         err.reason_code()
@@ -794,7 +796,7 @@ mod tests {
         assert_eq!(
             missing_scopes(
                 &configured,
-                crate::identity::GRAPH_RESOURCE,
+                crate::vault::identity::GRAPH_RESOURCE,
                 true,
                 "User.Read"
             ),
@@ -802,7 +804,7 @@ mod tests {
         );
         assert!(missing_scopes(
             &configured,
-            crate::identity::GRAPH_RESOURCE,
+            crate::vault::identity::GRAPH_RESOURCE,
             true,
             "Mail.Send User.Read"
         )

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use crate::tokens::TokenServiceError;
+use crate::vault::tokens::TokenServiceError;
 
 /// Why a Graph call failed.
 #[derive(Debug, thiserror::Error)]

@@ -1,5 +1,5 @@
 //! The Graph client: the only path from tenantd to Microsoft Graph. Tokens come from the vault
-//! ([`crate::tokens`]); every request passes the client-side limits ([`limits`]); 429, 503, 504
+//! ([`crate::vault::tokens`]); every request passes the client-side limits ([`limits`]); 429, 503, 504
 //! and connection errors are retried honouring `Retry-After` (seconds or HTTP date) or with
 //! exponential backoff and full jitter, a few times within a time budget, after which the error
 //! carries the wait so the job goes back to the queue instead of a worker sleeping on it.
@@ -24,10 +24,10 @@ use url::Url;
 pub use errors::GraphError;
 
 use crate::config::GraphConfig;
-use crate::connections::Connection;
 use crate::metrics::names;
 use crate::retry::RetryPolicy;
-use crate::tokens::TokenService;
+use crate::vault::connections::Connection;
+use crate::vault::tokens::TokenService;
 use limits::Limits;
 
 /// Most requests in one `$batch` (Graph's limit).

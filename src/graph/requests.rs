@@ -5,7 +5,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use super::{GraphClient, GraphError, GraphRequest};
-use crate::connections::Connection;
+use crate::vault::connections::Connection;
 
 /// Whose drive a request addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,9 +14,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-use crate::identity::IdentityClient;
 use crate::oauth::{self, CallbackError, ConsentOutcome};
 use crate::store::Store;
+use crate::vault::identity::IdentityClient;
 use crate::vault::Keyring;
 
 /// What the public handlers need.

@@ -6,8 +6,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Job, JobContext, JobError};
-use crate::connections;
 use crate::runs;
+use crate::vault::connections;
 
 /// Check a tenant's connections.
 #[derive(Debug, Clone, Serialize, Deserialize)]

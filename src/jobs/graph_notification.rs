@@ -16,12 +16,12 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Job, JobContext, JobError};
-use crate::connections::Connection;
 use crate::graph::resources::GraphResource;
 use crate::graph::GraphError;
 use crate::mailbox::{self, StoredMessage};
 use crate::metrics::names;
 use crate::subscriptions;
+use crate::vault::connections::Connection;
 
 /// A notification to process (the webhook listener's payload).
 #[derive(Debug, Clone, Serialize, Deserialize)]

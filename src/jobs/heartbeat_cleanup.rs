@@ -8,11 +8,11 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Job, JobContext, JobError};
-use crate::connections;
 use crate::graph::GraphError;
 use crate::heartbeat::{self, ProvisionedObject};
 use crate::metrics::names;
 use crate::runs;
+use crate::vault::connections;
 
 /// Remove a tenant's heartbeat objects.
 #[derive(Debug, Clone, Serialize, Deserialize)]

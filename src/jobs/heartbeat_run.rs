@@ -24,11 +24,11 @@ use serde_json::{json, Value};
 
 use super::{Job, JobContext, JobError};
 use crate::config::{ActivityConfig, ActivityKind, DemoUsersConfig};
-use crate::connections::{self, AuthMode, Connection, Status};
 use crate::graph::GraphError;
 use crate::heartbeat::{self, Content, NewObject};
 use crate::metrics::names;
 use crate::runs;
+use crate::vault::connections::{self, AuthMode, Connection, Status};
 
 /// Run a tenant's heartbeat scenario once.
 #[derive(Debug, Clone, Serialize, Deserialize)]

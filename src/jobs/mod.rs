@@ -34,7 +34,7 @@ use serde::Serialize;
 use crate::graph::GraphError;
 use crate::queue::{EncodedJob, Enqueued, JobRow, NewJob, Queue, QueueError};
 use crate::store::Store;
-use crate::tokens::TokenServiceError;
+use crate::vault::tokens::TokenServiceError;
 
 /// What a job run reports when it does not succeed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -104,13 +104,13 @@ impl JobError {
 pub async fn subscription_connection(
     store: &Store,
     subscription: &crate::subscriptions::Subscription,
-) -> Result<crate::connections::Connection, crate::connections::ConnectionError> {
+) -> Result<crate::vault::connections::Connection, crate::vault::connections::ConnectionError> {
     if let Some(id) = &subscription.connection_id {
-        if let Ok(connection) = crate::connections::get(store, id).await {
+        if let Ok(connection) = crate::vault::connections::get(store, id).await {
             return Ok(connection);
         }
     }
-    crate::connections::default_app(store, &subscription.tenant_id).await
+    crate::vault::connections::default_app(store, &subscription.tenant_id).await
 }
 
 /// [`subscription_connection`] for a job that needs it: none usable is tried again later
@@ -121,7 +121,7 @@ pub async fn subscription_connection(
 pub async fn job_connection(
     store: &Store,
     subscription: &crate::subscriptions::Subscription,
-) -> Result<crate::connections::Connection, JobError> {
+) -> Result<crate::vault::connections::Connection, JobError> {
     subscription_connection(store, subscription)
         .await
         .map_err(|err| JobError::Retry {
@@ -176,8 +176,8 @@ pub async fn acting_connection(
     tenant_id: &str,
     connection_id: Option<&str>,
     user: Option<&str>,
-) -> Result<crate::connections::Connection, JobError> {
-    use crate::connections::{self, AuthMode, ConnectionError};
+) -> Result<crate::vault::connections::Connection, JobError> {
+    use crate::vault::connections::{self, AuthMode, ConnectionError};
     let not_found = || {
         JobError::Permanent {
         reason: "connection_not_found",
@@ -239,7 +239,7 @@ pub struct JobContext {
     /// The queue, to enqueue follow-up work.
     pub queue: Queue,
     /// Access tokens for connections.
-    pub tokens: std::sync::Arc<crate::tokens::TokenService>,
+    pub tokens: std::sync::Arc<crate::vault::tokens::TokenService>,
     /// The only path to Graph.
     pub graph: std::sync::Arc<crate::graph::GraphClient>,
     /// The vault keys (secrets sent to Graph, such as clientStates).

@@ -9,9 +9,9 @@ use serde::{Deserialize, Serialize};
 use super::subscription_steps::{count, create_subscription, expiry_of, rfc3339};
 use super::{Job, JobContext, JobError};
 use crate::clock::now_unix;
-use crate::connections::Connection;
 use crate::graph::GraphError;
 use crate::subscriptions::{self, Action, Subscription};
+use crate::vault::connections::Connection;
 
 /// Reconcile every subscription.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

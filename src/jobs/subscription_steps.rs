@@ -10,9 +10,9 @@ use serde_json::json;
 
 use super::{JobContext, JobError};
 use crate::clock::now_unix;
-use crate::connections::Connection;
 use crate::graph::GraphError;
 use crate::subscriptions::{self, Subscription};
+use crate::vault::connections::Connection;
 
 pub(super) fn rfc3339(unix: i64) -> String {
     chrono::DateTime::from_timestamp(unix, 0)

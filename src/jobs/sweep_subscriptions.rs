@@ -15,9 +15,9 @@ use std::collections::HashSet;
 use serde::{Deserialize, Serialize};
 
 use super::{Job, JobContext, JobError};
-use crate::connections::{AuthMode, Connection, Status};
 use crate::graph::GraphError;
 use crate::subscriptions;
+use crate::vault::connections::{AuthMode, Connection, Status};
 
 /// Sweep every app-only connection's Graph subscriptions for orphans.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -50,7 +50,7 @@ impl Job for SweepSubscriptions {
             return Ok(());
         };
         let url = format!("{}/webhooks/graph", public_url.trim_end_matches('/'));
-        let connections: Vec<Connection> = crate::connections::list(&context.store, None)
+        let connections: Vec<Connection> = crate::vault::connections::list(&context.store, None)
             .await
             .map_err(JobError::database)?
             .into_iter()

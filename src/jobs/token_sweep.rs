@@ -1,5 +1,5 @@
 //! `token_sweep`: renews delegated tokens that would lapse before the next sweep and updates
-//! the connection gauges (see [`crate::tokens::TokenService::sweep`]). Scheduled every two
+//! the connection gauges (see [`crate::vault::tokens::TokenService::sweep`]). Scheduled every two
 //! minutes; one at a time.
 
 use serde::{Deserialize, Serialize};

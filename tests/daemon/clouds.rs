@@ -11,8 +11,8 @@ use std::sync::Arc;
 use graph_emulator::world::Cloud as EmulatedCloud;
 use tenantd::config::{Cloud, GraphConfig};
 use tenantd::graph::{GraphClient, GraphError};
-use tenantd::identity::{token_claims, IdentityClient};
-use tenantd::tokens::TokenService;
+use tenantd::vault::identity::{token_claims, IdentityClient};
+use tenantd::vault::tokens::TokenService;
 
 use crate::helpers::{default_app, seeded_emulator, TestDb};
 use crate::on_both_backends;

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use graph_emulator::world::{AppSeed, FailureRule, IdentityFailure, TenantSeed, UserSeed};
 use graph_emulator::Emulator;
 use tenantd::audit::{self, Actor};
-use tenantd::connections::REFRESH_SLOT;
-use tenantd::connections::{self, NewAppConnection, NewDelegatedConnection, Status};
-use tenantd::identity::{token_claims, DevicePoll, IdentityClient, GRAPH_RESOURCE};
 use tenantd::store::Store;
-use tenantd::tokens::TokenService;
+use tenantd::vault::connections::REFRESH_SLOT;
+use tenantd::vault::connections::{self, NewAppConnection, NewDelegatedConnection, Status};
+use tenantd::vault::identity::{token_claims, DevicePoll, IdentityClient, GRAPH_RESOURCE};
+use tenantd::vault::tokens::TokenService;
 use tenantd::vault::Keyring;
 
 use crate::helpers::{tenantd_command, TestDb};
@@ -924,7 +924,7 @@ async fn the_sweep_renews_delegated_tokens_before_they_lapse(db: TestDb) {
         .unwrap();
     assert_eq!(
         service.sweep().await.unwrap(),
-        tenantd::tokens::SweepReport {
+        tenantd::vault::tokens::SweepReport {
             renewed: 1,
             failed: 0
         }
@@ -968,7 +968,7 @@ async fn the_sweep_renews_delegated_tokens_before_they_lapse(db: TestDb) {
     );
     assert_eq!(
         service.sweep().await.unwrap(),
-        tenantd::tokens::SweepReport::default(),
+        tenantd::vault::tokens::SweepReport::default(),
         "no retry storm"
     );
 }
@@ -984,14 +984,14 @@ async fn transient_failures_keep_the_connection_active_until_the_limit(db: TestD
         env.keys.clone(),
         IdentityClient::new(url::Url::parse(&dead).unwrap()),
     );
-    for attempt in 1..=tenantd::tokens::TRANSIENT_LIMIT {
+    for attempt in 1..=tenantd::vault::tokens::TRANSIENT_LIMIT {
         let err = service
             .access_token(&connection, GRAPH_RESOURCE)
             .await
             .unwrap_err();
         assert_eq!(err.reason_code(), "identity_unavailable");
         let stored = connections::get(&env.store, &connection.id).await.unwrap();
-        let expected = if attempt < tenantd::tokens::TRANSIENT_LIMIT {
+        let expected = if attempt < tenantd::vault::tokens::TRANSIENT_LIMIT {
             Status::Active
         } else {
             Status::Error
@@ -1160,7 +1160,7 @@ async fn the_browser_sign_in_completes_on_the_callback(db: TestDb) {
         .await
         .unwrap()
         .into_iter()
-        .filter(|c| c.auth_mode == tenantd::connections::AuthMode::Delegated)
+        .filter(|c| c.auth_mode == tenantd::vault::connections::AuthMode::Delegated)
         .collect();
     assert_eq!(delegated.len(), 1);
     assert!(

@@ -5,10 +5,10 @@
 use graph_emulator::world::{AppSeed, TenantSeed, UserSeed};
 use serde_json::json;
 use tenantd::attribution::{self, Inbound};
-use tenantd::connections::Connection;
 use tenantd::jobs::Registry;
 use tenantd::mailbox::StoredMessage;
 use tenantd::queue::Queue;
+use tenantd::vault::connections::Connection;
 use tenantd::vault::Keyring;
 
 use crate::helpers::{spawn_app_with, test_config, TestApp, TestDb};

@@ -9,10 +9,10 @@ use graph_emulator::throttle::{Budgets, Faults};
 use graph_emulator::Emulator;
 use reqwest::Method;
 use tenantd::config::GraphConfig;
-use tenantd::connections::Connection;
 use tenantd::graph::{GraphClient, GraphError, GraphRequest};
 use tenantd::jobs::JobError;
-use tenantd::tokens::TokenService;
+use tenantd::vault::connections::Connection;
+use tenantd::vault::tokens::TokenService;
 
 use crate::helpers::TestDb;
 use crate::on_both_backends;

@@ -727,11 +727,11 @@ pub(crate) async fn default_app(
     tenant: &str,
     client_id: &str,
     secret: &str,
-) -> tenantd::connections::Connection {
-    tenantd::connections::add_app(
+) -> tenantd::vault::connections::Connection {
+    tenantd::vault::connections::add_app(
         store,
         keys,
-        tenantd::connections::NewAppConnection {
+        tenantd::vault::connections::NewAppConnection {
             tenant_id: tenant,
             client_id,
             client_secret: secret,
@@ -775,15 +775,16 @@ pub(crate) async fn connect_app(
     client_id: &str,
     secret: &str,
 ) -> (
-    tenantd::connections::Connection,
-    Arc<tenantd::tokens::TokenService>,
+    tenantd::vault::connections::Connection,
+    Arc<tenantd::vault::tokens::TokenService>,
 ) {
     let key = tenantd::vault::Keyring::new_key_line("k1");
     let keys = Arc::new(tenantd::vault::Keyring::parse(std::path::Path::new("k"), &key).unwrap());
     let authority = emulator.base_url();
     let connection = default_app(store, &keys, emulator, tenant, client_id, secret).await;
-    let identity = tenantd::identity::IdentityClient::new(url::Url::parse(&authority).unwrap());
-    let tokens = Arc::new(tenantd::tokens::TokenService::new(
+    let identity =
+        tenantd::vault::identity::IdentityClient::new(url::Url::parse(&authority).unwrap());
+    let tokens = Arc::new(tenantd::vault::tokens::TokenService::new(
         store.clone(),
         keys,
         identity,
@@ -863,7 +864,7 @@ pub(crate) async fn seeded_emulator_with(
 /// the default configuration (tests that call Graph replace `graph`).
 pub(crate) fn job_context(
     store: &tenantd::store::Store,
-    tokens: Arc<tenantd::tokens::TokenService>,
+    tokens: Arc<tenantd::vault::tokens::TokenService>,
 ) -> tenantd::jobs::JobContext {
     tenantd::jobs::JobContext {
         attempt: 1,
@@ -919,8 +920,8 @@ pub(crate) async fn sign_in_delegated(
     client_id: &str,
     upn: &str,
     scope: &str,
-) -> tenantd::connections::Connection {
-    use tenantd::identity::{token_claims, DevicePoll, IdentityClient};
+) -> tenantd::vault::connections::Connection {
+    use tenantd::vault::identity::{token_claims, DevicePoll, IdentityClient};
     let identity = IdentityClient::new(url::Url::parse(&emulator.base_url()).unwrap());
     let code = identity
         .start_device_code(tenant, client_id, scope)
@@ -943,10 +944,10 @@ pub(crate) async fn sign_in_delegated(
         }
     };
     let claims = token_claims(tokens.access_token.expose()).unwrap();
-    tenantd::connections::add_delegated(
+    tenantd::vault::connections::add_delegated(
         store,
         keys,
-        tenantd::connections::NewDelegatedConnection {
+        tenantd::vault::connections::NewDelegatedConnection {
             tenant_id: tenant,
             client_id,
             user_id: claims["oid"].as_str().unwrap(),

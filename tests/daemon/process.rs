@@ -84,10 +84,10 @@ async fn hanging_job(db: &TestDb) -> HangingJob {
     let store = db.store().await;
     store.migrate().await.unwrap();
     let tenant = "84bd8158-6d4d-4958-8b9f-9d6445542f95";
-    tenantd::connections::add_app(
+    tenantd::vault::connections::add_app(
         &store,
         &keys,
-        tenantd::connections::NewAppConnection {
+        tenantd::vault::connections::NewAppConnection {
             tenant_id: tenant,
             client_id: "11111111-2222-4333-8444-555555555555",
             client_secret: "s",

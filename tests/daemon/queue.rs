@@ -468,9 +468,10 @@ mod workers {
             .unwrap(),
         );
         // No job here asks for tokens; the authority is never reached.
-        let identity =
-            tenantd::identity::IdentityClient::new(url::Url::parse("http://127.0.0.1:9").unwrap());
-        let tokens = Arc::new(tenantd::tokens::TokenService::new(
+        let identity = tenantd::vault::identity::IdentityClient::new(
+            url::Url::parse("http://127.0.0.1:9").unwrap(),
+        );
+        let tokens = Arc::new(tenantd::vault::tokens::TokenService::new(
             store.clone(),
             keys,
             identity,

@@ -787,7 +787,7 @@ pub(crate) async fn app_token(
     client_id: &str,
     secret: &str,
 ) -> String {
-    tenantd::identity::IdentityClient::new(url::Url::parse(&emulator.base_url()).unwrap())
+    tenantd::vault::identity::IdentityClient::new(url::Url::parse(&emulator.base_url()).unwrap())
         .client_credentials(TENANT, client_id, secret, "https://graph.microsoft.com")
         .await
         .unwrap()

@@ -7,6 +7,14 @@
 //! Owns no tables (the modules that own secret columns call it). Invariants: key material and
 //! decrypted plaintext live in zeroizing buffers; `Debug` shows key ids, never keys; errors
 //! never carry plaintext or key bytes.
+//!
+//! The vault layer's other files: `connections.rs` (the connection rows and their sealed
+//! tokens), `identity.rs` (the identity platform's token endpoints) and `tokens.rs` (access
+//! tokens handed out: cache, single flight, sweep).
+
+pub mod connections;
+pub mod identity;
+pub mod tokens;
 
 use std::path::{Path, PathBuf};
 

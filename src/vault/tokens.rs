@@ -3,7 +3,7 @@
 //! connection and resource however many callers wait (single flight), and every failure
 //! classified into the connection's status.
 //!
-//! Owns no tables (`connections` writes go through [`crate::connections`]). Invariants: a
+//! Owns no tables (`connections` writes go through [`crate::vault::connections`]). Invariants: a
 //! refresh's new refresh token is committed before the new access token is stored or returned,
 //! so a crash in between leaves a usable refresh token (Microsoft does not revoke the old one
 //! either); disabled connections and non-organizational identities get no token.
@@ -15,13 +15,13 @@ use backon::Retryable;
 
 use crate::audit::{self, Actor};
 use crate::clock::now_unix;
-use crate::connections::{
-    self, check_authority, AuthMode, Connection, ConnectionError, Status, REFRESH_SLOT,
-};
-use crate::identity::{IdentityClient, TokenError, Tokens};
 use crate::retry::RetryPolicy;
 use crate::secret::Secret;
 use crate::store::Store;
+use crate::vault::connections::{
+    self, check_authority, AuthMode, Connection, ConnectionError, Status, REFRESH_SLOT,
+};
+use crate::vault::identity::{IdentityClient, TokenError, Tokens};
 use crate::vault::Keyring;
 
 /// Delegated connections a sweep renews at once.

@@ -13,8 +13,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use url::Url;
 
-use crate::connections::Status;
 use crate::secret::Secret;
+use crate::vault::connections::Status;
 
 /// Microsoft Graph's resource URI in the global cloud (the default; a configured client asks
 /// for its cloud's: [`IdentityClient::configured`]).
