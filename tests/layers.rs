@@ -49,64 +49,39 @@ fn identifier(text: &str) -> String {
 /// The crate-level modules a piece of code names through `crate::…`, including each entry
 /// of a group such as `crate::{a, b::c, d::{e, f}}`.
 fn named_modules(code: &str) -> BTreeSet<String> {
-    let mut named = BTreeSet::new();
-    for (at, _) in code.match_indices("crate::") {
-        let after = &code[at + "crate::".len()..];
-        let Some(group) = after.strip_prefix('{') else {
-            named.insert(identifier(after));
-            continue;
-        };
-        let (mut depth, mut entry) = (0, 0);
-        for (i, ch) in group.char_indices() {
-            match ch {
-                '{' => depth += 1,
-                '}' if depth == 0 => {
-                    named.insert(identifier(&group[entry..i]));
-                    break;
-                }
-                '}' => depth -= 1,
-                ',' if depth == 0 => {
-                    named.insert(identifier(&group[entry..i]));
-                    entry = i + 1;
-                }
-                _ => {}
+    rooted_paths(code, "crate::", &[])
+        .into_iter()
+        .filter_map(|path| path.into_iter().next())
+        .collect()
+}
+
+/// Every `.rs` file under `src`, as its path relative to `src` and its production code.
+fn production_sources(src: &Path) -> Vec<(std::path::PathBuf, String)> {
+    let mut sources = Vec::new();
+    let mut pending = vec![src.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(&path).expect("src is readable") {
+                pending.push(entry.expect("entry").path());
             }
+        } else if path.extension().is_some_and(|ext| ext == "rs") {
+            let relative = path.strip_prefix(src).expect("under src").to_path_buf();
+            let code = production_code(&std::fs::read_to_string(&path).expect("readable"));
+            sources.push((relative, code));
         }
     }
-    named.remove("");
-    named
+    sources
 }
 
 /// Every top-level module of `src/` and the other top-level modules it imports.
 fn crate_imports(src: &Path) -> Imports {
     let mut modules: Imports = BTreeMap::new();
-    let mut files = vec![src.to_path_buf()];
-    let mut sources = Vec::new();
-    while let Some(path) = files.pop() {
-        if path.is_dir() {
-            for entry in std::fs::read_dir(&path).expect("src is readable") {
-                files.push(entry.expect("entry").path());
-            }
-        } else if path.extension().is_some_and(|ext| ext == "rs") {
-            sources.push(path);
-        }
-    }
-    for path in sources {
-        let relative = path.strip_prefix(src).expect("under src");
-        let first = relative
-            .components()
-            .next()
-            .expect("a file")
-            .as_os_str()
-            .to_string_lossy()
-            .trim_end_matches(".rs")
-            .to_string();
-        if first == "lib" || first == "main" {
-            continue;
-        }
-        let text = std::fs::read_to_string(&path).expect("source is readable");
+    for (relative, code) in production_sources(src) {
+        let Some(first) = module_path_of(&relative).into_iter().next() else {
+            continue; // lib.rs, main.rs
+        };
         let imports = modules.entry(first.clone()).or_default();
-        for named in named_modules(&production_code(&text)) {
+        for named in named_modules(&code) {
             if named != first {
                 imports.insert(named);
             }
@@ -237,6 +212,14 @@ fn module_path_of(relative: &Path) -> Vec<String> {
 /// The paths a piece of code names from `crate::` or `super::` (relative to `here`), each as
 /// segments; a group (`super::{a::b, c}`) gives one path per entry.
 fn named_paths(code: &str, here: &[String]) -> Vec<Vec<String>> {
+    let parent = &here[..here.len().saturating_sub(1)];
+    let mut paths = rooted_paths(code, "crate::", &[]);
+    paths.extend(rooted_paths(code, "super::", parent));
+    paths
+}
+
+/// The paths after each `root` (`crate::` or `super::`) in `code`, prefixed by `base`.
+fn rooted_paths(code: &str, root: &str, base: &[String]) -> Vec<Vec<String>> {
     fn segments(text: &str) -> Vec<String> {
         let mut found = Vec::new();
         let mut rest = text;
@@ -254,42 +237,37 @@ fn named_paths(code: &str, here: &[String]) -> Vec<Vec<String>> {
         }
     }
     let mut paths = Vec::new();
-    for (root, base) in [
-        ("crate::", Vec::new()),
-        ("super::", here[..here.len().saturating_sub(1)].to_vec()),
-    ] {
-        for (at, _) in code.match_indices(root) {
-            let before = code[..at].chars().next_back();
-            if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':') {
-                continue;
-            }
-            let after = &code[at + root.len()..];
-            let mut entries = Vec::new();
-            if let Some(group) = after.strip_prefix('{') {
-                let (mut depth, mut start) = (0, 0);
-                for (i, ch) in group.char_indices() {
-                    match ch {
-                        '{' => depth += 1,
-                        '}' if depth == 0 => {
-                            entries.push(&group[start..i]);
-                            break;
-                        }
-                        '}' => depth -= 1,
-                        ',' if depth == 0 => {
-                            entries.push(&group[start..i]);
-                            start = i + 1;
-                        }
-                        _ => {}
+    for (at, _) in code.match_indices(root) {
+        let before = code[..at].chars().next_back();
+        if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':') {
+            continue;
+        }
+        let after = &code[at + root.len()..];
+        let mut entries = Vec::new();
+        if let Some(group) = after.strip_prefix('{') {
+            let (mut depth, mut start) = (0, 0);
+            for (i, ch) in group.char_indices() {
+                match ch {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => {
+                        entries.push(&group[start..i]);
+                        break;
                     }
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => {
+                        entries.push(&group[start..i]);
+                        start = i + 1;
+                    }
+                    _ => {}
                 }
-            } else {
-                entries.push(after);
             }
-            for entry in entries {
-                let named = segments(entry);
-                if !named.is_empty() {
-                    paths.push(base.iter().cloned().chain(named).collect());
-                }
+        } else {
+            entries.push(after);
+        }
+        for entry in entries {
+            let named = segments(entry);
+            if !named.is_empty() {
+                paths.push(base.iter().cloned().chain(named).collect());
             }
         }
     }
@@ -300,19 +278,7 @@ fn named_paths(code: &str, here: &[String]) -> Vec<Vec<String>> {
 /// its longest prefix that is a module). Declaring a child module (`mod x;`) and naming a
 /// child by a bare path are not counted: the check is for `crate::` and `super::` imports.
 fn file_imports(src: &Path) -> Imports {
-    let mut sources = Vec::new();
-    let mut pending = vec![src.to_path_buf()];
-    while let Some(path) = pending.pop() {
-        if path.is_dir() {
-            for entry in std::fs::read_dir(&path).expect("src is readable") {
-                pending.push(entry.expect("entry").path());
-            }
-        } else if path.extension().is_some_and(|ext| ext == "rs") {
-            let relative = path.strip_prefix(src).expect("under src").to_path_buf();
-            let code = production_code(&std::fs::read_to_string(&path).expect("readable"));
-            sources.push((relative, code));
-        }
-    }
+    let sources = production_sources(src);
     let by_module: BTreeMap<Vec<String>, String> = sources
         .iter()
         .map(|(relative, _)| (module_path_of(relative), relative.display().to_string()))
