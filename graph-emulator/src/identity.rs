@@ -477,12 +477,45 @@ async fn token(
     }
 }
 
+/// The client a token request authenticated as: its id, the tenant of the authority (none
+/// for `organizations`/`common`/`consumers`) and whether it is confidential (has secrets).
+struct TokenClient {
+    client_id: String,
+    tenant: Option<String>,
+    confidential: bool,
+}
+
 fn token_inner(
     state: &AppState,
     authority: &str,
     headers: &HeaderMap,
     form: TokenForm,
 ) -> Result<Issued, IdentityError> {
+    let mut world = state.world();
+    let client = authenticate_client(&world, authority, headers, &form)?;
+    match form.grant_type.as_deref().unwrap_or_default() {
+        "client_credentials" => grant_client_credentials(state, &world, authority, client, form),
+        "refresh_token" => grant_refresh_token(state, &mut world, authority, client, form),
+        "urn:ietf:params:oauth:grant-type:device_code" => {
+            grant_device_code(state, &mut world, client, form)
+        }
+        "authorization_code" => grant_authorization_code(state, &mut world, client, form),
+        other => Err(IdentityError::new(
+            "unsupported_grant_type",
+            70003,
+            format!("The app requested an unsupported grant type '{other}'."),
+        )),
+    }
+}
+
+/// Who is asking: the client id (form or HTTP Basic), its tenant, and its secret checked where
+/// the grant needs one (or one was sent anyway).
+fn authenticate_client(
+    world: &World,
+    authority: &str,
+    headers: &HeaderMap,
+    form: &TokenForm,
+) -> Result<TokenClient, IdentityError> {
     let basic = basic_credentials(headers);
     let client_id = form
         .client_id
@@ -498,7 +531,6 @@ fn token_inner(
         .clone()
         .ok_or_else(|| missing("grant_type"))?;
     let multi = matches!(authority, "organizations" | "common" | "consumers");
-    let mut world = state.world();
     let tenant = if multi {
         if grant_type == "client_credentials" {
             return Err(IdentityError::new(
@@ -540,249 +572,299 @@ fn token_inner(
         ));
     }
     let confidential = !app.secrets.is_empty();
-    // Client credentials and authorization codes of a confidential client need its secret; the
-    // device code flow and its refresh tokens are public-client flows ("allow public client
-    // flows"), where a secret is optional but checked when sent.
-    let secret_required = confidential
-        && matches!(
-            grant_type.as_str(),
-            "client_credentials" | "authorization_code"
-        );
-    if confidential && (secret_required || secret.is_some()) {
-        let now = clock::now();
-        let given = secret.ok_or_else(|| IdentityError::new(
+    if confidential {
+        check_client_secret(&app, &grant_type, secret, authority, &client_id)?;
+    }
+    Ok(TokenClient {
+        client_id,
+        tenant,
+        confidential,
+    })
+}
+
+/// A confidential client's secret. Client credentials and authorization codes need it; the
+/// device code flow and its refresh tokens are public-client flows ("allow public client
+/// flows"), where a secret is optional but checked when sent.
+fn check_client_secret(
+    app: &crate::world::AppRegistration,
+    grant_type: &str,
+    secret: Option<String>,
+    authority: &str,
+    client_id: &str,
+) -> Result<(), IdentityError> {
+    let required = matches!(grant_type, "client_credentials" | "authorization_code");
+    if !required && secret.is_none() {
+        return Ok(());
+    }
+    let now = clock::now();
+    let given = secret.ok_or_else(|| IdentityError::new(
+        "invalid_client",
+        7000218,
+        "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
+    ))?;
+    let valid =
+        app.secrets.iter().any(|s| s.text == given && s.end > now) && app.usable_from <= now;
+    if valid {
+        Ok(())
+    } else {
+        Err(failure_error(
+            IdentityFailure::BadClientSecret,
+            authority,
+            client_id,
+        ))
+    }
+}
+
+/// `client_credentials`: an app-only token for `{resource}/.default`, never a refresh token.
+fn grant_client_credentials(
+    state: &AppState,
+    world: &World,
+    authority: &str,
+    client: TokenClient,
+    form: TokenForm,
+) -> Result<Issued, IdentityError> {
+    let TokenClient {
+        client_id,
+        tenant,
+        confidential,
+    } = client;
+    let tenant = tenant.expect("client_credentials needs a tenant");
+    let scope = form.scope.ok_or_else(|| missing("scope"))?;
+    let resource_uri = scope
+        .strip_suffix("/.default")
+        .filter(|_| !scope.contains(' '))
+        .ok_or_else(|| invalid_scope(&scope))?;
+    let resource = Resource::from_uri_in(resource_uri, state.settings().cloud).ok_or_else(|| IdentityError::new(
+        "invalid_resource",
+        500011,
+        format!("The resource principal named {resource_uri} was not found in the tenant named {authority}. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You might have sent your authentication request to the wrong tenant."),
+    ))?;
+    if !confidential {
+        return Err(IdentityError::new(
             "invalid_client",
             7000218,
             "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
-        ))?;
-        let valid =
-            app.secrets.iter().any(|s| s.text == given && s.end > now) && app.usable_from <= now;
-        if !valid {
-            return Err(failure_error(
-                IdentityFailure::BadClientSecret,
-                authority,
-                &client_id,
-            ));
-        }
+        ));
     }
-    match grant_type.as_str() {
-        "client_credentials" => {
-            let tenant = tenant.expect("client_credentials needs a tenant");
-            let scope = form.scope.ok_or_else(|| missing("scope"))?;
-            let resource_uri = scope
-                .strip_suffix("/.default")
-                .filter(|_| !scope.contains(' '))
-                .ok_or_else(|| invalid_scope(&scope))?;
-            let resource = Resource::from_uri_in(resource_uri, state.settings().cloud).ok_or_else(|| IdentityError::new(
-                "invalid_resource",
-                500011,
-                format!("The resource principal named {resource_uri} was not found in the tenant named {authority}. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You might have sent your authentication request to the wrong tenant."),
-            ))?;
-            if !confidential {
-                return Err(IdentityError::new(
-                    "invalid_client",
-                    7000218,
-                    "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
-                ));
-            }
-            if let Some(failure) = world.failure_for(&tenant, &client_id, None, |f| {
-                f == IdentityFailure::ConsentRequired
-            }) {
-                return Err(failure_error(failure, authority, &client_id));
-            }
-            let grant = world.tenants[&tenant]
-                .grants
-                .get(&client_id)
-                .cloned()
-                .ok_or_else(|| {
-                    failure_error(IdentityFailure::AppNotInTenant, authority, &client_id)
-                })?;
-            let roles = grant.roles.get(&resource).cloned().unwrap_or_default();
-            let lifetime = state.settings().access_token_lifetime_seconds;
-            let access = access_token(
-                state,
-                &tenant,
-                &client_id,
-                resource,
-                None,
-                Some(&roles),
-                None,
-                lifetime,
-            );
-            // Exactly the documented success shape plus ext_expires_in, which Microsoft also
-            // sends; never a refresh token.
-            Ok(Issued {
-                body: json!({
-                    "token_type": "Bearer",
-                    "expires_in": lifetime,
-                    "ext_expires_in": lifetime,
-                    "access_token": access,
-                }),
-            })
-        }
-        "refresh_token" => {
-            let presented = form.refresh_token.ok_or_else(|| missing("refresh_token"))?;
-            let grant = world
-                .refresh_tokens
-                .get(&presented)
-                .cloned()
-                .ok_or_else(|| {
-                    IdentityError::new(
-                        "invalid_grant",
-                        9002313,
-                        "Invalid request. Request is malformed or invalid.",
-                    )
-                })?;
-            if grant.client_id != client_id {
-                return Err(IdentityError::new(
-                    "invalid_grant",
-                    70000,
-                    "Provided grant is invalid or malformed. The refresh token was issued to a different client.",
-                ));
-            }
-            if tenant.as_ref().is_some_and(|t| *t != grant.tenant) {
-                return Err(IdentityError::new(
-                    "invalid_grant",
-                    50020,
-                    "User account from identity provider does not exist in tenant.",
-                ));
-            }
-            if grant.expires <= clock::now() {
-                return Err(failure_error(
-                    IdentityFailure::RefreshTokenExpired,
-                    authority,
-                    &client_id,
-                ));
-            }
-            let scope = parse_delegated_scopes(
-                state.settings().cloud,
-                form.scope.as_deref().unwrap_or("offline_access"),
-            )?;
-            let scope = ScopeRequest {
-                offline: true,
-                ..scope
-            };
-            issue_delegated(
-                state,
-                &mut world,
-                &grant.tenant,
-                &client_id,
-                &grant.user_id,
-                &scope,
-                true,
-            )
-        }
-        "urn:ietf:params:oauth:grant-type:device_code" => {
-            let code = form.device_code.ok_or_else(|| missing("device_code"))?;
-            let now = clock::now();
-            let entry = world.device_codes.get_mut(&code).ok_or_else(|| {
-                IdentityError::new(
-                    "bad_verification_code",
-                    70018,
-                    "Invalid verification code entered.",
-                )
-            })?;
-            if entry.client_id != client_id {
-                return Err(IdentityError::new(
-                    "bad_verification_code",
-                    70018,
-                    "Invalid verification code entered.",
-                ));
-            }
-            if entry.expires <= now {
-                return Err(IdentityError::new(
-                    "expired_token",
-                    70019,
-                    "Verification code expired.",
-                ));
-            }
-            match entry.state.clone() {
-                DeviceCodeState::Pending => {
-                    // RFC 8628 §3.5: polling faster than the interval gets slow_down, and the
-                    // interval grows by 5 seconds for this and all later requests.
-                    let too_fast = entry.last_poll.is_some_and(|last| {
-                        now - last
-                            < Duration::seconds(i64::try_from(entry.interval).unwrap_or(i64::MAX))
-                    });
-                    entry.last_poll = Some(now);
-                    if too_fast {
-                        entry.interval += 5;
-                        return Err(IdentityError::new("slow_down", 70016, "OAuth 2.0 device flow error. Authorization is pending. Poll less often."));
-                    }
-                    Err(IdentityError::new(
-                        "authorization_pending",
-                        70016,
-                        "OAuth 2.0 device flow error. Authorization is pending. Continue polling.",
-                    ))
-                }
-                DeviceCodeState::Declined => Err(IdentityError::new(
-                    "authorization_declined",
-                    70000,
-                    "The end user denied the authorization request.",
-                )),
-                DeviceCodeState::Redeemed => Err(IdentityError::new(
-                    "invalid_grant",
-                    70000,
-                    "Provided grant is invalid or malformed. The device code was already redeemed.",
-                )),
-                DeviceCodeState::Approved { tenant, user_id } => {
-                    entry.state = DeviceCodeState::Redeemed;
-                    let scope =
-                        parse_delegated_scopes(state.settings().cloud, &entry.scopes.join(" "))?;
-                    issue_delegated(
-                        state, &mut world, &tenant, &client_id, &user_id, &scope, false,
-                    )
-                }
-            }
-        }
-        "authorization_code" => {
-            let code = form.code.ok_or_else(|| missing("code"))?;
-            let now = clock::now();
-            let entry = world.auth_codes.get_mut(&code).ok_or_else(|| IdentityError::new(
+    if let Some(failure) = world.failure_for(&tenant, &client_id, None, |f| {
+        f == IdentityFailure::ConsentRequired
+    }) {
+        return Err(failure_error(failure, authority, &client_id));
+    }
+    let grant = world.tenants[&tenant]
+        .grants
+        .get(&client_id)
+        .cloned()
+        .ok_or_else(|| failure_error(IdentityFailure::AppNotInTenant, authority, &client_id))?;
+    let roles = grant.roles.get(&resource).cloned().unwrap_or_default();
+    let lifetime = state.settings().access_token_lifetime_seconds;
+    let access = access_token(
+        state,
+        &tenant,
+        &client_id,
+        resource,
+        None,
+        Some(&roles),
+        None,
+        lifetime,
+    );
+    // Exactly the documented success shape plus ext_expires_in, which Microsoft also
+    // sends; never a refresh token.
+    Ok(Issued {
+        body: json!({
+            "token_type": "Bearer",
+            "expires_in": lifetime,
+            "ext_expires_in": lifetime,
+            "access_token": access,
+        }),
+    })
+}
+
+/// `refresh_token`: a new access token (and refresh token) for the user the grant was for.
+fn grant_refresh_token(
+    state: &AppState,
+    world: &mut World,
+    authority: &str,
+    client: TokenClient,
+    form: TokenForm,
+) -> Result<Issued, IdentityError> {
+    let TokenClient {
+        client_id, tenant, ..
+    } = client;
+    let presented = form.refresh_token.ok_or_else(|| missing("refresh_token"))?;
+    let grant = world
+        .refresh_tokens
+        .get(&presented)
+        .cloned()
+        .ok_or_else(|| {
+            IdentityError::new(
                 "invalid_grant",
-                70008,
-                "The provided authorization code or refresh token has expired due to inactivity. Send a new interactive authorization request for this user and resource.",
-            ))?;
-            if entry.redeemed {
-                return Err(IdentityError::new("invalid_grant", 54005, "OAuth2 Authorization code was already redeemed, please retry with a new valid code or use an existing refresh token."));
-            }
-            if entry.expires <= now || entry.client_id != client_id {
-                return Err(IdentityError::new("invalid_grant", 70008, "The provided authorization code or refresh token has expired due to inactivity. Send a new interactive authorization request for this user and resource."));
-            }
-            if form.redirect_uri.as_deref() != Some(entry.redirect_uri.as_str()) {
-                return Err(IdentityError::new("invalid_grant", 50011, "The redirect URI specified in the request does not match the redirect URI used to request the authorization code."));
-            }
-            if let Some((challenge, method)) = &entry.challenge {
-                let verifier = form.code_verifier.ok_or_else(|| missing("code_verifier"))?;
-                let computed = if method == "S256" {
-                    base64::engine::general_purpose::URL_SAFE_NO_PAD
-                        .encode(Sha256::digest(verifier.as_bytes()))
-                } else {
-                    verifier
-                };
-                if &computed != challenge {
-                    return Err(IdentityError::new("invalid_grant", 501481, "The Code_Verifier does not match the code_challenge supplied in the authorization request."));
-                }
-            } else if !confidential {
-                return Err(missing("code_verifier"));
-            }
-            entry.redeemed = true;
-            let (tenant, user_id, scopes) = (
-                entry.tenant.clone(),
-                entry.user_id.clone(),
-                entry.scopes.join(" "),
-            );
-            let scope = parse_delegated_scopes(state.settings().cloud, &scopes)?;
-            issue_delegated(
-                state, &mut world, &tenant, &client_id, &user_id, &scope, false,
+                9002313,
+                "Invalid request. Request is malformed or invalid.",
             )
-        }
-        other => Err(IdentityError::new(
-            "unsupported_grant_type",
-            70003,
-            format!("The app requested an unsupported grant type '{other}'."),
-        )),
+        })?;
+    if grant.client_id != client_id {
+        return Err(IdentityError::new(
+            "invalid_grant",
+            70000,
+            "Provided grant is invalid or malformed. The refresh token was issued to a different client.",
+        ));
     }
+    if tenant.as_ref().is_some_and(|t| *t != grant.tenant) {
+        return Err(IdentityError::new(
+            "invalid_grant",
+            50020,
+            "User account from identity provider does not exist in tenant.",
+        ));
+    }
+    if grant.expires <= clock::now() {
+        return Err(failure_error(
+            IdentityFailure::RefreshTokenExpired,
+            authority,
+            &client_id,
+        ));
+    }
+    let scope = parse_delegated_scopes(
+        state.settings().cloud,
+        form.scope.as_deref().unwrap_or("offline_access"),
+    )?;
+    let scope = ScopeRequest {
+        offline: true,
+        ..scope
+    };
+    issue_delegated(
+        state,
+        world,
+        &grant.tenant,
+        &client_id,
+        &grant.user_id,
+        &scope,
+        true,
+    )
+}
+
+/// The device code grant (RFC 8628): pending, slow down, declined, redeemed, or the tokens.
+fn grant_device_code(
+    state: &AppState,
+    world: &mut World,
+    client: TokenClient,
+    form: TokenForm,
+) -> Result<Issued, IdentityError> {
+    let client_id = client.client_id;
+    let code = form.device_code.ok_or_else(|| missing("device_code"))?;
+    let now = clock::now();
+    let entry = world.device_codes.get_mut(&code).ok_or_else(|| {
+        IdentityError::new(
+            "bad_verification_code",
+            70018,
+            "Invalid verification code entered.",
+        )
+    })?;
+    if entry.client_id != client_id {
+        return Err(IdentityError::new(
+            "bad_verification_code",
+            70018,
+            "Invalid verification code entered.",
+        ));
+    }
+    if entry.expires <= now {
+        return Err(IdentityError::new(
+            "expired_token",
+            70019,
+            "Verification code expired.",
+        ));
+    }
+    match entry.state.clone() {
+        DeviceCodeState::Pending => {
+            // RFC 8628 §3.5: polling faster than the interval gets slow_down, and the
+            // interval grows by 5 seconds for this and all later requests.
+            let too_fast = entry.last_poll.is_some_and(|last| {
+                now - last < Duration::seconds(i64::try_from(entry.interval).unwrap_or(i64::MAX))
+            });
+            entry.last_poll = Some(now);
+            if too_fast {
+                entry.interval += 5;
+                return Err(IdentityError::new(
+                    "slow_down",
+                    70016,
+                    "OAuth 2.0 device flow error. Authorization is pending. Poll less often.",
+                ));
+            }
+            Err(IdentityError::new(
+                "authorization_pending",
+                70016,
+                "OAuth 2.0 device flow error. Authorization is pending. Continue polling.",
+            ))
+        }
+        DeviceCodeState::Declined => Err(IdentityError::new(
+            "authorization_declined",
+            70000,
+            "The end user denied the authorization request.",
+        )),
+        DeviceCodeState::Redeemed => Err(IdentityError::new(
+            "invalid_grant",
+            70000,
+            "Provided grant is invalid or malformed. The device code was already redeemed.",
+        )),
+        DeviceCodeState::Approved { tenant, user_id } => {
+            entry.state = DeviceCodeState::Redeemed;
+            let scope = parse_delegated_scopes(state.settings().cloud, &entry.scopes.join(" "))?;
+            issue_delegated(state, world, &tenant, &client_id, &user_id, &scope, false)
+        }
+    }
+}
+
+/// `authorization_code`: once, before it expires, with the same redirect URI and (PKCE) the
+/// verifier of its challenge.
+fn grant_authorization_code(
+    state: &AppState,
+    world: &mut World,
+    client: TokenClient,
+    form: TokenForm,
+) -> Result<Issued, IdentityError> {
+    let TokenClient {
+        client_id,
+        confidential,
+        ..
+    } = client;
+    let code = form.code.ok_or_else(|| missing("code"))?;
+    let now = clock::now();
+    let entry = world.auth_codes.get_mut(&code).ok_or_else(|| IdentityError::new(
+        "invalid_grant",
+        70008,
+        "The provided authorization code or refresh token has expired due to inactivity. Send a new interactive authorization request for this user and resource.",
+    ))?;
+    if entry.redeemed {
+        return Err(IdentityError::new("invalid_grant", 54005, "OAuth2 Authorization code was already redeemed, please retry with a new valid code or use an existing refresh token."));
+    }
+    if entry.expires <= now || entry.client_id != client_id {
+        return Err(IdentityError::new("invalid_grant", 70008, "The provided authorization code or refresh token has expired due to inactivity. Send a new interactive authorization request for this user and resource."));
+    }
+    if form.redirect_uri.as_deref() != Some(entry.redirect_uri.as_str()) {
+        return Err(IdentityError::new("invalid_grant", 50011, "The redirect URI specified in the request does not match the redirect URI used to request the authorization code."));
+    }
+    if let Some((challenge, method)) = &entry.challenge {
+        let verifier = form.code_verifier.ok_or_else(|| missing("code_verifier"))?;
+        let computed = if method == "S256" {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(Sha256::digest(verifier.as_bytes()))
+        } else {
+            verifier
+        };
+        if &computed != challenge {
+            return Err(IdentityError::new("invalid_grant", 501481, "The Code_Verifier does not match the code_challenge supplied in the authorization request."));
+        }
+    } else if !confidential {
+        return Err(missing("code_verifier"));
+    }
+    entry.redeemed = true;
+    let (tenant, user_id, scopes) = (
+        entry.tenant.clone(),
+        entry.user_id.clone(),
+        entry.scopes.join(" "),
+    );
+    let scope = parse_delegated_scopes(state.settings().cloud, &scopes)?;
+    issue_delegated(state, world, &tenant, &client_id, &user_id, &scope, false)
 }
 
 #[derive(Debug, Deserialize)]
