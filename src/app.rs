@@ -255,17 +255,7 @@ impl Application {
             stopping: stopping.clone(),
         };
         // Both listeners admit connections under the same limits.
-        let limits = http::ServeLimits {
-            header_read_timeout: Duration::from_millis(
-                config.listener.header_read_timeout_ms.max(1),
-            ),
-            body_read_timeout: Duration::from_millis(config.listener.body_read_timeout_ms.max(1)),
-            body_min_bytes_per_second: config.listener.body_min_bytes_per_second,
-            max_body_bytes: http::webhooks::MAX_BODY_BYTES,
-            max_connections: usize::try_from(config.listener.max_connections).unwrap_or(usize::MAX),
-            max_connections_per_peer: usize::try_from(config.listener.max_connections_per_peer)
-                .unwrap_or(usize::MAX),
-        };
+        let limits = serve_limits(&config);
         let admin_task = tokio::spawn(serve_listener(
             "admin",
             admin,
@@ -279,36 +269,10 @@ impl Application {
         // Ends once the public listener (holding the intake) has stopped and its last
         // accepted notifications are written.
         work.spawn(intake_writer);
-        let webhooks = http::webhooks::WebhookState {
-            checks: Arc::new(crate::subscriptions::CheckCache::new(
-                store.clone(),
-                keys.clone(),
-            )),
-            intake,
-            counters: Arc::default(),
-            tokens: Arc::new(crate::validation_tokens::TokenValidator::new(
-                &config.identity.authority,
-            )),
-            refusals: Arc::default(),
-        };
         work.spawn(serve_listener(
             "public",
             public,
-            http::public::router(
-                webhooks,
-                http::public::PublicState {
-                    store: store.clone(),
-                    keys: keys.clone(),
-                    identity: IdentityClient::configured(&config),
-                    authority: config
-                        .identity
-                        .authority
-                        .as_str()
-                        .trim_end_matches('/')
-                        .to_string(),
-                    scope: config.identity.delegated_scopes.join(" "),
-                },
-            ),
+            public_router(&config, &store, &keys, intake),
             limits,
             work_stop.clone(),
             failed_tx.clone(),
@@ -320,64 +284,20 @@ impl Application {
             tasks.clone(),
             work_stop.clone(),
         ));
-        let public_url = config
-            .listener
-            .public_url
-            .as_ref()
-            .map(|url| url.to_string());
-        let mut schedules =
-            crate::scheduler::builtin(config.queue.retention_hours, public_url.clone());
-        schedules.extend(crate::scheduler::heartbeats(&config.heartbeat));
-        let scheduler = Scheduler::new(store.clone(), queue.clone(), schedules);
+        let scheduler = Scheduler::new(store.clone(), queue.clone(), schedules(&config));
         work.spawn(run_scheduler(scheduler, tasks.clone(), work_stop.clone()));
-        // Subscriptions are reconciled at start too, not only at the next minute.
-        if let Err(err) = crate::jobs::enqueue(
-            &queue,
-            &crate::jobs::reconcile_subscriptions::ReconcileSubscriptions { public_url },
-        )
-        .await
-        {
-            tracing::warn!(error = %err, reason = err.reason_code(), "could not enqueue the first subscription reconcile; the schedule will");
-        }
-        // And orphans a crash left at Graph are swept at start, not hours later.
-        if let Err(err) = crate::jobs::enqueue(
-            &queue,
-            &crate::jobs::sweep_subscriptions::SweepSubscriptions {},
-        )
-        .await
-        {
-            tracing::warn!(error = %err, reason = err.reason_code(), "could not enqueue the first orphan sweep; the schedule will");
-        }
+        enqueue_start_up_jobs(&queue, &config).await;
         if config.queue.workers > 0 {
-            let poll = Duration::from_millis(config.queue.poll_interval_ms.max(10));
-            let pool = WorkerPool {
-                queue: queue.clone(),
-                registry: Arc::new(Registry::standard()),
-                context: JobContext {
-                    attempt: 1,
-                    public_url: config
-                        .listener
-                        .public_url
-                        .as_ref()
-                        .map(|url| url.as_str().trim_end_matches('/').to_string()),
-                    store: store.clone(),
-                    queue,
-                    tokens: tokens.clone(),
-                    keys: keys.clone(),
-                    graph: Arc::new(GraphClient::new(&config.graph, tokens.clone())),
-                },
-                owner: instance.id().to_string(),
-                concurrency: usize::try_from(config.queue.workers).unwrap_or(1),
-                lease: Duration::from_secs(config.queue.lease_seconds.max(3)),
-                poll,
-                // Leave the app a moment to record releases before its own grace ends.
-                grace: config
-                    .shutdown
-                    .grace()
-                    .saturating_sub(Duration::from_secs(1)),
-                release_now: shutdown.force.clone(),
+            let parts = WorkerParts {
+                store: &store,
+                queue,
+                tokens: &tokens,
+                keys: &keys,
+                owner: instance.id(),
             };
-            let heartbeat = tasks.register("workers", (poll * 20).max(Duration::from_secs(30)));
+            let pool = worker_pool(&config, parts, shutdown.force.clone());
+            let heartbeat =
+                tasks.register("workers", (pool.poll * 20).max(Duration::from_secs(30)));
             work.spawn(pool.run(work_stop.clone(), heartbeat));
         }
         work.spawn(instance_heartbeat(
@@ -393,21 +313,8 @@ impl Application {
                 work_stop.clone(),
             ));
         }
-        if let Some(interval) = notifier.watchdog_interval() {
-            tracing::info!(
-                interval_ms = interval.as_millis() as u64,
-                "systemd watchdog enabled"
-            );
-        }
         let notifier = Arc::new(notifier);
-        let watchdog = notifier.watchdog_interval().map(|interval| {
-            tokio::spawn(watchdog_pings(
-                notifier.clone(),
-                tasks.clone(),
-                interval,
-                admin_stop.clone(),
-            ))
-        });
+        let watchdog = start_watchdog(&notifier, &tasks, &admin_stop);
 
         tracing::info!(
             admin.addr = %admin_addr,
@@ -434,21 +341,7 @@ impl Application {
         stopping.store(true, Ordering::Relaxed);
         notifier.stopping("draining in-flight work");
         work_stop.cancel();
-        work.close();
-        tokio::select! {
-            () = work.wait() => tracing::info!("in-flight work finished"),
-            () = tokio::time::sleep(grace) => tracing::warn!(
-                tasks.left = work.len(),
-                "grace period over; exiting with work still running"
-            ),
-            () = shutdown.force.cancelled() => {
-                // The workers hand their jobs back at once; wait for that, not for the jobs.
-                tracing::warn!(tasks.left = work.len(), "second stop signal; handing in-flight jobs back and exiting");
-                if tokio::time::timeout(FORCED_RELEASE_TIMEOUT, work.wait()).await.is_err() {
-                    tracing::warn!(tasks.left = work.len(), "exiting with work still running; its leases expire and the reaper retries it");
-                }
-            }
-        }
+        drain(&work, grace, &shutdown.force).await;
 
         admin_stop.cancel();
         // The admin listener has nothing long-running; give it a moment, not the whole grace.
@@ -456,17 +349,195 @@ impl Application {
         if let Some(watchdog) = watchdog {
             watchdog.abort();
         }
-        if let Err(err) = instance.mark_stopped().await {
-            tracing::warn!(error = %err, reason = err.reason_code(), "could not record the stop");
-        }
-        if tokio::time::timeout(CLOSE_TIMEOUT, store.close())
-            .await
-            .is_err()
-        {
-            tracing::warn!("database connections did not close in time");
-        }
-        tracing::info!("stopped");
+        record_stop(&instance, &store).await;
         outcome
+    }
+}
+
+/// Pings systemd's watchdog while every task is healthy, when systemd asked for it.
+fn start_watchdog(
+    notifier: &Arc<Notifier>,
+    tasks: &TaskHealth,
+    stop: &CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let interval = notifier.watchdog_interval()?;
+    tracing::info!(
+        interval_ms = interval.as_millis() as u64,
+        "systemd watchdog enabled"
+    );
+    Some(tokio::spawn(watchdog_pings(
+        notifier.clone(),
+        tasks.clone(),
+        interval,
+        stop.clone(),
+    )))
+}
+
+/// The instance's stop recorded and the database closed, each within its own bound.
+async fn record_stop(instance: &Instance, store: &Store) {
+    if let Err(err) = instance.mark_stopped().await {
+        tracing::warn!(error = %err, reason = err.reason_code(), "could not record the stop");
+    }
+    if tokio::time::timeout(CLOSE_TIMEOUT, store.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!("database connections did not close in time");
+    }
+    tracing::info!("stopped");
+}
+
+/// Waits for the spawned work to end: at most `grace`, or, after a second stop signal
+/// (`force`), only as long as the workers take to hand their jobs back.
+async fn drain(work: &TaskTracker, grace: Duration, force: &CancellationToken) {
+    work.close();
+    tokio::select! {
+        () = work.wait() => tracing::info!("in-flight work finished"),
+        () = tokio::time::sleep(grace) => tracing::warn!(
+            tasks.left = work.len(),
+            "grace period over; exiting with work still running"
+        ),
+        () = force.cancelled() => {
+            // The workers hand their jobs back at once; wait for that, not for the jobs.
+            tracing::warn!(tasks.left = work.len(), "second stop signal; handing in-flight jobs back and exiting");
+            if tokio::time::timeout(FORCED_RELEASE_TIMEOUT, work.wait()).await.is_err() {
+                tracing::warn!(tasks.left = work.len(), "exiting with work still running; its leases expire and the reaper retries it");
+            }
+        }
+    }
+}
+
+/// The limits both listeners admit connections and read bodies under.
+fn serve_limits(config: &Config) -> http::ServeLimits {
+    http::ServeLimits {
+        header_read_timeout: Duration::from_millis(config.listener.header_read_timeout_ms.max(1)),
+        body_read_timeout: Duration::from_millis(config.listener.body_read_timeout_ms.max(1)),
+        body_min_bytes_per_second: config.listener.body_min_bytes_per_second,
+        max_body_bytes: http::webhooks::MAX_BODY_BYTES,
+        max_connections: usize::try_from(config.listener.max_connections).unwrap_or(usize::MAX),
+        max_connections_per_peer: usize::try_from(config.listener.max_connections_per_peer)
+            .unwrap_or(usize::MAX),
+    }
+}
+
+/// The public listener's routes: Graph's webhooks (checked against the subscriptions,
+/// committed through `intake`) and the sign-in redirect.
+fn public_router(
+    config: &Config,
+    store: &Store,
+    keys: &Arc<Keyring>,
+    intake: Intake,
+) -> axum::Router {
+    let webhooks = http::webhooks::WebhookState {
+        checks: Arc::new(crate::subscriptions::CheckCache::new(
+            store.clone(),
+            keys.clone(),
+        )),
+        intake,
+        counters: Arc::default(),
+        tokens: Arc::new(crate::validation_tokens::TokenValidator::new(
+            &config.identity.authority,
+        )),
+        refusals: Arc::default(),
+    };
+    http::public::router(
+        webhooks,
+        http::public::PublicState {
+            store: store.clone(),
+            keys: keys.clone(),
+            identity: IdentityClient::configured(config),
+            authority: config
+                .identity
+                .authority
+                .as_str()
+                .trim_end_matches('/')
+                .to_string(),
+            scope: config.identity.delegated_scopes.join(" "),
+        },
+    )
+}
+
+/// The built-in schedules and the configured heartbeats.
+fn schedules(config: &Config) -> Vec<crate::scheduler::Schedule> {
+    let public_url = config
+        .listener
+        .public_url
+        .as_ref()
+        .map(|url| url.to_string());
+    let mut schedules = crate::scheduler::builtin(config.queue.retention_hours, public_url);
+    schedules.extend(crate::scheduler::heartbeats(&config.heartbeat));
+    schedules
+}
+
+/// Subscriptions are reconciled at start, not only at the next minute, and orphans a crash
+/// left at Graph are swept at start, not hours later. A failure is logged; the schedules
+/// enqueue them again.
+async fn enqueue_start_up_jobs(queue: &Queue, config: &Config) {
+    let public_url = config
+        .listener
+        .public_url
+        .as_ref()
+        .map(|url| url.to_string());
+    if let Err(err) = crate::jobs::enqueue(
+        queue,
+        &crate::jobs::reconcile_subscriptions::ReconcileSubscriptions { public_url },
+    )
+    .await
+    {
+        tracing::warn!(error = %err, reason = err.reason_code(), "could not enqueue the first subscription reconcile; the schedule will");
+    }
+    if let Err(err) = crate::jobs::enqueue(
+        queue,
+        &crate::jobs::sweep_subscriptions::SweepSubscriptions {},
+    )
+    .await
+    {
+        tracing::warn!(error = %err, reason = err.reason_code(), "could not enqueue the first orphan sweep; the schedule will");
+    }
+}
+
+/// What the worker pool is built from besides the configuration.
+struct WorkerParts<'a> {
+    store: &'a Store,
+    queue: Queue,
+    tokens: &'a Arc<TokenService>,
+    keys: &'a Arc<Keyring>,
+    owner: &'a str,
+}
+
+/// The worker pool the configuration asks for; `release_now` hands running jobs back (a
+/// second stop signal).
+fn worker_pool(
+    config: &Config,
+    parts: WorkerParts<'_>,
+    release_now: CancellationToken,
+) -> WorkerPool {
+    WorkerPool {
+        queue: parts.queue.clone(),
+        registry: Arc::new(Registry::standard()),
+        context: JobContext {
+            attempt: 1,
+            public_url: config
+                .listener
+                .public_url
+                .as_ref()
+                .map(|url| url.as_str().trim_end_matches('/').to_string()),
+            store: parts.store.clone(),
+            queue: parts.queue,
+            tokens: parts.tokens.clone(),
+            keys: parts.keys.clone(),
+            graph: Arc::new(GraphClient::new(&config.graph, parts.tokens.clone())),
+        },
+        owner: parts.owner.to_string(),
+        concurrency: usize::try_from(config.queue.workers).unwrap_or(1),
+        lease: Duration::from_secs(config.queue.lease_seconds.max(3)),
+        poll: Duration::from_millis(config.queue.poll_interval_ms.max(10)),
+        // Leave the app a moment to record releases before its own grace ends.
+        grace: config
+            .shutdown
+            .grace()
+            .saturating_sub(Duration::from_secs(1)),
+        release_now,
     }
 }
 
