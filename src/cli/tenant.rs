@@ -137,7 +137,7 @@ pub(crate) async fn open(config: &Config) -> Result<(Store, Arc<Keyring>), Strin
     Ok((store, Arc::new(keys)))
 }
 
-fn read_secret_file(path: &PathBuf) -> Result<zeroize::Zeroizing<String>, String> {
+fn read_secret_file(path: &std::path::Path) -> Result<zeroize::Zeroizing<String>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("--client-secret-file {}: {}", path.display(), e.kind()))?;
     let secret = text.trim_end_matches(['\n', '\r']).to_string();
@@ -270,47 +270,16 @@ pub(crate) async fn run_tenant(config: &Config, command: &TenantCommand) -> i32 
             name,
             default,
         } => {
-            let secret = match read_secret_file(client_secret_file) {
-                Ok(secret) => secret,
-                Err(message) => {
-                    eprintln!("tenantd: {message}");
-                    return EXIT_USAGE;
-                }
-            };
+            // The secret is read inside `add_app` (a bad file is a usage error there).
             let new = NewAppConnection {
                 tenant_id: tenant,
                 client_id,
-                client_secret: &secret,
+                client_secret: "",
                 label: name.as_deref(),
                 make_default: *default,
                 authority: &authority,
             };
-            match connections::add_app(&store, &keys, new, Actor::Cli).await {
-                Ok(connection) => {
-                    println!(
-                        "added app-only connection {} for tenant {}{}",
-                        connection.id,
-                        connection.tenant_id,
-                        if connection.is_default {
-                            " (default)"
-                        } else {
-                            ""
-                        }
-                    );
-                    EXIT_OK
-                }
-                Err(err) => {
-                    eprintln!("tenantd: {err}");
-                    if matches!(
-                        err.reason_code(),
-                        "invalid_tenant" | "identity_not_allowed" | "connection_exists"
-                    ) {
-                        EXIT_USAGE
-                    } else {
-                        EXIT_FAILURE
-                    }
-                }
-            }
+            add_app(&store, &keys, new, client_secret_file).await
         }
         TenantCommand::Connect { tenant, client_id } => {
             connect(
@@ -318,122 +287,206 @@ pub(crate) async fn run_tenant(config: &Config, command: &TenantCommand) -> i32 
             )
             .await
         }
-        TenantCommand::List { json } => match connections::list(&store, None).await {
-            Ok(list) if *json => {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&list).expect("connections serialize")
-                );
-                EXIT_OK
-            }
-            Ok(list) => {
-                print_table(&list);
-                EXIT_OK
-            }
-            Err(err) => {
-                eprintln!("tenantd: {err}");
-                EXIT_FAILURE
-            }
-        },
+        TenantCommand::List { json } => list(&store, *json).await,
         TenantCommand::ConsentUrl {
             tenant,
             redirect_uri,
-        } => {
-            let connection = match connections::default_app(
-                &store,
-                &connections::canonical_tenant(tenant).unwrap_or_default(),
-            )
-            .await
-            {
-                Ok(connection) => connection,
-                Err(err) => {
-                    eprintln!("tenantd: no app-only connection for {tenant}: {err}");
-                    return EXIT_USAGE;
-                }
-            };
-            match consent_redirect(config, redirect_uri.as_deref()) {
-                Ok(redirect) => {
-                    match crate::oauth::start_consent(
-                        &store,
-                        &connection.tenant_id,
-                        &connection.client_id,
-                        &redirect,
-                    )
-                    .await
-                    {
-                        Ok(state) => {
-                            println!(
-                                "{}",
-                                identity.admin_consent_url(
-                                    &connection.tenant_id,
-                                    &connection.client_id,
-                                    &redirect,
-                                    &state
-                                )
-                            );
-                            eprintln!("(the link works once, for 10 minutes)");
-                            EXIT_OK
-                        }
-                        Err(err) => {
-                            eprintln!("tenantd: {err}");
-                            EXIT_FAILURE
-                        }
-                    }
-                }
-                Err(message) => {
-                    eprintln!("tenantd: {message}");
-                    EXIT_USAGE
-                }
-            }
-        }
+        } => consent_url(&store, &identity, config, tenant, redirect_uri.as_deref()).await,
         TenantCommand::AuthorizeUrl {
             tenant,
             client_id,
             redirect_uri,
         } => {
-            let redirect = match redirect_uri
-                .clone()
-                .map_or_else(|| callback_redirect(config), Ok)
-            {
-                Ok(redirect) => redirect,
-                Err(message) => {
-                    eprintln!("tenantd: {message}");
-                    return EXIT_USAGE;
-                }
-            };
-            let scope = config.identity.delegated_scopes.join(" ");
-            match crate::oauth::start_authorize(
-                &store, &keys, &identity, tenant, client_id, &redirect, &scope,
+            authorize_url(
+                &store,
+                &keys,
+                &identity,
+                config,
+                tenant,
+                client_id,
+                redirect_uri.as_deref(),
             )
             .await
-            {
-                Ok(url) => {
-                    println!("{url}");
-                    eprintln!("(open it in a browser within 10 minutes; the link works once)");
-                    EXIT_OK
-                }
-                Err(err) => {
-                    eprintln!("tenantd: {err}");
-                    EXIT_FAILURE
-                }
-            }
         }
         TenantCommand::Check { tenant } => check(&store, keys, identity, config, tenant).await,
         TenantCommand::Remove { tenant, connection } => {
-            match connections::remove(&store, tenant, connection.as_deref(), Actor::Cli).await {
-                Ok(removed) => {
-                    println!("removed {removed} connection(s) of tenant {tenant}; secrets and tokens deleted, audit trail kept");
-                    EXIT_OK
-                }
-                Err(err) => {
-                    eprintln!("tenantd: {err}");
-                    EXIT_USAGE
-                }
-            }
+            remove(&store, tenant, connection.as_deref()).await
         }
     };
     store.close().await;
     code
+}
+
+/// `tenant add-app`: the secret read from its file, sealed, the connection recorded.
+async fn add_app(
+    store: &Store,
+    keys: &Keyring,
+    new: NewAppConnection<'_>,
+    client_secret_file: &std::path::Path,
+) -> i32 {
+    let secret = match read_secret_file(client_secret_file) {
+        Ok(secret) => secret,
+        Err(message) => {
+            eprintln!("tenantd: {message}");
+            return EXIT_USAGE;
+        }
+    };
+    let new = NewAppConnection {
+        client_secret: &secret,
+        ..new
+    };
+    match connections::add_app(store, keys, new, Actor::Cli).await {
+        Ok(connection) => {
+            println!(
+                "added app-only connection {} for tenant {}{}",
+                connection.id,
+                connection.tenant_id,
+                if connection.is_default {
+                    " (default)"
+                } else {
+                    ""
+                }
+            );
+            EXIT_OK
+        }
+        Err(err) => {
+            eprintln!("tenantd: {err}");
+            if matches!(
+                err.reason_code(),
+                "invalid_tenant" | "identity_not_allowed" | "connection_exists"
+            ) {
+                EXIT_USAGE
+            } else {
+                EXIT_FAILURE
+            }
+        }
+    }
+}
+
+/// `tenant list`: every connection, as a table or JSON.
+async fn list(store: &Store, json: bool) -> i32 {
+    match connections::list(store, None).await {
+        Ok(list) if json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&list).expect("connections serialize")
+            );
+            EXIT_OK
+        }
+        Ok(list) => {
+            print_table(&list);
+            EXIT_OK
+        }
+        Err(err) => {
+            eprintln!("tenantd: {err}");
+            EXIT_FAILURE
+        }
+    }
+}
+
+/// `tenant consent-url`: the admin consent link for the tenant's default app connection.
+async fn consent_url(
+    store: &Store,
+    identity: &IdentityClient,
+    config: &Config,
+    tenant: &str,
+    redirect_uri: Option<&str>,
+) -> i32 {
+    let connection = match connections::default_app(
+        store,
+        &connections::canonical_tenant(tenant).unwrap_or_default(),
+    )
+    .await
+    {
+        Ok(connection) => connection,
+        Err(err) => {
+            eprintln!("tenantd: no app-only connection for {tenant}: {err}");
+            return EXIT_USAGE;
+        }
+    };
+    let redirect = match consent_redirect(config, redirect_uri) {
+        Ok(redirect) => redirect,
+        Err(message) => {
+            eprintln!("tenantd: {message}");
+            return EXIT_USAGE;
+        }
+    };
+    match crate::oauth::start_consent(
+        store,
+        &connection.tenant_id,
+        &connection.client_id,
+        &redirect,
+    )
+    .await
+    {
+        Ok(state) => {
+            println!(
+                "{}",
+                identity.admin_consent_url(
+                    &connection.tenant_id,
+                    &connection.client_id,
+                    &redirect,
+                    &state
+                )
+            );
+            eprintln!("(the link works once, for 10 minutes)");
+            EXIT_OK
+        }
+        Err(err) => {
+            eprintln!("tenantd: {err}");
+            EXIT_FAILURE
+        }
+    }
+}
+
+/// `tenant authorize-url`: a sign-in link (authorization code with PKCE) for a delegated
+/// connection.
+async fn authorize_url(
+    store: &Store,
+    keys: &Keyring,
+    identity: &IdentityClient,
+    config: &Config,
+    tenant: &str,
+    client_id: &str,
+    redirect_uri: Option<&str>,
+) -> i32 {
+    let redirect =
+        match redirect_uri.map_or_else(|| callback_redirect(config), |uri| Ok(uri.to_string())) {
+            Ok(redirect) => redirect,
+            Err(message) => {
+                eprintln!("tenantd: {message}");
+                return EXIT_USAGE;
+            }
+        };
+    let scope = config.identity.delegated_scopes.join(" ");
+    match crate::oauth::start_authorize(store, keys, identity, tenant, client_id, &redirect, &scope)
+        .await
+    {
+        Ok(url) => {
+            println!("{url}");
+            eprintln!("(open it in a browser within 10 minutes; the link works once)");
+            EXIT_OK
+        }
+        Err(err) => {
+            eprintln!("tenantd: {err}");
+            EXIT_FAILURE
+        }
+    }
+}
+
+/// `tenant remove`: the tenant's connections (or one), their secrets and tokens; the audit
+/// trail stays.
+async fn remove(store: &Store, tenant: &str, connection: Option<&str>) -> i32 {
+    match connections::remove(store, tenant, connection, Actor::Cli).await {
+        Ok(removed) => {
+            println!("removed {removed} connection(s) of tenant {tenant}; secrets and tokens deleted, audit trail kept");
+            EXIT_OK
+        }
+        Err(err) => {
+            eprintln!("tenantd: {err}");
+            EXIT_USAGE
+        }
+    }
 }
 
 async fn connect(
