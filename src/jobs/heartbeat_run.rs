@@ -183,52 +183,14 @@ impl Run<'_> {
 
     /// The demo users, created, located and licensed as the scenario says.
     async fn users(&mut self) -> Result<Vec<DemoUser>, JobError> {
-        let config = &self.job.users;
-        let graph = &self.context.graph;
+        let config = self.job.users.clone();
+        // The tenant's SKUs, read once and again after each assignment (its seat count moved).
         let mut skus: Option<Vec<Value>> = None;
         let mut users = Vec::new();
         for n in 1..=config.count {
             let nickname = format!("{}{n:02}", config.prefix);
             let upn = format!("{nickname}@{}", config.domain);
-            let found = graph
-                .find_user(
-                    &self.app,
-                    &upn,
-                    Some(
-                        "id,userPrincipalName,displayName,givenName,usageLocation,assignedLicenses",
-                    ),
-                )
-                .await
-                .map_err(JobError::from)?;
-            let user = match found {
-                Some(user) => user,
-                None => {
-                    let name = Content::new(self.job.seed, &format!("user:{upn}")).person();
-                    let given = name.split(' ').next().unwrap_or(&name).to_string();
-                    let body = json!({
-                        "accountEnabled": true,
-                        "displayName": name,
-                        "givenName": given,
-                        "mailNickname": nickname,
-                        "userPrincipalName": upn,
-                        "usageLocation": config.usage_location,
-                        "passwordProfile": {
-                            "forceChangePasswordNextSignIn": true,
-                            // Nobody signs in as a demo user; the password is never kept.
-                            "password": format!("{}Aa1!", uuid::Uuid::new_v4().simple()),
-                        },
-                    });
-                    let created = graph
-                        .create_user(&self.app, &body)
-                        .await
-                        .map_err(JobError::from)?;
-                    let id = created["id"].as_str().unwrap_or_default().to_string();
-                    self.record(&format!("user:{upn}"), "user", &id, &upn, None)
-                        .await?;
-                    json!({"id": id, "userPrincipalName": upn, "givenName": given,
-                           "usageLocation": config.usage_location, "assignedLicenses": []})
-                }
-            };
+            let user = self.existing_or_new_user(&config, &nickname, &upn).await?;
             let id = user["id"].as_str().unwrap_or_default().to_string();
             if id.is_empty() {
                 return Err(failed(
@@ -239,7 +201,8 @@ impl Run<'_> {
             let located = user["usageLocation"].as_str().is_some_and(|l| l.len() == 2);
             if !located {
                 // Graph refuses a license to a user without one.
-                graph
+                self.context
+                    .graph
                     .update_user(
                         &self.app,
                         &id,
@@ -249,56 +212,8 @@ impl Run<'_> {
                     .map_err(JobError::from)?;
             }
             if let Some(part_number) = &config.license_sku {
-                if skus.is_none() {
-                    skus = Some(
-                        graph
-                            .subscribed_skus(&self.app)
-                            .await
-                            .map_err(JobError::from)?,
-                    );
-                }
-                let sku = skus
-                    .as_deref()
-                    .unwrap_or_default()
-                    .iter()
-                    .find(|sku| {
-                        sku["skuPartNumber"]
-                            .as_str()
-                            .is_some_and(|p| p.eq_ignore_ascii_case(part_number))
-                    })
-                    .cloned()
-                    .ok_or_else(|| {
-                        failed(
-                            "license_sku_unknown",
-                            format!("the tenant has no subscription for SKU {part_number}"),
-                        )
-                    })?;
-                let sku_id = sku["skuId"].as_str().unwrap_or_default().to_string();
-                let assigned = user["assignedLicenses"].as_array().is_some_and(|list| {
-                    list.iter().any(|l| {
-                        l["skuId"]
-                            .as_str()
-                            .is_some_and(|s| s.eq_ignore_ascii_case(&sku_id))
-                    })
-                });
-                if !assigned {
-                    let seats = sku["prepaidUnits"]["enabled"].as_i64().unwrap_or(0);
-                    let consumed = sku["consumedUnits"].as_i64().unwrap_or(0);
-                    if consumed >= seats {
-                        return Err(failed(
-                            "license_seats_exhausted",
-                            format!("no {part_number} seats left ({consumed} of {seats} used) for {upn}"),
-                        ));
-                    }
-                    graph
-                        .assign_license(&self.app, &id, &sku_id)
-                        .await
-                        .map_err(JobError::from)?;
-                    // The cached count is now one short; a later user re-reads it.
-                    skus = None;
-                    self.record(&format!("license:{upn}"), "license", &sku_id, &id, None)
-                        .await?;
-                }
+                self.licensed(&user, &id, &upn, part_number, &mut skus)
+                    .await?;
             }
             let first_name = user["givenName"]
                 .as_str()
@@ -315,6 +230,117 @@ impl Run<'_> {
             });
         }
         Ok(users)
+    }
+
+    /// The demo user `upn` as Graph has it, created (and recorded) when it is not there.
+    async fn existing_or_new_user(
+        &mut self,
+        config: &DemoUsersConfig,
+        nickname: &str,
+        upn: &str,
+    ) -> Result<Value, JobError> {
+        let graph = &self.context.graph;
+        let found = graph
+            .find_user(
+                &self.app,
+                upn,
+                Some("id,userPrincipalName,displayName,givenName,usageLocation,assignedLicenses"),
+            )
+            .await
+            .map_err(JobError::from)?;
+        if let Some(user) = found {
+            return Ok(user);
+        }
+        let name = Content::new(self.job.seed, &format!("user:{upn}")).person();
+        let given = name.split(' ').next().unwrap_or(&name).to_string();
+        let body = json!({
+            "accountEnabled": true,
+            "displayName": name,
+            "givenName": given,
+            "mailNickname": nickname,
+            "userPrincipalName": upn,
+            "usageLocation": config.usage_location,
+            "passwordProfile": {
+                "forceChangePasswordNextSignIn": true,
+                // Nobody signs in as a demo user; the password is never kept.
+                "password": format!("{}Aa1!", uuid::Uuid::new_v4().simple()),
+            },
+        });
+        let created = graph
+            .create_user(&self.app, &body)
+            .await
+            .map_err(JobError::from)?;
+        let id = created["id"].as_str().unwrap_or_default().to_string();
+        self.record(&format!("user:{upn}"), "user", &id, upn, None)
+            .await?;
+        Ok(
+            json!({"id": id, "userPrincipalName": upn, "givenName": given,
+                  "usageLocation": config.usage_location, "assignedLicenses": []}),
+        )
+    }
+
+    /// `user` holds a license of SKU `part_number`: assigned (and recorded) when it does not,
+    /// refused with a reason when the tenant has no such SKU or no seat left.
+    async fn licensed(
+        &mut self,
+        user: &Value,
+        id: &str,
+        upn: &str,
+        part_number: &str,
+        skus: &mut Option<Vec<Value>>,
+    ) -> Result<(), JobError> {
+        let graph = &self.context.graph;
+        if skus.is_none() {
+            *skus = Some(
+                graph
+                    .subscribed_skus(&self.app)
+                    .await
+                    .map_err(JobError::from)?,
+            );
+        }
+        let sku = skus
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .find(|sku| {
+                sku["skuPartNumber"]
+                    .as_str()
+                    .is_some_and(|p| p.eq_ignore_ascii_case(part_number))
+            })
+            .cloned()
+            .ok_or_else(|| {
+                failed(
+                    "license_sku_unknown",
+                    format!("the tenant has no subscription for SKU {part_number}"),
+                )
+            })?;
+        let sku_id = sku["skuId"].as_str().unwrap_or_default().to_string();
+        let assigned = user["assignedLicenses"].as_array().is_some_and(|list| {
+            list.iter().any(|l| {
+                l["skuId"]
+                    .as_str()
+                    .is_some_and(|s| s.eq_ignore_ascii_case(&sku_id))
+            })
+        });
+        if assigned {
+            return Ok(());
+        }
+        let seats = sku["prepaidUnits"]["enabled"].as_i64().unwrap_or(0);
+        let consumed = sku["consumedUnits"].as_i64().unwrap_or(0);
+        if consumed >= seats {
+            return Err(failed(
+                "license_seats_exhausted",
+                format!("no {part_number} seats left ({consumed} of {seats} used) for {upn}"),
+            ));
+        }
+        graph
+            .assign_license(&self.app, id, &sku_id)
+            .await
+            .map_err(JobError::from)?;
+        // The cached count is now one short; a later user re-reads it.
+        *skus = None;
+        self.record(&format!("license:{upn}"), "license", &sku_id, id, None)
+            .await
     }
 
     async fn mail(&mut self, step: &str, from: &DemoUser, to: &DemoUser) -> Result<(), JobError> {
