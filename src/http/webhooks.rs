@@ -288,12 +288,7 @@ async fn receive(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Response {
-    let json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
-    if !json {
+    if !is_json(headers) {
         return plain(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "Send notifications as application/json.\n",
@@ -321,29 +316,11 @@ async fn receive(
         })
         .collect();
     // Graph waits 3 s for an answer: whatever the database does, answer within
-    // ANSWER_DEADLINE. The lookup runs as a task of its own, so a late one still completes
-    // (and fills the cache for the redelivery) instead of being cut off mid-query.
+    // ANSWER_DEADLINE.
     let deadline = tokio::time::Instant::now() + ANSWER_DEADLINE;
-    let lookup: Vec<String> = ids.iter().flatten().cloned().collect();
-    let cache = Arc::clone(&state.checks);
-    let read = tokio::spawn(async move {
-        let lookup: Vec<&str> = lookup.iter().map(String::as_str).collect();
-        cache.get(&lookup).await
-    });
-    let checks = match tokio::time::timeout_at(deadline, read).await {
-        Ok(Ok(Ok(checks))) => checks,
-        Ok(Ok(Err(err))) => {
-            if let Some(times) = state.refusals.note(err.reason_code()) {
-                tracing::error!(error = %err, reason = err.reason_code(), times, "cannot check notifications; asking Graph to redeliver (logged at most once a minute)");
-            }
-            return unavailable();
-        }
-        Ok(Err(_)) | Err(_) => {
-            if let Some(times) = state.refusals.note("check_deadline") {
-                tracing::error!(reason = "database_slow", times, "checking notifications took longer than {ANSWER_DEADLINE:?}; asking Graph to redeliver (logged at most once a minute)");
-            }
-            return unavailable();
-        }
+    let checks = match checks_by(state, &ids, deadline).await {
+        Ok(checks) => checks,
+        Err(answer) => return answer,
     };
     let mut vetted: Vec<Result<(&Notification, &Arc<subscriptions::Check>), &'static str>> = items
         .iter()
@@ -352,6 +329,89 @@ async fn receive(
         .collect();
     // Rich notifications: the resource travels encrypted and is opened here, once the
     // delivery's validation tokens prove it comes from Graph.
+    let mut contents = match open_rich(state, &collection.validation_tokens, &mut vetted).await {
+        Ok(contents) => contents,
+        Err(answer) => return answer,
+    };
+    let mut accepted = Vec::with_capacity(items.len());
+    for (n, vetted) in vetted.into_iter().enumerate() {
+        let outcome = match vetted {
+            Ok((item, check)) => {
+                accepted.push(to_job(endpoint, item, check, contents.remove(&n)));
+                "accepted"
+            }
+            Err(reason) => {
+                if let Some(refused) = state.refusals.note(reason) {
+                    tracing::warn!(
+                        endpoint = endpoint.label(),
+                        reason,
+                        refused,
+                        subscription = ids[n].as_deref().unwrap_or("-"),
+                        "notification items dropped (logged at most once a minute per reason; `refused` counts them since the last line)"
+                    );
+                }
+                reason
+            }
+        };
+        state.counters.item(endpoint, outcome).increment(1);
+    }
+    // Items that failed the checks get the same 202: a retry cannot make them pass, and the
+    // sender learns nothing about which check failed (docs/decisions/0011-webhook-answers.md).
+    if accepted.is_empty() {
+        return StatusCode::ACCEPTED.into_response();
+    }
+    commit(state, accepted, deadline).await
+}
+
+/// Whether the request says its body is JSON (`application/json`, any parameters).
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// The checks for the items' subscription ids, or the 503 to answer when the store cannot
+/// give them by `deadline`. The lookup runs as a task of its own, so a late one still
+/// completes (and fills the cache for the redelivery) instead of being cut off mid-query.
+async fn checks_by(
+    state: &WebhookState,
+    ids: &[Option<String>],
+    deadline: tokio::time::Instant,
+) -> Result<HashMap<String, Arc<subscriptions::Check>>, Response> {
+    let lookup: Vec<String> = ids.iter().flatten().cloned().collect();
+    let cache = Arc::clone(&state.checks);
+    let read = tokio::spawn(async move {
+        let lookup: Vec<&str> = lookup.iter().map(String::as_str).collect();
+        cache.get(&lookup).await
+    });
+    match tokio::time::timeout_at(deadline, read).await {
+        Ok(Ok(Ok(checks))) => Ok(checks),
+        Ok(Ok(Err(err))) => {
+            if let Some(times) = state.refusals.note(err.reason_code()) {
+                tracing::error!(error = %err, reason = err.reason_code(), times, "cannot check notifications; asking Graph to redeliver (logged at most once a minute)");
+            }
+            Err(unavailable())
+        }
+        Ok(Err(_)) | Err(_) => {
+            if let Some(times) = state.refusals.note("check_deadline") {
+                tracing::error!(reason = "database_slow", times, "checking notifications took longer than {ANSWER_DEADLINE:?}; asking Graph to redeliver (logged at most once a minute)");
+            }
+            Err(unavailable())
+        }
+    }
+}
+
+/// The vetted items with resource data, opened: each item's decrypted resource by position.
+/// An item no validation token covers, or whose content does not open, is refused in
+/// `vetted`; one failing token refuses the whole delivery; keys that cannot be fetched are a
+/// 503 (Graph delivers again).
+async fn open_rich(
+    state: &WebhookState,
+    validation_tokens: &[String],
+    vetted: &mut [Result<(&Notification<'_>, &Arc<subscriptions::Check>), &'static str>],
+) -> Result<HashMap<usize, serde_json::Value>, Response> {
     let mut contents: HashMap<usize, serde_json::Value> = HashMap::new();
     let rich: Vec<usize> = vetted
         .iter()
@@ -364,12 +424,12 @@ async fn receive(
         })
         .collect();
     if !rich.is_empty() {
-        let vouched = match vouched_for(state, &collection.validation_tokens).await {
+        let vouched = match vouched_for(state, validation_tokens).await {
             Ok(vouched) => vouched,
-            Err(TokenRefusal::Unavailable) => return unavailable(),
+            Err(TokenRefusal::Unavailable) => return Err(unavailable()),
             // One failing token makes the whole delivery suspect: nothing of it is queued.
             Err(TokenRefusal::Suspicious) => {
-                for vetted in &mut vetted {
+                for vetted in vetted.iter_mut() {
                     if vetted.is_ok() {
                         *vetted = Err("validation_token_invalid");
                     }
@@ -415,33 +475,16 @@ async fn receive(
             }
         }
     }
-    let mut accepted = Vec::with_capacity(items.len());
-    for (n, vetted) in vetted.into_iter().enumerate() {
-        let outcome = match vetted {
-            Ok((item, check)) => {
-                accepted.push(to_job(endpoint, item, check, contents.remove(&n)));
-                "accepted"
-            }
-            Err(reason) => {
-                if let Some(refused) = state.refusals.note(reason) {
-                    tracing::warn!(
-                        endpoint = endpoint.label(),
-                        reason,
-                        refused,
-                        subscription = ids[n].as_deref().unwrap_or("-"),
-                        "notification items dropped (logged at most once a minute per reason; `refused` counts them since the last line)"
-                    );
-                }
-                reason
-            }
-        };
-        state.counters.item(endpoint, outcome).increment(1);
-    }
-    // Items that failed the checks get the same 202: a retry cannot make them pass, and the
-    // sender learns nothing about which check failed (docs/decisions/0011-webhook-answers.md).
-    if accepted.is_empty() {
-        return StatusCode::ACCEPTED.into_response();
-    }
+    Ok(contents)
+}
+
+/// Commits the accepted items and answers: 202 once they are durable, 503 (with
+/// `Retry-After`) when the write failed or missed `deadline`.
+async fn commit(
+    state: &WebhookState,
+    accepted: Vec<EncodedJob>,
+    deadline: tokio::time::Instant,
+) -> Response {
     // 202 only after the commit; past the deadline a 503 (a commit that still lands makes
     // Graph's redelivery a duplicate, which the dedupe key absorbs).
     match tokio::time::timeout_at(deadline, state.intake.submit(accepted)).await {
