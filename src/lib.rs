@@ -37,6 +37,7 @@ pub mod store;
 pub mod subscriptions;
 pub mod systemd;
 pub mod telemetry;
+pub mod tls;
 pub mod validation_tokens;
 pub mod vault;
 pub mod worker;

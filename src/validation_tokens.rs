@@ -172,10 +172,10 @@ impl TokenValidator {
     /// (`https://login.microsoftonline.com`).
     pub fn new(authority: &url::Url) -> Self {
         Self {
-            client: reqwest::Client::builder()
+            client: crate::tls::client_builder()
                 .timeout(FETCH_TIMEOUT)
                 .build()
-                .unwrap_or_default(),
+                .expect("a client with the bundled roots builds"),
             authority: authority.as_str().trim_end_matches('/').to_string(),
             keys: std::sync::RwLock::default(),
             fetching: tokio::sync::Mutex::new(()),

@@ -144,7 +144,12 @@ const LOG_CAPACITY: usize = 10_000;
 impl Default for Notifier {
     fn default() -> Self {
         let (sender, receiver) = mpsc::unbounded_channel();
+        // Bundled roots: the machine's trust store is not needed (nor read) to post.
+        let roots = webpki_root_certs::TLS_SERVER_ROOT_CERTS
+            .iter()
+            .filter_map(|der| reqwest::Certificate::from_der(der).ok());
         let client = reqwest::Client::builder()
+            .tls_certs_only(roots)
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .user_agent("graph-emulator change notifications")

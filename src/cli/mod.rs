@@ -327,7 +327,7 @@ async fn healthcheck(loaded: &LoadedConfig, url: Option<&str>, timeout_seconds: 
         str::to_string,
     );
     // The admin port is local: proxies from the environment must not get in the way.
-    let client = match reqwest::Client::builder()
+    let client = match crate::tls::client_builder()
         .no_proxy()
         .timeout(Duration::from_secs(timeout_seconds))
         .build()

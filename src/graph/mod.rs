@@ -135,7 +135,7 @@ fn graph_code(body: &Value) -> String {
 impl GraphClient {
     /// A client for `config`, taking tokens from `tokens`.
     pub fn new(config: &GraphConfig, tokens: Arc<TokenService>) -> Self {
-        let http = reqwest::Client::builder()
+        let http = crate::tls::client_builder()
             .timeout(Duration::from_secs(config.request_timeout_seconds.max(1)))
             .user_agent(concat!(
                 "NONISV|tenantd|tenantd/",

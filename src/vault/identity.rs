@@ -233,7 +233,7 @@ pub struct IdentityClient {
 impl IdentityClient {
     /// A client for `authority` (e.g. `https://login.microsoftonline.com`).
     pub fn new(authority: Url) -> Self {
-        let http = reqwest::Client::builder()
+        let http = crate::tls::client_builder()
             .timeout(Duration::from_secs(30))
             .user_agent(concat!("tenantd/", env!("CARGO_PKG_VERSION")))
             .build()
