@@ -28,7 +28,7 @@ mod tests {
     #[test]
     fn the_bundled_roots_parse_and_a_client_builds_without_a_system_trust_store() {
         assert!(ROOTS.len() > 100, "{} roots", ROOTS.len());
-        // Whatever SSL_CERT_FILE/SSL_CERT_DIR say, the builder does not read them.
+        // Without a system trust store: tests/daemon/process.rs (healthcheck test).
         client_builder().build().expect("a client builds");
     }
 }

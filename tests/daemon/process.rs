@@ -427,12 +427,24 @@ async fn migrate_applies_once_then_reports_up_to_date(db: TestDb) {
 }
 
 async fn healthcheck_exits_zero_when_ready_and_one_when_not(db: TestDb) {
+    // No system trust store at all: the daemon and the CLI build their HTTP clients on the
+    // bundled roots (src/tls.rs), never the machine's (reqwest's platform verifier refused to
+    // build any client here and the process panicked).
+    let no_trust_store = tempfile::tempdir().expect("empty dir");
+    let without_trust_store = |command: &mut std::process::Command| {
+        command
+            .env("SSL_CERT_FILE", no_trust_store.path().join("none.pem"))
+            .env("SSL_CERT_DIR", no_trust_store.path());
+    };
     let mut command = tenantd_command();
     command.env("TENANTD_DATABASE__URL", db.url());
+    without_trust_store(&mut command);
     let daemon = Daemon::run(command);
     let (admin, _) = daemon.wait_until_running();
     let check = |admin: String| {
-        tenantd_command()
+        let mut command = tenantd_command();
+        without_trust_store(&mut command);
+        command
             .args(["--admin-bind", &admin, "healthcheck"])
             .output()
             .expect("run healthcheck")
