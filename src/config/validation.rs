@@ -168,7 +168,9 @@ pub(super) fn rich_target_problem(
     })
 }
 
-/// Checks the values serde cannot: schemes, ranges, filter syntax.
+/// Checks the values serde cannot: schemes, ranges, filter syntax, the cloud's hosts,
+/// subscription targets and heartbeat scenarios. Each problem names its key, where its value
+/// came from and the fix.
 pub(super) fn validate(config: &Config, figment: &Figment) -> Vec<ConfigProblem> {
     let mut problems = Vec::new();
     let mut problem = |key: &str, problem: String, fix: &str| {
@@ -179,7 +181,29 @@ pub(super) fn validate(config: &Config, figment: &Figment) -> Vec<ConfigProblem>
             fix: fix.into(),
         });
     };
+    database_problems(config, &mut problem);
+    listener_problems(config, &mut problem);
+    cloud_problems(config, &mut problem);
+    scenario_problems(config, &mut problem);
+    if let Err(err) = tracing_subscriber::EnvFilter::builder().parse(&config.log.level) {
+        problem(
+            "log.level",
+            format!("not a log filter: {err}"),
+            FIX_LOG_LEVEL,
+        );
+    }
+    if config.shutdown.grace_seconds > 3600 {
+        problem(
+            "shutdown.grace_seconds",
+            "more than an hour".into(),
+            "use a value systemd's TimeoutStopSec can cover, such as 30",
+        );
+    }
+    problems
+}
 
+/// `[database]`: a URL tenantd can open, pool sizes and timeouts of at least one.
+fn database_problems(config: &Config, problem: &mut impl FnMut(&str, String, &str)) {
     match config.database.url.scheme().as_deref() {
         Some("sqlite" | "postgres" | "postgresql") => {}
         Some(other) => problem(
@@ -193,6 +217,25 @@ pub(super) fn validate(config: &Config, figment: &Figment) -> Vec<ConfigProblem>
             FIX_DATABASE_URL,
         ),
     }
+    if config.database.max_connections == 0 {
+        problem(
+            "database.max_connections",
+            "must be at least 1".into(),
+            "use a whole number such as 8",
+        );
+    }
+    if config.database.acquire_timeout_seconds == 0 {
+        problem(
+            "database.acquire_timeout_seconds",
+            "must be at least 1".into(),
+            "use a whole number of seconds such as 5",
+        );
+    }
+}
+
+/// `[listener]` and `[admin]`: limits of at least one, a public URL Graph will post to, two
+/// different ports.
+fn listener_problems(config: &Config, problem: &mut impl FnMut(&str, String, &str)) {
     if config.listener.header_read_timeout_ms == 0 {
         problem(
             "listener.header_read_timeout_ms",
@@ -221,32 +264,23 @@ pub(super) fn validate(config: &Config, figment: &Figment) -> Vec<ConfigProblem>
             "use a whole number such as 1024",
         );
     }
+    if config.admin.bind == config.listener.bind && config.admin.bind.port() != 0 {
+        problem(
+            "admin.bind",
+            format!("same address as listener.bind ({})", config.listener.bind),
+            "give the admin and public listeners different ports",
+        );
+    }
+}
+
+/// `[graph]`, `[identity]` and `listener.public_url`: http(s) URLs (https for the public one
+/// unless allowed), and hosts of the cloud `graph.cloud` names.
+fn cloud_problems(config: &Config, problem: &mut impl FnMut(&str, String, &str)) {
     if config.graph.requests_per_second == Some(0) {
         problem(
             "graph.requests_per_second",
             "must be at least 1".into(),
             "remove it to let tenantd learn each tenant's budget from Graph, or set a cap such as 20",
-        );
-    }
-    if config.database.max_connections == 0 {
-        problem(
-            "database.max_connections",
-            "must be at least 1".into(),
-            "use a whole number such as 8",
-        );
-    }
-    if config.database.acquire_timeout_seconds == 0 {
-        problem(
-            "database.acquire_timeout_seconds",
-            "must be at least 1".into(),
-            "use a whole number of seconds such as 5",
-        );
-    }
-    if let Err(err) = tracing_subscriber::EnvFilter::builder().parse(&config.log.level) {
-        problem(
-            "log.level",
-            format!("not a log filter: {err}"),
-            FIX_LOG_LEVEL,
         );
     }
     for (key, url) in [
@@ -310,13 +344,10 @@ pub(super) fn validate(config: &Config, figment: &Figment) -> Vec<ConfigProblem>
             );
         }
     }
-    if config.admin.bind == config.listener.bind && config.admin.bind.port() != 0 {
-        problem(
-            "admin.bind",
-            format!("same address as listener.bind ({})", config.listener.bind),
-            "give the admin and public listeners different ports",
-        );
-    }
+}
+
+/// `[[subscriptions]]` and `[[heartbeat]]`: targets Graph accepts, one scenario per tenant.
+fn scenario_problems(config: &Config, problem: &mut impl FnMut(&str, String, &str)) {
     for (n, subscription) in config.subscriptions.iter().enumerate() {
         if let Err((what, fix)) = subscription_target(
             &subscription.tenant,
@@ -346,14 +377,6 @@ pub(super) fn validate(config: &Config, figment: &Figment) -> Vec<ConfigProblem>
             );
         }
     }
-    if config.shutdown.grace_seconds > 3600 {
-        problem(
-            "shutdown.grace_seconds",
-            "more than an hour".into(),
-            "use a value systemd's TimeoutStopSec can cover, such as 30",
-        );
-    }
-    problems
 }
 
 pub(super) const FIX_DATABASE_URL: &str =
