@@ -241,24 +241,7 @@ impl GraphClient {
         // A fresh id per request: Graph echoes it and logs it with its own `request-id`, the
         // pair Microsoft support asks for (learn.microsoft.com/graph/best-practices-concept).
         let client_request_id = uuid::Uuid::new_v4().to_string();
-        let mut builder = self
-            .http
-            .request(request.method.clone(), url)
-            .header("client-request-id", &client_request_id);
-        if let Some(token) = &token {
-            builder = builder.bearer_auth(token.expose());
-        }
-        if let Some(range) = &request.content_range {
-            builder = builder.header(reqwest::header::CONTENT_RANGE, range);
-        }
-        if let Some(body) = &request.body {
-            builder = builder.json(body);
-        }
-        if let Some((body, content_type)) = &request.bytes {
-            builder = builder
-                .header(reqwest::header::CONTENT_TYPE, *content_type)
-                .body(body.clone());
-        }
+        let builder = self.http_request(request, url, token.as_ref(), &client_request_id);
         let pace = self.limits.pace(&connection.tenant_id, service);
         let response = match builder.send().await {
             Ok(response) => response,
@@ -284,23 +267,7 @@ impl GraphClient {
         drop(permit);
         let status = response.status();
         metrics::counter!(names::GRAPH_REQUESTS, "family" => request.family, "status" => status.as_u16().to_string()).increment(1);
-        let response_request_id = response
-            .headers()
-            .get("request-id")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| errors::parse_retry_after(v, SystemTime::now()));
-        // Identity answers say how much of the limit is used once past 0.8.
-        let load = response
-            .headers()
-            .get("x-ms-throttle-limit-percentage")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .filter(|load| load.is_finite());
+        let signals = AnswerSignals::of(response.headers());
         let bytes = response.bytes().await.map_err(|_| GraphError::Transient {
             detail: "body_read".into(),
             retry_after: IN_REQUEST_RETRY.delay(1),
@@ -311,11 +278,11 @@ impl GraphClient {
             serde_json::from_slice(&bytes).unwrap_or(Value::Null)
         };
         if status.is_success() {
-            pace.succeeded(load, held_back);
+            pace.succeeded(signals.load, held_back);
             return Ok(body);
         }
         let code = graph_code(&body);
-        let request_id = response_request_id.as_deref().unwrap_or("-");
+        let request_id = signals.request_id.as_deref().unwrap_or("-");
         if matches!(status, StatusCode::NOT_FOUND | StatusCode::CONFLICT) {
             // Usually an answer the caller expects (gone, exists already).
             tracing::debug!(
@@ -336,37 +303,36 @@ impl GraphClient {
                 "Graph request failed"
             );
         }
-        Err(match status {
-            StatusCode::TOO_MANY_REQUESTS => {
-                let retry_after = retry_after.unwrap_or_else(|| IN_REQUEST_RETRY.delay(2));
-                pace.throttled(retry_after);
-                metrics::counter!(names::GRAPH_THROTTLED, "family" => request.family).increment(1);
-                GraphError::Throttled { retry_after, code }
-            }
-            StatusCode::SERVICE_UNAVAILABLE
-            | StatusCode::GATEWAY_TIMEOUT
-            | StatusCode::BAD_GATEWAY
-            | StatusCode::INTERNAL_SERVER_ERROR => GraphError::Transient {
-                detail: status.as_u16().to_string(),
-                retry_after: retry_after.unwrap_or_else(|| IN_REQUEST_RETRY.delay(1)),
-            },
-            StatusCode::UNAUTHORIZED => GraphError::Unauthorized { code },
-            StatusCode::FORBIDDEN => {
-                // Exchange application access policies and RBAC for Applications answer
-                // ErrorAccessDenied ("Access to OData is disabled.") on mailbox paths.
-                let access_policy = request.mailbox.is_some() && code == "ErrorAccessDenied";
-                GraphError::Forbidden {
-                    code,
-                    access_policy,
-                }
-            }
-            StatusCode::NOT_FOUND => GraphError::NotFound { code },
-            StatusCode::CONFLICT => GraphError::Conflict { code },
-            other => GraphError::Permanent {
-                status: other.as_u16(),
-                code,
-            },
-        })
+        Err(failure(status, code, signals.retry_after, request, &pace))
+    }
+
+    /// The HTTP request for `request` at `url`: its `client-request-id`, the token, the body.
+    fn http_request(
+        &self,
+        request: &GraphRequest,
+        url: Url,
+        token: Option<&crate::secret::Secret<String>>,
+        client_request_id: &str,
+    ) -> reqwest::RequestBuilder {
+        let mut builder = self
+            .http
+            .request(request.method.clone(), url)
+            .header("client-request-id", client_request_id);
+        if let Some(token) = token {
+            builder = builder.bearer_auth(token.expose());
+        }
+        if let Some(range) = &request.content_range {
+            builder = builder.header(reqwest::header::CONTENT_RANGE, range);
+        }
+        if let Some(body) = &request.body {
+            builder = builder.json(body);
+        }
+        if let Some((body, content_type)) = &request.bytes {
+            builder = builder
+                .header(reqwest::header::CONTENT_TYPE, *content_type)
+                .body(body.clone());
+        }
+        builder
     }
 
     /// `link` as a URL when it stays on the configured Graph host (pages and delta links are
@@ -548,5 +514,69 @@ impl GraphClient {
             .into_iter()
             .map(|r| r.unwrap_or((0, Value::Null)))
             .collect())
+    }
+}
+
+/// What Graph's answer says besides its status and body: its `request-id`, `Retry-After`, and
+/// (identity answers, once past 0.8) how much of the limit is used.
+struct AnswerSignals {
+    request_id: Option<String>,
+    retry_after: Option<Duration>,
+    load: Option<f64>,
+}
+
+impl AnswerSignals {
+    fn of(headers: &reqwest::header::HeaderMap) -> Self {
+        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        Self {
+            request_id: text("request-id").map(str::to_string),
+            retry_after: text(reqwest::header::RETRY_AFTER.as_str())
+                .and_then(|v| errors::parse_retry_after(v, SystemTime::now())),
+            load: text("x-ms-throttle-limit-percentage")
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|load| load.is_finite()),
+        }
+    }
+}
+
+/// The error an unsuccessful answer is: throttled (and the pace told), transient, or one the
+/// caller handles (unauthorized, forbidden, not found, conflict, permanent).
+fn failure(
+    status: StatusCode,
+    code: String,
+    retry_after: Option<Duration>,
+    request: &GraphRequest,
+    pace: &limits::TenantRate,
+) -> GraphError {
+    match status {
+        StatusCode::TOO_MANY_REQUESTS => {
+            let retry_after = retry_after.unwrap_or_else(|| IN_REQUEST_RETRY.delay(2));
+            pace.throttled(retry_after);
+            metrics::counter!(names::GRAPH_THROTTLED, "family" => request.family).increment(1);
+            GraphError::Throttled { retry_after, code }
+        }
+        StatusCode::SERVICE_UNAVAILABLE
+        | StatusCode::GATEWAY_TIMEOUT
+        | StatusCode::BAD_GATEWAY
+        | StatusCode::INTERNAL_SERVER_ERROR => GraphError::Transient {
+            detail: status.as_u16().to_string(),
+            retry_after: retry_after.unwrap_or_else(|| IN_REQUEST_RETRY.delay(1)),
+        },
+        StatusCode::UNAUTHORIZED => GraphError::Unauthorized { code },
+        StatusCode::FORBIDDEN => {
+            // Exchange application access policies and RBAC for Applications answer
+            // ErrorAccessDenied ("Access to OData is disabled.") on mailbox paths.
+            let access_policy = request.mailbox.is_some() && code == "ErrorAccessDenied";
+            GraphError::Forbidden {
+                code,
+                access_policy,
+            }
+        }
+        StatusCode::NOT_FOUND => GraphError::NotFound { code },
+        StatusCode::CONFLICT => GraphError::Conflict { code },
+        other => GraphError::Permanent {
+            status: other.as_u16(),
+            code,
+        },
     }
 }
