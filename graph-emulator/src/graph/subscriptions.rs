@@ -222,67 +222,189 @@ fn own<'w>(
     }
 }
 
-async fn create(State(state): State<AppState>, caller: Caller, body: Bytes) -> GraphResult {
-    let input = json_object(&body)?;
-    let text = |key: &str| input.get(key).and_then(Value::as_str).map(str::to_string);
-    let (Some(change_type), Some(notification_url), Some(resource), Some(expiration)) = (
-        text("changeType"),
-        text("notificationUrl"),
-        text("resource"),
-        text("expirationDateTime"),
-    ) else {
-        return Err(invalid(
-            "changeType, notificationUrl, resource and expirationDateTime are required.",
-        ));
+/// A subscription POST, checked as Graph checks it before it looks at the resource.
+struct CreateRequest {
+    input: Map<String, Value>,
+    change_types: Vec<String>,
+    notification_url: String,
+    lifecycle_url: Option<String>,
+    resource: String,
+    expiration: String,
+    client_state: Option<String>,
+    rich: bool,
+}
+
+impl CreateRequest {
+    fn parse(body: &Bytes) -> Result<Self, GraphError> {
+        let input = json_object(body)?;
+        let text = |key: &str| input.get(key).and_then(Value::as_str).map(str::to_string);
+        let (Some(change_type), Some(notification_url), Some(resource), Some(expiration)) = (
+            text("changeType"),
+            text("notificationUrl"),
+            text("resource"),
+            text("expirationDateTime"),
+        ) else {
+            return Err(invalid(
+                "changeType, notificationUrl, resource and expirationDateTime are required.",
+            ));
+        };
+        let change_types: Vec<String> = change_type
+            .split(',')
+            .map(|c| c.trim().to_string())
+            .collect();
+        if change_types
+            .iter()
+            .any(|c| !matches!(c.as_str(), "created" | "updated" | "deleted"))
+        {
+            return Err(invalid(format!(
+                "Invalid changeType '{change_type}'. Allowed values: created, updated, deleted."
+            )));
+        }
+        let lifecycle_url = text("lifecycleNotificationUrl");
+        let client_state = text("clientState");
+        if client_state
+            .as_ref()
+            .is_some_and(|c| c.chars().count() > 128)
+        {
+            return Err(invalid("clientState must be at most 128 characters."));
+        }
+        let rich = input
+            .get("includeResourceData")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        if rich
+            && (text("encryptionCertificate").is_none()
+                || text("encryptionCertificateId").is_none())
+        {
+            return Err(invalid("encryptionCertificate and encryptionCertificateId are required when includeResourceData is true."));
+        }
+        if rich
+            && text("encryptionCertificate")
+                .and_then(|c| crate::rich::Certificate::parse(&c))
+                .is_none()
+        {
+            return Err(invalid("The encryptionCertificate is not a base64-encoded X.509 certificate with an RSA key of 2048 to 4096 bits."));
+        }
+        if rich && text("encryptionCertificateId").is_some_and(|id| id.chars().count() > 128) {
+            return Err(invalid(
+                "encryptionCertificateId must be at most 128 characters.",
+            ));
+        }
+        Ok(Self {
+            change_types,
+            notification_url,
+            lifecycle_url,
+            resource,
+            expiration,
+            client_state,
+            rich,
+            input,
+        })
+    }
+}
+
+/// What the caller may watch, checked under the world lock: the resource exists and the caller
+/// holds its permissions, rich notifications fit it, the mailbox is ready, the expiration is
+/// within the resource's maximum, and Graph's per-app limits hold (100 user subscriptions, one
+/// per chat).
+fn admit(
+    state: &AppState,
+    caller: &Caller,
+    request: &CreateRequest,
+    now: OffsetDateTime,
+) -> Result<(Watched, OffsetDateTime), GraphError> {
+    let mut world = state.world();
+    let tenant = super::tenant_of(&mut world, caller)?;
+    // Mailboxes whose provisioning time has come exist before their folders are looked up.
+    for user in tenant.users.values_mut() {
+        user.services_ready(now);
+    }
+    let (watched, permissions) = parse_resource(tenant, caller, &request.resource)?;
+    if request.rich {
+        // Rich notifications exist for Outlook and Teams messages here; Outlook needs
+        // `$select` (the supported-resources table of the rich-notifications doc).
+        match &watched {
+            Watched::ChatMessages { .. } => {}
+            Watched::Messages { .. } | Watched::Events { .. } => {
+                if !request.resource.contains("$select=") {
+                    return Err(invalid("Resource data for Outlook resources requires $select, e.g. users/{id}/messages?$select=subject,from."));
+                }
+            }
+            _ => {
+                return Err(invalid(format!(
+                    "includeResourceData is not supported for the resource '{}'.",
+                    request.resource
+                )))
+            }
+        }
+    }
+    let workload = if watched.is_teams() {
+        Workload::Teams
+    } else {
+        Workload::Directory
     };
-    let change_types: Vec<String> = change_type
-        .split(',')
-        .map(|c| c.trim().to_string())
-        .collect();
-    if change_types
-        .iter()
-        .any(|c| !matches!(c.as_str(), "created" | "updated" | "deleted"))
+    caller.require(workload, permissions)?;
+    if let Watched::Messages { user_id, .. }
+    | Watched::Events { user_id }
+    | Watched::DriveRoot { user_id } = &watched
     {
-        return Err(invalid(format!(
-            "Invalid changeType '{change_type}'. Allowed values: created, updated, deleted."
-        )));
+        if !tenant
+            .users
+            .get_mut(user_id)
+            .expect("resolved")
+            .services_ready(now)
+        {
+            return Err(super::mailbox_not_enabled());
+        }
     }
-    let lifecycle_url = text("lifecycleNotificationUrl");
-    let client_state = text("clientState");
-    if client_state
-        .as_ref()
-        .is_some_and(|c| c.chars().count() > 128)
+    let expiration = checked_expiration(&request.expiration, &watched, request.rich, now)?;
+    if watched.is_teams()
+        && expiration > now + Duration::hours(1)
+        && request.lifecycle_url.is_none()
     {
-        return Err(invalid("clientState must be at most 128 characters."));
+        return Err(invalid("lifecycleNotificationUrl is required for subscription creation on this resource when the expirationDateTime value exceeds 1 hour."));
     }
-    let rich = input
-        .get("includeResourceData")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    if rich
-        && (text("encryptionCertificate").is_none() || text("encryptionCertificateId").is_none())
-    {
-        return Err(invalid("encryptionCertificate and encryptionCertificateId are required when includeResourceData is true."));
+    let live = |s: &&Subscription| s.tenant == caller.tenant && s.expiration > now;
+    if watched == Watched::Users {
+        let count = world
+            .subscriptions
+            .values()
+            .filter(live)
+            .filter(|s| s.watched == Watched::Users && s.application_id == caller.client_id)
+            .count();
+        if count >= 100 {
+            return Err(GraphError::new(StatusCode::FORBIDDEN, "ExtensionError", "Operation: Create; Exception: [Status Code: Forbidden; Reason: The number of subscriptions for users has reached the limit of 100 per app and tenant.]"));
+        }
     }
-    if rich
-        && text("encryptionCertificate")
-            .and_then(|c| crate::rich::Certificate::parse(&c))
-            .is_none()
-    {
-        return Err(invalid("The encryptionCertificate is not a base64-encoded X.509 certificate with an RSA key of 2048 to 4096 bits."));
+    if let Watched::ChatMessages { chat_id: Some(_) } = &watched {
+        if let Some(existing) = world
+            .subscriptions
+            .values()
+            .filter(live)
+            .find(|s| s.watched == watched && s.application_id == caller.client_id)
+        {
+            return Err(GraphError::new(
+                StatusCode::CONFLICT,
+                "ExtensionError",
+                format!(
+                    "Subscription Id {} already exists for the requested combination",
+                    existing.id
+                ),
+            ));
+        }
     }
-    if rich && text("encryptionCertificateId").is_some_and(|id| id.chars().count() > 128) {
-        return Err(invalid(
-            "encryptionCertificateId must be at most 128 characters.",
-        ));
-    }
+    Ok((watched, expiration))
+}
+
+async fn create(State(state): State<AppState>, caller: Caller, body: Bytes) -> GraphResult {
+    let request = CreateRequest::parse(&body)?;
     let settings = state.settings();
     check_url(
         "notificationUrl",
-        &notification_url,
+        &request.notification_url,
         settings.allow_http_notification_urls,
     )?;
-    if let Some(url) = &lifecycle_url {
+    if let Some(url) = &request.lifecycle_url {
         check_url(
             "lifecycleNotificationUrl",
             url,
@@ -290,85 +412,17 @@ async fn create(State(state): State<AppState>, caller: Caller, body: Bytes) -> G
         )?;
     }
     let now = clock::now();
-    let (watched, expiration) = {
-        let mut world = state.world();
-        let tenant = super::tenant_of(&mut world, &caller)?;
-        // Mailboxes whose provisioning time has come exist before their folders are looked up.
-        for user in tenant.users.values_mut() {
-            user.services_ready(now);
-        }
-        let (watched, permissions) = parse_resource(tenant, &caller, &resource)?;
-        if rich {
-            // Rich notifications exist for Outlook and Teams messages here; Outlook needs
-            // `$select` (the supported-resources table of the rich-notifications doc).
-            match &watched {
-                Watched::ChatMessages { .. } => {}
-                Watched::Messages { .. } | Watched::Events { .. } => {
-                    if !resource.contains("$select=") {
-                        return Err(invalid("Resource data for Outlook resources requires $select, e.g. users/{id}/messages?$select=subject,from."));
-                    }
-                }
-                _ => {
-                    return Err(invalid(format!(
-                        "includeResourceData is not supported for the resource '{resource}'."
-                    )))
-                }
-            }
-        }
-        let workload = if watched.is_teams() {
-            Workload::Teams
-        } else {
-            Workload::Directory
-        };
-        caller.require(workload, permissions)?;
-        if let Watched::Messages { user_id, .. }
-        | Watched::Events { user_id }
-        | Watched::DriveRoot { user_id } = &watched
-        {
-            if !tenant
-                .users
-                .get_mut(user_id)
-                .expect("resolved")
-                .services_ready(now)
-            {
-                return Err(super::mailbox_not_enabled());
-            }
-        }
-        let expiration = checked_expiration(&expiration, &watched, rich, now)?;
-        if watched.is_teams() && expiration > now + Duration::hours(1) && lifecycle_url.is_none() {
-            return Err(invalid("lifecycleNotificationUrl is required for subscription creation on this resource when the expirationDateTime value exceeds 1 hour."));
-        }
-        let live = |s: &&Subscription| s.tenant == caller.tenant && s.expiration > now;
-        if watched == Watched::Users {
-            let count = world
-                .subscriptions
-                .values()
-                .filter(live)
-                .filter(|s| s.watched == Watched::Users && s.application_id == caller.client_id)
-                .count();
-            if count >= 100 {
-                return Err(GraphError::new(StatusCode::FORBIDDEN, "ExtensionError", "Operation: Create; Exception: [Status Code: Forbidden; Reason: The number of subscriptions for users has reached the limit of 100 per app and tenant.]"));
-            }
-        }
-        if let Watched::ChatMessages { chat_id: Some(_) } = &watched {
-            if let Some(existing) = world
-                .subscriptions
-                .values()
-                .filter(live)
-                .find(|s| s.watched == watched && s.application_id == caller.client_id)
-            {
-                return Err(GraphError::new(
-                    StatusCode::CONFLICT,
-                    "ExtensionError",
-                    format!(
-                        "Subscription Id {} already exists for the requested combination",
-                        existing.id
-                    ),
-                ));
-            }
-        }
-        (watched, expiration)
-    };
+    let (watched, expiration) = admit(&state, &caller, &request, now)?;
+    let CreateRequest {
+        input,
+        change_types,
+        notification_url,
+        lifecycle_url,
+        resource,
+        client_state,
+        rich,
+        ..
+    } = request;
     // The handshakes run without the world lock: the endpoint may take up to 10 seconds.
     notifications::handshake(&state, &notification_url)
         .await
