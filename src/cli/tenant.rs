@@ -721,112 +721,119 @@ pub(crate) async fn run_keys(config: &Config, command: &KeysCommand) -> i32 {
                 EXIT_FAILURE
             }
         },
-        KeysCommand::Rotate => {
-            let (store, keys) = match open(config).await {
-                Ok(opened) => opened,
-                Err(message) => {
-                    eprintln!("tenantd: {message}");
-                    return EXIT_FAILURE;
-                }
-            };
-            let result = crate::key_check::rotate(&store, &keys, |rotated| {
-                if rotated % 100 == 0 {
-                    eprintln!("tenantd: re-encrypted {rotated} so far");
-                }
-            })
-            .await;
-            store.close().await;
-            let report = match result {
-                Ok(report) => report,
-                Err(err) => {
-                    eprintln!(
-                        "tenantd: rotation stopped ({}): {err}; what was re-encrypted stays so, run it again when the database is back",
-                        err.reason_code()
-                    );
-                    return EXIT_FAILURE;
-                }
-            };
-            println!(
-                "re-encrypted {} secret(s) under key `{}`; {} already were",
-                report.rotated,
-                keys.active_id(),
-                report.current
+        KeysCommand::Rotate => rotate_keys(config).await,
+        KeysCommand::Verify { json } => verify_keys(config, *json).await,
+    }
+}
+
+/// `keys rotate`: every sealed value re-sealed under the active key; what could not be opened
+/// is named, and the exit code says whether the old key may go.
+async fn rotate_keys(config: &Config) -> i32 {
+    let (store, keys) = match open(config).await {
+        Ok(opened) => opened,
+        Err(message) => {
+            eprintln!("tenantd: {message}");
+            return EXIT_FAILURE;
+        }
+    };
+    let result = crate::key_check::rotate(&store, &keys, |rotated| {
+        if rotated % 100 == 0 {
+            eprintln!("tenantd: re-encrypted {rotated} so far");
+        }
+    })
+    .await;
+    store.close().await;
+    let report = match result {
+        Ok(report) => report,
+        Err(err) => {
+            eprintln!(
+                "tenantd: rotation stopped ({}): {err}; what was re-encrypted stays so, run it again when the database is back",
+                err.reason_code()
             );
-            for left in &report.left {
-                println!(
-                    "not re-encrypted: {}.{} row {} ({})",
-                    left.table, left.column, left.row, left.reason
-                );
-            }
-            if report.changed > 0 {
-                println!(
-                    "{} secret(s) changed while being re-encrypted (a token refreshed); run `tenantd keys rotate` again",
-                    report.changed
-                );
-            }
-            if report.complete() {
-                EXIT_OK
-            } else {
-                if !report.left.is_empty() {
-                    eprintln!(
-                        "tenantd: {} secret(s) could not be opened with secrets.key_file: add back the key they name (`tenantd keys verify`), or remove or re-enter those connections and subscriptions; then run `tenantd keys rotate` again. Keep the old key until this exits 0",
-                        report.left.len()
-                    );
-                }
-                EXIT_FAILURE
-            }
+            return EXIT_FAILURE;
         }
-        KeysCommand::Verify { json } => {
-            let (store, keys) = match open(config).await {
-                Ok(opened) => opened,
-                Err(message) => {
-                    eprintln!("tenantd: {message}");
-                    return EXIT_FAILURE;
-                }
-            };
-            let values = crate::key_check::sealed_values(&store).await;
-            store.close().await;
-            let values = match values {
-                Ok(values) => values,
-                Err(err) => {
-                    eprintln!("tenantd: {err} ({})", err.reason_code());
-                    return EXIT_FAILURE;
-                }
-            };
-            let uses = crate::key_check::tally(&keys, &values);
-            if *json {
-                println!(
-                    "{}",
-                    serde_json::to_string(&uses).expect("key uses serialize")
-                );
-            } else {
-                println!(
-                    "{:<34} {:<12} {:>8} {:>8}",
-                    "KEY ID", "KEY FILE", "OPENS", "FAILS"
-                );
-                for key in &uses {
-                    println!(
-                        "{:<34} {:<12} {:>8} {:>8}",
-                        key.key_id,
-                        if key.in_key_file {
-                            "present"
-                        } else {
-                            "missing"
-                        },
-                        key.opened,
-                        key.failed
-                    );
-                }
-            }
-            if uses.iter().all(|key| key.failed == 0) {
-                EXIT_OK
-            } else {
-                eprintln!(
-                    "tenantd: some stored secrets do not open with secrets.key_file (FAILS above): a missing key must be added back; a present key that opens none is the wrong key"
-                );
-                EXIT_FAILURE
-            }
+    };
+    println!(
+        "re-encrypted {} secret(s) under key `{}`; {} already were",
+        report.rotated,
+        keys.active_id(),
+        report.current
+    );
+    for left in &report.left {
+        println!(
+            "not re-encrypted: {}.{} row {} ({})",
+            left.table, left.column, left.row, left.reason
+        );
+    }
+    if report.changed > 0 {
+        println!(
+            "{} secret(s) changed while being re-encrypted (a token refreshed); run `tenantd keys rotate` again",
+            report.changed
+        );
+    }
+    if report.complete() {
+        EXIT_OK
+    } else {
+        if !report.left.is_empty() {
+            eprintln!(
+                "tenantd: {} secret(s) could not be opened with secrets.key_file: add back the key they name (`tenantd keys verify`), or remove or re-enter those connections and subscriptions; then run `tenantd keys rotate` again. Keep the old key until this exits 0",
+                report.left.len()
+            );
         }
+        EXIT_FAILURE
+    }
+}
+
+/// `keys verify`: per key id, how many stored values it opens and how many it fails.
+async fn verify_keys(config: &Config, json: bool) -> i32 {
+    let (store, keys) = match open(config).await {
+        Ok(opened) => opened,
+        Err(message) => {
+            eprintln!("tenantd: {message}");
+            return EXIT_FAILURE;
+        }
+    };
+    let values = crate::key_check::sealed_values(&store).await;
+    store.close().await;
+    let values = match values {
+        Ok(values) => values,
+        Err(err) => {
+            eprintln!("tenantd: {err} ({})", err.reason_code());
+            return EXIT_FAILURE;
+        }
+    };
+    let uses = crate::key_check::tally(&keys, &values);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&uses).expect("key uses serialize")
+        );
+    } else {
+        println!(
+            "{:<34} {:<12} {:>8} {:>8}",
+            "KEY ID", "KEY FILE", "OPENS", "FAILS"
+        );
+        for key in &uses {
+            println!(
+                "{:<34} {:<12} {:>8} {:>8}",
+                key.key_id,
+                if key.in_key_file {
+                    "present"
+                } else {
+                    "missing"
+                },
+                key.opened,
+                key.failed
+            );
+        }
+    }
+    if uses.iter().all(|key| key.failed == 0) {
+        EXIT_OK
+    } else {
+        eprintln!(
+            "tenantd: some stored secrets do not open with secrets.key_file (FAILS above): a missing key must be added back; a present key that opens none is the wrong key"
+        );
+        EXIT_FAILURE
     }
 }
 
