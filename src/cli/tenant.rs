@@ -627,23 +627,7 @@ async fn check(
         ] {
             match service.access_token(connection, resource).await {
                 Ok(token) => {
-                    let claims = token_claims(token.expose()).unwrap_or_default();
-                    let granted = claims
-                        .get("roles")
-                        .and_then(|r| r.as_array())
-                        .map(|r| {
-                            r.iter()
-                                .filter_map(|v| v.as_str())
-                                .collect::<Vec<_>>()
-                                .join(" ")
-                        })
-                        .or_else(|| {
-                            claims
-                                .get("scp")
-                                .and_then(|s| s.as_str())
-                                .map(str::to_string)
-                        })
-                        .unwrap_or_default();
+                    let granted = granted_permissions(token.expose());
                     println!(
                         "  {name}: granted: {}",
                         if granted.is_empty() {
@@ -685,23 +669,56 @@ async fn check(
         }
     }
     if let Some(client_id) = consent_missing {
-        match consent_redirect(config, None) {
-            Ok(redirect) => {
-                match crate::oauth::start_consent(store, &tenant_id, &client_id, &redirect).await {
-                    Ok(state) => println!(
-                        "admin consent URL: {}",
-                        identity.admin_consent_url(&tenant_id, &client_id, &redirect, &state)
-                    ),
-                    Err(err) => println!("admin consent URL: unavailable: {err}"),
-                }
-            }
-            Err(message) => println!("admin consent URL: unavailable: {message}"),
-        }
+        print_consent_url(store, &identity, config, &tenant_id, &client_id).await;
     }
     if unexpected {
         EXIT_FAILURE
     } else {
         EXIT_OK
+    }
+}
+
+/// The permissions an access token carries: its app roles (app-only) or its scopes
+/// (delegated), space-separated; empty when it has neither.
+fn granted_permissions(token: &str) -> String {
+    let claims = token_claims(token).unwrap_or_default();
+    claims
+        .get("roles")
+        .and_then(|r| r.as_array())
+        .map(|r| {
+            r.iter()
+                .filter_map(|v| v.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .or_else(|| {
+            claims
+                .get("scp")
+                .and_then(|s| s.as_str())
+                .map(str::to_string)
+        })
+        .unwrap_or_default()
+}
+
+/// Prints a one-time admin consent link for `client_id` in `tenant_id`, or why there is none.
+async fn print_consent_url(
+    store: &Store,
+    identity: &IdentityClient,
+    config: &Config,
+    tenant_id: &str,
+    client_id: &str,
+) {
+    match consent_redirect(config, None) {
+        Ok(redirect) => {
+            match crate::oauth::start_consent(store, tenant_id, client_id, &redirect).await {
+                Ok(state) => println!(
+                    "admin consent URL: {}",
+                    identity.admin_consent_url(tenant_id, client_id, &redirect, &state)
+                ),
+                Err(err) => println!("admin consent URL: unavailable: {err}"),
+            }
+        }
+        Err(message) => println!("admin consent URL: unavailable: {message}"),
     }
 }
 
