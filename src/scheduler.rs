@@ -78,19 +78,13 @@ impl std::fmt::Debug for Schedule {
 
 /// The job a schedule enqueues, built from a [`Job`].
 pub fn job_of<J: Job + Clone>(job: J) -> impl Fn() -> NewJob + Send + Sync {
-    move || NewJob {
-        kind: J::KIND.into(),
-        payload: serde_json::to_value(&job).expect("job payloads serialize"),
-        tenant_id: job.tenant().unwrap_or_default(),
+    move || {
+        let mut new = crate::jobs::new_job(&job);
         // Kinds that run one at a time keep their own key (see `Scheduler::tick`).
-        dedupe_key: if J::ONE_AT_A_TIME {
-            job.dedupe_key()
-        } else {
-            None
-        },
-        priority: 0,
-        run_at: None,
-        max_attempts: J::MAX_ATTEMPTS,
+        if !J::ONE_AT_A_TIME {
+            new.dedupe_key = None;
+        }
+        new
     }
 }
 
@@ -185,14 +179,10 @@ pub fn heartbeats(scenarios: &[crate::config::HeartbeatConfig]) -> Vec<Schedule>
             let made = Schedule::new(&name, &scenario.schedule, &scenario.timezone, move || {
                 let job = HeartbeatRun::new(&fire);
                 NewJob {
-                    kind: HeartbeatRun::KIND.into(),
-                    payload: serde_json::to_value(&job).expect("job payloads serialize"),
                     tenant_id: job.tenant_id.clone(),
                     // One job per fire time: the tick gives it the fire's key.
                     dedupe_key: None,
-                    priority: 0,
-                    run_at: None,
-                    max_attempts: HeartbeatRun::MAX_ATTEMPTS,
+                    ..crate::jobs::new_job(&job)
                 }
             });
             made.map_err(|err| tracing::error!(error = %err, "heartbeat schedule left out"))

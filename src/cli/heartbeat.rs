@@ -45,15 +45,13 @@ pub(crate) enum HeartbeatCommand {
     },
 }
 
+/// An operator's job: ahead of scheduled work, no dedupe key (the operation run dedupes).
 fn job_of<J: Job>(job: &J, tenant: &str) -> NewJob {
     NewJob {
-        kind: J::KIND.into(),
-        payload: serde_json::to_value(job).expect("job payloads serialize"),
         tenant_id: tenant.into(),
         dedupe_key: None,
         priority: 10,
-        run_at: None,
-        max_attempts: J::MAX_ATTEMPTS,
+        ..crate::jobs::new_job(job)
     }
 }
 

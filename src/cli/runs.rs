@@ -75,13 +75,10 @@ pub(crate) async fn run(config: &Config, command: &RunsCommand) -> i32 {
                 run_id: None,
             };
             let new = NewJob {
-                kind: ConnectionCheck::KIND.into(),
-                payload: serde_json::to_value(&job).expect("serializes"),
                 tenant_id: tenant.clone(),
                 dedupe_key: None,
                 priority: 10,
-                run_at: None,
-                max_attempts: ConnectionCheck::MAX_ATTEMPTS,
+                ..crate::jobs::new_job(&job)
             };
             start_and_report(&store, ConnectionCheck::KIND, &tenant, new).await
         }

@@ -283,17 +283,21 @@ pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
 /// # Errors
 /// The database failed.
 pub async fn enqueue<J: Job>(queue: &Queue, job: &J) -> Result<Enqueued, QueueError> {
-    queue
-        .enqueue(&NewJob {
-            kind: J::KIND.to_string(),
-            payload: serde_json::to_value(job).expect("job payloads serialize"),
-            tenant_id: job.tenant().unwrap_or_default(),
-            dedupe_key: job.dedupe_key(),
-            priority: 0,
-            run_at: None,
-            max_attempts: J::MAX_ATTEMPTS,
-        })
-        .await
+    queue.enqueue(&new_job(job)).await
+}
+
+/// `job` as a [`NewJob`]: kind, payload, tenant lane, dedupe key and attempts from its [`Job`]
+/// impl, priority 0, due now. Callers that differ say so with struct update syntax.
+pub fn new_job<J: Job>(job: &J) -> NewJob {
+    NewJob {
+        kind: J::KIND.to_string(),
+        payload: serde_json::to_value(job).expect("job payloads serialize"),
+        tenant_id: job.tenant().unwrap_or_default(),
+        dedupe_key: job.dedupe_key(),
+        priority: 0,
+        run_at: None,
+        max_attempts: J::MAX_ATTEMPTS,
+    }
 }
 
 /// `job` rendered for a batch insert with `dedupe_key` in place of the kind's own (the webhook
@@ -353,13 +357,8 @@ impl Registry {
             let job: J = serde_json::from_value(payload.clone())
                 .map_err(|err| format!("the payload does not fit {}: {err}", J::KIND))?;
             Ok(NewJob {
-                kind: J::KIND.to_string(),
                 payload,
-                tenant_id: job.tenant().unwrap_or_default(),
-                dedupe_key: job.dedupe_key(),
-                priority: 0,
-                run_at: None,
-                max_attempts: J::MAX_ATTEMPTS,
+                ..new_job(&job)
             })
         });
         self.kinds.insert(
