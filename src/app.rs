@@ -296,11 +296,10 @@ impl Application {
                 owner: instance.id(),
             };
             let pool = worker_pool(&config, parts, shutdown.force.clone());
-            let heartbeat =
-                tasks.register("workers", (pool.poll * 20).max(Duration::from_secs(30)));
-            work.spawn(pool.run(work_stop.clone(), heartbeat));
+            let liveness = tasks.register("workers", (pool.poll * 20).max(Duration::from_secs(30)));
+            work.spawn(pool.run(work_stop.clone(), liveness));
         }
-        work.spawn(instance_heartbeat(
+        work.spawn(instance_presence(
             instance.clone(),
             tasks.clone(),
             work_stop.clone(),
@@ -562,14 +561,14 @@ async fn serve_listener(
 /// Compacts histograms on a timer, as the Prometheus exporter requires.
 async fn metrics_upkeep(handle: PrometheusHandle, tasks: TaskHealth, stop: CancellationToken) {
     let interval = crate::metrics::UPKEEP_INTERVAL;
-    let heartbeat = tasks.register("metrics_upkeep", interval * 3);
+    let liveness = tasks.register("metrics_upkeep", interval * 3);
     let mut ticker = tokio::time::interval(interval);
     loop {
         tokio::select! {
             () = stop.cancelled() => break,
             _ = ticker.tick() => {
                 handle.run_upkeep();
-                heartbeat.beat();
+                liveness.beat();
             }
         }
     }
@@ -577,18 +576,18 @@ async fn metrics_upkeep(handle: PrometheusHandle, tasks: TaskHealth, stop: Cance
 
 /// Keeps this instance's `last_seen_at` fresh. A failed write is logged, not fatal: the
 /// database problem shows in `/readyz` on its own.
-async fn instance_heartbeat(instance: Instance, tasks: TaskHealth, stop: CancellationToken) {
+async fn instance_presence(instance: Instance, tasks: TaskHealth, stop: CancellationToken) {
     let interval = instance::HEARTBEAT_INTERVAL;
-    let heartbeat = tasks.register("instance_heartbeat", interval * 3);
+    let liveness = tasks.register("instance_presence", interval * 3);
     let mut ticker = tokio::time::interval(interval);
     loop {
         tokio::select! {
             () = stop.cancelled() => break,
             _ = ticker.tick() => {
                 if let Err(err) = instance.touch().await {
-                    tracing::warn!(error = %err, reason = err.reason_code(), "instance heartbeat failed");
+                    tracing::warn!(error = %err, reason = err.reason_code(), "recording this instance as present failed");
                 }
-                heartbeat.beat();
+                liveness.beat();
             }
         }
     }
@@ -599,7 +598,7 @@ const REAP_INTERVAL: Duration = Duration::from_secs(15);
 /// Rescues jobs whose lease expired, ends operation runs whose job ended unrecorded, and
 /// updates the queue gauges.
 async fn queue_upkeep(store: Store, queue: Queue, tasks: TaskHealth, stop: CancellationToken) {
-    let heartbeat = tasks.register("queue_upkeep", REAP_INTERVAL * 3);
+    let liveness = tasks.register("queue_upkeep", REAP_INTERVAL * 3);
     let mut ticker = tokio::time::interval(REAP_INTERVAL);
     loop {
         tokio::select! {
@@ -622,7 +621,7 @@ async fn queue_upkeep(store: Store, queue: Queue, tasks: TaskHealth, stop: Cance
                         metrics::gauge!(crate::metrics::names::QUEUE_JOBS, "state" => state).set(count as f64);
                     }
                 }
-                heartbeat.beat();
+                liveness.beat();
             }
         }
     }
@@ -631,7 +630,7 @@ async fn queue_upkeep(store: Store, queue: Queue, tasks: TaskHealth, stop: Cance
 /// Enqueues scheduled jobs when their time comes (token sweep, pruning, ...).
 async fn run_scheduler(scheduler: Scheduler, tasks: TaskHealth, stop: CancellationToken) {
     const MAX_SLEEP: Duration = Duration::from_secs(30);
-    let heartbeat = tasks.register("scheduler", MAX_SLEEP * 3);
+    let liveness = tasks.register("scheduler", MAX_SLEEP * 3);
     loop {
         let now = chrono::Utc::now();
         match scheduler.tick(now).await {
@@ -639,7 +638,7 @@ async fn run_scheduler(scheduler: Scheduler, tasks: TaskHealth, stop: Cancellati
             Ok(enqueued) => tracing::debug!(enqueued, "scheduled jobs enqueued"),
             Err(err) => tracing::warn!(error = %err, "scheduler tick failed"),
         }
-        heartbeat.beat();
+        liveness.beat();
         let wait = scheduler.sleep_until_next(chrono::Utc::now(), MAX_SLEEP);
         tokio::select! {
             () = stop.cancelled() => break,
@@ -732,7 +731,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_task_stuck_past_the_limit_ends_the_daemon() {
         let tasks = TaskHealth::default();
-        let heartbeat = tasks.register("workers", Duration::from_secs(30));
+        let liveness = tasks.register("workers", Duration::from_secs(30));
         let (failed_tx, mut failed_rx) = mpsc::channel(1);
         let stop = CancellationToken::new();
         let guard = tokio::spawn(stall_guard(
@@ -743,7 +742,7 @@ mod tests {
         ));
         for _ in 0..30 {
             tokio::time::advance(Duration::from_secs(10)).await;
-            heartbeat.beat();
+            liveness.beat();
             tokio::task::yield_now().await;
         }
         assert!(
@@ -766,7 +765,7 @@ mod tests {
             "{failed}"
         );
         guard.await.unwrap();
-        drop(heartbeat);
+        drop(liveness);
         stop.cancel();
     }
 

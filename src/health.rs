@@ -1,7 +1,7 @@
 //! Liveness of the daemon's background tasks, read by `/readyz` and the systemd watchdog.
 //!
 //! Owns no tables. Invariants: a task counts as alive only while it beats within its own
-//! `max_silence`; a task whose [`Heartbeat`] is dropped (it returned or panicked) is reported
+//! `max_silence`; a task whose [`Liveness`] is dropped (it returned or panicked) is reported
 //! stopped until the process shuts down; time is tokio time, so tests can pause it.
 
 use std::collections::BTreeMap;
@@ -35,7 +35,7 @@ pub struct TaskHealth {
 
 impl TaskHealth {
     /// Registers a task that promises to beat at least every `max_silence`.
-    pub fn register(&self, task: &'static str, max_silence: Duration) -> Heartbeat {
+    pub fn register(&self, task: &'static str, max_silence: Duration) -> Liveness {
         self.lock().insert(
             task,
             TaskState {
@@ -44,7 +44,7 @@ impl TaskHealth {
                 stopped: false,
             },
         );
-        Heartbeat {
+        Liveness {
             task,
             health: self.clone(),
         }
@@ -90,14 +90,14 @@ impl TaskHealth {
     }
 }
 
-/// A task's handle: call [`Heartbeat::beat`] each round; dropping it marks the task stopped.
+/// A task's handle: call [`Liveness::beat`] each round; dropping it marks the task stopped.
 #[derive(Debug)]
-pub struct Heartbeat {
+pub struct Liveness {
     task: &'static str,
     health: TaskHealth,
 }
 
-impl Heartbeat {
+impl Liveness {
     /// Records that the task made progress now.
     pub fn beat(&self) {
         if let Some(state) = self.health.lock().get_mut(self.task) {
@@ -106,7 +106,7 @@ impl Heartbeat {
     }
 }
 
-impl Drop for Heartbeat {
+impl Drop for Liveness {
     fn drop(&mut self) {
         if let Some(state) = self.health.lock().get_mut(self.task) {
             state.stopped = true;
@@ -165,7 +165,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_task_that_ends_is_reported_stopped() {
         let health = TaskHealth::default();
-        let beat = health.register("instance_heartbeat", Duration::from_secs(60));
+        let beat = health.register("instance_presence", Duration::from_secs(60));
         let task = tokio::spawn(async move {
             beat.beat();
             panic!("task failed");
@@ -174,7 +174,7 @@ mod tests {
         assert_eq!(
             health.problems(),
             [TaskProblem {
-                task: "instance_heartbeat",
+                task: "instance_presence",
                 reason: "task_stopped"
             }]
         );

@@ -37,7 +37,7 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why a token was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TokenError {
+pub enum ValidationTokenError {
     /// Not a JWT.
     #[error("the validation token is not a JWT")]
     Malformed,
@@ -67,19 +67,19 @@ pub enum TokenError {
     KeysUnavailable(String),
 }
 
-impl TokenError {
+impl ValidationTokenError {
     /// Stable reason code.
     pub fn reason_code(&self) -> &'static str {
         match self {
-            TokenError::Malformed => "validation_token_malformed",
-            TokenError::Algorithm => "validation_token_algorithm",
-            TokenError::UnknownKey => "validation_token_unknown_key",
-            TokenError::Signature => "validation_token_signature",
-            TokenError::Expired => "validation_token_expired",
-            TokenError::NotYetValid => "validation_token_not_yet_valid",
-            TokenError::Issuer => "validation_token_issuer",
-            TokenError::Publisher => "validation_token_publisher",
-            TokenError::KeysUnavailable(_) => "signing_keys_unavailable",
+            ValidationTokenError::Malformed => "validation_token_malformed",
+            ValidationTokenError::Algorithm => "validation_token_algorithm",
+            ValidationTokenError::UnknownKey => "validation_token_unknown_key",
+            ValidationTokenError::Signature => "validation_token_signature",
+            ValidationTokenError::Expired => "validation_token_expired",
+            ValidationTokenError::NotYetValid => "validation_token_not_yet_valid",
+            ValidationTokenError::Issuer => "validation_token_issuer",
+            ValidationTokenError::Publisher => "validation_token_publisher",
+            ValidationTokenError::KeysUnavailable(_) => "signing_keys_unavailable",
         }
     }
 }
@@ -160,11 +160,11 @@ impl std::fmt::Debug for TokenValidator {
     }
 }
 
-fn part<T: serde::de::DeserializeOwned>(encoded: &str) -> Result<T, TokenError> {
+fn part<T: serde::de::DeserializeOwned>(encoded: &str) -> Result<T, ValidationTokenError> {
     let bytes = URL_SAFE_NO_PAD
         .decode(encoded)
-        .map_err(|_| TokenError::Malformed)?;
-    serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed)
+        .map_err(|_| ValidationTokenError::Malformed)?;
+    serde_json::from_slice(&bytes).map_err(|_| ValidationTokenError::Malformed)
 }
 
 impl TokenValidator {
@@ -198,7 +198,7 @@ impl TokenValidator {
     /// The key `kid`, fetching the published keys when it is not known (at most every five
     /// minutes) or the known ones are a day old. When a fetch fails, a key already known is
     /// still used.
-    async fn key(&self, kid: &str) -> Result<DecodingKey, TokenError> {
+    async fn key(&self, kid: &str) -> Result<DecodingKey, ValidationTokenError> {
         if let Some(key) = self.lookup(kid, true) {
             return Ok(key);
         }
@@ -217,14 +217,16 @@ impl TokenValidator {
         if tried_recently {
             return self.lookup(kid, false).ok_or_else(|| {
                 if last_failed {
-                    TokenError::KeysUnavailable("the last fetch failed".into())
+                    ValidationTokenError::KeysUnavailable("the last fetch failed".into())
                 } else {
-                    TokenError::UnknownKey
+                    ValidationTokenError::UnknownKey
                 }
             });
         }
         match self.fetch().await {
-            Ok(()) => self.lookup(kid, false).ok_or(TokenError::UnknownKey),
+            Ok(()) => self
+                .lookup(kid, false)
+                .ok_or(ValidationTokenError::UnknownKey),
             Err(err) => {
                 tracing::warn!(reason = err.reason_code(), error = %err, "fetching the identity platform's signing keys failed");
                 self.lookup(kid, false).ok_or(err)
@@ -232,11 +234,11 @@ impl TokenValidator {
         }
     }
 
-    async fn fetch(&self) -> Result<(), TokenError> {
+    async fn fetch(&self) -> Result<(), ValidationTokenError> {
         self.keys.write().expect("keys lock").attempted_at = Some(Instant::now());
         let url = format!("{}/common/discovery/v2.0/keys", self.authority);
         let unavailable =
-            |err: &dyn std::fmt::Display| TokenError::KeysUnavailable(err.to_string());
+            |err: &dyn std::fmt::Display| ValidationTokenError::KeysUnavailable(err.to_string());
         let response = self
             .client
             .get(&url)
@@ -271,19 +273,23 @@ impl TokenValidator {
     /// Checks `token` as of `now` (Unix seconds).
     ///
     /// # Errors
-    /// [`TokenError`] naming the first check that failed.
-    pub async fn validate(&self, token: &str, now: i64) -> Result<ValidToken, TokenError> {
+    /// [`ValidationTokenError`] naming the first check that failed.
+    pub async fn validate(
+        &self,
+        token: &str,
+        now: i64,
+    ) -> Result<ValidToken, ValidationTokenError> {
         let mut parts = token.trim().split('.');
         let (Some(head), Some(_), Some(_), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
-            return Err(TokenError::Malformed);
+            return Err(ValidationTokenError::Malformed);
         };
         let header: Header = part(head)?;
         if header.alg != "RS256" {
-            return Err(TokenError::Algorithm);
+            return Err(ValidationTokenError::Algorithm);
         }
-        let kid = header.kid.ok_or(TokenError::UnknownKey)?;
+        let kid = header.kid.ok_or(ValidationTokenError::UnknownKey)?;
         let key = self.key(&kid).await?;
         // The signature (RS256 only) and the decoding are jsonwebtoken's; the time checks
         // below take `now` from the caller, and the issuer and publisher depend on `tid`.
@@ -294,18 +300,22 @@ impl TokenValidator {
         signature_only.required_spec_claims.clear();
         let claims: Claims = jsonwebtoken::decode(token.trim(), &key, &signature_only)
             .map_err(|err| match err.kind() {
-                jsonwebtoken::errors::ErrorKind::InvalidSignature => TokenError::Signature,
-                jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => TokenError::Algorithm,
-                _ => TokenError::Malformed,
+                jsonwebtoken::errors::ErrorKind::InvalidSignature => {
+                    ValidationTokenError::Signature
+                }
+                jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => {
+                    ValidationTokenError::Algorithm
+                }
+                _ => ValidationTokenError::Malformed,
             })?
             .claims;
         if claims.exp.is_none_or(|exp| now > exp + LEEWAY_SECONDS) {
-            return Err(TokenError::Expired);
+            return Err(ValidationTokenError::Expired);
         }
         if claims.nbf.is_some_and(|nbf| now + LEEWAY_SECONDS < nbf) {
-            return Err(TokenError::NotYetValid);
+            return Err(ValidationTokenError::NotYetValid);
         }
-        let tenant = claims.tid.ok_or(TokenError::Issuer)?;
+        let tenant = claims.tid.ok_or(ValidationTokenError::Issuer)?;
         // v1.0 tokens (Graph's published example) and v2.0 tokens of the configured
         // authority, which follows `graph.cloud`.
         let issuers = [
@@ -313,11 +323,11 @@ impl TokenValidator {
             format!("{}/{tenant}/v2.0", self.authority),
         ];
         if !claims.iss.is_some_and(|iss| issuers.contains(&iss)) {
-            return Err(TokenError::Issuer);
+            return Err(ValidationTokenError::Issuer);
         }
         let publisher = claims.appid.or(claims.azp);
         if publisher.as_deref() != Some(CHANGE_TRACKING_APP_ID) {
-            return Err(TokenError::Publisher);
+            return Err(ValidationTokenError::Publisher);
         }
         Ok(ValidToken {
             tenant_id: tenant.to_ascii_lowercase(),

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::health::Heartbeat;
+use crate::health::Liveness;
 use crate::jobs::{JobContext, JobError, Registry};
 use crate::queue::{ClaimedJob, Queue};
 use crate::retry::RetryPolicy;
@@ -72,7 +72,7 @@ pub struct WorkerPool {
 impl WorkerPool {
     /// Claims and runs jobs until `stop`; then waits for running jobs up to the grace period and
     /// releases what is left.
-    pub async fn run(self, stop: CancellationToken, heartbeat: Heartbeat) {
+    pub async fn run(self, stop: CancellationToken, liveness: Liveness) {
         let concurrency = self.concurrency.max(1);
         let slots = Arc::new(Semaphore::new(concurrency));
         let running = TaskTracker::new();
@@ -94,7 +94,7 @@ impl WorkerPool {
         let mut ahead = CLAIM_AHEAD;
         let wait_limit = WAIT_FOR_SLOT.min(this.lease / 2);
         loop {
-            heartbeat.beat();
+            liveness.beat();
             // Waited too long behind slow jobs (the lease might even lapse before it is
             // renewed): handed back, attempt not counted, for whoever is free, without waiting
             // for a slot here; claim no further ahead than the free slots for now. The oldest

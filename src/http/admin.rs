@@ -135,12 +135,12 @@ mod tests {
             metrics: crate::metrics::recorder(),
             stopping: Arc::new(AtomicBool::new(false)),
         };
-        let heartbeat = state
+        let liveness = state
             .tasks
-            .register("instance_heartbeat", Duration::from_secs(60));
+            .register("instance_presence", Duration::from_secs(60));
         assert!(readiness_problems(&state).await.is_empty());
 
-        drop(heartbeat);
+        drop(liveness);
         state.stopping.store(true, Ordering::Relaxed);
         let problems = readiness_problems(&state).await;
         let named: Vec<(&str, &str)> = problems
@@ -151,7 +151,7 @@ mod tests {
             named,
             [
                 ("shutdown", "shutting_down"),
-                ("task:instance_heartbeat", "task_stopped")
+                ("task:instance_presence", "task_stopped")
             ]
         );
     }

@@ -36,7 +36,7 @@ use crate::metrics::names;
 use crate::queue::EncodedJob;
 use crate::rich_notifications::EncryptedContent;
 use crate::subscriptions;
-use crate::validation_tokens::{TokenError, TokenValidator, ValidToken};
+use crate::validation_tokens::{TokenValidator, ValidToken, ValidationTokenError};
 
 /// Largest notification body accepted. Graph batches notifications; a batch of basic
 /// notifications is a few KiB per item.
@@ -532,7 +532,7 @@ async fn vouched_for(
     for token in tokens {
         match state.tokens.validate(token, now).await {
             Ok(valid) => vouched.push(valid),
-            Err(err @ TokenError::KeysUnavailable(_)) => {
+            Err(err @ ValidationTokenError::KeysUnavailable(_)) => {
                 tracing::error!(reason = err.reason_code(), error = %err, "cannot check validation tokens; asking Graph to redeliver");
                 return Err(TokenRefusal::Unavailable);
             }
