@@ -20,6 +20,29 @@ use crate::vault::{Keyring, SealedValue, Slot, VaultError};
 /// access tokens, one per resource).
 pub const REFRESH_SLOT: &str = "refresh";
 
+/// Whose identity platform issues a connection's tokens. Microsoft's only, today; the column
+/// (migration 0016) and the dispatch in `vault/tokens.rs` are where a second one would go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    /// The Microsoft identity platform (Entra ID) and Microsoft Graph.
+    Microsoft,
+}
+
+impl Provider {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Microsoft => "microsoft",
+        }
+    }
+
+    /// The provider of a stored name; the column's check admits `microsoft` only.
+    fn parse(_value: &str) -> Self {
+        Provider::Microsoft
+    }
+}
+
 /// How a connection gets tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -98,6 +121,8 @@ pub struct Connection {
     pub id: String,
     /// Entra tenant ID.
     pub tenant_id: String,
+    /// Whose identity platform issues its tokens.
+    pub provider: Provider,
     /// App registration (client) id.
     pub client_id: String,
     /// App-only or delegated.
@@ -216,8 +241,8 @@ macro_rules! select {
     ($tail:literal) => {
         concat!("SELECT c.id, c.tenant_id, c.client_id, c.auth_mode, c.user_id, c.user_name, c.label, \
      c.is_default, c.authority, c.status, c.reason, c.last_token_at, c.last_failure_at, c.created_at, \
-     (SELECT MIN(t.expires_at) FROM connection_tokens t WHERE t.connection_id = c.id AND t.resource <> 'refresh') \
-     FROM connections c ", $tail)
+     (SELECT MIN(t.expires_at) FROM connection_tokens t WHERE t.connection_id = c.id AND t.resource <> 'refresh'), \
+     c.provider FROM connections c ", $tail)
     };
 }
 
@@ -237,6 +262,7 @@ type Row = (
     Option<i64>,
     i64,
     Option<i64>,
+    String,
 );
 
 fn from_row(row: Row) -> Connection {
@@ -256,10 +282,12 @@ fn from_row(row: Row) -> Connection {
         last_failure_at,
         created_at,
         token_expires_at,
+        provider,
     ) = row;
     Connection {
         id,
         tenant_id,
+        provider: Provider::parse(&provider),
         client_id,
         auth_mode: AuthMode::parse(&mode),
         user_id,

@@ -19,7 +19,7 @@ use crate::retry::RetryPolicy;
 use crate::secret::Secret;
 use crate::store::Store;
 use crate::vault::connections::{
-    self, check_authority, AuthMode, Connection, ConnectionError, Status, REFRESH_SLOT,
+    self, check_authority, AuthMode, Connection, ConnectionError, Provider, Status, REFRESH_SLOT,
 };
 use crate::vault::identity::{IdentityClient, TokenError, Tokens};
 use crate::vault::Keyring;
@@ -304,7 +304,21 @@ impl TokenService {
         Ok(report)
     }
 
+    /// New tokens for `connection` from its provider's identity platform. The one place a
+    /// second provider would add an arm (and a token client beside `vault/identity.rs`).
     async fn fetch(
+        &self,
+        connection: &Connection,
+        resource: &str,
+    ) -> Result<Tokens, TokenServiceError> {
+        match connection.provider {
+            Provider::Microsoft => self.fetch_from_microsoft(connection, resource).await,
+        }
+    }
+
+    /// Client credentials (app-only) or a refresh token (delegated) at the Microsoft identity
+    /// platform.
+    async fn fetch_from_microsoft(
         &self,
         connection: &Connection,
         resource: &str,

@@ -858,6 +858,8 @@ async fn the_cli_adds_lists_checks_and_removes(db: TestDb) {
     assert_eq!(code, Some(0), "{text}");
     let listed: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
     assert_eq!(listed[0]["tenant_id"], TENANT);
+    // Every connection is Microsoft's (migration 0016's default), and says so.
+    assert_eq!(listed[0]["provider"], "microsoft", "{text}");
     assert_eq!(listed[0]["status"], "active");
     let (code, text) = run(&["tenant", "check", "--tenant", TENANT]);
     assert_eq!(code, Some(0), "{text}");
