@@ -4,7 +4,7 @@
 
 use clap::Subcommand;
 
-use super::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
+use super::{exit_code, CliError, CliResult, EXIT_FAILURE};
 use crate::attribution;
 use crate::config::Config;
 use crate::jobs::Registry;
@@ -36,39 +36,36 @@ pub(crate) enum AttributionCommand {
 
 /// `tenantd enqueue KIND --payload JSON`.
 pub(crate) async fn enqueue(config: &Config, kind: &str, payload: &str) -> i32 {
-    let payload: serde_json::Value = match serde_json::from_str(payload) {
-        Ok(payload) => payload,
-        Err(err) => {
-            eprintln!("tenantd: --payload is not JSON ({err}); fix: pass one JSON object, e.g. '{{\"tenant_id\": \"...\"}}'");
-            return EXIT_USAGE;
-        }
-    };
-    let job = match Registry::standard().prepare(kind, payload) {
+    let job = match prepare(kind, payload) {
         Ok(job) => job,
-        Err(problem) => {
-            eprintln!("tenantd: {problem}");
-            return EXIT_USAGE;
-        }
+        Err(err) => return exit_code(Err(err)),
     };
     let Some(store) = super::open_store(config).await else {
         return EXIT_FAILURE;
     };
-    let code = match Queue::new(store.clone()).enqueue(&job).await {
+    let result = match Queue::new(store.clone()).enqueue(&job).await {
         Ok(Enqueued::Created(id)) => {
             println!("queued job {id} ({kind})");
-            EXIT_OK
+            Ok(())
         }
         Ok(Enqueued::Deduplicated(id)) => {
             println!("job {id} ({kind}) with the same key is queued already");
-            EXIT_OK
+            Ok(())
         }
-        Err(err) => {
-            eprintln!("tenantd: {err}");
-            EXIT_FAILURE
-        }
+        Err(err) => Err(CliError::failure(err)),
     };
     store.close().await;
-    code
+    exit_code(result)
+}
+
+/// The job `tenantd enqueue` was given, checked against its kind before anything opens.
+fn prepare(kind: &str, payload: &str) -> CliResult<crate::queue::NewJob> {
+    let payload: serde_json::Value = serde_json::from_str(payload).map_err(|err| {
+        CliError::usage(format!("--payload is not JSON ({err}); fix: pass one JSON object, e.g. '{{\"tenant_id\": \"...\"}}'"))
+    })?;
+    Registry::standard()
+        .prepare(kind, payload)
+        .map_err(CliError::usage)
 }
 
 /// Runs one `attribution` command and returns the exit code.
@@ -77,68 +74,61 @@ pub(crate) async fn run(config: &Config, command: &AttributionCommand) -> i32 {
         command;
     let tenant = match canonical_tenant(tenant) {
         Ok(tenant) => tenant,
-        Err(err) => {
-            eprintln!("tenantd: {err}");
-            return EXIT_USAGE;
-        }
+        Err(err) => return exit_code(Err(CliError::usage(err))),
     };
     let Some(store) = super::open_store(config).await else {
         return EXIT_FAILURE;
     };
-    let code = match command {
-        AttributionCommand::List { json, .. } => match attribution::list(&store, &tenant).await {
-            Ok(list) if *json => {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&list).expect("serializes")
-                );
-                EXIT_OK
-            }
-            Ok(list) => {
-                for entry in list {
-                    let a = &entry.action;
-                    println!(
-                        "{} {:<5} {:<8} user {} {}",
-                        a.id,
-                        a.kind,
-                        a.state,
-                        a.user_id,
-                        a.subject.as_deref().unwrap_or("-")
-                    );
-                    for reply in entry.replies {
-                        println!(
-                            "    reply {} from {} ({}, {})",
-                            reply.message_id,
-                            reply.from_address.as_deref().unwrap_or("-"),
-                            reply.matched_by,
-                            reply.received_at.as_deref().unwrap_or("-")
-                        );
-                    }
-                }
-                EXIT_OK
-            }
-            Err(err) => {
-                eprintln!("tenantd: {err}");
-                EXIT_FAILURE
-            }
-        },
+    let result = match command {
+        AttributionCommand::List { json, .. } => list(&store, &tenant, *json).await,
         AttributionCommand::Lookback { days, .. } => {
             match attribution::set_lookback(&store, &tenant, *days).await {
                 Ok(()) => {
                     println!("tenant {tenant}: replies are linked back {days} days");
-                    EXIT_OK
+                    Ok(())
                 }
                 Err(err @ attribution::AttributionError::InvalidLookback(_)) => {
-                    eprintln!("tenantd: {err}");
-                    EXIT_USAGE
+                    Err(CliError::usage(err))
                 }
-                Err(err) => {
-                    eprintln!("tenantd: {err}");
-                    EXIT_FAILURE
-                }
+                Err(err) => Err(CliError::failure(err)),
             }
         }
     };
     store.close().await;
-    code
+    exit_code(result)
+}
+
+/// `attribution list`: what tenantd sent as users, each with the replies linked to it.
+async fn list(store: &crate::store::Store, tenant: &str, json: bool) -> CliResult {
+    let list = attribution::list(store, tenant)
+        .await
+        .map_err(CliError::failure)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&list).expect("serializes")
+        );
+        return Ok(());
+    }
+    for entry in list {
+        let a = &entry.action;
+        println!(
+            "{} {:<5} {:<8} user {} {}",
+            a.id,
+            a.kind,
+            a.state,
+            a.user_id,
+            a.subject.as_deref().unwrap_or("-")
+        );
+        for reply in entry.replies {
+            println!(
+                "    reply {} from {} ({}, {})",
+                reply.message_id,
+                reply.from_address.as_deref().unwrap_or("-"),
+                reply.matched_by,
+                reply.received_at.as_deref().unwrap_or("-")
+            );
+        }
+    }
+    Ok(())
 }

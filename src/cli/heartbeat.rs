@@ -4,7 +4,7 @@
 use clap::Subcommand;
 
 use super::runs::start_and_report;
-use super::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
+use super::{exit_code, CliError, CliResult, EXIT_FAILURE};
 use crate::config::Config;
 use crate::heartbeat;
 use crate::jobs::heartbeat_cleanup::HeartbeatCleanup;
@@ -86,66 +86,25 @@ pub(crate) async fn run(config: &Config, command: &HeartbeatCommand) -> i32 {
     };
     let tenant = match canonical_tenant(tenant) {
         Ok(tenant) => tenant,
-        Err(err) => {
-            eprintln!("tenantd: {err}");
-            return EXIT_USAGE;
-        }
+        Err(err) => return exit_code(Err(CliError::usage(err))),
     };
     let Some(store) = super::open_store(config).await else {
         return EXIT_FAILURE;
     };
-    let code = match command {
-        HeartbeatCommand::RunNow { .. } => {
-            let scenario = config
-                .heartbeat
-                .iter()
-                .find(|s| s.tenant.trim().eq_ignore_ascii_case(&tenant));
-            match scenario {
-                Some(scenario) => {
-                    let job = HeartbeatRun::new(scenario);
-                    start_and_report(&store, HeartbeatRun::KIND, &tenant, job_of(&job, &tenant))
-                        .await
-                }
-                None => {
-                    eprintln!("tenantd: no [[heartbeat]] scenario for tenant {tenant}; fix: add one to the configuration (see config/tenantd.example.toml)");
-                    EXIT_USAGE
-                }
-            }
-        }
-        HeartbeatCommand::List { all, json, .. } => {
-            match heartbeat::list(&store, &tenant, *all).await {
-                Ok(objects) if *json => {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&objects).expect("objects serialize")
-                    );
-                    EXIT_OK
-                }
-                Ok(objects) => {
-                    print_objects(&objects);
-                    EXIT_OK
-                }
-                Err(err) => {
-                    eprintln!("tenantd: {err}");
-                    EXIT_FAILURE
-                }
-            }
-        }
+    let result = match command {
+        HeartbeatCommand::RunNow { .. } => run_now(config, &store, &tenant).await,
+        HeartbeatCommand::List { all, json, .. } => list(&store, &tenant, *all, *json).await,
         HeartbeatCommand::Cleanup { dry_run: true, .. } => {
-            match heartbeat::list(&store, &tenant, false).await {
-                Ok(objects) => {
-                    print_objects(&objects);
-                    println!(
-                        "would remove {} object(s); nothing was changed",
-                        objects.len()
-                    );
-                    EXIT_OK
-                }
-                Err(err) => {
-                    eprintln!("tenantd: {err}");
-                    EXIT_FAILURE
-                }
-            }
+            let objects = heartbeat::list(&store, &tenant, false)
+                .await
+                .map_err(CliError::failure);
+            objects.map(|objects| {
+                print_objects(&objects);
+                println!(
+                    "would remove {} object(s); nothing was changed",
+                    objects.len()
+                );
+            })
         }
         HeartbeatCommand::Cleanup { .. } => {
             let job = HeartbeatCleanup {
@@ -162,5 +121,34 @@ pub(crate) async fn run(config: &Config, command: &HeartbeatCommand) -> i32 {
         }
     };
     store.close().await;
-    code
+    exit_code(result)
+}
+
+/// `heartbeat run-now`: the tenant's configured scenario as an operation run.
+async fn run_now(config: &Config, store: &crate::store::Store, tenant: &str) -> CliResult {
+    let Some(scenario) = config
+        .heartbeat
+        .iter()
+        .find(|s| s.tenant.trim().eq_ignore_ascii_case(tenant))
+    else {
+        return Err(CliError::usage(format!("no [[heartbeat]] scenario for tenant {tenant}; fix: add one to the configuration (see config/tenantd.example.toml)")));
+    };
+    let job = HeartbeatRun::new(scenario);
+    start_and_report(store, HeartbeatRun::KIND, tenant, job_of(&job, tenant)).await
+}
+
+/// `heartbeat list`: what heartbeat runs provisioned in the tenant.
+async fn list(store: &crate::store::Store, tenant: &str, all: bool, json: bool) -> CliResult {
+    let objects = heartbeat::list(store, tenant, all)
+        .await
+        .map_err(CliError::failure)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&objects).expect("objects serialize")
+        );
+    } else {
+        print_objects(&objects);
+    }
+    Ok(())
 }

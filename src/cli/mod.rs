@@ -53,6 +53,57 @@ pub const EXIT_FAILURE: i32 = 1;
 /// Bad arguments or configuration; running again unchanged will not help.
 pub const EXIT_USAGE: i32 = 2;
 
+/// Why a command failed, and the exit code that says so: a usage error (2: running it again
+/// unchanged will not help) or a failure (1). Printed once, by [`exit_code`], as
+/// `tenantd: MESSAGE`; a failure whose reasons were already printed carries no message.
+#[derive(Debug)]
+pub(crate) struct CliError {
+    code: i32,
+    message: Option<String>,
+}
+
+impl CliError {
+    /// Bad arguments or configuration (exit 2).
+    pub(crate) fn usage(message: impl std::fmt::Display) -> Self {
+        Self {
+            code: EXIT_USAGE,
+            message: Some(message.to_string()),
+        }
+    }
+
+    /// The command ran and failed (exit 1).
+    pub(crate) fn failure(message: impl std::fmt::Display) -> Self {
+        Self {
+            code: EXIT_FAILURE,
+            message: Some(message.to_string()),
+        }
+    }
+
+    /// A failure whose reasons the command already printed (exit 1).
+    pub(crate) fn reported() -> Self {
+        Self {
+            code: EXIT_FAILURE,
+            message: None,
+        }
+    }
+}
+
+/// What a command returns: `Ok` exits 0.
+pub(crate) type CliResult<T = ()> = Result<T, CliError>;
+
+/// The exit code of a command's result, its error printed to stderr.
+pub(crate) fn exit_code(result: CliResult) -> i32 {
+    match result {
+        Ok(()) => EXIT_OK,
+        Err(err) => {
+            if let Some(message) = err.message {
+                eprintln!("tenantd: {message}");
+            }
+            err.code
+        }
+    }
+}
+
 /// tenantd keeps Microsoft 365 tenants connected, alive and in sync through Microsoft Graph.
 #[derive(Debug, Parser)]
 #[command(name = "tenantd", version, about, long_about = None)]

@@ -3,7 +3,7 @@
 
 use clap::Subcommand;
 
-use super::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
+use super::{exit_code, CliError, CliResult, EXIT_FAILURE};
 use crate::config::Config;
 use crate::queue::{JobState, Queue};
 
@@ -46,60 +46,9 @@ pub(crate) async fn run(config: &Config, command: &QueueCommand) -> i32 {
         return EXIT_FAILURE;
     };
     let queue = Queue::new(store.clone());
-    let code = match command {
-        QueueCommand::Stats { json } => match queue.stats().await {
-            Ok(stats) if *json => {
-                let map: serde_json::Map<String, serde_json::Value> = stats
-                    .into_iter()
-                    .map(|(state, n)| (state, n.into()))
-                    .collect();
-                println!("{}", serde_json::Value::Object(map));
-                EXIT_OK
-            }
-            Ok(stats) => {
-                for (state, count) in stats {
-                    println!("{state:<10} {count}");
-                }
-                EXIT_OK
-            }
-            Err(err) => {
-                eprintln!("tenantd: {err}");
-                EXIT_FAILURE
-            }
-        },
-        QueueCommand::List { state, limit, json } => {
-            let Some(state) = JobState::parse(state) else {
-                eprintln!("tenantd: --state {state}: use available, running, succeeded, failed, dead or cancelled");
-                return EXIT_USAGE;
-            };
-            match queue.list(state, *limit).await {
-                Ok(jobs) if *json => {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&jobs).expect("jobs serialize")
-                    );
-                    EXIT_OK
-                }
-                Ok(jobs) => {
-                    for job in jobs {
-                        println!(
-                            "{}  {:<20} {:<36} attempts {}/{}  {}",
-                            job.id,
-                            job.kind,
-                            job.tenant_id,
-                            job.attempts,
-                            job.max_attempts,
-                            job.last_reason.as_deref().unwrap_or("-")
-                        );
-                    }
-                    EXIT_OK
-                }
-                Err(err) => {
-                    eprintln!("tenantd: {err}");
-                    EXIT_FAILURE
-                }
-            }
-        }
+    let result = match command {
+        QueueCommand::Stats { json } => stats(&queue, *json).await,
+        QueueCommand::List { state, limit, json } => list(&queue, state, *limit, *json).await,
         QueueCommand::Retry { id } => report(
             queue.retry_now(id).await,
             id,
@@ -114,7 +63,53 @@ pub(crate) async fn run(config: &Config, command: &QueueCommand) -> i32 {
         ),
     };
     store.close().await;
-    code
+    exit_code(result)
+}
+
+/// `queue stats`: jobs by state.
+async fn stats(queue: &Queue, json: bool) -> CliResult {
+    let stats = queue.stats().await.map_err(CliError::failure)?;
+    if json {
+        let map: serde_json::Map<String, serde_json::Value> = stats
+            .into_iter()
+            .map(|(state, n)| (state, n.into()))
+            .collect();
+        println!("{}", serde_json::Value::Object(map));
+    } else {
+        for (state, count) in stats {
+            println!("{state:<10} {count}");
+        }
+    }
+    Ok(())
+}
+
+/// `queue list`: jobs in one state, oldest first.
+async fn list(queue: &Queue, state: &str, limit: u32, json: bool) -> CliResult {
+    let Some(state) = JobState::parse(state) else {
+        return Err(CliError::usage(format!(
+            "--state {state}: use available, running, succeeded, failed, dead or cancelled"
+        )));
+    };
+    let jobs = queue.list(state, limit).await.map_err(CliError::failure)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&jobs).expect("jobs serialize")
+        );
+    } else {
+        for job in jobs {
+            println!(
+                "{}  {:<20} {:<36} attempts {}/{}  {}",
+                job.id,
+                job.kind,
+                job.tenant_id,
+                job.attempts,
+                job.max_attempts,
+                job.last_reason.as_deref().unwrap_or("-")
+            );
+        }
+    }
+    Ok(())
 }
 
 fn report(
@@ -122,19 +117,13 @@ fn report(
     id: &str,
     done: &str,
     refused: &str,
-) -> i32 {
-    match result {
-        Ok(true) => {
-            println!("job {id} {done}");
-            EXIT_OK
-        }
-        Ok(false) => {
-            eprintln!("tenantd: job {id} {refused} (or does not exist)");
-            EXIT_USAGE
-        }
-        Err(err) => {
-            eprintln!("tenantd: {err}");
-            EXIT_FAILURE
-        }
+) -> CliResult {
+    if result.map_err(CliError::failure)? {
+        println!("job {id} {done}");
+        Ok(())
+    } else {
+        Err(CliError::usage(format!(
+            "job {id} {refused} (or does not exist)"
+        )))
     }
 }

@@ -2,7 +2,7 @@
 
 use clap::Subcommand;
 
-use super::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
+use super::{exit_code, CliError, CliResult, EXIT_FAILURE};
 use crate::config::Config;
 use crate::jobs::connection_check::ConnectionCheck;
 use crate::jobs::Job;
@@ -35,56 +35,51 @@ pub(crate) async fn run(config: &Config, command: &RunsCommand) -> i32 {
     let Some(store) = super::open_store(config).await else {
         return EXIT_FAILURE;
     };
-    let code = match command {
-        RunsCommand::List { limit, json } => match runs::list(&store, *limit).await {
-            Ok(list) if *json => {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&list).expect("runs serialize")
-                );
-                EXIT_OK
-            }
-            Ok(list) => {
-                for run in list {
-                    println!(
-                        "{}  {:<18} {:<36} {:<9} {}",
-                        run.id,
-                        run.kind,
-                        run.tenant_id,
-                        run.state,
-                        run.reason.as_deref().unwrap_or("-")
-                    );
-                }
-                EXIT_OK
-            }
-            Err(err) => {
-                eprintln!("tenantd: {err}");
-                EXIT_FAILURE
-            }
-        },
-        RunsCommand::ConnectionCheck { tenant } => {
-            let tenant = match canonical_tenant(tenant) {
-                Ok(tenant) => tenant,
-                Err(err) => {
-                    eprintln!("tenantd: {err}");
-                    return EXIT_USAGE;
-                }
-            };
-            let job = ConnectionCheck {
-                tenant_id: tenant.clone(),
-                run_id: None,
-            };
-            let new = NewJob {
-                tenant_id: tenant.clone(),
-                dedupe_key: None,
-                priority: 10,
-                ..crate::jobs::new_job(&job)
-            };
-            start_and_report(&store, ConnectionCheck::KIND, &tenant, new).await
-        }
+    let result = match command {
+        RunsCommand::List { limit, json } => list(&store, *limit, *json).await,
+        RunsCommand::ConnectionCheck { tenant } => connection_check(&store, tenant).await,
     };
     store.close().await;
-    code
+    exit_code(result)
+}
+
+/// `runs list`: the latest operation runs.
+async fn list(store: &crate::store::Store, limit: u32, json: bool) -> CliResult {
+    let list = runs::list(store, limit).await.map_err(CliError::failure)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&list).expect("runs serialize")
+        );
+    } else {
+        for run in list {
+            println!(
+                "{}  {:<18} {:<36} {:<9} {}",
+                run.id,
+                run.kind,
+                run.tenant_id,
+                run.state,
+                run.reason.as_deref().unwrap_or("-")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `runs connection-check`: a connection check of the tenant as an operation run.
+async fn connection_check(store: &crate::store::Store, tenant: &str) -> CliResult {
+    let tenant = canonical_tenant(tenant).map_err(CliError::usage)?;
+    let job = ConnectionCheck {
+        tenant_id: tenant.clone(),
+        run_id: None,
+    };
+    let new = NewJob {
+        tenant_id: tenant.clone(),
+        dedupe_key: None,
+        priority: 10,
+        ..crate::jobs::new_job(&job)
+    };
+    start_and_report(store, ConnectionCheck::KIND, &tenant, new).await
 }
 
 /// Starts an operation run of `kind` for `tenant` doing `job` and says what happened: started,
@@ -94,32 +89,28 @@ pub(crate) async fn start_and_report(
     kind: &str,
     tenant: &str,
     job: NewJob,
-) -> i32 {
-    match runs::start(store, &Queue::new(store.clone()), kind, tenant, job).await {
-        Ok(Started::New(run)) => {
+) -> CliResult {
+    match runs::start(store, &Queue::new(store.clone()), kind, tenant, job)
+        .await
+        .map_err(CliError::failure)?
+    {
+        Started::New(run) => {
             println!(
                 "started run {} ({}); the daemon's workers run it",
                 run.id, run.kind
             );
-            EXIT_OK
+            Ok(())
         }
-        Ok(Started::Existing(run)) => {
+        Started::Existing(run) => {
             println!(
                 "run {} ({}) is already active for this tenant",
                 run.id, run.kind
             );
-            EXIT_OK
+            Ok(())
         }
-        Ok(Started::ScopeBusy(run)) => {
-            eprintln!(
-                "tenantd: scope busy: run {} ({}) is active for tenant {}; wait for it to finish",
-                run.id, run.kind, run.tenant_id
-            );
-            EXIT_USAGE
-        }
-        Err(err) => {
-            eprintln!("tenantd: {err}");
-            EXIT_FAILURE
-        }
+        Started::ScopeBusy(run) => Err(CliError::usage(format!(
+            "scope busy: run {} ({}) is active for tenant {}; wait for it to finish",
+            run.id, run.kind, run.tenant_id
+        ))),
     }
 }

@@ -4,7 +4,7 @@
 
 use clap::Subcommand;
 
-use super::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
+use super::{exit_code, CliError, CliResult};
 use crate::config::Config;
 use crate::subscriptions::{self, Desired, Origin, SubscriptionError};
 
@@ -43,11 +43,11 @@ pub(crate) enum SubscriptionCommand {
     },
 }
 
-fn failed(err: &SubscriptionError) -> i32 {
-    eprintln!("tenantd: {err}");
+/// A subscription error as the CLI reports it: a bad or unknown subscription is a usage error.
+fn failed(err: SubscriptionError) -> CliError {
     match err {
-        SubscriptionError::Invalid(_) | SubscriptionError::NotFound(_) => EXIT_USAGE,
-        _ => EXIT_FAILURE,
+        SubscriptionError::Invalid(_) | SubscriptionError::NotFound(_) => CliError::usage(err),
+        _ => CliError::failure(err),
     }
 }
 
@@ -55,12 +55,9 @@ fn failed(err: &SubscriptionError) -> i32 {
 pub(crate) async fn run(config: &Config, command: &SubscriptionCommand) -> i32 {
     let (store, keys) = match super::tenant::open(config).await {
         Ok(opened) => opened,
-        Err(message) => {
-            eprintln!("tenantd: {message}");
-            return EXIT_FAILURE;
-        }
+        Err(message) => return exit_code(Err(CliError::failure(message))),
     };
-    let code = match command {
+    let result = match command {
         SubscriptionCommand::Create {
             tenant,
             resource,
@@ -75,8 +72,10 @@ pub(crate) async fn run(config: &Config, command: &SubscriptionCommand) -> i32 {
                 origin: Origin::Cli,
                 include_resource_data: *include_resource_data,
             };
-            match subscriptions::declare(&store, &keys, &desired).await {
-                Ok(row) => {
+            subscriptions::declare(&store, &keys, &desired)
+                .await
+                .map_err(failed)
+                .map(|row| {
                     println!(
                         "subscription {} wanted: {} {} ({}); the daemon creates it at Graph",
                         row.id, row.tenant_id, row.resource, row.change_types
@@ -84,47 +83,42 @@ pub(crate) async fn run(config: &Config, command: &SubscriptionCommand) -> i32 {
                     if config.listener.public_url.is_none() {
                         eprintln!("tenantd: warning: listener.public_url is not set; Graph needs it to post notifications");
                     }
-                    EXIT_OK
-                }
-                Err(err) => failed(&err),
-            }
+                })
         }
-        SubscriptionCommand::List { tenant, json } => {
-            match subscriptions::list(&store, tenant.as_deref()).await {
-                Ok(list) if *json => {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&list).expect("subscriptions serialize")
-                    );
-                    EXIT_OK
-                }
-                Ok(list) => {
-                    for row in list {
-                        println!(
-                            "{}  {:<36} {:<8} {:<6} {:<36} {:<12} {}  {}",
-                            row.id,
-                            row.tenant_id,
-                            row.status,
-                            if row.wanted { "wanted" } else { "unwanted" },
-                            row.graph_id.as_deref().unwrap_or("-"),
-                            row.expires_at.map_or("-".into(), |at| at.to_string()),
-                            row.reason.as_deref().unwrap_or("-"),
-                            row.resource,
-                        );
-                    }
-                    EXIT_OK
-                }
-                Err(err) => failed(&err),
-            }
-        }
-        SubscriptionCommand::Delete { id } => match subscriptions::unwant(&store, id).await {
-            Ok(()) => {
+        SubscriptionCommand::List { tenant, json } => list(&store, tenant.as_deref(), *json).await,
+        SubscriptionCommand::Delete { id } => subscriptions::unwant(&store, id)
+            .await
+            .map_err(failed)
+            .map(|()| {
                 println!("subscription {id} no longer wanted; the daemon deletes it at Graph");
-                EXIT_OK
-            }
-            Err(err) => failed(&err),
-        },
+            }),
     };
     store.close().await;
-    code
+    exit_code(result)
+}
+
+/// `subscription list`: the wanted and unwanted subscriptions, their Graph ids and reasons.
+async fn list(store: &crate::store::Store, tenant: Option<&str>, json: bool) -> CliResult {
+    let list = subscriptions::list(store, tenant).await.map_err(failed)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&list).expect("subscriptions serialize")
+        );
+    } else {
+        for row in list {
+            println!(
+                "{}  {:<36} {:<8} {:<6} {:<36} {:<12} {}  {}",
+                row.id,
+                row.tenant_id,
+                row.status,
+                if row.wanted { "wanted" } else { "unwanted" },
+                row.graph_id.as_deref().unwrap_or("-"),
+                row.expires_at.map_or("-".into(), |at| at.to_string()),
+                row.reason.as_deref().unwrap_or("-"),
+                row.resource,
+            );
+        }
+    }
+    Ok(())
 }
