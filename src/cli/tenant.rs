@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::Subcommand;
 
-use super::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
+use super::{exit_code, CliError, CliResult};
 use crate::audit::Actor;
 use crate::clock::now_unix;
 use crate::config::Config;
@@ -250,10 +250,7 @@ fn print_table(connections: &[Connection]) {
 pub(crate) async fn run_tenant(config: &Config, command: &TenantCommand) -> i32 {
     let (store, keys) = match open(config).await {
         Ok(opened) => opened,
-        Err(message) => {
-            eprintln!("tenantd: {message}");
-            return EXIT_FAILURE;
-        }
+        Err(message) => return exit_code(Err(CliError::failure(message))),
     };
     let identity = IdentityClient::configured(config);
     let authority = config
@@ -262,7 +259,7 @@ pub(crate) async fn run_tenant(config: &Config, command: &TenantCommand) -> i32 
         .as_str()
         .trim_end_matches('/')
         .to_string();
-    let code = match command {
+    let result = match command {
         TenantCommand::AddApp {
             tenant,
             client_id,
@@ -314,7 +311,7 @@ pub(crate) async fn run_tenant(config: &Config, command: &TenantCommand) -> i32 
         }
     };
     store.close().await;
-    code
+    exit_code(result)
 }
 
 /// `tenant add-app`: the secret read from its file, sealed, the connection recorded.
@@ -323,14 +320,8 @@ async fn add_app(
     keys: &Keyring,
     new: NewAppConnection<'_>,
     client_secret_file: &std::path::Path,
-) -> i32 {
-    let secret = match read_secret_file(client_secret_file) {
-        Ok(secret) => secret,
-        Err(message) => {
-            eprintln!("tenantd: {message}");
-            return EXIT_USAGE;
-        }
-    };
+) -> CliResult {
+    let secret = read_secret_file(client_secret_file).map_err(CliError::usage)?;
     let new = NewAppConnection {
         client_secret: &secret,
         ..new
@@ -347,41 +338,35 @@ async fn add_app(
                     ""
                 }
             );
-            EXIT_OK
+            Ok(())
         }
         Err(err) => {
-            eprintln!("tenantd: {err}");
             if matches!(
                 err.reason_code(),
                 "invalid_tenant" | "identity_not_allowed" | "connection_exists"
             ) {
-                EXIT_USAGE
+                Err(CliError::usage(err))
             } else {
-                EXIT_FAILURE
+                Err(CliError::failure(err))
             }
         }
     }
 }
 
 /// `tenant list`: every connection, as a table or JSON.
-async fn list(store: &Store, json: bool) -> i32 {
-    match connections::list(store, None).await {
-        Ok(list) if json => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&list).expect("connections serialize")
-            );
-            EXIT_OK
-        }
-        Ok(list) => {
-            print_table(&list);
-            EXIT_OK
-        }
-        Err(err) => {
-            eprintln!("tenantd: {err}");
-            EXIT_FAILURE
-        }
+async fn list(store: &Store, json: bool) -> CliResult {
+    let list = connections::list(store, None)
+        .await
+        .map_err(CliError::failure)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&list).expect("connections serialize")
+        );
+    } else {
+        print_table(&list);
     }
+    Ok(())
 }
 
 /// `tenant consent-url`: the admin consent link for the tenant's default app connection.
@@ -391,52 +376,33 @@ async fn consent_url(
     config: &Config,
     tenant: &str,
     redirect_uri: Option<&str>,
-) -> i32 {
-    let connection = match connections::default_app(
+) -> CliResult {
+    let connection = connections::default_app(
         store,
         &connections::canonical_tenant(tenant).unwrap_or_default(),
     )
     .await
-    {
-        Ok(connection) => connection,
-        Err(err) => {
-            eprintln!("tenantd: no app-only connection for {tenant}: {err}");
-            return EXIT_USAGE;
-        }
-    };
-    let redirect = match consent_redirect(config, redirect_uri) {
-        Ok(redirect) => redirect,
-        Err(message) => {
-            eprintln!("tenantd: {message}");
-            return EXIT_USAGE;
-        }
-    };
-    match crate::oauth::start_consent(
+    .map_err(|err| CliError::usage(format!("no app-only connection for {tenant}: {err}")))?;
+    let redirect = consent_redirect(config, redirect_uri).map_err(CliError::usage)?;
+    let state = crate::oauth::start_consent(
         store,
         &connection.tenant_id,
         &connection.client_id,
         &redirect,
     )
     .await
-    {
-        Ok(state) => {
-            println!(
-                "{}",
-                identity.admin_consent_url(
-                    &connection.tenant_id,
-                    &connection.client_id,
-                    &redirect,
-                    &state
-                )
-            );
-            eprintln!("(the link works once, for 10 minutes)");
-            EXIT_OK
-        }
-        Err(err) => {
-            eprintln!("tenantd: {err}");
-            EXIT_FAILURE
-        }
-    }
+    .map_err(CliError::failure)?;
+    println!(
+        "{}",
+        identity.admin_consent_url(
+            &connection.tenant_id,
+            &connection.client_id,
+            &redirect,
+            &state
+        )
+    );
+    eprintln!("(the link works once, for 10 minutes)");
+    Ok(())
 }
 
 /// `tenant authorize-url`: a sign-in link (authorization code with PKCE) for a delegated
@@ -449,44 +415,28 @@ async fn authorize_url(
     tenant: &str,
     client_id: &str,
     redirect_uri: Option<&str>,
-) -> i32 {
-    let redirect =
-        match redirect_uri.map_or_else(|| callback_redirect(config), |uri| Ok(uri.to_string())) {
-            Ok(redirect) => redirect,
-            Err(message) => {
-                eprintln!("tenantd: {message}");
-                return EXIT_USAGE;
-            }
-        };
+) -> CliResult {
+    let redirect = redirect_uri
+        .map_or_else(|| callback_redirect(config), |uri| Ok(uri.to_string()))
+        .map_err(CliError::usage)?;
     let scope = config.identity.delegated_scopes.join(" ");
-    match crate::oauth::start_authorize(store, keys, identity, tenant, client_id, &redirect, &scope)
-        .await
-    {
-        Ok(url) => {
-            println!("{url}");
-            eprintln!("(open it in a browser within 10 minutes; the link works once)");
-            EXIT_OK
-        }
-        Err(err) => {
-            eprintln!("tenantd: {err}");
-            EXIT_FAILURE
-        }
-    }
+    let url =
+        crate::oauth::start_authorize(store, keys, identity, tenant, client_id, &redirect, &scope)
+            .await
+            .map_err(CliError::failure)?;
+    println!("{url}");
+    eprintln!("(open it in a browser within 10 minutes; the link works once)");
+    Ok(())
 }
 
 /// `tenant remove`: the tenant's connections (or one), their secrets and tokens; the audit
 /// trail stays.
-async fn remove(store: &Store, tenant: &str, connection: Option<&str>) -> i32 {
-    match connections::remove(store, tenant, connection, Actor::Cli).await {
-        Ok(removed) => {
-            println!("removed {removed} connection(s) of tenant {tenant}; secrets and tokens deleted, audit trail kept");
-            EXIT_OK
-        }
-        Err(err) => {
-            eprintln!("tenantd: {err}");
-            EXIT_USAGE
-        }
-    }
+async fn remove(store: &Store, tenant: &str, connection: Option<&str>) -> CliResult {
+    let removed = connections::remove(store, tenant, connection, Actor::Cli)
+        .await
+        .map_err(CliError::usage)?;
+    println!("removed {removed} connection(s) of tenant {tenant}; secrets and tokens deleted, audit trail kept");
+    Ok(())
 }
 
 async fn connect(
@@ -497,22 +447,18 @@ async fn connect(
     authority: &str,
     tenant: &str,
     client_id: &str,
-) -> i32 {
-    if let Err(err) = connections::check_authority(authority) {
-        eprintln!("tenantd: {err}");
-        return EXIT_USAGE;
-    }
+) -> CliResult {
+    connections::check_authority(authority).map_err(CliError::usage)?;
     let scope = config.identity.delegated_scopes.join(" ");
-    let code = match identity.start_device_code(tenant, client_id, &scope).await {
-        Ok(code) => code,
-        Err(err) => {
-            eprintln!(
-                "tenantd: cannot start the sign-in ({}): {err}",
+    let code = identity
+        .start_device_code(tenant, client_id, &scope)
+        .await
+        .map_err(|err| {
+            CliError::failure(format!(
+                "cannot start the sign-in ({}): {err}",
                 err.reason_code()
-            );
-            return EXIT_FAILURE;
-        }
-    };
+            ))
+        })?;
     println!("{}", code.message);
     println!(
         "(open {} and enter the code {})",
@@ -523,8 +469,9 @@ async fn connect(
     loop {
         tokio::time::sleep(Duration::from_secs(interval)).await;
         if now_unix() > deadline {
-            eprintln!("tenantd: the code expired before the sign-in finished (expired_token); run connect again");
-            return EXIT_FAILURE;
+            return Err(CliError::failure(
+                "the code expired before the sign-in finished (expired_token); run connect again",
+            ));
         }
         match identity
             .poll_device_code(tenant, client_id, code.device_code.expose())
@@ -542,8 +489,7 @@ async fn connect(
                         .to_string()
                 };
                 let Some(refresh) = tokens.refresh_token else {
-                    eprintln!("tenantd: signed in, but no refresh token came back; add offline_access to identity.delegated_scopes");
-                    return EXIT_USAGE;
+                    return Err(CliError::usage("signed in, but no refresh token came back; add offline_access to identity.delegated_scopes"));
                 };
                 let (tid, oid, upn) = (text("tid"), text("oid"), text("upn"));
                 let new = NewDelegatedConnection {
@@ -554,28 +500,25 @@ async fn connect(
                     authority,
                     refresh_token: refresh.expose(),
                 };
-                return match connections::add_delegated(store, keys, new, Actor::Cli).await {
-                    Ok(connection) => {
-                        println!(
-                            "connected: delegated connection {} for {} in tenant {}",
-                            connection.id,
-                            connection
-                                .user_name
-                                .as_deref()
-                                .unwrap_or(&connection.user_id),
-                            connection.tenant_id
-                        );
-                        EXIT_OK
-                    }
-                    Err(err) => {
-                        eprintln!("tenantd: {err}");
-                        EXIT_FAILURE
-                    }
-                };
+                let connection = connections::add_delegated(store, keys, new, Actor::Cli)
+                    .await
+                    .map_err(CliError::failure)?;
+                println!(
+                    "connected: delegated connection {} for {} in tenant {}",
+                    connection.id,
+                    connection
+                        .user_name
+                        .as_deref()
+                        .unwrap_or(&connection.user_id),
+                    connection.tenant_id
+                );
+                return Ok(());
             }
             Err(err) => {
-                eprintln!("tenantd: sign-in ended ({}): {err}", err.reason_code());
-                return EXIT_FAILURE;
+                return Err(CliError::failure(format!(
+                    "sign-in ended ({}): {err}",
+                    err.reason_code()
+                )));
             }
         }
     }
@@ -587,27 +530,16 @@ async fn check(
     identity: IdentityClient,
     config: &Config,
     tenant: &str,
-) -> i32 {
-    let tenant_id = match connections::canonical_tenant(tenant) {
-        Ok(id) => id,
-        Err(err) => {
-            eprintln!("tenantd: {err}");
-            return EXIT_USAGE;
-        }
-    };
-    let list = match connections::list(store, Some(&tenant_id)).await {
-        Ok(list) if !list.is_empty() => list,
-        Ok(_) => {
-            eprintln!(
-                "tenantd: no connections for {tenant_id}; add one with `tenantd tenant add-app`"
-            );
-            return EXIT_USAGE;
-        }
-        Err(err) => {
-            eprintln!("tenantd: {err}");
-            return EXIT_FAILURE;
-        }
-    };
+) -> CliResult {
+    let tenant_id = connections::canonical_tenant(tenant).map_err(CliError::usage)?;
+    let list = connections::list(store, Some(&tenant_id))
+        .await
+        .map_err(CliError::failure)?;
+    if list.is_empty() {
+        return Err(CliError::usage(format!(
+            "no connections for {tenant_id}; add one with `tenantd tenant add-app`"
+        )));
+    }
     let service = TokenService::new(store.clone(), keys, identity.clone());
     let mut consent_missing = None;
     let mut unexpected = false;
@@ -672,9 +604,10 @@ async fn check(
         print_consent_url(store, &identity, config, &tenant_id, &client_id).await;
     }
     if unexpected {
-        EXIT_FAILURE
+        // Each failure was printed beside its connection.
+        Err(CliError::reported())
     } else {
-        EXIT_OK
+        Ok(())
     }
 }
 
@@ -724,35 +657,24 @@ async fn print_consent_url(
 
 /// Runs one `keys` command and returns the exit code.
 pub(crate) async fn run_keys(config: &Config, command: &KeysCommand) -> i32 {
-    match command {
-        KeysCommand::Generate { out, id } => match Keyring::create_file(out, id) {
-            Ok(()) => {
+    exit_code(match command {
+        KeysCommand::Generate { out, id } => Keyring::create_file(out, id)
+            .map(|()| {
                 println!(
                     "wrote a new key `{id}` to {} (mode 600); point secrets.key_file at it",
                     out.display()
                 );
-                EXIT_OK
-            }
-            Err(err) => {
-                eprintln!("tenantd: {err}");
-                EXIT_FAILURE
-            }
-        },
+            })
+            .map_err(CliError::failure),
         KeysCommand::Rotate => rotate_keys(config).await,
         KeysCommand::Verify { json } => verify_keys(config, *json).await,
-    }
+    })
 }
 
 /// `keys rotate`: every sealed value re-sealed under the active key; what could not be opened
 /// is named, and the exit code says whether the old key may go.
-async fn rotate_keys(config: &Config) -> i32 {
-    let (store, keys) = match open(config).await {
-        Ok(opened) => opened,
-        Err(message) => {
-            eprintln!("tenantd: {message}");
-            return EXIT_FAILURE;
-        }
-    };
+async fn rotate_keys(config: &Config) -> CliResult {
+    let (store, keys) = open(config).await.map_err(CliError::failure)?;
     let result = crate::key_check::rotate(&store, &keys, |rotated| {
         if rotated % 100 == 0 {
             eprintln!("tenantd: re-encrypted {rotated} so far");
@@ -760,16 +682,12 @@ async fn rotate_keys(config: &Config) -> i32 {
     })
     .await;
     store.close().await;
-    let report = match result {
-        Ok(report) => report,
-        Err(err) => {
-            eprintln!(
-                "tenantd: rotation stopped ({}): {err}; what was re-encrypted stays so, run it again when the database is back",
-                err.reason_code()
-            );
-            return EXIT_FAILURE;
-        }
-    };
+    let report = result.map_err(|err| {
+        CliError::failure(format!(
+            "rotation stopped ({}): {err}; what was re-encrypted stays so, run it again when the database is back",
+            err.reason_code()
+        ))
+    })?;
     println!(
         "re-encrypted {} secret(s) under key `{}`; {} already were",
         report.rotated,
@@ -789,36 +707,25 @@ async fn rotate_keys(config: &Config) -> i32 {
         );
     }
     if report.complete() {
-        EXIT_OK
+        Ok(())
+    } else if report.left.is_empty() {
+        // The changed ones were named above.
+        Err(CliError::reported())
     } else {
-        if !report.left.is_empty() {
-            eprintln!(
-                "tenantd: {} secret(s) could not be opened with secrets.key_file: add back the key they name (`tenantd keys verify`), or remove or re-enter those connections and subscriptions; then run `tenantd keys rotate` again. Keep the old key until this exits 0",
-                report.left.len()
-            );
-        }
-        EXIT_FAILURE
+        Err(CliError::failure(format!(
+            "{} secret(s) could not be opened with secrets.key_file: add back the key they name (`tenantd keys verify`), or remove or re-enter those connections and subscriptions; then run `tenantd keys rotate` again. Keep the old key until this exits 0",
+            report.left.len()
+        )))
     }
 }
 
 /// `keys verify`: per key id, how many stored values it opens and how many it fails.
-async fn verify_keys(config: &Config, json: bool) -> i32 {
-    let (store, keys) = match open(config).await {
-        Ok(opened) => opened,
-        Err(message) => {
-            eprintln!("tenantd: {message}");
-            return EXIT_FAILURE;
-        }
-    };
+async fn verify_keys(config: &Config, json: bool) -> CliResult {
+    let (store, keys) = open(config).await.map_err(CliError::failure)?;
     let values = crate::key_check::sealed_values(&store).await;
     store.close().await;
-    let values = match values {
-        Ok(values) => values,
-        Err(err) => {
-            eprintln!("tenantd: {err} ({})", err.reason_code());
-            return EXIT_FAILURE;
-        }
-    };
+    let values =
+        values.map_err(|err| CliError::failure(format!("{err} ({})", err.reason_code())))?;
     let uses = crate::key_check::tally(&keys, &values);
     if json {
         println!(
@@ -845,12 +752,9 @@ async fn verify_keys(config: &Config, json: bool) -> i32 {
         }
     }
     if uses.iter().all(|key| key.failed == 0) {
-        EXIT_OK
+        Ok(())
     } else {
-        eprintln!(
-            "tenantd: some stored secrets do not open with secrets.key_file (FAILS above): a missing key must be added back; a present key that opens none is the wrong key"
-        );
-        EXIT_FAILURE
+        Err(CliError::failure("some stored secrets do not open with secrets.key_file (FAILS above): a missing key must be added back; a present key that opens none is the wrong key"))
     }
 }
 
