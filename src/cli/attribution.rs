@@ -4,7 +4,7 @@
 
 use clap::Subcommand;
 
-use super::{exit_code, CliError, CliResult, EXIT_FAILURE};
+use super::{exit_code, CliError, CliResult};
 use crate::attribution;
 use crate::config::Config;
 use crate::jobs::Registry;
@@ -40,8 +40,9 @@ pub(crate) async fn enqueue(config: &Config, kind: &str, payload: &str) -> i32 {
         Ok(job) => job,
         Err(err) => return exit_code(Err(err)),
     };
-    let Some(store) = super::open_store(config).await else {
-        return EXIT_FAILURE;
+    let store = match super::open_store(config).await {
+        Ok(store) => store,
+        Err(err) => return exit_code(Err(err)),
     };
     let result = match Queue::new(store.clone()).enqueue(&job).await {
         Ok(Enqueued::Created(id)) => {
@@ -76,8 +77,9 @@ pub(crate) async fn run(config: &Config, command: &AttributionCommand) -> i32 {
         Ok(tenant) => tenant,
         Err(err) => return exit_code(Err(CliError::usage(err))),
     };
-    let Some(store) = super::open_store(config).await else {
-        return EXIT_FAILURE;
+    let store = match super::open_store(config).await {
+        Ok(store) => store,
+        Err(err) => return exit_code(Err(err)),
     };
     let result = match command {
         AttributionCommand::List { json, .. } => list(&store, &tenant, *json).await,

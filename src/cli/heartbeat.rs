@@ -4,7 +4,7 @@
 use clap::Subcommand;
 
 use super::runs::start_and_report;
-use super::{exit_code, CliError, CliResult, EXIT_FAILURE};
+use super::{exit_code, CliError, CliResult};
 use crate::config::Config;
 use crate::heartbeat;
 use crate::jobs::heartbeat_cleanup::HeartbeatCleanup;
@@ -88,8 +88,9 @@ pub(crate) async fn run(config: &Config, command: &HeartbeatCommand) -> i32 {
         Ok(tenant) => tenant,
         Err(err) => return exit_code(Err(CliError::usage(err))),
     };
-    let Some(store) = super::open_store(config).await else {
-        return EXIT_FAILURE;
+    let store = match super::open_store(config).await {
+        Ok(store) => store,
+        Err(err) => return exit_code(Err(err)),
     };
     let result = match command {
         HeartbeatCommand::RunNow { .. } => run_now(config, &store, &tenant).await,

@@ -304,20 +304,13 @@ pub fn main() -> i32 {
     }
 }
 
-/// The database, migrated; `None` after saying why on stderr.
-async fn open_store(config: &config::Config) -> Option<crate::store::Store> {
-    let store = match crate::store::Store::connect(&config.database).await {
-        Ok(store) => store,
-        Err(err) => {
-            eprintln!("tenantd: {err}");
-            return None;
-        }
-    };
-    if let Err(err) = store.migrate().await {
-        eprintln!("tenantd: {err}");
-        return None;
-    }
-    Some(store)
+/// The database, migrated.
+async fn open_store(config: &config::Config) -> CliResult<crate::store::Store> {
+    let store = crate::store::Store::connect(&config.database)
+        .await
+        .map_err(CliError::failure)?;
+    store.migrate().await.map_err(CliError::failure)?;
+    Ok(store)
 }
 
 fn print_warnings(loaded: &LoadedConfig) {
@@ -346,20 +339,20 @@ async fn migrate(loaded: LoadedConfig) -> i32 {
         applied.map(|applied| (applied, known))
     }
     .await;
-    match result {
+    exit_code(match result {
         Ok((applied, known)) if applied.is_empty() => {
             println!("{url}: up to date ({known} migrations)");
-            EXIT_OK
+            Ok(())
         }
         Ok((applied, _)) => {
             println!("{url}: applied migrations {applied:?}");
-            EXIT_OK
+            Ok(())
         }
-        Err(err) => {
-            eprintln!("tenantd: migrate failed ({}): {err}", err.reason_code());
-            EXIT_FAILURE
-        }
-    }
+        Err(err) => Err(CliError::failure(format!(
+            "migrate failed ({}): {err}",
+            err.reason_code()
+        ))),
+    })
 }
 
 async fn healthcheck(loaded: &LoadedConfig, url: Option<&str>, timeout_seconds: u64) -> i32 {
@@ -384,27 +377,25 @@ async fn healthcheck(loaded: &LoadedConfig, url: Option<&str>, timeout_seconds: 
         .build()
     {
         Ok(client) => client,
-        Err(err) => {
-            eprintln!("tenantd: healthcheck: {err}");
-            return EXIT_FAILURE;
-        }
+        Err(err) => return exit_code(Err(CliError::failure(format!("healthcheck: {err}")))),
     };
-    match client.get(&url).send().await {
+    // The answer goes to stdout (container health logs show it); exit 1 says "not ready".
+    exit_code(match client.get(&url).send().await {
         Ok(response) if response.status().is_success() => {
             println!("ready ({url})");
-            EXIT_OK
+            Ok(())
         }
         Ok(response) => {
             let status = response.status();
             let body = response.text().await.unwrap_or_default();
             println!("not ready ({url}): {status} {body}");
-            EXIT_FAILURE
+            Err(CliError::reported())
         }
         Err(err) => {
             println!("not reachable ({url}): {err}");
-            EXIT_FAILURE
+            Err(CliError::reported())
         }
-    }
+    })
 }
 
 /// `tenantd demo`: starts the emulator, then runs the daemon pointed at it.

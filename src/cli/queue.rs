@@ -3,7 +3,7 @@
 
 use clap::Subcommand;
 
-use super::{exit_code, CliError, CliResult, EXIT_FAILURE};
+use super::{exit_code, CliError, CliResult};
 use crate::config::Config;
 use crate::queue::{JobState, Queue};
 
@@ -42,8 +42,9 @@ pub(crate) enum QueueCommand {
 
 /// Runs one `queue` command and returns the exit code.
 pub(crate) async fn run(config: &Config, command: &QueueCommand) -> i32 {
-    let Some(store) = super::open_store(config).await else {
-        return EXIT_FAILURE;
+    let store = match super::open_store(config).await {
+        Ok(store) => store,
+        Err(err) => return exit_code(Err(err)),
     };
     let queue = Queue::new(store.clone());
     let result = match command {

@@ -2,7 +2,7 @@
 
 use clap::Subcommand;
 
-use super::{exit_code, CliError, CliResult, EXIT_FAILURE};
+use super::{exit_code, CliError, CliResult};
 use crate::config::Config;
 use crate::jobs::connection_check::ConnectionCheck;
 use crate::jobs::Job;
@@ -32,8 +32,9 @@ pub(crate) enum RunsCommand {
 
 /// Runs one `runs` command and returns the exit code.
 pub(crate) async fn run(config: &Config, command: &RunsCommand) -> i32 {
-    let Some(store) = super::open_store(config).await else {
-        return EXIT_FAILURE;
+    let store = match super::open_store(config).await {
+        Ok(store) => store,
+        Err(err) => return exit_code(Err(err)),
     };
     let result = match command {
         RunsCommand::List { limit, json } => list(&store, *limit, *json).await,
