@@ -456,14 +456,20 @@ fn public_router(
     )
 }
 
-/// The built-in schedules and the configured heartbeats.
-fn schedules(config: &Config) -> Vec<crate::scheduler::Schedule> {
-    let public_url = config
+/// The public URL the subscription reconciles create subscriptions for, the same for the
+/// start-up run and the scheduled ones.
+fn reconcile_url(config: &Config) -> Option<String> {
+    config
         .listener
         .public_url
         .as_ref()
-        .map(|url| url.to_string());
-    let mut schedules = crate::scheduler::builtin(config.queue.retention_hours, public_url);
+        .map(|url| url.to_string())
+}
+
+/// The built-in schedules and the configured heartbeats.
+fn schedules(config: &Config) -> Vec<crate::scheduler::Schedule> {
+    let mut schedules =
+        crate::scheduler::builtin(config.queue.retention_hours, reconcile_url(config));
     schedules.extend(crate::scheduler::heartbeats(&config.heartbeat));
     schedules
 }
@@ -472,17 +478,10 @@ fn schedules(config: &Config) -> Vec<crate::scheduler::Schedule> {
 /// left at Graph are swept at start, not hours later. A failure is logged; the schedules
 /// enqueue them again.
 async fn enqueue_start_up_jobs(queue: &Queue, config: &Config) {
-    let public_url = config
-        .listener
-        .public_url
-        .as_ref()
-        .map(|url| url.to_string());
-    if let Err(err) = crate::jobs::enqueue(
-        queue,
-        &crate::jobs::reconcile_subscriptions::ReconcileSubscriptions { public_url },
-    )
-    .await
-    {
+    let reconcile = crate::jobs::reconcile_subscriptions::ReconcileSubscriptions {
+        public_url: reconcile_url(config),
+    };
+    if let Err(err) = crate::jobs::enqueue(queue, &reconcile).await {
         tracing::warn!(error = %err, reason = err.reason_code(), "could not enqueue the first subscription reconcile; the schedule will");
     }
     if let Err(err) = crate::jobs::enqueue(
