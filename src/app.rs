@@ -224,6 +224,19 @@ impl Application {
         self.instance.id()
     }
 
+    /// A worker pool like the one [`Application::run_until_stopped`] starts, owned by
+    /// `owner`: for running the queue from outside the daemon's loop (tests, one-shot runs).
+    pub fn worker_pool(&self, owner: &str) -> WorkerPool {
+        let parts = WorkerParts {
+            store: &self.store,
+            queue: Queue::new(self.store.clone()),
+            tokens: &self.tokens,
+            keys: &self.keys,
+            owner,
+        };
+        worker_pool(&self.config, parts, CancellationToken::new())
+    }
+
     /// Runs until `shutdown` stops it or a listener fails, then drains.
     ///
     /// # Errors

@@ -18,9 +18,9 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::health::Liveness;
+use crate::health::{Liveness, TaskHealth};
 use crate::jobs::{JobContext, JobError, Registry};
-use crate::queue::{ClaimedJob, Queue};
+use crate::queue::{ClaimedJob, Queue, QueueError};
 use crate::retry::RetryPolicy;
 
 /// Most jobs in hand (running, waiting for a slot, asked for) as a multiple of the
@@ -47,6 +47,7 @@ type Completion = (ClaimedJob, oneshot::Sender<Option<bool>>);
 const JOB_RETRY: RetryPolicy = RetryPolicy::new(Duration::from_secs(2), Duration::from_secs(3600));
 
 /// A pool of workers in this process.
+#[derive(Clone)]
 pub struct WorkerPool {
     /// The queue.
     pub queue: Queue,
@@ -190,6 +191,33 @@ impl WorkerPool {
         if recorder.await.is_err() {
             tracing::error!("the completion recorder stopped abnormally; unrecorded jobs are retried after their lease");
         }
+    }
+
+    /// Claims and runs jobs until no job is due or running in any worker (the queue has
+    /// nothing to do until a retry or a schedule comes due), then stops as [`WorkerPool::run`]
+    /// does. For tests and one-shot runs, which want the queue's work done, not a clock's wait.
+    ///
+    /// # Errors
+    /// The database failed while checking whether work is left.
+    pub async fn run_until_empty(self) -> Result<(), QueueError> {
+        let queue = self.queue.clone();
+        let poll = self.poll;
+        let stop = CancellationToken::new();
+        let liveness = TaskHealth::default().register("run_until_empty", Duration::from_secs(3600));
+        let pool = tokio::spawn(self.run(stop.clone(), liveness));
+        let signal = queue.work_signal().await;
+        let left = loop {
+            match queue.due_or_running().await {
+                Ok(0) => break Ok(()),
+                Ok(_) => signal.wait(poll).await,
+                Err(err) => break Err(err),
+            }
+        };
+        stop.cancel();
+        if pool.await.is_err() {
+            tracing::error!("a worker pool stopped abnormally");
+        }
+        left
     }
 
     async fn execute(

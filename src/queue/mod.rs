@@ -672,6 +672,21 @@ impl Queue {
             .await?))
     }
 
+    /// Jobs that are due (available with `run_at` reached) or running, in any worker: zero
+    /// when the queue has nothing to do until a retry or a schedule comes due.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn due_or_running(&self) -> Result<i64, QueueError> {
+        const SQL: &str = "SELECT COUNT(*) FROM jobs WHERE state = 'running' OR (state = 'available' AND run_at <= $1)";
+        let now = crate::clock::now_unix_ms();
+        let (count,): (i64,) = with_pool!(self.store, |pool| sqlx::query_as(SQL)
+            .bind(now)
+            .fetch_one(pool)
+            .await?);
+        Ok(count)
+    }
+
     /// Jobs in a state, oldest first, at most `limit`.
     ///
     /// # Errors

@@ -140,7 +140,12 @@ async fn env_with(db: &TestDb, subscribe: bool) -> Env {
 }
 
 /// Queues `payload` as `kind` the way `tenantd enqueue` does and waits for the outcome.
-async fn enqueue_and_wait(db: &TestDb, kind: &str, payload: serde_json::Value) -> String {
+async fn enqueue_and_wait(
+    app: &TestApp,
+    db: &TestDb,
+    kind: &str,
+    payload: serde_json::Value,
+) -> String {
     let job = Registry::standard().prepare(kind, payload).unwrap();
     let id = Queue::new(db.store().await)
         .enqueue(&job)
@@ -148,7 +153,7 @@ async fn enqueue_and_wait(db: &TestDb, kind: &str, payload: serde_json::Value) -
         .unwrap()
         .id()
         .to_string();
-    crate::helpers::job_outcome(db, &id).await
+    crate::helpers::job_outcome(app, db, &id).await
 }
 
 fn inbound(stored: &StoredMessage) -> Inbound<'_> {
@@ -185,11 +190,11 @@ async fn mail_is_sent_once_as_the_user_and_replies_link_back_within_the_window(d
         "request_id": "crm-4711"
     });
     assert_eq!(
-        enqueue_and_wait(&db, "delegated_send_mail", payload.clone()).await,
+        enqueue_and_wait(&env.app, &db, "delegated_send_mail", payload.clone()).await,
         "succeeded"
     );
     assert_eq!(
-        enqueue_and_wait(&db, "delegated_send_mail", payload).await,
+        enqueue_and_wait(&env.app, &db, "delegated_send_mail", payload).await,
         "succeeded"
     );
     let received = inbox(&env.emulator, &env.alex_id);
@@ -295,11 +300,11 @@ async fn events_are_created_once_updated_and_cancelled_as_the_user(db: TestDb) {
         "attendees": [{"emailAddress": {"address": "alex@contoso.onmicrosoft.com"}, "type": "required"}]});
     let create = json!({"tenant_id": TENANT, "connection_id": env.adele.id, "action": "create", "event": event, "request_id": "pcas-1"});
     assert_eq!(
-        enqueue_and_wait(&db, "delegated_event", create.clone()).await,
+        enqueue_and_wait(&env.app, &db, "delegated_event", create.clone()).await,
         "succeeded"
     );
     assert_eq!(
-        enqueue_and_wait(&db, "delegated_event", create).await,
+        enqueue_and_wait(&env.app, &db, "delegated_event", create).await,
         "succeeded"
     );
     let events = || {
@@ -318,18 +323,18 @@ async fn events_are_created_once_updated_and_cancelled_as_the_user(db: TestDb) {
     let update = json!({"tenant_id": TENANT, "user": "adele@contoso.onmicrosoft.com", "action": "update", "event_id": id,
         "event": {"subject": "Appointment (moved)"}});
     assert_eq!(
-        enqueue_and_wait(&db, "delegated_event", update).await,
+        enqueue_and_wait(&env.app, &db, "delegated_event", update).await,
         "succeeded"
     );
     assert_eq!(events()[0]["subject"], "Appointment (moved)");
     let cancel = json!({"tenant_id": TENANT, "user": "adele@contoso.onmicrosoft.com", "action": "cancel", "event_id": id, "comment": "Sorry"});
     assert_eq!(
-        enqueue_and_wait(&db, "delegated_event", cancel.clone()).await,
+        enqueue_and_wait(&env.app, &db, "delegated_event", cancel.clone()).await,
         "succeeded"
     );
     assert!(events().is_empty(), "cancelled");
     assert_eq!(
-        enqueue_and_wait(&db, "delegated_event", cancel).await,
+        enqueue_and_wait(&env.app, &db, "delegated_event", cancel).await,
         "failed event_not_found"
     );
     env.app.stop().await.unwrap();
@@ -340,12 +345,12 @@ async fn app_only_connections_and_bad_payloads_are_refused(db: TestDb) {
     let as_app = json!({"tenant_id": TENANT, "connection_id": env.app_connection.id,
         "to": ["alex@contoso.onmicrosoft.com"], "subject": "x", "body": "y"});
     assert_eq!(
-        enqueue_and_wait(&db, "delegated_send_mail", as_app).await,
+        enqueue_and_wait(&env.app, &db, "delegated_send_mail", as_app).await,
         "failed delegated_connection_required"
     );
     let nobody = json!({"tenant_id": TENANT, "user": "mallory@example.com", "to": ["alex@contoso.onmicrosoft.com"], "subject": "x", "body": "y"});
     assert_eq!(
-        enqueue_and_wait(&db, "delegated_send_mail", nobody).await,
+        enqueue_and_wait(&env.app, &db, "delegated_send_mail", nobody).await,
         "failed connection_not_found"
     );
     let registry = Registry::standard();
@@ -367,7 +372,7 @@ async fn app_only_connections_and_bad_payloads_are_refused(db: TestDb) {
     let as_b2c = json!({"tenant_id": TENANT, "user": "adele@contoso.onmicrosoft.com",
         "to": ["alex@contoso.onmicrosoft.com"], "subject": "x", "body": "y"});
     assert_eq!(
-        enqueue_and_wait(&db, "delegated_send_mail", as_b2c).await,
+        enqueue_and_wait(&env.app, &db, "delegated_send_mail", as_b2c).await,
         "failed identity_not_allowed"
     );
     assert!(
@@ -393,7 +398,7 @@ async fn a_reply_notified_through_the_subscription_is_linked_to_the_sent_mail(db
         "request_id": "crm-5150"
     });
     assert_eq!(
-        enqueue_and_wait(&db, "delegated_send_mail", payload).await,
+        enqueue_and_wait(&env.app, &db, "delegated_send_mail", payload).await,
         "succeeded"
     );
     let original = inbox(&env.emulator, &env.alex_id).remove(0);

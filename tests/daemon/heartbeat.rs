@@ -96,7 +96,7 @@ async fn env_with(db: &TestDb, staff: bool) -> Env {
 }
 
 /// Runs `job` through the daemon's queue and waits for its outcome.
-async fn run(db: &TestDb, job: &HeartbeatRun) -> String {
+async fn run(app: &TestApp, db: &TestDb, job: &HeartbeatRun) -> String {
     let store = db.store().await;
     let queue = tenantd::queue::Queue::new(store);
     let id = tenantd::jobs::enqueue(&queue, job)
@@ -104,7 +104,7 @@ async fn run(db: &TestDb, job: &HeartbeatRun) -> String {
         .unwrap()
         .id()
         .to_string();
-    crate::helpers::job_outcome(db, &id).await
+    crate::helpers::job_outcome(app, db, &id).await
 }
 
 /// Runs `heartbeat cleanup` as an operation run; its reason once finished.
@@ -208,7 +208,10 @@ async fn a_scenario_creates_users_once_and_records_each_activity(db: TestDb) {
             (ActivityKind::Chat, 1),
         ],
     );
-    assert_eq!(run(&db, &HeartbeatRun::new(&scenario)).await, "succeeded");
+    assert_eq!(
+        run(&app, &db, &HeartbeatRun::new(&scenario)).await,
+        "succeeded"
+    );
     let users = demo_users(&emulator);
     assert_eq!(
         users.iter().map(|u| u.0.as_str()).collect::<Vec<_>>(),
@@ -287,7 +290,10 @@ async fn a_scenario_creates_users_once_and_records_each_activity(db: TestDb) {
         );
     }
     // A second run: the users are found, not created again; new activity is.
-    assert_eq!(run(&db, &HeartbeatRun::new(&scenario)).await, "succeeded");
+    assert_eq!(
+        run(&app, &db, &HeartbeatRun::new(&scenario)).await,
+        "succeeded"
+    );
     assert_eq!(demo_users(&emulator).len(), 3);
     assert_eq!(recorded(&db, "user").await, 3);
     assert_eq!(recorded(&db, "license").await, 3);
@@ -299,7 +305,7 @@ async fn a_run_resumes_without_duplicates_and_cleanup_removes_exactly_its_object
     let Env { app, emulator, .. } = env(&db).await;
     let scenario = scenario(2, &[(ActivityKind::Mail, 3), (ActivityKind::File, 1)]);
     let job = HeartbeatRun::new(&scenario);
-    assert_eq!(run(&db, &job).await, "succeeded");
+    assert_eq!(run(&app, &db, &job).await, "succeeded");
     // The same run again (a retry after an interruption): recorded steps are skipped, and two
     // steps whose objects Graph made but whose records were lost (the attempt stopped in
     // between) find those objects instead of making them again.
@@ -307,7 +313,7 @@ async fn a_run_resumes_without_duplicates_and_cleanup_removes_exactly_its_object
         .await;
     db.execute("DELETE FROM provisioned_objects WHERE step IN ('mail:1', 'file:0')")
         .await;
-    assert_eq!(run(&db, &job).await, "succeeded");
+    assert_eq!(run(&app, &db, &job).await, "succeeded");
     assert_eq!(recorded(&db, "mail").await, 3);
     let mail_in_graph = || mail_in_graph(&emulator);
     assert_eq!(mail_in_graph(), 3, "no duplicate mail");
@@ -358,7 +364,7 @@ async fn no_seats_left_fails_the_run_with_its_reason(db: TestDb) {
             sku.seats = 2; // user0 holds one
         }
     }
-    let outcome = run(&db, &HeartbeatRun::new(&scenario(3, &[]))).await;
+    let outcome = run(&app, &db, &HeartbeatRun::new(&scenario(3, &[]))).await;
     assert_eq!(outcome, "failed license_seats_exhausted");
     assert_eq!(
         recorded(&db, "license").await,
@@ -412,7 +418,7 @@ async fn a_user_without_usage_location_is_located_before_licensing(db: TestDb) {
     assert_eq!(refused.status(), 400, "as Graph does");
     assert!(refused.text().await.unwrap().contains("usage location"));
     assert_eq!(
-        run(&db, &HeartbeatRun::new(&scenario(1, &[]))).await,
+        run(&app, &db, &HeartbeatRun::new(&scenario(1, &[]))).await,
         "succeeded"
     );
     assert_eq!(
@@ -446,6 +452,7 @@ async fn an_access_policy_denial_is_reported_with_its_reason_and_mailbox(db: Tes
             .insert(client_id.clone(), [user0].into_iter().collect());
     }
     let outcome = run(
+        &app,
         &db,
         &HeartbeatRun::new(&scenario(2, &[(ActivityKind::Mail, 1)])),
     )
@@ -505,14 +512,14 @@ async fn with_a_staff_connection_mail_is_sent_and_chat_posted_by_that_user(db: T
     let Env { app, emulator, .. } = env_with(&db, true).await;
     let scenario = scenario(2, &[(ActivityKind::Mail, 2), (ActivityKind::Chat, 2)]);
     let job = HeartbeatRun::new(&scenario);
-    assert_eq!(run(&db, &job).await, "succeeded");
+    assert_eq!(run(&app, &db, &job).await, "succeeded");
     // The same run again after an attempt that sent mail:0 but stopped before recording it:
     // the sent message is found by its step, not sent twice.
     db.execute("DELETE FROM jobs WHERE kind = 'heartbeat_run'")
         .await;
     db.execute("DELETE FROM provisioned_objects WHERE step IN ('mail:0', 'mail:0:sent')")
         .await;
-    assert_eq!(run(&db, &job).await, "succeeded");
+    assert_eq!(run(&app, &db, &job).await, "succeeded");
     assert_eq!(recorded(&db, "mail").await, 0, "no messages planted");
     assert_eq!(
         recorded(&db, "sent_mail").await,
@@ -629,7 +636,7 @@ async fn a_run_interrupted_halfway_resumes_without_duplicates(db: TestDb) {
         ..
     } = env(&db).await;
     assert_eq!(
-        run(&db, &HeartbeatRun::new(&scenario(2, &[]))).await,
+        run(&app, &db, &HeartbeatRun::new(&scenario(2, &[]))).await,
         "succeeded"
     );
     let demo01 = {
@@ -662,7 +669,7 @@ async fn a_run_interrupted_halfway_resumes_without_duplicates(db: TestDb) {
         .id()
         .to_string();
     assert_eq!(
-        crate::helpers::job_outcome(&db, &job_id).await,
+        crate::helpers::job_outcome(&app, &db, &job_id).await,
         "failed access_policy_denied"
     );
     let files_in_graph = || file_sizes(&emulator).len();
@@ -689,7 +696,7 @@ async fn a_run_interrupted_halfway_resumes_without_duplicates(db: TestDb) {
         .mailbox_scopes
         .clear();
     assert!(queue.retry_now(&job_id).await.unwrap());
-    let outcome = crate::helpers::job_outcome(&db, &job_id).await;
+    let outcome = crate::helpers::job_outcome(&app, &db, &job_id).await;
     // The job keeps its last failure's reason as history.
     assert!(outcome.starts_with("succeeded"), "{outcome}");
     assert_eq!(recorded(&db, "file").await, 2);

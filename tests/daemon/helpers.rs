@@ -346,6 +346,8 @@ pub(crate) struct TestApp {
     pub(crate) shutdown: Shutdown,
     pub(crate) handle: tokio::task::JoinHandle<Result<(), AppError>>,
     pub(crate) client: reqwest::Client,
+    /// A worker pool on the daemon's parts, run by the test beside the daemon's own workers.
+    runner: tenantd::worker::WorkerPool,
 }
 
 impl TestApp {
@@ -363,6 +365,16 @@ impl TestApp {
             .send()
             .await
             .expect("public request")
+    }
+
+    /// Runs the queue in this task, beside the daemon's workers, until no job is due or
+    /// running: the test waits for the work, not for a clock.
+    pub(crate) async fn run_queue_until_empty(&self) {
+        self.runner
+            .clone()
+            .run_until_empty()
+            .await
+            .expect("the queue could be read");
     }
 
     /// Requests a graceful stop and waits for it.
@@ -384,6 +396,7 @@ pub(crate) async fn spawn_app_with(config: Config) -> TestApp {
         .expect("application builds");
     let (admin, public) = (app.admin_addr(), app.public_addr());
     let instance_id = app.instance_id().to_string();
+    let runner = app.worker_pool(&format!("{instance_id}:test"));
     let shutdown = Shutdown::new();
     let handle = tokio::spawn(app.run_until_stopped(shutdown.clone()));
     TestApp {
@@ -393,6 +406,7 @@ pub(crate) async fn spawn_app_with(config: Config) -> TestApp {
         shutdown,
         handle,
         client: reqwest::Client::builder().no_proxy().build().unwrap(),
+        runner,
     }
 }
 
@@ -886,28 +900,27 @@ pub(crate) fn job_context(
     }
 }
 
-/// Waits until job `id` leaves `available` and `running`; its state and last reason, e.g.
-/// `succeeded` or `failed license_seats_exhausted`.
-pub(crate) async fn job_outcome(db: &TestDb, id: &str) -> String {
-    for _ in 0..200 {
-        let state = db
-            .strings(&format!(
-                "SELECT state || ' ' || COALESCE(last_reason, '') FROM jobs WHERE id = '{id}'"
-            ))
-            .await;
-        if let Some(state) = state.first() {
-            if !state.starts_with("available") && !state.starts_with("running") {
-                return state.trim().to_string();
-            }
+/// Runs the queue until job `id` has finished: its state and last reason, e.g. `succeeded` or
+/// `failed license_seats_exhausted`. A job waiting for its retry is waited for until its
+/// `run_at`, then the queue runs again.
+pub(crate) async fn job_outcome(app: &TestApp, db: &TestDb, id: &str) -> String {
+    let sql = format!(
+        "SELECT state || ' ' || COALESCE(last_reason, '') || ' ' || CAST(run_at AS TEXT) FROM jobs WHERE id = '{id}'"
+    );
+    for _ in 0..10 {
+        app.run_queue_until_empty().await;
+        let row = db.strings(&sql).await;
+        let row = row.first().expect("the job exists");
+        let (state_and_reason, run_at) = row.rsplit_once(' ').expect("three fields");
+        if !state_and_reason.starts_with("available") {
+            return state_and_reason.trim().to_string();
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Waiting for its retry: at the job's own time, not a fixed poll.
+        let run_at: u64 = run_at.parse().expect("run_at is unix milliseconds");
+        let wait = run_at.saturating_sub(tenantd::clock::now_unix_ms().try_into().unwrap());
+        tokio::time::sleep(Duration::from_millis(wait)).await;
     }
-    let last = db
-        .strings(&format!(
-            "SELECT state || ' ' || COALESCE(last_reason, '') || ' ' || COALESCE(last_message, '') FROM jobs WHERE id = '{id}'"
-        ))
-        .await;
-    panic!("job {id} did not finish within 20 s: {last:?}");
+    panic!("job {id} was still retried after ten runs of the queue");
 }
 
 /// `upn` signs in once with the device code flow for `scope`; the delegated connection that

@@ -721,7 +721,36 @@ mod workers {
         running.await.unwrap();
     }
 
+    /// `run_until_empty` (the tests' way to wait for work) returns once nothing is due or
+    /// running: every due job has its outcome; a retry and a job scheduled later are left.
+    async fn run_until_empty_finishes_due_work_and_leaves_later_work(db: TestDb) {
+        let (queue, pool) = pool(&db, Duration::from_secs(30), Duration::from_secs(5)).await;
+        for n in 0..40 {
+            jobs::enqueue(&queue, &Sleepy { millis: n % 7 })
+                .await
+                .unwrap();
+        }
+        jobs::enqueue(&queue, &Throttled).await.unwrap();
+        jobs::enqueue(&queue, &Broken).await.unwrap();
+        let mut later = jobs::new_job(&Sleepy { millis: 0 });
+        later.run_at = Some(tenantd::clock::now_unix_ms() + 3_600_000);
+        queue.enqueue(&later).await.unwrap();
+        pool.run_until_empty().await.unwrap();
+        let stats = queue.stats().await.unwrap();
+        assert_eq!(
+            stats,
+            [
+                ("available".to_string(), 2),
+                ("failed".to_string(), 1),
+                ("succeeded".to_string(), 40)
+            ],
+            "40 done, the broken one failed, the throttled one and the later one wait"
+        );
+        assert_eq!(queue.due_or_running().await.unwrap(), 0);
+    }
+
     on_both_backends!(
+        run_until_empty_finishes_due_work_and_leaves_later_work,
         the_daemon_runs_queued_jobs,
         an_idle_pool_wakes_for_new_work_without_waiting_for_its_poll,
         outcomes_are_recorded_without_sleeping_on_throttled_jobs,

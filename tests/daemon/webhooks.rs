@@ -744,29 +744,21 @@ async fn a_database_outage_under_load_answers_503s_and_loses_nothing() {
     env.app.stop().await.unwrap();
 }
 
-/// Enqueues `job` (a one-at-a-time kind) once no run of it is unfinished: a run already under way has read its rows,
-/// so a request made during it is folded into it (one reconcile at a time) and sees nothing new.
-async fn enqueue_a_new_run<J: tenantd::jobs::Job>(
-    db: &TestDb,
+/// Runs a new run of `job` (a one-at-a-time kind) to its end: the queue is run until empty
+/// first, as a run already under way has read its rows, and a request made during it would be
+/// folded into it (one reconcile at a time) and see nothing new.
+async fn run_a_new_run<J: tenantd::jobs::Job>(
+    app: &TestApp,
     queue: &tenantd::queue::Queue,
     job: &J,
 ) {
-    let unfinished_sql = format!(
-        "SELECT id FROM jobs WHERE kind = '{}' AND state IN ('available', 'running')",
-        J::KIND
-    );
-    for _ in 0..200 {
-        let unfinished = db.strings(&unfinished_sql).await;
-        if unfinished.is_empty() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    app.run_queue_until_empty().await;
     let enqueued = tenantd::jobs::enqueue(queue, job).await.unwrap();
     assert!(
         matches!(enqueued, tenantd::queue::Enqueued::Created(_)),
         "a new run, not one folded into a run under way: {enqueued:?}"
     );
+    app.run_queue_until_empty().await;
 }
 
 /// Waits up to 20 s for `sql` to return a row.
@@ -933,13 +925,8 @@ async fn every_documented_form_is_stored_and_the_unrecognised_dead_lettered(db: 
     )
     .await;
     assert_eq!(stored, ["3"]);
-    // A job's message is written before the job is marked done: wait for the marks too.
-    eventually(
-        &db,
-        "SELECT CAST(count(*) AS TEXT) FROM jobs WHERE kind = 'graph_notification' \
-         AND state = 'succeeded' HAVING count(*) >= 3",
-    )
-    .await;
+    // A job's message is written before the job is marked done: run the queue to its end.
+    live.app.run_queue_until_empty().await;
     let resources = db
         .strings(
             "SELECT payload FROM jobs WHERE kind = 'graph_notification' AND state = 'succeeded'",
@@ -999,11 +986,12 @@ async fn every_documented_form_is_stored_and_the_unrecognised_dead_lettered(db: 
             .unwrap();
         assert_eq!(answer.status(), 202);
     }
-    let failed = eventually(
-        &db,
-        "SELECT last_reason || ' ' || last_message FROM jobs WHERE kind = 'graph_notification' AND state = 'failed'",
-    )
-    .await;
+    // Each 202 came after its job was written: the queue holds all of them.
+    live.app.run_queue_until_empty().await;
+    let failed = db
+        .strings("SELECT last_reason || ' ' || last_message FROM jobs WHERE kind = 'graph_notification' AND state = 'failed'")
+        .await;
+    assert_eq!(failed.len(), 1, "{failed:?}");
     assert!(
         failed[0].starts_with("unrecognized_resource "),
         "{failed:?}"
@@ -1012,11 +1000,12 @@ async fn every_documented_form_is_stored_and_the_unrecognised_dead_lettered(db: 
         failed[0].contains("Users/u1/Widgets/w1"),
         "the raw resource: {failed:?}"
     );
-    eventually(
-        &db,
-        "SELECT id FROM jobs WHERE kind = 'graph_notification' AND state = 'succeeded' AND payload LIKE '%chats(%'",
-    )
-    .await;
+    assert_eq!(
+        db.strings("SELECT id FROM jobs WHERE kind = 'graph_notification' AND state = 'succeeded' AND payload LIKE '%chats(%'")
+            .await
+            .len(),
+        1
+    );
     let metrics = live.app.get_admin("/metrics").await.text().await.unwrap();
     for (kind, outcome) in [
         ("chat_message", "ignored"),
@@ -1058,19 +1047,19 @@ async fn a_subscription_created_before_a_crash_is_adopted_not_made_twice(db: Tes
         copy.id
     };
     let store = db.store().await;
-    enqueue_a_new_run(
-        &db,
+    run_a_new_run(
+        &live.app,
         &tenantd::queue::Queue::new(store.clone()),
         &tenantd::jobs::reconcile_subscriptions::ReconcileSubscriptions {
             public_url: Some(live.public_url.clone()),
         },
     )
     .await;
-    let adopted = eventually(
-        &db,
-        "SELECT graph_id FROM subscriptions WHERE status = 'active' AND graph_id IS NOT NULL",
-    )
-    .await;
+    let adopted = db
+        .strings(
+            "SELECT graph_id FROM subscriptions WHERE status = 'active' AND graph_id IS NOT NULL",
+        )
+        .await;
     assert_eq!(
         adopted[..],
         [live.graph_id.as_str()],
@@ -1141,19 +1130,16 @@ async fn the_sweep_deletes_orphans_at_graph_and_nothing_else(db: TestDb) {
     let queue = tenantd::queue::Queue::new(store.clone());
     let sweep = || async {
         let before = db.strings(succeeded).await.len();
-        enqueue_a_new_run(
-            &db,
+        run_a_new_run(
+            &live.app,
             &queue,
             &tenantd::jobs::sweep_subscriptions::SweepSubscriptions {},
         )
         .await;
-        for _ in 0..200 {
-            if db.strings(succeeded).await.len() > before {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-        panic!("the sweep did not finish within 20 s");
+        assert!(
+            db.strings(succeeded).await.len() > before,
+            "the sweep ran and succeeded"
+        );
     };
     // The metrics recorder is one per test process: compare with the count before.
     let deleted = || async {
@@ -1258,15 +1244,13 @@ async fn subscriptions_are_renewed_before_expiry_and_recreated_when_graph_lost_t
         now + 3600
     ))
     .await;
-    enqueue_a_new_run(&db, &queue, &reconcile).await;
-    let renewed = eventually(
-        &db,
-        &format!(
+    run_a_new_run(&live.app, &queue, &reconcile).await;
+    let renewed = db
+        .strings(&format!(
             "SELECT graph_id FROM subscriptions WHERE last_renewed_at > 0 AND expires_at > {}",
             now + 6 * 24 * 3600
-        ),
-    )
-    .await;
+        ))
+        .await;
     assert_eq!(
         renewed,
         std::slice::from_ref(&live.graph_id),
@@ -1289,15 +1273,13 @@ async fn subscriptions_are_renewed_before_expiry_and_recreated_when_graph_lost_t
         now + 3600
     ))
     .await;
-    enqueue_a_new_run(&db, &queue, &reconcile).await;
-    let recreated = eventually(
-        &db,
-        &format!(
+    run_a_new_run(&live.app, &queue, &reconcile).await;
+    let recreated = db
+        .strings(&format!(
             "SELECT graph_id FROM subscriptions WHERE status = 'active' AND graph_id <> '{}'",
             live.graph_id
-        ),
-    )
-    .await;
+        ))
+        .await;
     assert!(live
         .emulator
         .shared()
