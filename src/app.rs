@@ -227,14 +227,16 @@ impl Application {
     /// A worker pool like the one [`Application::run_until_stopped`] starts, owned by
     /// `owner`: for running the queue from outside the daemon's loop (tests, one-shot runs).
     pub fn worker_pool(&self, owner: &str) -> WorkerPool {
-        let parts = WorkerParts {
+        let parts = Parts {
+            config: &self.config,
             store: &self.store,
-            queue: Queue::new(self.store.clone()),
-            tokens: &self.tokens,
             keys: &self.keys,
-            owner,
+            tokens: &self.tokens,
+            instance: &self.instance,
+            tasks: &self.tasks,
         };
-        worker_pool(&self.config, parts, CancellationToken::new())
+        let queue = Queue::new(self.store.clone());
+        worker_pool(&parts, queue, owner, CancellationToken::new())
     }
 
     /// Runs until `shutdown` stops it or a listener fails, then drains.
@@ -256,7 +258,6 @@ impl Application {
             tokens,
         } = self;
         let stopping = Arc::new(AtomicBool::new(false));
-        let work = TaskTracker::new();
         let work_stop = CancellationToken::new();
         let admin_stop = CancellationToken::new();
         let (failed_tx, mut failed_rx) = mpsc::channel::<AppError>(2);
@@ -267,64 +268,33 @@ impl Application {
             metrics: metrics.clone(),
             stopping: stopping.clone(),
         };
-        // Both listeners admit connections under the same limits.
-        let limits = serve_limits(&config);
+        // Both listeners admit connections under the same limits (`start_work` serves the
+        // public one).
         let admin_task = tokio::spawn(serve_listener(
             "admin",
             admin,
             http::admin::router(admin_state),
-            limits,
+            serve_limits(&config),
             admin_stop.clone(),
             failed_tx.clone(),
         ));
-        let queue = Queue::new(store.clone());
-        let (intake, intake_writer) = Intake::new(queue.clone());
-        // Ends once the public listener (holding the intake) has stopped and its last
-        // accepted notifications are written.
-        work.spawn(intake_writer);
-        work.spawn(serve_listener(
-            "public",
+        let parts = Parts {
+            config: &config,
+            store: &store,
+            keys: &keys,
+            tokens: &tokens,
+            instance: &instance,
+            tasks: &tasks,
+        };
+        let work = start_work(
+            &parts,
             public,
-            public_router(&config, &store, &keys, intake),
-            limits,
-            work_stop.clone(),
-            failed_tx.clone(),
-        ));
-        work.spawn(metrics_upkeep(metrics, tasks.clone(), work_stop.clone()));
-        work.spawn(queue_upkeep(
-            store.clone(),
-            queue.clone(),
-            tasks.clone(),
-            work_stop.clone(),
-        ));
-        let scheduler = Scheduler::new(store.clone(), queue.clone(), schedules(&config));
-        work.spawn(run_scheduler(scheduler, tasks.clone(), work_stop.clone()));
-        enqueue_start_up_jobs(&queue, &config).await;
-        if config.queue.workers > 0 {
-            let parts = WorkerParts {
-                store: &store,
-                queue,
-                tokens: &tokens,
-                keys: &keys,
-                owner: instance.id(),
-            };
-            let pool = worker_pool(&config, parts, shutdown.force.clone());
-            let liveness = tasks.register("workers", (pool.poll * 20).max(Duration::from_secs(30)));
-            work.spawn(pool.run(work_stop.clone(), liveness));
-        }
-        work.spawn(instance_presence(
-            instance.clone(),
-            tasks.clone(),
-            work_stop.clone(),
-        ));
-        if config.shutdown.stall_exit_seconds > 0 {
-            work.spawn(stall_guard(
-                tasks.clone(),
-                Duration::from_secs(config.shutdown.stall_exit_seconds),
-                failed_tx,
-                work_stop.clone(),
-            ));
-        }
+            metrics,
+            &work_stop,
+            failed_tx,
+            shutdown.force.clone(),
+        )
+        .await;
         let notifier = Arc::new(notifier);
         let watchdog = start_watchdog(&notifier, &tasks, &admin_stop);
 
@@ -364,6 +334,75 @@ impl Application {
         record_stop(&instance, &store).await;
         outcome
     }
+}
+
+/// Borrowed parts of a built daemon that the running tasks are made from.
+struct Parts<'a> {
+    config: &'a Config,
+    store: &'a Store,
+    keys: &'a Arc<Keyring>,
+    tokens: &'a Arc<TokenService>,
+    instance: &'a Instance,
+    tasks: &'a TaskHealth,
+}
+
+/// Starts the work that `stop` ends and the drain waits for: the public listener and its
+/// intake writer, the upkeep tasks, the scheduler (after the start-up jobs are queued), the
+/// workers (`release_now` hands their running jobs back), the instance presence and the stall
+/// guard. A listener that fails, or a stall past the limit, is sent on `failed`.
+async fn start_work(
+    parts: &Parts<'_>,
+    public: TcpListener,
+    metrics: PrometheusHandle,
+    stop: &CancellationToken,
+    failed: mpsc::Sender<AppError>,
+    release_now: CancellationToken,
+) -> TaskTracker {
+    let work = TaskTracker::new();
+    let queue = Queue::new(parts.store.clone());
+    let (intake, intake_writer) = Intake::new(queue.clone());
+    // Ends once the public listener (holding the intake) has stopped and its last
+    // accepted notifications are written.
+    work.spawn(intake_writer);
+    work.spawn(serve_listener(
+        "public",
+        public,
+        public_router(parts.config, parts.store, parts.keys, intake),
+        serve_limits(parts.config),
+        stop.clone(),
+        failed.clone(),
+    ));
+    work.spawn(metrics_upkeep(metrics, parts.tasks.clone(), stop.clone()));
+    work.spawn(queue_upkeep(
+        parts.store.clone(),
+        queue.clone(),
+        parts.tasks.clone(),
+        stop.clone(),
+    ));
+    let scheduler = Scheduler::new(parts.store.clone(), queue.clone(), schedules(parts.config));
+    work.spawn(run_scheduler(scheduler, parts.tasks.clone(), stop.clone()));
+    enqueue_start_up_jobs(&queue, parts.config).await;
+    if parts.config.queue.workers > 0 {
+        let pool = worker_pool(parts, queue, parts.instance.id(), release_now);
+        let liveness = parts
+            .tasks
+            .register("workers", (pool.poll * 20).max(Duration::from_secs(30)));
+        work.spawn(pool.run(stop.clone(), liveness));
+    }
+    work.spawn(instance_presence(
+        parts.instance.clone(),
+        parts.tasks.clone(),
+        stop.clone(),
+    ));
+    if parts.config.shutdown.stall_exit_seconds > 0 {
+        work.spawn(stall_guard(
+            parts.tasks.clone(),
+            Duration::from_secs(parts.config.shutdown.stall_exit_seconds),
+            failed,
+            stop.clone(),
+        ));
+    }
+    work
 }
 
 /// Pings systemd's watchdog while every task is healthy, when systemd asked for it.
@@ -507,24 +546,17 @@ async fn enqueue_start_up_jobs(queue: &Queue, config: &Config) {
     }
 }
 
-/// What the worker pool is built from besides the configuration.
-struct WorkerParts<'a> {
-    store: &'a Store,
-    queue: Queue,
-    tokens: &'a Arc<TokenService>,
-    keys: &'a Arc<Keyring>,
-    owner: &'a str,
-}
-
-/// The worker pool the configuration asks for; `release_now` hands running jobs back (a
-/// second stop signal).
+/// The worker pool the configuration asks for, its leases held by `owner`; `release_now`
+/// hands running jobs back (a second stop signal).
 fn worker_pool(
-    config: &Config,
-    parts: WorkerParts<'_>,
+    parts: &Parts<'_>,
+    queue: Queue,
+    owner: &str,
     release_now: CancellationToken,
 ) -> WorkerPool {
+    let config = parts.config;
     WorkerPool {
-        queue: parts.queue.clone(),
+        queue: queue.clone(),
         registry: Arc::new(Registry::standard()),
         context: JobContext {
             attempt: 1,
@@ -534,12 +566,12 @@ fn worker_pool(
                 .as_ref()
                 .map(|url| url.as_str().trim_end_matches('/').to_string()),
             store: parts.store.clone(),
-            queue: parts.queue,
+            queue,
             tokens: parts.tokens.clone(),
             keys: parts.keys.clone(),
             graph: Arc::new(GraphClient::new(&config.graph, parts.tokens.clone())),
         },
-        owner: parts.owner.to_string(),
+        owner: owner.to_string(),
         concurrency: usize::try_from(config.queue.workers).unwrap_or(1),
         lease: Duration::from_secs(config.queue.lease_seconds.max(3)),
         poll: Duration::from_millis(config.queue.poll_interval_ms.max(10)),
