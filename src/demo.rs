@@ -21,6 +21,8 @@ use crate::vault::Keyring;
 pub const DEMO_DATABASE_URL: &str = "sqlite://data/demo/tenantd.db";
 /// Where the demo keeps its vault keys.
 pub const DEMO_KEY_FILE: &str = "data/demo/vault.keys";
+/// Where the demo writes the configuration it runs from, for the CLI beside it too.
+pub const DEMO_CONFIG_FILE: &str = "data/demo/tenantd.toml";
 
 /// Why the demo could not start.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +38,14 @@ pub enum DemoError {
     /// The demo tenant could not be seeded.
     #[error("cannot seed the demo tenant: {0}")]
     Seed(String),
+    /// The demo's configuration file could not be written.
+    #[error("cannot write the demo configuration {path}: {reason}")]
+    Config {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// A running emulator with the demo tenant.
@@ -95,18 +105,63 @@ impl Demo {
         }
     }
 
+    /// Writes [`DEMO_CONFIG_FILE`] (absolute paths, so `TENANTD_CONFIG` works from any
+    /// directory): the database, the key file, the emulator's addresses and the heartbeat, with
+    /// the [`Demo::overrides`]. Rewritten at each start (the emulator's port may change).
+    /// Returns its absolute path.
+    ///
+    /// # Errors
+    /// [`DemoError::Config`] when the file cannot be written.
+    pub fn write_config(&self) -> Result<std::path::PathBuf, DemoError> {
+        let path = absolute(std::path::Path::new(DEMO_CONFIG_FILE));
+        let failed = |reason: String| DemoError::Config {
+            path: path.display().to_string(),
+            reason,
+        };
+        let mut root = toml::Table::new();
+        for setting in self.overrides() {
+            let (section, key) = setting.key.split_once('.').expect("dotted keys");
+            let value = match setting.key {
+                "listener.allow_http_public_url" => toml::Value::Boolean(setting.value == "true"),
+                _ => toml::Value::String(setting.value),
+            };
+            root.entry(section)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                .as_table_mut()
+                .expect("sections are tables")
+                .insert(key.to_string(), value);
+        }
+        let heartbeat =
+            toml::Value::try_from(self.heartbeat()).map_err(|e| failed(e.to_string()))?;
+        root.insert("heartbeat".into(), toml::Value::Array(vec![heartbeat]));
+        let text = format!(
+            "# Written by `tenantd demo` at each start: where the demo keeps its state and how it\n\
+             # reaches its Graph emulator. For the CLI beside the running demo:\n\
+             #   export TENANTD_CONFIG={}\n\n{}",
+            path.display(),
+            toml::to_string(&root).map_err(|e| failed(e.to_string()))?
+        );
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| failed(e.to_string()))?;
+        }
+        std::fs::write(&path, text).map_err(|e| failed(e.to_string()))?;
+        Ok(path)
+    }
+
     /// The settings that point tenantd at the emulator, to be applied before the user's flags.
     pub fn overrides(&self) -> Vec<FlagOverride> {
         vec![
             FlagOverride {
                 key: "secrets.key_file",
                 flag: "demo",
-                value: DEMO_KEY_FILE.into(),
+                value: absolute(std::path::Path::new(DEMO_KEY_FILE))
+                    .display()
+                    .to_string(),
             },
             FlagOverride {
                 key: "database.url",
                 flag: "demo",
-                value: DEMO_DATABASE_URL.into(),
+                value: demo_database_url(),
             },
             FlagOverride {
                 key: "graph.base_url",
@@ -158,27 +213,58 @@ impl Demo {
         Ok(connection.id)
     }
 
-    /// What the operator reads first: where everything is and what runs.
-    pub fn banner(&self, admin: SocketAddr, webhook: SocketAddr) -> String {
+    /// What the operator reads first: where everything is, what runs, and the one line that
+    /// points the CLI at this demo (`config`, the file [`Demo::write_config`] wrote).
+    pub fn banner(
+        &self,
+        admin: SocketAddr,
+        webhook: SocketAddr,
+        config: &std::path::Path,
+    ) -> String {
         let base = self.emulator.base_url();
+        let binary = std::env::current_exe()
+            .map_or_else(|_| "tenantd".to_string(), |exe| exe.display().to_string());
         format!(
             "tenantd demo: the full daemon against the built-in Graph emulator (no Microsoft account)\n\
              \x20 admin (health, readiness, metrics)  http://{admin}/healthz  /readyz  /metrics\n\
              \x20 webhook listener                    http://{webhook}/\n\
              \x20 Graph emulator                      {base}  (Graph {base}/v1.0, control API {base}/_emulator)\n\
              \x20 demo tenant                         {} ({}), app {}, users {}\n\
-             \x20 database                            {DEMO_DATABASE_URL}\n\
+             \x20 configuration                       {} (database, vault key file, emulator, heartbeat)\n\
              What runs now: database migrations, both listeners, health, readiness and metrics; the demo\n\
              tenant connected app-only with its secret sealed in the vault and a Graph token acquired from the\n\
-             emulator (`tenantd tenant list --database-url {DEMO_DATABASE_URL}` shows it); the work queue and\n\
-             schedules; a heartbeat every 30 s (unless the configuration has its own) that keeps three demo users\n\
-             busy with mail, documents and events (`tenantd heartbeat list --tenant {} --database-url {DEMO_DATABASE_URL}`).\n\
+             emulator; the work queue and schedules; a heartbeat every 30 s (unless the configuration has its\n\
+             own) that keeps three demo users busy with mail, documents and events.\n\
+             In another terminal, the CLI on this demo (the binary is {binary}; `cargo install --path .` puts\n\
+             `tenantd` on PATH):\n\
+             \x20 export TENANTD_CONFIG={}\n\
+             \x20 tenantd tenant list\n\
+             \x20 tenantd heartbeat list --tenant {}\n\
+             \x20 tenantd queue stats\n\
              Stop with Ctrl-C.",
             self.tenant.tenant_id,
             self.tenant.domain,
             self.tenant.client_id,
             self.tenant.users.join(", "),
+            config.display(),
+            config.display(),
             self.tenant.tenant_id,
         )
     }
+}
+
+/// `path` from the current directory (unchanged when that cannot be read).
+fn absolute(path: &std::path::Path) -> std::path::PathBuf {
+    std::env::current_dir().map_or_else(|_| path.to_path_buf(), |dir| dir.join(path))
+}
+
+/// [`DEMO_DATABASE_URL`] with an absolute path.
+fn demo_database_url() -> String {
+    let relative = DEMO_DATABASE_URL
+        .strip_prefix("sqlite://")
+        .expect("a sqlite URL");
+    format!(
+        "sqlite://{}",
+        absolute(std::path::Path::new(relative)).display()
+    )
 }

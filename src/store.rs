@@ -212,6 +212,18 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+/// The file a SQLite URL names; `None` for PostgreSQL, an in-memory database or a URL that
+/// does not parse (connecting reports that).
+pub fn sqlite_file(url: &DatabaseUrl) -> Option<PathBuf> {
+    if Backend::from_url(url) != Some(Backend::Sqlite) {
+        return None;
+    }
+    let options = SqliteConnectOptions::from_str(url.expose()).ok()?;
+    let filename = options.get_filename();
+    let on_disk = !filename.as_os_str().is_empty() && filename.to_str() != Some(":memory:");
+    on_disk.then(|| filename.to_path_buf())
+}
+
 /// The identity of the SQLite file as opened, to notice it being deleted or swapped.
 #[derive(Debug)]
 struct FileIdentity {

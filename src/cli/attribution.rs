@@ -40,7 +40,7 @@ pub(crate) async fn enqueue(config: &Config, kind: &str, payload: &str) -> i32 {
         Ok(job) => job,
         Err(err) => return exit_code(Err(err)),
     };
-    let store = match super::open_store(config).await {
+    let store = match super::open_store(config, super::Access::Write).await {
         Ok(store) => store,
         Err(err) => return exit_code(Err(err)),
     };
@@ -77,7 +77,11 @@ pub(crate) async fn run(config: &Config, command: &AttributionCommand) -> i32 {
         Ok(tenant) => tenant,
         Err(err) => return exit_code(Err(CliError::usage(err))),
     };
-    let store = match super::open_store(config).await {
+    let access = match command {
+        AttributionCommand::List { .. } => super::Access::Read,
+        AttributionCommand::Lookback { .. } => super::Access::Write,
+    };
+    let store = match super::open_store(config, access).await {
         Ok(store) => store,
         Err(err) => return exit_code(Err(err)),
     };

@@ -88,7 +88,13 @@ pub(crate) async fn run(config: &Config, command: &HeartbeatCommand) -> i32 {
         Ok(tenant) => tenant,
         Err(err) => return exit_code(Err(CliError::usage(err))),
     };
-    let store = match super::open_store(config).await {
+    let access = match command {
+        HeartbeatCommand::List { .. } | HeartbeatCommand::Cleanup { dry_run: true, .. } => {
+            super::Access::Read
+        }
+        HeartbeatCommand::RunNow { .. } | HeartbeatCommand::Cleanup { .. } => super::Access::Write,
+    };
+    let store = match super::open_store(config, access).await {
         Ok(store) => store,
         Err(err) => return exit_code(Err(err)),
     };

@@ -255,7 +255,7 @@ pub fn main() -> i32 {
         }
     };
     match &cli.command {
-        Command::Run => run(&cli, loaded, cli.flag_overrides(), &runtime, None),
+        Command::Run => run(loaded, cli.flag_overrides(), &runtime, None),
         Command::Demo { .. } => unreachable!("handled above"),
         Command::Tenant(command) => {
             print_warnings(&loaded);
@@ -304,12 +304,45 @@ pub fn main() -> i32 {
     }
 }
 
-/// The database, migrated.
-async fn open_store(config: &config::Config) -> CliResult<crate::store::Store> {
+/// What a command does to the daemon's state, which decides whether it may create it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// Reads only: a missing database or key file is an error naming the file and the fix,
+    /// never created (an operator who points the CLI at the wrong place must hear so, not get
+    /// an empty new install beside the daemon's).
+    Read,
+    /// Writes: the database is created and migrated, the built-in key file created, when
+    /// missing (zero setup).
+    Write,
+}
+
+/// The database: with [`Access::Write`] created and migrated when needed; with
+/// [`Access::Read`] it must exist and be migrated.
+async fn open_store(config: &config::Config, access: Access) -> CliResult<crate::store::Store> {
+    if access == Access::Read {
+        if let Some(path) = crate::store::sqlite_file(&config.database.url) {
+            if !path.exists() {
+                return Err(CliError::usage(format!(
+                    "no database at {}: this command only reads. Point the CLI at the daemon's configuration (--config FILE or TENANTD_CONFIG, or database.url / TENANTD_DATABASE__URL), or create a new one with `tenantd migrate`",
+                    path.display()
+                )));
+            }
+        }
+    }
     let store = crate::store::Store::connect(&config.database)
         .await
         .map_err(CliError::failure)?;
-    store.migrate().await.map_err(CliError::failure)?;
+    match access {
+        Access::Write => {
+            store.migrate().await.map_err(CliError::failure)?;
+        }
+        Access::Read => store.check_ready().await.map_err(|err| match err {
+            crate::store::StoreError::NotMigrated(_) => CliError::usage(format!(
+                "{err}: this command only reads; run `tenantd migrate` (or start the daemon, which migrates)"
+            )),
+            other => CliError::failure(other),
+        })?,
+    }
     Ok(store)
 }
 
@@ -408,10 +441,24 @@ fn demo(cli: &Cli, emulator_bind: std::net::SocketAddr, runtime: &tokio::runtime
             return EXIT_FAILURE;
         }
     };
-    // Demo settings first, then the user's flags, which still win.
-    let mut flags = demo.overrides();
-    flags.extend(cli.flag_overrides());
-    let mut loaded = match config::load(cli.config.as_deref(), &flags) {
+    let demo_config = match demo.write_config() {
+        Ok(path) => path,
+        Err(err) => {
+            eprintln!("tenantd: {err}");
+            return EXIT_FAILURE;
+        }
+    };
+    // The demo runs from the file it wrote, the user's flags still winning; with a file of the
+    // user's own, the demo's settings are layered over it as flags instead.
+    let (file, flags) = match cli.config.as_deref() {
+        None => (demo_config.clone(), cli.flag_overrides()),
+        Some(file) => {
+            let mut flags = demo.overrides();
+            flags.extend(cli.flag_overrides());
+            (file.to_path_buf(), flags)
+        }
+    };
+    let mut loaded = match config::load(Some(&file), &flags) {
         Ok(loaded) => loaded,
         Err(err) => {
             eprintln!("tenantd: configuration error:\n  {err}");
@@ -421,17 +468,16 @@ fn demo(cli: &Cli, emulator_bind: std::net::SocketAddr, runtime: &tokio::runtime
     if loaded.config.heartbeat.is_empty() {
         loaded.config.heartbeat.push(demo.heartbeat());
     }
-    let code = run(cli, loaded, flags, runtime, Some(&demo));
+    let code = run(loaded, flags, runtime, Some((&demo, demo_config.as_path())));
     demo.emulator.stop();
     code
 }
 
 fn run(
-    cli: &Cli,
     loaded: LoadedConfig,
     flags: Vec<FlagOverride>,
     runtime: &tokio::runtime::Runtime,
-    demo: Option<&crate::demo::Demo>,
+    demo: Option<(&crate::demo::Demo, &std::path::Path)>,
 ) -> i32 {
     // Signals first: a SIGTERM during start-up must stop us cleanly, not kill us.
     let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
@@ -492,20 +538,24 @@ fn run(
     }
 
     let result = runtime.block_on(async {
+        // The file actually read (the demo's own when it runs from it).
         let reload = Reload {
-            config: cli.config.clone(),
+            config: loaded.file.clone(),
             flags,
             log,
         };
         tokio::spawn(handle_signals(signal_rx, shutdown.clone(), reload));
         let app = Application::build(loaded.config, Notifier::from_env()).await?;
-        if let Some(demo) = demo {
+        if let Some((demo, demo_config)) = demo {
             tracing::info!(
                 emulator.url = %demo.emulator.base_url(),
                 tenant.id = %demo.tenant.tenant_id,
                 "demo: pointed at the built-in Graph emulator"
             );
-            println!("{}", demo.banner(app.admin_addr(), app.public_addr()));
+            println!(
+                "{}",
+                demo.banner(app.admin_addr(), app.public_addr(), demo_config)
+            );
             match demo.connect(&app).await {
                 Ok(connection) => tracing::info!(
                     connection.id = %connection,

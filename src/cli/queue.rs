@@ -42,7 +42,11 @@ pub(crate) enum QueueCommand {
 
 /// Runs one `queue` command and returns the exit code.
 pub(crate) async fn run(config: &Config, command: &QueueCommand) -> i32 {
-    let store = match super::open_store(config).await {
+    let access = match command {
+        QueueCommand::Stats { .. } | QueueCommand::List { .. } => super::Access::Read,
+        QueueCommand::Retry { .. } | QueueCommand::Cancel { .. } => super::Access::Write,
+    };
+    let store = match super::open_store(config, access).await {
         Ok(store) => store,
         Err(err) => return exit_code(Err(err)),
     };

@@ -32,7 +32,11 @@ pub(crate) enum RunsCommand {
 
 /// Runs one `runs` command and returns the exit code.
 pub(crate) async fn run(config: &Config, command: &RunsCommand) -> i32 {
-    let store = match super::open_store(config).await {
+    let access = match command {
+        RunsCommand::List { .. } => super::Access::Read,
+        RunsCommand::ConnectionCheck { .. } => super::Access::Write,
+    };
+    let store = match super::open_store(config, access).await {
         Ok(store) => store,
         Err(err) => return exit_code(Err(err)),
     };

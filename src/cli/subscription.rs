@@ -53,9 +53,13 @@ fn failed(err: SubscriptionError) -> CliError {
 
 /// Runs one `subscription` command and returns the exit code.
 pub(crate) async fn run(config: &Config, command: &SubscriptionCommand) -> i32 {
-    let (store, keys) = match super::tenant::open(config).await {
+    let access = match command {
+        SubscriptionCommand::List { .. } => super::Access::Read,
+        _ => super::Access::Write,
+    };
+    let (store, keys) = match super::tenant::open(config, access).await {
         Ok(opened) => opened,
-        Err(message) => return exit_code(Err(CliError::failure(message))),
+        Err(err) => return exit_code(Err(err)),
     };
     let result = match command {
         SubscriptionCommand::Create {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::Subcommand;
 
-use super::{exit_code, CliError, CliResult};
+use super::{exit_code, Access, CliError, CliResult};
 use crate::audit::Actor;
 use crate::clock::now_unix;
 use crate::config::Config;
@@ -121,19 +121,29 @@ pub(crate) enum KeysCommand {
     },
 }
 
-pub(crate) async fn open(config: &Config) -> Result<(Store, Arc<Keyring>), String> {
-    let (keys, created) =
-        Keyring::open_configured(&config.secrets.key_file).map_err(|e| e.to_string())?;
-    if created {
-        eprintln!(
-            "tenantd: created vault key file {} (keep it apart from the database in production: secrets.key_file)",
-            config.secrets.key_file.display()
-        );
-    }
-    let store = Store::connect(&config.database)
-        .await
-        .map_err(|e| e.to_string())?;
-    store.migrate().await.map_err(|e| e.to_string())?;
+/// The database and the vault keys. With [`Access::Read`] neither is created: a missing key
+/// file names the file and the fix (exit 2).
+pub(crate) async fn open(config: &Config, access: Access) -> CliResult<(Store, Arc<Keyring>)> {
+    // The database first: when the CLI looks in the wrong place, that is the clearer message.
+    let store = super::open_store(config, access).await?;
+    let keys = match access {
+        Access::Write => {
+            let (keys, created) =
+                Keyring::open_configured(&config.secrets.key_file).map_err(CliError::failure)?;
+            if created {
+                eprintln!(
+                    "tenantd: created vault key file {} (keep it apart from the database in production: secrets.key_file)",
+                    config.secrets.key_file.display()
+                );
+            }
+            keys
+        }
+        Access::Read => Keyring::load(&config.secrets.key_file).map_err(|err| {
+            CliError::usage(format!(
+                "{err}; this command only reads: point the CLI at the daemon's configuration (--config FILE or TENANTD_CONFIG, or secrets.key_file / TENANTD_SECRETS__KEY_FILE)"
+            ))
+        })?,
+    };
     Ok((store, Arc::new(keys)))
 }
 
@@ -248,9 +258,15 @@ fn print_table(connections: &[Connection]) {
 
 /// Runs one `tenant` command and returns the exit code.
 pub(crate) async fn run_tenant(config: &Config, command: &TenantCommand) -> i32 {
-    let (store, keys) = match open(config).await {
+    let access = match command {
+        TenantCommand::List { .. }
+        | TenantCommand::ConsentUrl { .. }
+        | TenantCommand::Check { .. } => Access::Read,
+        _ => Access::Write,
+    };
+    let (store, keys) = match open(config, access).await {
         Ok(opened) => opened,
-        Err(message) => return exit_code(Err(CliError::failure(message))),
+        Err(err) => return exit_code(Err(err)),
     };
     let identity = IdentityClient::configured(config);
     let authority = config
@@ -674,7 +690,7 @@ pub(crate) async fn run_keys(config: &Config, command: &KeysCommand) -> i32 {
 /// `keys rotate`: every sealed value re-sealed under the active key; what could not be opened
 /// is named, and the exit code says whether the old key may go.
 async fn rotate_keys(config: &Config) -> CliResult {
-    let (store, keys) = open(config).await.map_err(CliError::failure)?;
+    let (store, keys) = open(config, Access::Write).await?;
     let result = crate::key_check::rotate(&store, &keys, |rotated| {
         if rotated % 100 == 0 {
             eprintln!("tenantd: re-encrypted {rotated} so far");
@@ -721,7 +737,7 @@ async fn rotate_keys(config: &Config) -> CliResult {
 
 /// `keys verify`: per key id, how many stored values it opens and how many it fails.
 async fn verify_keys(config: &Config, json: bool) -> CliResult {
-    let (store, keys) = open(config).await.map_err(CliError::failure)?;
+    let (store, keys) = open(config, Access::Read).await?;
     let values = crate::key_check::sealed_values(&store).await;
     store.close().await;
     let values =

@@ -5,7 +5,7 @@ use std::os::unix::net::UnixDatagram;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::helpers::{http_get, tenantd_command, Daemon, TestDb};
+use crate::helpers::{combined_output, http_get, tenantd_command, Daemon, TestDb};
 use tenantd::instance::Instance;
 
 crate::on_both_backends!(
@@ -553,6 +553,45 @@ fn demo_runs_the_daemon_against_the_built_in_emulator() {
     };
     assert_eq!(activity, [true, true, true]);
     daemon.wait_for_log("heartbeat run finished", Duration::from_secs(20));
+    // The CLI beside the demo, from another directory, with the one line the banner gives:
+    // it reads the demo's database with the demo's key file and reaches the demo's emulator.
+    let config = cwd.path().join("data/demo/tenantd.toml");
+    let written = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        written.contains(&format!("authority = \"{emulator}\"")),
+        "{written}"
+    );
+    let elsewhere = tempfile::tempdir().unwrap();
+    let cli = |args: &[&str]| {
+        let out = tenantd_command()
+            .current_dir(elsewhere.path())
+            .env("TENANTD_CONFIG", &config)
+            .args(args)
+            .output()
+            .unwrap();
+        let text = combined_output(&out);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {text}");
+        text
+    };
+    let tenants = cli(&["tenant", "list"]);
+    assert!(
+        tenants.contains(DEMO_TENANT) && tenants.contains("active"),
+        "{tenants}"
+    );
+    let checked = cli(&["tenant", "check", "--tenant", DEMO_TENANT]);
+    assert!(checked.contains("Microsoft Graph: granted:"), "{checked}");
+    let objects = cli(&["heartbeat", "list", "--tenant", DEMO_TENANT]);
+    assert!(
+        objects.contains("demo01@contoso-demo.onmicrosoft.com"),
+        "{objects}"
+    );
+    assert!(
+        std::fs::read_dir(elsewhere.path())
+            .unwrap()
+            .next()
+            .is_none(),
+        "the CLI created nothing where it ran"
+    );
     let mut stdout = daemon.child.stdout.take().expect("piped stdout");
     daemon.signal("INT");
     assert_eq!(daemon.wait_exit(Duration::from_secs(10)).code(), Some(0));
@@ -564,7 +603,14 @@ fn demo_runs_the_daemon_against_the_built_in_emulator() {
         "{banner}"
     );
     assert!(banner.contains(&emulator), "{banner}");
+    assert!(
+        banner.contains(&format!("export TENANTD_CONFIG={}", config.display())),
+        "{banner}"
+    );
 }
+
+/// The demo tenant `graph_emulator::control::seed_demo` creates.
+const DEMO_TENANT: &str = "6b0a4d1e-5c3f-4a8e-9d2b-7e1f0c9a8b3d";
 
 fn recv_until(socket: &UnixDatagram, wanted: &str, deadline: Instant) -> Vec<String> {
     let mut seen = Vec::new();
@@ -854,6 +900,86 @@ fn a_single_underscore_env_var_is_warned_about() {
     assert!(
         stderr.contains("TENANTD_LOG_LEVEL") && stderr.contains("TENANTD_LOG__LEVEL"),
         "{stderr}"
+    );
+}
+
+/// Read-only commands never create the daemon's state (issue #19): pointed at a directory
+/// with no database or key file, each names the missing file and the fix, exits 2 and leaves
+/// the directory empty. Once the database exists, a missing key file is named the same way.
+#[test]
+fn read_only_commands_never_create_a_database_or_a_key_file() {
+    let cwd = tempfile::tempdir().unwrap();
+    let read_only: [&[&str]; 8] = [
+        &["tenant", "list"],
+        &[
+            "tenant",
+            "check",
+            "--tenant",
+            "84bd8158-6d4d-4958-8b9f-9d6445542f95",
+        ],
+        &["subscription", "list"],
+        &["queue", "stats"],
+        &["queue", "list"],
+        &["runs", "list"],
+        &[
+            "heartbeat",
+            "list",
+            "--tenant",
+            "84bd8158-6d4d-4958-8b9f-9d6445542f95",
+        ],
+        &["keys", "verify"],
+    ];
+    for args in read_only {
+        let out = tenantd_command()
+            .current_dir(cwd.path())
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("no database at data/tenantd.db") && stderr.contains("tenantd migrate"),
+            "{args:?}: {stderr}"
+        );
+        let left: Vec<_> = std::fs::read_dir(cwd.path()).unwrap().collect();
+        assert!(left.is_empty(), "{args:?} created {left:?}");
+    }
+    // A new database, still no key file: the commands that open secrets say which file.
+    let migrated = tenantd_command()
+        .current_dir(cwd.path())
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert_eq!(migrated.status.code(), Some(0));
+    for args in [
+        &["tenant", "list"][..],
+        &["subscription", "list"],
+        &["keys", "verify"],
+    ] {
+        let out = tenantd_command()
+            .current_dir(cwd.path())
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("data/vault.keys") && stderr.contains("TENANTD_CONFIG"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!cwd.path().join("data/vault.keys").exists(), "{args:?}");
+    }
+    // Read-only commands that need no secrets work on the new database.
+    let stats = tenantd_command()
+        .current_dir(cwd.path())
+        .args(["queue", "stats"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        stats.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&stats.stderr)
     );
 }
 
