@@ -190,6 +190,21 @@ impl Application {
         })
     }
 
+    /// Sets `listener.public_url` when the configuration has none (the demo: the public
+    /// listener's own loopback address, known once it is bound). Must come before
+    /// [`Application::run_until_stopped`], which hands it to the reconciles.
+    pub fn default_public_url(&mut self, url: url::Url) {
+        if self.config.listener.public_url.is_none() {
+            self.config.listener.public_url = Some(url);
+        }
+    }
+
+    /// `listener.public_url` as the reconciles use it (a reconcile queued from outside must
+    /// name the same URL as the scheduled ones).
+    pub fn reconcile_url(&self) -> Option<String> {
+        reconcile_url(&self.config)
+    }
+
     /// The admin listener's bound address.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin

@@ -213,6 +213,124 @@ impl Demo {
         Ok(connection.id)
     }
 
+    /// Wants the demo's subscriptions (as `tenantd subscription create` would): new mail in each
+    /// heartbeat user's Inbox, and on the first one rich notifications carrying the message,
+    /// encrypted for a certificate tenantd makes.
+    ///
+    /// # Errors
+    /// A sanitized message with a reason code.
+    async fn subscribe(
+        &self,
+        store: &crate::store::Store,
+        keys: &Keyring,
+    ) -> Result<usize, String> {
+        let users = self.heartbeat().users;
+        let created = vec!["created".to_string()];
+        let mut wanted = 0;
+        for n in 1..=users.count {
+            let upn = format!("{}{n:02}@{}", users.prefix, users.domain);
+            let plain = format!("users/{upn}/mailFolders('Inbox')/messages");
+            let rich = format!("{plain}?$select=subject,from,receivedDateTime");
+            let mut resources = vec![(plain, false)];
+            if n == 1 {
+                resources.push((rich, true));
+            }
+            for (resource, include_resource_data) in resources {
+                crate::subscriptions::declare(
+                    store,
+                    keys,
+                    &crate::subscriptions::Desired {
+                        tenant_id: &self.tenant.tenant_id,
+                        resource: &resource,
+                        change_types: &created,
+                        origin: crate::subscriptions::Origin::Cli,
+                        include_resource_data,
+                    },
+                )
+                .await
+                .map_err(|err| format!("{err} ({})", err.reason_code()))?;
+                wanted += 1;
+            }
+        }
+        Ok(wanted)
+    }
+
+    /// Starts the webhook pipeline without waiting for the schedules: a heartbeat run at once
+    /// (it creates the demo users whose mailboxes are watched), then the subscriptions wanted
+    /// and a reconcile queued, which creates them at the emulator through `public_url`. The
+    /// heartbeat's next runs (every 30 s) send mail that comes back as notifications, is
+    /// fetched and stored. Returns the number of subscriptions wanted.
+    ///
+    /// # Errors
+    /// A sanitized message with a reason code.
+    pub async fn start_pipeline(
+        &self,
+        store: &crate::store::Store,
+        keys: &Keyring,
+        public_url: Option<String>,
+    ) -> Result<usize, String> {
+        use crate::queue::Queue;
+        let queue = Queue::new(store.clone());
+        let failed = |err: crate::queue::QueueError| format!("{err} ({})", err.reason_code());
+        let first_run = crate::jobs::heartbeat_run::HeartbeatRun::new(&self.heartbeat());
+        let id = crate::jobs::enqueue(&queue, &first_run)
+            .await
+            .map_err(failed)?
+            .id()
+            .to_string();
+        // The users exist once the run is over (it is retried if Graph is slow): up to a minute.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let state = queue.get(&id).await.map_err(failed)?.map(|job| job.state);
+            if !matches!(state.as_deref(), Some("available" | "running")) {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!(
+                    "the first heartbeat run ({id}) has not finished within a minute (heartbeat_slow); see `tenantd queue list --state available`"
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+        let wanted = self.subscribe(store, keys).await?;
+        let reconcile = crate::jobs::reconcile_subscriptions::ReconcileSubscriptions { public_url };
+        crate::jobs::enqueue(&queue, &reconcile)
+            .await
+            .map_err(failed)?;
+        Ok(wanted)
+    }
+
+    /// One line of live counts, for the operator watching the demo: notifications received
+    /// (each one a `graph_notification` job), messages stored, jobs done and failed, and the
+    /// Graph calls the emulator answered, 429s among them.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn counts_line(&self, store: &crate::store::Store) -> Result<String, String> {
+        let jobs = crate::queue::Queue::new(store.clone())
+            .stats_by_kind()
+            .await
+            .map_err(|err| err.to_string())?;
+        let sum = |wanted: &dyn Fn(&str, &str) -> bool| -> i64 {
+            jobs.iter()
+                .filter(|(kind, state, _)| wanted(kind, state))
+                .map(|(_, _, count)| count)
+                .sum()
+        };
+        let notifications = sum(&|kind, _| kind == "graph_notification");
+        let done = sum(&|_, state| state == "succeeded");
+        let failed = sum(&|_, state| matches!(state, "failed" | "dead"));
+        let stored = crate::mailbox::count_stored(store)
+            .await
+            .map_err(|err| err.to_string())?;
+        let requests = self.emulator.shared().throttle.requests();
+        let throttled = requests.iter().filter(|r| r.status == 429).count();
+        Ok(format!(
+            "demo: {notifications} notifications received, {stored} messages stored, {done} jobs done ({failed} failed), {} Graph calls ({throttled} answered 429)",
+            requests.len()
+        ))
+    }
+
     /// What the operator reads first: where everything is, what runs, and the one line that
     /// points the CLI at this demo (`config`, the file [`Demo::write_config`] wrote).
     pub fn banner(
@@ -233,14 +351,17 @@ impl Demo {
              \x20 configuration                       {} (database, vault key file, emulator, heartbeat)\n\
              What runs now: database migrations, both listeners, health, readiness and metrics; the demo\n\
              tenant connected app-only with its secret sealed in the vault and a Graph token acquired from the\n\
-             emulator; the work queue and schedules; a heartbeat every 30 s (unless the configuration has its\n\
-             own) that keeps three demo users busy with mail, documents and events.\n\
+             emulator; the work queue and schedules; a heartbeat every 30 s that keeps three demo users busy\n\
+             with mail, documents and events; subscriptions on their Inboxes (one with rich notifications),\n\
+             so the emulator posts each new mail to the webhook listener, which queues it, and a worker fetches\n\
+             and stores the message. A line of live counts follows every minute.\n\
              In another terminal, the CLI on this demo (the binary is {binary}; `cargo install --path .` puts\n\
              `tenantd` on PATH):\n\
              \x20 export TENANTD_CONFIG={}\n\
              \x20 tenantd tenant list\n\
              \x20 tenantd heartbeat list --tenant {}\n\
              \x20 tenantd queue stats\n\
+             \x20 tenantd subscription list\n\
              Stop with Ctrl-C.",
             self.tenant.tenant_id,
             self.tenant.domain,

@@ -108,6 +108,16 @@ pub async fn upsert(
     Ok(())
 }
 
+/// How many messages are stored (deleted ones not counted).
+///
+/// # Errors
+/// The database failed.
+pub async fn count_stored(store: &Store) -> Result<i64, StoreError> {
+    const SQL: &str = "SELECT COUNT(*) FROM messages WHERE deleted = 0";
+    let (count,): (i64,) = with_pool!(store, |pool| sqlx::query_as(SQL).fetch_one(pool).await?);
+    Ok(count)
+}
+
 /// The newest `receivedDateTime` stored for a subscription's mail: where a resync starts.
 ///
 /// # Errors

@@ -545,8 +545,17 @@ fn run(
             log,
         };
         tokio::spawn(handle_signals(signal_rx, shutdown.clone(), reload));
-        let app = Application::build(loaded.config, Notifier::from_env()).await?;
+        let mut app = Application::build(loaded.config, Notifier::from_env()).await?;
         if let Some((demo, demo_config)) = demo {
+            // Graph (here the emulator, which accepts http on loopback) posts to the public
+            // listener's own address, so the demo runs the webhook pipeline too.
+            let mut public = app.public_addr();
+            if public.ip().is_unspecified() {
+                public.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            if let Ok(url) = url::Url::parse(&format!("http://{public}")) {
+                app.default_public_url(url);
+            }
             tracing::info!(
                 emulator.url = %demo.emulator.base_url(),
                 tenant.id = %demo.tenant.tenant_id,
@@ -566,7 +575,43 @@ fn run(
                 }
             }
         }
-        app.run_until_stopped(shutdown).await
+        let (store, keys) = (app.store().clone(), app.keys().clone());
+        let public_url = app.reconcile_url();
+        let run = app.run_until_stopped(shutdown);
+        match demo {
+            // The pipeline started and the live counts every minute, beside the daemon, until
+            // it stops.
+            Some((demo, _)) => {
+                let report = async {
+                    match demo.start_pipeline(&store, &keys, public_url).await {
+                        Ok(wanted) => tracing::info!(
+                            subscriptions = wanted,
+                            "demo: first heartbeat run done; subscriptions on its users' mailboxes wanted and a reconcile queued"
+                        ),
+                        Err(message) => tracing::error!(
+                            error = %message,
+                            "demo: the webhook pipeline could not be started"
+                        ),
+                    }
+                    let mut minutes = tokio::time::interval_at(
+                        tokio::time::Instant::now() + Duration::from_secs(60),
+                        Duration::from_secs(60),
+                    );
+                    loop {
+                        minutes.tick().await;
+                        match demo.counts_line(&store).await {
+                            Ok(line) => println!("{line}"),
+                            Err(err) => tracing::warn!(error = %err, "demo: counts unavailable"),
+                        }
+                    }
+                };
+                tokio::select! {
+                    result = run => result,
+                    () = report => unreachable!("the report never ends"),
+                }
+            }
+            None => run.await,
+        }
     });
     signals_handle.close();
     match result {

@@ -672,6 +672,18 @@ impl Queue {
             .await?))
     }
 
+    /// Job counts by kind and state.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn stats_by_kind(&self) -> Result<Vec<(String, String, i64)>, QueueError> {
+        const SQL: &str =
+            "SELECT kind, state, COUNT(*) FROM jobs GROUP BY kind, state ORDER BY kind, state";
+        Ok(with_pool!(self.store, |pool| sqlx::query_as(SQL)
+            .fetch_all(pool)
+            .await?))
+    }
+
     /// Jobs that are due (available with `run_at` reached) or running, in any worker: zero
     /// when the queue has nothing to do until a retry or a schedule comes due.
     ///

@@ -553,6 +553,28 @@ fn demo_runs_the_daemon_against_the_built_in_emulator() {
     };
     assert_eq!(activity, [true, true, true]);
     daemon.wait_for_log("heartbeat run finished", Duration::from_secs(20));
+    // The webhook pipeline runs in the demo: within the first minute the emulator has
+    // handshaken tenantd's subscriptions and delivered notifications of the heartbeat's mail,
+    // and tenantd has fetched and stored those messages.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let database = cwd.path().join("data/demo/tenantd.db");
+    let stored = loop {
+        let (_, counters) = http_get(&format!("{emulator}/_emulator/counters")).unwrap();
+        let counters: serde_json::Value = serde_json::from_str(&counters).unwrap();
+        let stored = stored_messages(&database);
+        if counters["validation_handshakes"].as_u64() > Some(0)
+            && counters["notifications_delivered"].as_u64() > Some(0)
+            && stored > 0
+        {
+            break stored;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no notification stored within a minute: {counters} and {stored} messages"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(stored > 0);
     // The CLI beside the demo, from another directory, with the one line the banner gives:
     // it reads the demo's database with the demo's key file and reaches the demo's emulator.
     let config = cwd.path().join("data/demo/tenantd.toml");
@@ -607,6 +629,27 @@ fn demo_runs_the_daemon_against_the_built_in_emulator() {
         banner.contains(&format!("export TENANTD_CONFIG={}", config.display())),
         "{banner}"
     );
+}
+
+/// Messages stored in the SQLite database at `path`, read with the sqlite3 library directly.
+fn stored_messages(path: &std::path::Path) -> i64 {
+    use sqlx::ConnectOptions;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut connection = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(path)
+            .read_only(true)
+            .connect()
+            .await
+            .unwrap();
+        sqlx::query_scalar("SELECT COUNT(*) FROM messages WHERE deleted = 0")
+            .fetch_one(&mut connection)
+            .await
+            .unwrap()
+    })
 }
 
 /// The demo tenant `graph_emulator::control::seed_demo` creates.
