@@ -507,8 +507,9 @@ impl Run<'_> {
             let (name, text) = content.document(number);
             (name, text, "text/plain")
         };
-        // The same path on a resumed run: the upload replaces, never duplicates.
-        let path = format!("Heartbeat/{}-{name}", &self.job.heartbeat_id[..8]);
+        // The same path on a resumed run (the upload replaces, never duplicates), another for
+        // every other run: the whole run id, whose first characters are only its minute.
+        let path = format!("Heartbeat/{}-{name}", self.job.heartbeat_id);
         let item = self
             .context
             .graph

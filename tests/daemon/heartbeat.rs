@@ -706,7 +706,36 @@ async fn a_run_interrupted_halfway_resumes_without_duplicates(db: TestDb) {
     app.stop().await.unwrap();
 }
 
+/// Several runs within one minute (run ids that share their first characters) each upload
+/// their own documents: nothing is overwritten (issue #19).
+async fn runs_within_one_minute_never_overwrite_each_others_documents(db: TestDb) {
+    let Env { app, emulator, .. } = env(&db).await;
+    let scenario = scenario(1, &[(ActivityKind::File, 3)]);
+    for _ in 0..4 {
+        assert_eq!(
+            run(&app, &db, &HeartbeatRun::new(&scenario)).await,
+            "succeeded"
+        );
+    }
+    let names: std::collections::BTreeSet<String> = {
+        let world = emulator.shared().world();
+        world.tenants[TENANT]
+            .users
+            .values()
+            .filter_map(|u| u.drive.as_ref())
+            .flat_map(|d| d.items.values())
+            .filter(|i| i.get("file").is_some())
+            .filter_map(|i| i["name"].as_str().map(str::to_string))
+            .collect()
+    };
+    assert_eq!(names.len(), 12, "four runs of three documents: {names:?}");
+    assert_eq!(file_sizes(&emulator).len(), 12);
+    assert_eq!(recorded(&db, "file").await, 12);
+    app.stop().await.unwrap();
+}
+
 on_both_backends!(
+    runs_within_one_minute_never_overwrite_each_others_documents,
     a_run_interrupted_halfway_resumes_without_duplicates,
     with_a_staff_connection_mail_is_sent_and_chat_posted_by_that_user,
     a_scenario_creates_users_once_and_records_each_activity,
