@@ -86,7 +86,9 @@ fn main() {
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     fs::write(out.join("migrations.rs"), generated).expect("write migrations.rs");
 
-    // The commit for tenantd_build_info; "unknown" outside a git checkout.
+    // The commit for tenantd_build_info; "unknown" outside a git checkout. Not named TENANTD_*:
+    // `cargo run` and `cargo test` also set it in the process's environment, where the
+    // configuration loader would warn about a TENANTD_ variable that sets no key.
     let commit = std::process::Command::new("git")
         .args(["rev-parse", "--short=12", "HEAD"])
         .current_dir(&root)
@@ -96,7 +98,7 @@ fn main() {
         .and_then(|out| String::from_utf8(out.stdout).ok())
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|| "unknown".into());
-    println!("cargo:rustc-env=TENANTD_GIT_COMMIT={commit}");
+    println!("cargo:rustc-env=BUILD_GIT_COMMIT={commit}");
     // Rebuild the label when HEAD moves: HEAD itself, the branch it points at, packed refs.
     let git = root.join(".git");
     let mut watched = vec![git.join("HEAD"), git.join("packed-refs")];

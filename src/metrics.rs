@@ -117,7 +117,7 @@ pub fn recorder() -> PrometheusHandle {
             metrics::gauge!(
                 names::BUILD_INFO,
                 "version" => env!("CARGO_PKG_VERSION"),
-                "commit" => env!("TENANTD_GIT_COMMIT"),
+                "commit" => env!("BUILD_GIT_COMMIT"),
             )
             .set(1.0);
             handle
