@@ -116,10 +116,18 @@ async fn list(store: &crate::store::Store, tenant: &str, json: bool) -> CliResul
         );
         return Ok(());
     }
+    if list.is_empty() {
+        println!("no actions taken as users for tenant {tenant}");
+        return Ok(());
+    }
+    println!(
+        "{:<32} {:<5} {:<8} {:<41} SUBJECT",
+        "ACTION", "KIND", "STATE", "USER"
+    );
     for entry in list {
         let a = &entry.action;
         println!(
-            "{} {:<5} {:<8} user {} {}",
+            "{} {:<5} {:<8} user {:<36} {}",
             a.id,
             a.kind,
             a.state,

@@ -56,9 +56,13 @@ fn job_of<J: Job>(job: &J, tenant: &str) -> NewJob {
 }
 
 fn print_objects(objects: &[heartbeat::ProvisionedObject]) {
+    println!(
+        "{:<8} {:<44} {:<36} {:<32} ATTRIBUTED TO",
+        "KIND", "GRAPH ID", "OWNER", "RUN"
+    );
     for object in objects {
         println!(
-            "{:<8} {:<44} owner {:<36} run {} {}{}",
+            "{:<8} {:<44} {:<36} {:<32} {}{}",
             object.kind,
             object.graph_id,
             if object.owner.is_empty() {
@@ -153,6 +157,15 @@ async fn list(store: &crate::store::Store, tenant: &str, all: bool, json: bool) 
         println!(
             "{}",
             serde_json::to_string_pretty(&objects).expect("objects serialize")
+        );
+    } else if objects.is_empty() {
+        println!(
+            "no heartbeat objects for tenant {tenant}{}",
+            if all {
+                ""
+            } else {
+                " (--all includes removed ones)"
+            }
         );
     } else {
         print_objects(&objects);

@@ -80,7 +80,10 @@ async fn stats(queue: &Queue, json: bool) -> CliResult {
             .map(|(state, n)| (state, n.into()))
             .collect();
         println!("{}", serde_json::Value::Object(map));
+    } else if stats.is_empty() {
+        println!("no jobs");
     } else {
+        println!("{:<10} JOBS", "STATE");
         for (state, count) in stats {
             println!("{state:<10} {count}");
         }
@@ -101,15 +104,20 @@ async fn list(queue: &Queue, state: &str, limit: u32, json: bool) -> CliResult {
             "{}",
             serde_json::to_string_pretty(&jobs).expect("jobs serialize")
         );
+    } else if jobs.is_empty() {
+        println!("no {} jobs", state.as_str());
     } else {
+        println!(
+            "{:<32}  {:<20} {:<36} {:<8}  LAST REASON",
+            "ID", "KIND", "TENANT", "ATTEMPTS"
+        );
         for job in jobs {
             println!(
-                "{}  {:<20} {:<36} attempts {}/{}  {}",
+                "{}  {:<20} {:<36} {:<8}  {}",
                 job.id,
                 job.kind,
                 job.tenant_id,
-                job.attempts,
-                job.max_attempts,
+                format!("{}/{}", job.attempts, job.max_attempts),
                 job.last_reason.as_deref().unwrap_or("-")
             );
         }

@@ -56,7 +56,13 @@ async fn list(store: &crate::store::Store, limit: u32, json: bool) -> CliResult 
             "{}",
             serde_json::to_string_pretty(&list).expect("runs serialize")
         );
+    } else if list.is_empty() {
+        println!("no operation runs");
     } else {
+        println!(
+            "{:<32}  {:<18} {:<36} {:<9} REASON",
+            "ID", "KIND", "TENANT", "STATE"
+        );
         for run in list {
             println!(
                 "{}  {:<18} {:<36} {:<9} {}",

@@ -109,16 +109,22 @@ async fn list(store: &crate::store::Store, tenant: Option<&str>, json: bool) -> 
             "{}",
             serde_json::to_string_pretty(&list).expect("subscriptions serialize")
         );
+    } else if list.is_empty() {
+        println!("no subscriptions; want one with `tenantd subscription create` or [[subscriptions]] in the configuration");
     } else {
+        println!(
+            "{:<32}  {:<36} {:<8} {:<8} {:<36} {:<12} {:<24} RESOURCE",
+            "ID", "TENANT", "STATUS", "WANTED", "GRAPH ID", "EXPIRES", "REASON"
+        );
         for row in list {
             println!(
-                "{}  {:<36} {:<8} {:<6} {:<36} {:<12} {}  {}",
+                "{:<32}  {:<36} {:<8} {:<8} {:<36} {:<12} {:<24} {}",
                 row.id,
                 row.tenant_id,
                 row.status,
                 if row.wanted { "wanted" } else { "unwanted" },
                 row.graph_id.as_deref().unwrap_or("-"),
-                row.expires_at.map_or("-".into(), |at| at.to_string()),
+                super::tenant::when(row.expires_at),
                 row.reason.as_deref().unwrap_or("-"),
                 row.resource,
             );

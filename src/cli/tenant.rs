@@ -208,7 +208,7 @@ fn callback_redirect(config: &Config) -> Result<String, String> {
         })
 }
 
-fn when(at: Option<i64>) -> String {
+pub(crate) fn when(at: Option<i64>) -> String {
     match at {
         None => "-".into(),
         Some(at) => {
@@ -232,6 +232,10 @@ fn human(seconds: i64) -> String {
 }
 
 fn print_table(connections: &[Connection]) {
+    if connections.is_empty() {
+        println!("no connections; add one with `tenantd tenant add-app` (app-only) or `tenantd tenant connect` (delegated)");
+        return;
+    }
     println!(
         "{:<36}  {:<32}  {:<9}  {:<3}  {:<20}  {:<24}  {:<10}  LAST TOKEN",
         "TENANT", "CONNECTION", "MODE", "DEF", "STATUS", "REASON", "TOKEN"

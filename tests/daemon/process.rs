@@ -1012,18 +1012,53 @@ fn read_only_commands_never_create_a_database_or_a_key_file() {
         );
         assert!(!cwd.path().join("data/vault.keys").exists(), "{args:?}");
     }
-    // Read-only commands that need no secrets work on the new database.
-    let stats = tenantd_command()
+    // With a key file, every read-only command works on the new database, and an empty list
+    // says so instead of printing nothing.
+    let generated = tenantd_command()
         .current_dir(cwd.path())
-        .args(["queue", "stats"])
+        .args(["keys", "generate", "--out", "data/vault.keys"])
         .output()
         .unwrap();
-    assert_eq!(
-        stats.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&stats.stderr)
-    );
+    assert_eq!(generated.status.code(), Some(0));
+    for (args, says) in [
+        (&["tenant", "list"][..], "no connections"),
+        (&["subscription", "list"], "no subscriptions"),
+        (&["queue", "stats"], "no jobs"),
+        (&["queue", "list"], "no dead jobs"),
+        (&["runs", "list"], "no operation runs"),
+        (
+            &[
+                "heartbeat",
+                "list",
+                "--tenant",
+                "84bd8158-6d4d-4958-8b9f-9d6445542f95",
+            ],
+            "no heartbeat objects",
+        ),
+        (
+            &[
+                "attribution",
+                "list",
+                "--tenant",
+                "84bd8158-6d4d-4958-8b9f-9d6445542f95",
+            ],
+            "no actions taken as users",
+        ),
+    ] {
+        let out = tenantd_command()
+            .current_dir(cwd.path())
+            .args(args)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            combined_output(&out)
+        );
+        assert!(stdout.starts_with(says), "{args:?}: {stdout}");
+    }
 }
 
 /// `tenantd … | head` closes the pipe early: the CLI ends quietly (exit 0, no panic, no
