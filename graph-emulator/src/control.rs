@@ -21,6 +21,8 @@ use crate::{clock, identity, notifications, AppState, Settings, Shared};
 /// Routes.
 pub fn router() -> Router<AppState> {
     Router::new()
+        .route("/_emulator", get(index))
+        .route("/_emulator/", get(index))
         .route("/_emulator/tenants", get(list_tenants).post(create_tenant))
         .route("/_emulator/tenants/{tenant}/apps", post(create_app))
         .route(
@@ -55,6 +57,105 @@ pub fn router() -> Router<AppState> {
         .route("/_emulator/deliveries", get(deliveries))
         .route("/_emulator/counters", get(counters))
         .route("/_emulator/demo", post(demo))
+}
+
+/// What the control API offers, for whoever opens its address (the demo's banner names it).
+const INDEX: &[(&str, &str, &str)] = &[
+    (
+        "GET, POST",
+        "/_emulator/tenants",
+        "tenants with users and grants; seed one",
+    ),
+    (
+        "POST",
+        "/_emulator/tenants/{tenant}/apps",
+        "seed an app registration",
+    ),
+    (
+        "DELETE",
+        "/_emulator/tenants/{tenant}/apps/{clientId}/grant",
+        "revoke the tenant's consent",
+    ),
+    ("POST", "/_emulator/tenants/{tenant}/users", "seed a user"),
+    (
+        "PATCH",
+        "/_emulator/tenants/{tenant}/users/{user}",
+        "set user properties",
+    ),
+    (
+        "PUT",
+        "/_emulator/tenants/{tenant}/consent",
+        "the admin consent page's outcome",
+    ),
+    (
+        "PUT",
+        "/_emulator/tenants/{tenant}/sideloading",
+        "custom app upload on or off",
+    ),
+    (
+        "GET, POST, DELETE",
+        "/_emulator/failures",
+        "seeded token failures (AADSTS codes)",
+    ),
+    (
+        "POST",
+        "/_emulator/devicecodes/{userCode}/approve",
+        "approve a device code sign-in",
+    ),
+    (
+        "POST",
+        "/_emulator/devicecodes/{userCode}/decline",
+        "decline a device code sign-in",
+    ),
+    (
+        "GET",
+        "/_emulator/subscriptions",
+        "every change-notification subscription",
+    ),
+    (
+        "POST",
+        "/_emulator/subscriptions/{id}/lifecycle",
+        "send a lifecycle notification",
+    ),
+    (
+        "GET, PUT",
+        "/_emulator/settings",
+        "token lifetimes, delays, timeouts, retries",
+    ),
+    (
+        "GET, PUT",
+        "/_emulator/budgets",
+        "throttling budgets (fixed window or token bucket)",
+    ),
+    (
+        "GET, PUT",
+        "/_emulator/faults",
+        "injected errors, latency and drops",
+    ),
+    ("GET, DELETE", "/_emulator/requests", "the request log"),
+    (
+        "GET",
+        "/_emulator/deliveries",
+        "notification deliveries and their outcome",
+    ),
+    (
+        "GET",
+        "/_emulator/counters",
+        "counters: tokens, throttled, faults, notifications",
+    ),
+    ("POST", "/_emulator/demo", "seed the demo tenant"),
+];
+
+async fn index() -> Json<Value> {
+    Json(json!({
+        "graph": "/v1.0",
+        "identity": "/{tenant}/oauth2/v2.0/token, /authorize, /devicecode, /adminconsent",
+        "developerPortal": "/devportal/api",
+        "control": INDEX
+            .iter()
+            .map(|(methods, path, what)| json!({"methods": methods, "path": path, "what": what}))
+            .collect::<Vec<_>>(),
+    }))
 }
 
 fn problem(status: StatusCode, message: impl Into<String>) -> Response {
