@@ -78,10 +78,12 @@ pub enum AppError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// A listener address could not be bound.
-    #[error("cannot listen on {address} ({key}): {reason}")]
+    #[error("cannot listen on {address}: {reason}; choose another address with {flag} (or {key} in the configuration, TENANTD_{env})", env = key.to_ascii_uppercase().replace('.', "__"))]
     Bind {
         /// The config key naming the address.
         key: &'static str,
+        /// The command-line flag that overrides it.
+        flag: &'static str,
         /// The address.
         address: SocketAddr,
         /// The OS error.
@@ -128,11 +130,16 @@ pub struct Application {
     tokens: Arc<TokenService>,
 }
 
-async fn bind(key: &'static str, address: SocketAddr) -> Result<TcpListener, AppError> {
+async fn bind(
+    key: &'static str,
+    flag: &'static str,
+    address: SocketAddr,
+) -> Result<TcpListener, AppError> {
     TcpListener::bind(address)
         .await
         .map_err(|err| AppError::Bind {
             key,
+            flag,
             address,
             reason: err.to_string(),
         })
@@ -150,8 +157,8 @@ impl Application {
         if !applied.is_empty() {
             tracing::info!(migrations = ?applied, "applied database migrations");
         }
-        let admin = bind("admin.bind", config.admin.bind).await?;
-        let public = bind("listener.bind", config.listener.bind).await?;
+        let admin = bind("admin.bind", "--admin-bind", config.admin.bind).await?;
+        let public = bind("listener.bind", "--listener-bind", config.listener.bind).await?;
         let (keys, created) = Keyring::open_configured(&config.secrets.key_file)?;
         if created {
             tracing::warn!(

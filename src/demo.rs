@@ -28,7 +28,7 @@ pub const DEMO_CONFIG_FILE: &str = "data/demo/tenantd.toml";
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     /// The emulator address cannot be bound.
-    #[error("cannot start the Graph emulator on {address}: {reason}")]
+    #[error("cannot start the Graph emulator on {address}: {reason}; choose another address with --emulator-bind")]
     Bind {
         /// The address.
         address: SocketAddr,

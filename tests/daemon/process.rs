@@ -946,6 +946,27 @@ fn a_single_underscore_env_var_is_warned_about() {
     );
 }
 
+/// An address in use names the flag (and key and variable) that changes it.
+#[test]
+fn an_address_in_use_names_the_flag_that_changes_it() {
+    let cwd = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let out = tenantd_command()
+        .current_dir(cwd.path())
+        .args(["--admin-bind", &address, "run"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {address}"))
+            && stderr.contains("--admin-bind")
+            && stderr.contains("TENANTD_ADMIN__BIND"),
+        "{stderr}"
+    );
+}
+
 /// Read-only commands never create the daemon's state (issue #19): pointed at a directory
 /// with no database or key file, each names the missing file and the fix, exits 2 and leaves
 /// the directory empty. Once the database exists, a missing key file is named the same way.
