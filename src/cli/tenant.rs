@@ -565,13 +565,19 @@ async fn check(
     let mut unexpected = false;
     for connection in &list {
         println!(
-            "connection {} ({}, {})",
+            "connection {} ({}, {}): {}{}",
             connection.id,
             connection.auth_mode.as_str(),
             connection
                 .user_name
                 .as_deref()
-                .unwrap_or(&connection.client_id)
+                .unwrap_or(&connection.client_id),
+            connection.status.as_str(),
+            connection
+                .reason
+                .as_deref()
+                .map(|reason| format!(" ({reason})"))
+                .unwrap_or_default()
         );
         for (name, resource, graph) in [
             ("Microsoft Graph", identity.graph_resource(), true),
@@ -619,6 +625,22 @@ async fn check(
                 }
             }
         }
+    }
+    // Subscriptions that are not active say why (a human may have to act on the reason).
+    let subscriptions = crate::subscriptions::list(store, Some(&tenant_id))
+        .await
+        .map_err(|err| CliError::failure(format!("{err} ({})", err.reason_code())))?;
+    for row in subscriptions
+        .iter()
+        .filter(|row| row.wanted && row.status != "active")
+    {
+        println!(
+            "subscription {} {}: {} ({})",
+            row.id,
+            row.resource,
+            row.status,
+            row.reason.as_deref().unwrap_or("-")
+        );
     }
     if let Some(client_id) = consent_missing {
         print_consent_url(store, &identity, config, &tenant_id, &client_id).await;

@@ -73,9 +73,36 @@ pub(super) async fn create_subscription(
     {
         return Ok(Creation::InProgress);
     }
-    let client_state = subscriptions::client_state(&context.store, &context.keys, &subscription.id)
-        .await
-        .map_err(JobError::database)?;
+    let client_state = match subscriptions::client_state(
+        &context.store,
+        &context.keys,
+        &subscription.id,
+    )
+    .await
+    {
+        Ok(client_state) => client_state,
+        Err(subscriptions::SubscriptionError::Store(err)) => return Err(JobError::database(err)),
+        // Sealed with a key this daemon does not hold (a CLI run with another key file):
+        // a human must act, so the row says why and the log says it once.
+        Err(err) => {
+            let reason = err.reason_code();
+            if repeats(subscription, reason) {
+                tracing::debug!(subscription = %subscription.id, reason, "a subscription's clientState still cannot be opened");
+            } else {
+                tracing::warn!(
+                    subscription = %subscription.id,
+                    reason,
+                    error = %err,
+                    "a subscription's clientState cannot be opened with secrets.key_file; it is not created. Fix: `tenantd keys verify` names the key it needs; add that key to the key file, or delete the subscription and create it again"
+                );
+            }
+            subscriptions::record_failed(&context.store, &subscription.id, reason)
+                .await
+                .map_err(JobError::database)?;
+            count("create_failed");
+            return Ok(Creation::Failed(reason));
+        }
+    };
     if interrupted {
         if let Some(adopted) =
             adopt(context, subscription, connection, public_url, &client_state).await?
@@ -124,7 +151,7 @@ pub(super) async fn create_subscription(
         Err(err) => {
             let reason = err.reason_code();
             // A human may need to act: WARN when the failure is new, not every minute after.
-            if subscription.status == "failed" && subscription.reason.as_deref() == Some(reason) {
+            if repeats(subscription, reason) {
                 tracing::debug!(subscription = %subscription.id, reason, "creating a subscription failed again");
             } else {
                 tracing::warn!(subscription = %subscription.id, reason, "creating a subscription failed");
@@ -222,4 +249,10 @@ pub(super) async fn lost_at_graph(
     subscriptions::record_removed(&context.store, &subscription.id, "subscription_not_found")
         .await
         .map_err(JobError::database)
+}
+
+/// Whether `subscription` failed for `reason` already (a repeat is logged at DEBUG: a failure
+/// that needs a human is a WARN once per change of state).
+fn repeats(subscription: &Subscription, reason: &str) -> bool {
+    subscription.status == "failed" && subscription.reason.as_deref() == Some(reason)
 }

@@ -1230,6 +1230,72 @@ async fn an_event_notification_is_fetched_from_graph(db: TestDb) {
     app.stop().await.unwrap();
 }
 
+/// A subscription sealed with a key the daemon does not hold (created by a CLI run with
+/// another key file) is a vault failure with its true reason on the row, not a database one,
+/// and the reconcile itself succeeds instead of being retried as if the database were down.
+async fn a_client_state_sealed_with_another_key_is_a_vault_failure_on_its_row(db: TestDb) {
+    let live = live(&db).await;
+    let store = db.store().await;
+    let other_keys = Keyring::parse(
+        std::path::Path::new("other"),
+        &Keyring::new_key_line("other-key"),
+    )
+    .unwrap();
+    let changes = vec!["created".to_string()];
+    let foreign = subscriptions::declare(
+        &store,
+        &other_keys,
+        &Desired {
+            tenant_id: TENANT,
+            resource: &format!("users/{}/events", live.user_id),
+            change_types: &changes,
+            origin: Origin::Cli,
+            include_resource_data: false,
+        },
+    )
+    .await
+    .unwrap();
+    let queue = tenantd::queue::Queue::new(store.clone());
+    let reconcile = tenantd::jobs::reconcile_subscriptions::ReconcileSubscriptions {
+        public_url: Some(live.public_url.clone()),
+    };
+    run_a_new_run(&live.app, &queue, &reconcile).await;
+    let row = db
+        .strings(&format!(
+            "SELECT status || ' ' || reason FROM subscriptions WHERE id = '{}'",
+            foreign.id
+        ))
+        .await;
+    assert_eq!(row, ["failed vault_key_missing"]);
+    let reconciles = db
+        .strings("SELECT state || ' ' || COALESCE(last_reason, '-') FROM jobs WHERE kind = 'reconcile_subscriptions' ORDER BY created_at DESC")
+        .await;
+    assert_eq!(reconciles[0], "succeeded -", "{reconciles:?}");
+    // The subscription with the daemon's own key is untouched.
+    assert_eq!(
+        db.strings("SELECT status FROM subscriptions WHERE graph_id IS NOT NULL")
+            .await,
+        ["active"]
+    );
+    // The operator's `tenant check` shows the subscription and its reason.
+    let checked = crate::helpers::tenantd_command()
+        .env("TENANTD_DATABASE__URL", db.url())
+        .env("TENANTD_SECRETS__KEY_FILE", &live.key_file)
+        .env("TENANTD_IDENTITY__AUTHORITY", live.emulator.base_url())
+        .args(["tenant", "check", "--tenant", TENANT])
+        .output()
+        .unwrap();
+    let text = crate::helpers::combined_output(&checked);
+    assert!(
+        text.contains(&format!(
+            "subscription {} users/{}/events: failed (vault_key_missing)",
+            foreign.id, live.user_id
+        )),
+        "{text}"
+    );
+    live.app.stop().await.unwrap();
+}
+
 async fn subscriptions_are_renewed_before_expiry_and_recreated_when_graph_lost_them(db: TestDb) {
     let live = live(&db).await;
     let store = db.store().await;
@@ -1412,6 +1478,7 @@ on_both_backends!(
     a_notification_answered_202_survives_a_kill_right_after,
     the_subscription_commands_want_list_and_unwant,
     subscriptions_are_renewed_before_expiry_and_recreated_when_graph_lost_them,
+    a_client_state_sealed_with_another_key_is_a_vault_failure_on_its_row,
     a_configured_subscription_is_created_and_a_new_message_ends_up_stored,
     a_subscription_created_before_a_crash_is_adopted_not_made_twice,
     the_sweep_deletes_orphans_at_graph_and_nothing_else,
