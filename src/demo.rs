@@ -374,6 +374,37 @@ impl Demo {
     }
 }
 
+/// Starts the demo's database afresh when `url` is the demo's own (a user's `--database-url`
+/// is never touched): the in-process emulator keeps nothing between runs, so a database kept
+/// from an earlier run would name users, objects and subscriptions that no longer exist.
+/// Returns whether an earlier database was removed.
+///
+/// # Errors
+/// [`DemoError::Config`] when the old files cannot be removed.
+pub fn start_database_afresh(url: &crate::config::DatabaseUrl) -> Result<bool, DemoError> {
+    if url.expose() != demo_database_url() {
+        return Ok(false);
+    }
+    let Some(path) = crate::store::sqlite_file(url) else {
+        return Ok(false);
+    };
+    let mut removed = false;
+    for suffix in ["", "-wal", "-shm"] {
+        let file = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
+        match std::fs::remove_file(&file) {
+            Ok(()) => removed = true,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => {
+                return Err(DemoError::Config {
+                    path: file.display().to_string(),
+                    reason: err.to_string(),
+                })
+            }
+        }
+    }
+    Ok(removed)
+}
+
 /// `path` from the current directory (unchanged when that cannot be read).
 fn absolute(path: &std::path::Path) -> std::path::PathBuf {
     std::env::current_dir().map_or_else(|_| path.to_path_buf(), |dir| dir.join(path))

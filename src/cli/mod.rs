@@ -468,6 +468,16 @@ fn demo(cli: &Cli, emulator_bind: std::net::SocketAddr, runtime: &tokio::runtime
     if loaded.config.heartbeat.is_empty() {
         loaded.config.heartbeat.push(demo.heartbeat());
     }
+    match crate::demo::start_database_afresh(&loaded.config.database.url) {
+        Ok(true) => println!(
+            "tenantd demo: starting afresh: the built-in emulator keeps nothing between runs, so the demo's database from the last run was removed (use --database-url to keep a database of your own)"
+        ),
+        Ok(false) => {}
+        Err(err) => {
+            eprintln!("tenantd: {err}");
+            return EXIT_FAILURE;
+        }
+    }
     let code = run(loaded, flags, runtime, Some((&demo, demo_config.as_path())));
     demo.emulator.stop();
     code

@@ -652,6 +652,66 @@ fn stored_messages(path: &std::path::Path) -> i64 {
     })
 }
 
+/// A restarted demo starts its database afresh, saying so, because its emulator starts empty:
+/// afterwards every user the database says the heartbeat made exists in the new emulator.
+#[test]
+fn a_restarted_demo_starts_afresh_and_its_database_agrees_with_its_emulator() {
+    let cwd = tempfile::tempdir().unwrap();
+    let start = || {
+        let mut command = tenantd_command();
+        command.current_dir(cwd.path());
+        let daemon = Daemon::start(command, "demo", Stdio::piped());
+        daemon.wait_until_running();
+        let line = daemon.wait_for_log(
+            "demo: pointed at the built-in Graph emulator",
+            Duration::from_secs(5),
+        );
+        let emulator = line["emulator.url"].as_str().unwrap().to_string();
+        daemon.wait_for_log("demo: first heartbeat run done", Duration::from_secs(60));
+        (daemon, emulator)
+    };
+    let stop = |mut daemon: Daemon| {
+        let mut stdout = daemon.child.stdout.take().expect("piped stdout");
+        daemon.signal("INT");
+        assert_eq!(daemon.wait_exit(Duration::from_secs(10)).code(), Some(0));
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut text).unwrap();
+        text
+    };
+    let (first, _) = start();
+    assert!(!stop(first).contains("starting afresh"));
+    let (second, emulator) = start();
+    let users_in_database: Vec<String> = {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            use sqlx::ConnectOptions;
+            let mut connection = sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(cwd.path().join("data/demo/tenantd.db"))
+                .read_only(true)
+                .connect()
+                .await
+                .unwrap();
+            sqlx::query_scalar("SELECT graph_id FROM provisioned_objects WHERE kind = 'user'")
+                .fetch_all(&mut connection)
+                .await
+                .unwrap()
+        })
+    };
+    let (_, tenants) = http_get(&format!("{emulator}/_emulator/tenants")).unwrap();
+    let said = stop(second);
+    assert!(said.contains("starting afresh"), "{said}");
+    assert_eq!(users_in_database.len(), 3, "{users_in_database:?}");
+    for user in &users_in_database {
+        assert!(
+            tenants.contains(user.as_str()),
+            "{user} is not in the emulator"
+        );
+    }
+}
+
 /// The demo tenant `graph_emulator::control::seed_demo` creates.
 const DEMO_TENANT: &str = "6b0a4d1e-5c3f-4a8e-9d2b-7e1f0c9a8b3d";
 
