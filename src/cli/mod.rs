@@ -30,6 +30,7 @@ mod attribution;
 mod heartbeat;
 mod queue;
 mod runs;
+mod status;
 mod subscription;
 mod tenant;
 
@@ -164,6 +165,16 @@ enum Command {
     /// Demo-tenant heartbeat: run a scenario now, list what it created, clean up
     #[command(subcommand)]
     Heartbeat(heartbeat::HeartbeatCommand),
+    /// One screen at a glance: per tenant its connections, subscriptions and last heartbeat;
+    /// the queue's depth and age by kind, dead letters, the latest failures (reads only)
+    Status {
+        /// Redraw every 2 seconds until Ctrl-C
+        #[arg(long)]
+        watch: bool,
+        /// JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
     /// Queue a job of any kind (e.g. delegated_send_mail, delegated_event) with a JSON payload
     Enqueue {
         /// The job kind
@@ -280,6 +291,10 @@ pub fn main() -> i32 {
         Command::Heartbeat(command) => {
             print_warnings(&loaded);
             runtime.block_on(heartbeat::run(&loaded.config, command))
+        }
+        Command::Status { watch, json } => {
+            print_warnings(&loaded);
+            exit_code(runtime.block_on(status::run(&loaded.config, *watch, *json)))
         }
         Command::Enqueue { kind, payload } => {
             print_warnings(&loaded);

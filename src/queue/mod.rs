@@ -220,6 +220,21 @@ pub struct JobInfo {
     pub last_message: Option<String>,
 }
 
+/// The queue's depth for one kind (`Queue::depth_by_kind`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KindDepth {
+    /// Job kind.
+    pub kind: String,
+    /// Available jobs (due or later).
+    pub waiting: i64,
+    /// Running jobs.
+    pub running: i64,
+    /// Dead letters.
+    pub dead: i64,
+    /// How long the oldest due job has waited, ms.
+    pub oldest_due_ms: i64,
+}
+
 /// Why a queue operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -670,6 +685,67 @@ impl Queue {
         Ok(with_pool!(self.store, |pool| sqlx::query_as(SQL)
             .fetch_all(pool)
             .await?))
+    }
+
+    /// Per kind: jobs waiting (available), running, dead, and how long the oldest due one has
+    /// waited (ms, 0 when none is due), for `tenantd status`.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn depth_by_kind(&self) -> Result<Vec<KindDepth>, QueueError> {
+        const SQL: &str = "SELECT kind, \
+             SUM(CASE WHEN state = 'available' THEN 1 ELSE 0 END), \
+             SUM(CASE WHEN state = 'running' THEN 1 ELSE 0 END), \
+             SUM(CASE WHEN state = 'dead' THEN 1 ELSE 0 END), \
+             MIN(CASE WHEN state = 'available' AND run_at <= $1 THEN run_at END) \
+             FROM jobs WHERE state IN ('available', 'running', 'dead') GROUP BY kind ORDER BY kind";
+        let now = crate::clock::now_unix_ms();
+        let rows: Vec<(String, i64, i64, i64, Option<i64>)> =
+            with_pool!(self.store, |pool| sqlx::query_as(SQL)
+                .bind(now)
+                .fetch_all(pool)
+                .await?);
+        Ok(rows
+            .into_iter()
+            .map(|(kind, waiting, running, dead, oldest)| KindDepth {
+                kind,
+                waiting,
+                running,
+                dead,
+                oldest_due_ms: oldest.map_or(0, |run_at| (now - run_at).max(0)),
+            })
+            .collect())
+    }
+
+    /// The `limit` most recently updated jobs that carry a failure reason (retrying, failed or
+    /// dead), newest first.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn recent_failures(&self, limit: u32) -> Result<Vec<JobInfo>, QueueError> {
+        const SQL: &str =
+            select_jobs!("WHERE last_reason IS NOT NULL ORDER BY updated_at DESC, id LIMIT $1");
+        let rows: Vec<InfoRow> = with_pool!(self.store, |pool| sqlx::query_as(SQL)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?);
+        Ok(rows.into_iter().map(job_info).collect())
+    }
+
+    /// The newest job of `kind` per tenant lane.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn latest_per_tenant(&self, kind: &str) -> Result<Vec<JobInfo>, QueueError> {
+        const SQL: &str = select_jobs!(
+            "WHERE kind = $1 AND created_at = (SELECT MAX(created_at) FROM jobs AS newer \
+             WHERE newer.kind = jobs.kind AND newer.tenant_id = jobs.tenant_id) ORDER BY tenant_id"
+        );
+        let rows: Vec<InfoRow> = with_pool!(self.store, |pool| sqlx::query_as(SQL)
+            .bind(kind)
+            .fetch_all(pool)
+            .await?);
+        Ok(rows.into_iter().map(job_info).collect())
     }
 
     /// Job counts by kind and state.

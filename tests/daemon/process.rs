@@ -602,6 +602,24 @@ fn demo_runs_the_daemon_against_the_built_in_emulator() {
     );
     let checked = cli(&["tenant", "check", "--tenant", DEMO_TENANT]);
     assert!(checked.contains("Microsoft Graph: granted:"), "{checked}");
+    let status = cli(&["status"]);
+    assert!(
+        status.contains(&format!("tenant {DEMO_TENANT}"))
+            && status.contains(" app ")
+            && status.contains("active")
+            && status.contains("heartbeat     last run ")
+            && status.contains("latest failures"),
+        "{status}"
+    );
+    let status: serde_json::Value = serde_json::from_str(&cli(&["status", "--json"])).unwrap();
+    assert_eq!(status["tenants"][0]["tenant_id"], DEMO_TENANT);
+    assert_eq!(status["tenants"][0]["connections"][0]["status"], "active");
+    assert!(
+        status["tenants"][0]["subscriptions"]
+            .as_array()
+            .is_some_and(|s| s.len() == 4),
+        "{status}"
+    );
     let objects = cli(&["heartbeat", "list", "--tenant", DEMO_TENANT]);
     assert!(
         objects.contains("demo01@contoso-demo.onmicrosoft.com"),
@@ -1033,7 +1051,8 @@ fn an_address_in_use_names_the_flag_that_changes_it() {
 #[test]
 fn read_only_commands_never_create_a_database_or_a_key_file() {
     let cwd = tempfile::tempdir().unwrap();
-    let read_only: [&[&str]; 8] = [
+    let read_only: [&[&str]; 9] = [
+        &["status"],
         &["tenant", "list"],
         &[
             "tenant",
@@ -1102,7 +1121,8 @@ fn read_only_commands_never_create_a_database_or_a_key_file() {
         .unwrap();
     assert_eq!(generated.status.code(), Some(0));
     for (args, says) in [
-        (&["tenant", "list"][..], "no connections"),
+        (&["status"][..], "no tenants"),
+        (&["tenant", "list"], "no connections"),
         (&["subscription", "list"], "no subscriptions"),
         (&["queue", "stats"], "no jobs"),
         (&["queue", "list"], "no dead jobs"),
