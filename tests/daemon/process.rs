@@ -1051,6 +1051,13 @@ fn an_address_in_use_names_the_flag_that_changes_it() {
 #[test]
 fn read_only_commands_never_create_a_database_or_a_key_file() {
     let cwd = tempfile::tempdir().unwrap();
+    let tenantd_here = |args: &[&str]| {
+        tenantd_command()
+            .current_dir(cwd.path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
     let read_only: [&[&str]; 9] = [
         &["status"],
         &["tenant", "list"],
@@ -1073,11 +1080,7 @@ fn read_only_commands_never_create_a_database_or_a_key_file() {
         &["keys", "verify"],
     ];
     for args in read_only {
-        let out = tenantd_command()
-            .current_dir(cwd.path())
-            .args(args)
-            .output()
-            .unwrap();
+        let out = tenantd_here(args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(
@@ -1088,22 +1091,14 @@ fn read_only_commands_never_create_a_database_or_a_key_file() {
         assert!(left.is_empty(), "{args:?} created {left:?}");
     }
     // A new database, still no key file: the commands that open secrets say which file.
-    let migrated = tenantd_command()
-        .current_dir(cwd.path())
-        .arg("migrate")
-        .output()
-        .unwrap();
+    let migrated = tenantd_here(&["migrate"]);
     assert_eq!(migrated.status.code(), Some(0));
     for args in [
         &["tenant", "list"][..],
         &["subscription", "list"],
         &["keys", "verify"],
     ] {
-        let out = tenantd_command()
-            .current_dir(cwd.path())
-            .args(args)
-            .output()
-            .unwrap();
+        let out = tenantd_here(args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(
@@ -1114,11 +1109,7 @@ fn read_only_commands_never_create_a_database_or_a_key_file() {
     }
     // With a key file, every read-only command works on the new database, and an empty list
     // says so instead of printing nothing.
-    let generated = tenantd_command()
-        .current_dir(cwd.path())
-        .args(["keys", "generate", "--out", "data/vault.keys"])
-        .output()
-        .unwrap();
+    let generated = tenantd_here(&["keys", "generate", "--out", "data/vault.keys"]);
     assert_eq!(generated.status.code(), Some(0));
     for (args, says) in [
         (&["status"][..], "no tenants"),
@@ -1146,11 +1137,7 @@ fn read_only_commands_never_create_a_database_or_a_key_file() {
             "no actions taken as users",
         ),
     ] {
-        let out = tenantd_command()
-            .current_dir(cwd.path())
-            .args(args)
-            .output()
-            .unwrap();
+        let out = tenantd_here(args);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert_eq!(
             out.status.code(),
