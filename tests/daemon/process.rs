@@ -561,7 +561,12 @@ fn demo_runs_the_daemon_against_the_built_in_emulator() {
     let stored = loop {
         let (_, counters) = http_get(&format!("{emulator}/_emulator/counters")).unwrap();
         let counters: serde_json::Value = serde_json::from_str(&counters).unwrap();
-        let stored = stored_messages(&database);
+        let stored = sqlite_strings(
+            &database,
+            "SELECT CAST(COUNT(*) AS TEXT) FROM messages WHERE deleted = 0",
+        )[0]
+        .parse::<i64>()
+        .unwrap();
         if counters["validation_handshakes"].as_u64() > Some(0)
             && counters["notifications_delivered"].as_u64() > Some(0)
             && stored > 0
@@ -649,8 +654,9 @@ fn demo_runs_the_daemon_against_the_built_in_emulator() {
     );
 }
 
-/// Messages stored in the SQLite database at `path`, read with the sqlite3 library directly.
-fn stored_messages(path: &std::path::Path) -> i64 {
+/// The rows `sql` returns as text from the SQLite file at `path`, opened read-only beside the
+/// running daemon.
+fn sqlite_strings(path: &std::path::Path, sql: &str) -> Vec<String> {
     use sqlx::ConnectOptions;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -663,8 +669,8 @@ fn stored_messages(path: &std::path::Path) -> i64 {
             .connect()
             .await
             .unwrap();
-        sqlx::query_scalar("SELECT COUNT(*) FROM messages WHERE deleted = 0")
-            .fetch_one(&mut connection)
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&mut connection)
             .await
             .unwrap()
     })
@@ -699,25 +705,10 @@ fn a_restarted_demo_starts_afresh_and_its_database_agrees_with_its_emulator() {
     let (first, _) = start();
     assert!(!stop(first).contains("starting afresh"));
     let (second, emulator) = start();
-    let users_in_database: Vec<String> = {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            use sqlx::ConnectOptions;
-            let mut connection = sqlx::sqlite::SqliteConnectOptions::new()
-                .filename(cwd.path().join("data/demo/tenantd.db"))
-                .read_only(true)
-                .connect()
-                .await
-                .unwrap();
-            sqlx::query_scalar("SELECT graph_id FROM provisioned_objects WHERE kind = 'user'")
-                .fetch_all(&mut connection)
-                .await
-                .unwrap()
-        })
-    };
+    let users_in_database = sqlite_strings(
+        &cwd.path().join("data/demo/tenantd.db"),
+        "SELECT graph_id FROM provisioned_objects WHERE kind = 'user'",
+    );
     let (_, tenants) = http_get(&format!("{emulator}/_emulator/tenants")).unwrap();
     let said = stop(second);
     assert!(said.contains("starting afresh"), "{said}");
