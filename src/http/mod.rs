@@ -125,71 +125,115 @@ fn stalest<'a>(connections: impl Iterator<Item = &'a Arc<Tracked>>) -> Option<Ar
         .cloned()
 }
 
-/// Reads the whole request body within the limits before the handler sees it: a body that
+/// Reads the whole request body within the limits before the router sees it: a body that
 /// takes longer than `body_read_timeout`, or comes slower than `body_min_bytes_per_second`
-/// after its first second, is answered 408 and its connection closed.
+/// after its first second, is answered 408 and its connection closed. It runs in front of the
+/// router (not as a layer of it), with one timer for the whole body and no copy of a body
+/// that arrives in one piece: it is on the path of every notification.
 async fn read_body_in_time(
     limits: ServeLimits,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    use http_body_util::BodyExt;
-    let (parts, mut body) = request.into_parts();
+    request: hyper::Request<hyper::body::Incoming>,
+) -> Result<axum::extract::Request, Response> {
+    let (parts, body) = request.into_parts();
     let declared = parts
         .headers
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > DRAIN_LIMIT) {
+        return Err(too_large());
+    }
     // Too large: the rest is read and dropped (within the same deadline and rate, and up to
     // DRAIN_LIMIT) before the 413, so the client reads the answer instead of a reset.
-    let mut too_big = declared.is_some_and(|length| length > limits.max_body_bytes);
-    if declared.is_some_and(|length| length > DRAIN_LIMIT) {
-        return too_large();
-    }
-    let started = Instant::now();
+    let too_big = declared.is_some_and(|length| length > limits.max_body_bytes);
     let deadline = tokio::time::Instant::now() + limits.body_read_timeout;
-    let mut collected = Vec::new();
+    match tokio::time::timeout_at(deadline, collect_body(limits, body, too_big)).await {
+        Ok(Ok(bytes)) => Ok(axum::extract::Request::from_parts(
+            parts,
+            axum::body::Body::from(bytes),
+        )),
+        Ok(Err(refusal)) => Err(refusal),
+        Err(_) => Err(too_slow()),
+    }
+}
+
+/// The body's bytes, or the answer refusing it (see [`read_body_in_time`]); the caller bounds
+/// the time.
+async fn collect_body(
+    limits: ServeLimits,
+    mut body: hyper::body::Incoming,
+    mut too_big: bool,
+) -> Result<axum::body::Bytes, Response> {
+    use http_body_util::BodyExt;
+    let started = Instant::now();
+    let mut collected = Collected::Nothing;
     let mut received = 0usize;
-    loop {
-        match tokio::time::timeout_at(deadline, body.frame()).await {
-            Ok(Some(Ok(frame))) => {
-                if let Ok(data) = frame.into_data() {
-                    received += data.len();
-                    if !too_big {
-                        collected.extend_from_slice(&data);
-                    }
-                }
-                if received > limits.max_body_bytes {
-                    too_big = true;
-                    collected = Vec::new();
-                }
-                if received > DRAIN_LIMIT {
-                    return too_large();
-                }
-                let elapsed = started.elapsed();
-                let floor = limits.body_min_bytes_per_second as f64 * elapsed.as_secs_f64();
-                #[allow(clippy::cast_precision_loss)]
-                if elapsed > Duration::from_secs(1) && (received as f64) < floor {
-                    return too_slow();
-                }
+    while let Some(frame) = body.frame().await {
+        // The client went away or sent a broken body.
+        let Ok(frame) = frame else {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                [(axum::http::header::CONNECTION, "close")],
+            )
+                .into_response());
+        };
+        if let Ok(data) = frame.into_data() {
+            received += data.len();
+            if !too_big {
+                collected.push(data);
             }
-            // The client went away or sent a broken body.
-            Ok(Some(Err(_))) => {
-                return (
-                    StatusCode::BAD_REQUEST,
-                    [(axum::http::header::CONNECTION, "close")],
-                )
-                    .into_response();
-            }
-            Ok(None) => break,
-            Err(_) => return too_slow(),
+        }
+        if received > limits.max_body_bytes {
+            too_big = true;
+            collected = Collected::Nothing;
+        }
+        if received > DRAIN_LIMIT {
+            return Err(too_large());
+        }
+        let elapsed = started.elapsed();
+        let floor = limits.body_min_bytes_per_second as f64 * elapsed.as_secs_f64();
+        #[allow(clippy::cast_precision_loss)]
+        if elapsed > Duration::from_secs(1) && (received as f64) < floor {
+            return Err(too_slow());
         }
     }
     if too_big {
-        return too_large();
+        return Err(too_large());
     }
-    let request = axum::extract::Request::from_parts(parts, axum::body::Body::from(collected));
-    next.run(request).await
+    Ok(collected.into_bytes())
+}
+
+/// A body being read: most arrive in one frame, which is kept as it came.
+enum Collected {
+    Nothing,
+    One(axum::body::Bytes),
+    Many(Vec<u8>),
+}
+
+impl Collected {
+    fn push(&mut self, data: axum::body::Bytes) {
+        *self = match std::mem::replace(self, Collected::Nothing) {
+            Collected::Nothing => Collected::One(data),
+            Collected::One(first) => {
+                let mut joined = Vec::with_capacity(first.len() + data.len());
+                joined.extend_from_slice(&first);
+                joined.extend_from_slice(&data);
+                Collected::Many(joined)
+            }
+            Collected::Many(mut joined) => {
+                joined.extend_from_slice(&data);
+                Collected::Many(joined)
+            }
+        };
+    }
+
+    fn into_bytes(self) -> axum::body::Bytes {
+        match self {
+            Collected::Nothing => axum::body::Bytes::new(),
+            Collected::One(data) => data,
+            Collected::Many(joined) => axum::body::Bytes::from(joined),
+        }
+    }
 }
 
 /// The most of an oversized body read (and dropped) so that its sender sees the 413.
@@ -232,9 +276,6 @@ pub async fn serve(
         limits,
         open: Mutex::new(Vec::new()),
     });
-    let router = router.layer(axum::middleware::from_fn(move |request, next| {
-        read_body_in_time(limits, request, next)
-    }));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
@@ -266,7 +307,10 @@ pub async fn serve(
                 let router = router.clone();
                 let tracked = Arc::clone(&tracked);
                 async move {
-                    let response = router.oneshot(request.map(axum::body::Body::new)).await;
+                    let response = match read_body_in_time(limits, request).await {
+                        Ok(request) => router.oneshot(request).await,
+                        Err(refusal) => Ok(refusal),
+                    };
                     tracked.touch(epoch);
                     response
                 }

@@ -19,9 +19,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
@@ -157,7 +156,8 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: WebhookState) -> Router<S
             post(lifecycle_notifications).get(handshake_only),
         )
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(state)
+        // One reference count per request instead of one per field.
+        .with_state(Arc::new(state))
 }
 
 #[derive(Clone, Copy)]
@@ -202,35 +202,50 @@ fn handshake(token: &str) -> Response {
         .into_response()
 }
 
-async fn handshake_only(Query(query): Query<HashMap<String, String>>) -> Response {
-    match query.get("validationToken") {
-        Some(token) => handshake(token),
+async fn handshake_only(uri: Uri) -> Response {
+    match validation_token(&uri) {
+        Some(token) => handshake(&token),
         None => plain(StatusCode::METHOD_NOT_ALLOWED, "POST notifications here.\n"),
     }
 }
 
+/// The `validationToken` of a handshake, decoded. Most requests have no query at all, and
+/// are not parsed for one.
+fn validation_token(uri: &Uri) -> Option<String> {
+    let query = uri.query()?;
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(name, _)| name == "validationToken")
+        .map(|(_, token)| token.into_owned())
+}
+
 async fn change_notifications(
-    State(state): State<WebhookState>,
-    Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-    body: Bytes,
+    State(state): State<Arc<WebhookState>>,
+    request: Request,
 ) -> Response {
-    if let Some(token) = query.get("validationToken") {
-        return handshake(token);
-    }
-    receive(&state, Endpoint::Notifications, &headers, &body).await
+    answer(&state, Endpoint::Notifications, request).await
 }
 
 async fn lifecycle_notifications(
-    State(state): State<WebhookState>,
-    Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-    body: Bytes,
+    State(state): State<Arc<WebhookState>>,
+    request: Request,
 ) -> Response {
-    if let Some(token) = query.get("validationToken") {
-        return handshake(token);
+    answer(&state, Endpoint::Lifecycle, request).await
+}
+
+/// A POST to a webhook endpoint: the handshake when it carries a validation token, else a
+/// delivery. The request is read in place (the listener has already read its body whole).
+async fn answer(state: &WebhookState, endpoint: Endpoint, request: Request) -> Response {
+    if let Some(token) = validation_token(request.uri()) {
+        return handshake(&token);
     }
-    receive(&state, Endpoint::Lifecycle, &headers, &body).await
+    let (parts, body) = request.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
+        return plain(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "The request body is too large.\n",
+        );
+    };
+    receive(state, endpoint, &parts.headers, &body).await
 }
 
 /// A `changeNotificationCollection`. Items stay raw until each is read on its own, so one
@@ -380,6 +395,13 @@ async fn checks_by(
     ids: &[Option<String>],
     deadline: tokio::time::Instant,
 ) -> Result<HashMap<String, Arc<subscriptions::Check>>, Response> {
+    // Known subscriptions are answered from the cache without a task or a timer.
+    if let Some(checks) = state
+        .checks
+        .cached(ids.iter().flatten().map(String::as_str))
+    {
+        return Ok(checks);
+    }
     let lookup: Vec<String> = ids.iter().flatten().cloned().collect();
     let cache = Arc::clone(&state.checks);
     let read = tokio::spawn(async move {
