@@ -8,9 +8,11 @@
 //! queue with its `run_at`); on stop it claims nothing more, lets running jobs finish within
 //! the grace period and then releases the rest without counting the attempt; a second stop
 //! signal releases them at once; a claimed job that never started (stop, or it waited past half
-//! its lease behind slow jobs) is handed back without counting the attempt.
+//! its lease behind slow jobs) is handed back without counting the attempt; a failure is logged
+//! in full when a kind starts failing for a tenant or changes reason (WARN for dead letters and
+//! permanent failures), at DEBUG while it repeats.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -82,6 +84,7 @@ impl WorkerPool {
         let signal = this.queue.work_signal().await;
         let (completions, finished) = mpsc::channel::<Completion>(COMPLETION_BATCH * 4);
         let recorder = tokio::spawn(record_completions(this.queue.clone(), finished));
+        let failures = Arc::new(FailureLog::default());
         // Claimed jobs waiting for a slot. The next claim runs while jobs run, so a slot that
         // frees takes its next job from here at once instead of waiting for a claim's round
         // trips (one claim at a time kept slots idle most of the time: issue #17).
@@ -152,8 +155,9 @@ impl WorkerPool {
                     let (job, _) = waiting.pop_front().expect("guarded");
                     let pool = this.clone();
                     let (release, completions) = (release.clone(), completions.clone());
+                    let failures = Arc::clone(&failures);
                     running.spawn(async move {
-                        pool.execute(job, release, completions, permit).await;
+                        pool.execute(job, release, completions, permit, &failures).await;
                     });
                 }
                 () = signal.wait(this.poll), if drained && claiming.is_empty() => drained = false,
@@ -226,9 +230,11 @@ impl WorkerPool {
         release: CancellationToken,
         completions: mpsc::Sender<Completion>,
         slot: OwnedSemaphorePermit,
+        failures: &FailureLog,
     ) {
         let started = Instant::now();
         let Some(kind) = self.registry.get(&job.kind) else {
+            failures.log(&job, "unknown_job_kind", Failure::Permanent);
             let _ = self
                 .queue
                 .fail(
@@ -267,6 +273,7 @@ impl WorkerPool {
         let recorded = match outcome {
             None => self.queue.release(&job).await.map(|h| held(h, "released")),
             Some(Ok(())) => {
+                failures.succeeded(&job);
                 let kind = job.kind.clone();
                 let (ack, recorded) = oneshot::channel();
                 if completions.send((job, ack)).await.is_err() {
@@ -288,19 +295,19 @@ impl WorkerPool {
                 after,
             })) => {
                 let delay = JOB_RETRY.delay(job.attempt).max(after.unwrap_or_default());
-                tracing::info!(job.id = %job.id, job.kind = %job.kind, reason, attempt = job.attempt, "job will be retried");
-                let outcome = if job.attempt >= job.max_attempts {
-                    "dead"
+                let (failure, outcome) = if job.attempt >= job.max_attempts {
+                    (Failure::Exhausted, "dead")
                 } else {
-                    "retried"
+                    (Failure::Retried, "retried")
                 };
+                failures.log(&job, reason, failure);
                 self.queue
                     .retry(&job, reason, &message, delay)
                     .await
                     .map(|h| held(h, outcome))
             }
             Some(Err(JobError::Permanent { reason, message })) => {
-                tracing::warn!(job.id = %job.id, job.kind = %job.kind, reason, "job failed permanently");
+                failures.log(&job, reason, Failure::Permanent);
                 self.queue
                     .fail(&job, reason, &message)
                     .await
@@ -337,6 +344,92 @@ impl WorkerPool {
     }
 }
 
+/// How a job failed, as the log tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// It goes back to the queue for another attempt (throttling, a transient fault).
+    Retried,
+    /// Its last attempt failed: it is dead-lettered.
+    Exhausted,
+    /// It cannot work as it stands: a human has to act (consent, a key, the configuration).
+    Permanent,
+}
+
+/// A kind's failing tenants, each with its last reason and how it failed.
+type FailingTenants = HashMap<String, (&'static str, Failure)>;
+
+/// The kinds and tenants whose jobs are failing, with the last reason: a failure is logged
+/// when a kind starts failing for a tenant or fails differently (another reason, or retries
+/// turned into dead letters), and at DEBUG while it repeats, so a failure that needs a human
+/// is one WARN per change of state, not one line per retry. The first success after it says
+/// so once. Only failing pairs are held, and a success removes its pair.
+#[derive(Default)]
+struct FailureLog {
+    failing: std::sync::Mutex<HashMap<String, FailingTenants>>,
+}
+
+impl FailureLog {
+    /// Notes `job`'s failure; whether the state changed (so it is logged in full).
+    fn note(&self, kind: &str, tenant: &str, reason: &'static str, failure: Failure) -> bool {
+        let mut failing = self.failing.lock().expect("failure log lock");
+        let tenants = failing.entry(kind.to_string()).or_default();
+        match tenants.get_mut(tenant) {
+            Some(last) if *last == (reason, failure) => false,
+            Some(last) => {
+                *last = (reason, failure);
+                true
+            }
+            None => {
+                tenants.insert(tenant.to_string(), (reason, failure));
+                true
+            }
+        }
+    }
+
+    /// Forgets the failure of `kind` for `tenant`; the reason it failed with, if it did.
+    fn recover(&self, kind: &str, tenant: &str) -> Option<&'static str> {
+        let mut failing = self.failing.lock().expect("failure log lock");
+        if failing.is_empty() {
+            return None;
+        }
+        let tenants = failing.get_mut(kind)?;
+        let (reason, _) = tenants.remove(tenant)?;
+        if tenants.is_empty() {
+            failing.remove(kind);
+        }
+        Some(reason)
+    }
+
+    /// Logs `job`'s failure: in full when the state changed (WARN for dead letters and
+    /// permanent failures, INFO for retries), else at DEBUG.
+    fn log(&self, job: &ClaimedJob, reason: &'static str, failure: Failure) {
+        let tenant = job.tenant_id.as_str();
+        if !self.note(&job.kind, tenant, reason, failure) {
+            tracing::debug!(job.id = %job.id, job.kind = %job.kind, tenant, reason, attempt = job.attempt, ?failure, "job failed again for the same reason");
+            return;
+        }
+        let (id, kind, attempt) = (&job.id, &job.kind, job.attempt);
+        match failure {
+            Failure::Retried => {
+                tracing::info!(job.id = %id, job.kind = %kind, tenant, reason, attempt, "job failed and will be retried (repeats for this kind, tenant and reason are logged at debug)")
+            }
+            Failure::Exhausted => {
+                tracing::warn!(job.id = %id, job.kind = %kind, tenant, reason, attempt, "job failed its last attempt and is dead-lettered; `tenantd queue list` shows it, `tenantd queue retry ID` runs it again (repeats for this kind, tenant and reason are logged at debug)")
+            }
+            Failure::Permanent => {
+                tracing::warn!(job.id = %id, job.kind = %kind, tenant, reason, "job failed permanently: it needs its cause fixed, then `tenantd queue retry ID` (`tenantd queue list --state failed` shows it; repeats for this kind, tenant and reason are logged at debug)")
+            }
+        }
+    }
+
+    /// Notes `job`'s success; logs once when its kind was failing for its tenant.
+    fn succeeded(&self, job: &ClaimedJob) {
+        if let Some(reason) = self.recover(&job.kind, &job.tenant_id) {
+            tracing::info!(job.kind = %job.kind, tenant = %job.tenant_id, after = reason, "jobs of this kind succeed again for this tenant");
+        }
+    }
+}
+
 /// Records successes in batches: whatever finished while the previous batch was being written
 /// goes into the next transaction, so a busy pool pays one commit for many jobs. Ends when
 /// every sender is gone, after writing what it holds.
@@ -364,4 +457,56 @@ fn record(kind: &str, outcome: &'static str, started: Instant) {
     metrics::counter!(crate::metrics::names::JOBS, "kind" => kind.to_string(), "outcome" => outcome).increment(1);
     metrics::histogram!(crate::metrics::names::JOB_DURATION, "kind" => kind.to_string())
         .record(started.elapsed().as_secs_f64());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Failure, FailureLog};
+
+    #[test]
+    fn a_failure_is_logged_in_full_once_per_change_of_state() {
+        let log = FailureLog::default();
+        let tenant = "84bd8158-6d4d-4958-8b9f-9d6445542f95";
+        // Starts failing: in full; the same again: not.
+        assert!(log.note("heartbeat_run", tenant, "throttled", Failure::Retried));
+        assert!(!log.note("heartbeat_run", tenant, "throttled", Failure::Retried));
+        // Another tenant or kind is its own state.
+        assert!(log.note("heartbeat_run", "other", "throttled", Failure::Retried));
+        assert!(log.note("connection_check", tenant, "throttled", Failure::Retried));
+        // The same reason turned into a dead letter, then another reason: each a change.
+        assert!(log.note("heartbeat_run", tenant, "throttled", Failure::Exhausted));
+        assert!(log.note(
+            "heartbeat_run",
+            tenant,
+            "consent_required",
+            Failure::Permanent
+        ));
+        assert!(!log.note(
+            "heartbeat_run",
+            tenant,
+            "consent_required",
+            Failure::Permanent
+        ));
+        // A success says what it recovered from, once, and the next failure is new again.
+        assert_eq!(
+            log.recover("heartbeat_run", tenant),
+            Some("consent_required")
+        );
+        assert_eq!(log.recover("heartbeat_run", tenant), None);
+        assert!(log.note(
+            "heartbeat_run",
+            tenant,
+            "consent_required",
+            Failure::Permanent
+        ));
+        // Pairs that recover are dropped: nothing grows with successes.
+        for (kind, tenant) in [
+            ("heartbeat_run", tenant),
+            ("heartbeat_run", "other"),
+            ("connection_check", tenant),
+        ] {
+            assert!(log.recover(kind, tenant).is_some());
+        }
+        assert!(log.failing.lock().expect("lock").is_empty());
+    }
 }
