@@ -36,6 +36,7 @@ pub mod secret;
 pub mod store;
 pub mod subscriptions;
 pub mod systemd;
+pub mod teams_package;
 pub mod telemetry;
 pub mod tls;
 pub mod validation_tokens;

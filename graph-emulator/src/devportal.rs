@@ -110,7 +110,13 @@ fn is_guid(value: &Value) -> bool {
         .is_some_and(|s| uuid::Uuid::parse_str(s).is_ok())
 }
 
-/// Validates a package and returns its manifest.
+/// The newest GA manifest schema the portal takes (microsoft/json-schemas
+/// `teams/v1.30/MicrosoftTeams.schema.json`); 1.18 was never published.
+const LATEST_MANIFEST_MINOR: u32 = 30;
+
+/// Validates a package by the rules of Microsoft's published manifest schema (required
+/// properties, lengths, patterns, enums; microsoft/json-schemas teams/v1.30) and its icon
+/// rules (color 192×192; outline 32×32 with transparency), and returns its manifest.
 fn validate_package(bytes: &[u8]) -> Result<Value, GraphError> {
     let files = read_zip(bytes).map_err(|e| bad(&e.to_string()))?;
     let manifest: Value = files
@@ -120,13 +126,79 @@ fn validate_package(bytes: &[u8]) -> Result<Value, GraphError> {
     if !is_guid(&manifest["id"]) {
         return Err(bad("App Id must be a GUID"));
     }
-    for key in ["manifestVersion", "version"] {
-        if !manifest[key].is_string() {
+    for key in [
+        "manifestVersion",
+        "version",
+        "developer",
+        "name",
+        "description",
+        "icons",
+        "accentColor",
+    ] {
+        if manifest.get(key).is_none() {
             return Err(bad(&format!("manifest.json: '{key}' is required.")));
         }
     }
-    if !manifest["name"]["short"].is_string() {
-        return Err(bad("manifest.json: 'name.short' is required."));
+    let version = manifest["manifestVersion"].as_str().unwrap_or_default();
+    let published = version == "devPreview"
+        || version
+            .strip_prefix("1.")
+            .and_then(|minor| minor.parse::<u32>().ok())
+            .is_some_and(|minor| minor <= LATEST_MANIFEST_MINOR && minor != 18);
+    if !published {
+        return Err(bad(
+            "manifest.json: 'manifestVersion' is not a published schema version.",
+        ));
+    }
+    let semver = manifest["version"].as_str().is_some_and(|v| {
+        let parts: Vec<&str> = v.split('.').collect();
+        parts.len() == 3
+            && parts.iter().all(|p| {
+                !p.is_empty()
+                    && p.bytes().all(|b| b.is_ascii_digit())
+                    && (p.len() == 1 || !p.starts_with('0'))
+            })
+    });
+    if !semver {
+        return Err(bad("manifest.json: 'version' must be MAJOR.MINOR.PATCH."));
+    }
+    // (pointer, required, longest)
+    for (pointer, required, longest) in [
+        ("/name/short", true, 30),
+        ("/name/full", false, 100),
+        ("/description/short", true, 80),
+        ("/description/full", true, 4000),
+        ("/developer/name", true, 32),
+        ("/developer/websiteUrl", true, 2048),
+        ("/developer/privacyUrl", true, 2048),
+        ("/developer/termsOfUseUrl", true, 2048),
+    ] {
+        let name = pointer.trim_start_matches('/').replace('/', ".");
+        match manifest.pointer(pointer) {
+            None if !required => {}
+            None => return Err(bad(&format!("manifest.json: '{name}' is required."))),
+            Some(Value::String(text)) if text.chars().count() <= longest => {
+                let url = pointer.ends_with("Url");
+                let lower = text.to_ascii_lowercase();
+                if url && !(lower.starts_with("https://") || lower.starts_with("http://")) {
+                    return Err(bad(&format!(
+                        "manifest.json: '{name}' must be an http(s) URL."
+                    )));
+                }
+            }
+            Some(_) => {
+                return Err(bad(&format!(
+                    "manifest.json: '{name}' must be a string of at most {longest} characters."
+                )))
+            }
+        }
+    }
+    let accent = manifest["accentColor"].as_str().unwrap_or_default();
+    if !(accent.len() == 7
+        && accent.starts_with('#')
+        && accent[1..].bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return Err(bad("manifest.json: 'accentColor' must be a #rrggbb color."));
     }
     for (key, size) in [("color", 192), ("outline", 32)] {
         let file = manifest["icons"][key]
@@ -140,10 +212,30 @@ fn validate_package(bytes: &[u8]) -> Result<Value, GraphError> {
         if png_size(image) != Some((size, size)) {
             return Err(bad(&format!("The {key} icon must be a {size}x{size} PNG.")));
         }
+        // IHDR color type 4 (gray + alpha) or 6 (RGBA): the outline must be transparent.
+        if key == "outline" && !matches!(image.get(25), Some(4 | 6)) {
+            return Err(bad("The outline icon must be a transparent PNG."));
+        }
     }
-    for bot in manifest["bots"].as_array().into_iter().flatten() {
+    let bots = manifest["bots"].as_array().cloned().unwrap_or_default();
+    if bots.len() > 1 {
+        return Err(bad("manifest.json: 'bots' may hold one bot at most."));
+    }
+    for bot in &bots {
         if !is_guid(&bot["botId"]) {
             return Err(bad("Each bots[].botId must be a GUID."));
+        }
+        let scopes = bot["scopes"].as_array().cloned().unwrap_or_default();
+        let known = scopes.iter().all(|scope| {
+            matches!(
+                scope.as_str(),
+                Some("team" | "personal" | "groupChat" | "copilot")
+            )
+        });
+        if scopes.is_empty() || scopes.len() > 4 || !known {
+            return Err(bad(
+                "bots[].scopes must name 1 to 4 of team, personal, groupChat and copilot.",
+            ));
         }
     }
     Ok(manifest)

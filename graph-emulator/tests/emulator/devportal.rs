@@ -23,8 +23,14 @@ fn manifest(id: &str) -> Value {
         "id": id,
         "name": {"short": "Heartbeat", "full": "tenantd heartbeat bot"},
         "description": {"short": "Keeps demo tenants alive", "full": "Keeps demo tenants alive."},
-        "developer": {"name": "tenantd"},
+        "developer": {
+            "name": "tenantd",
+            "websiteUrl": "https://tenantd.example/",
+            "privacyUrl": "https://tenantd.example/privacy",
+            "termsOfUseUrl": "https://tenantd.example/terms"
+        },
         "icons": {"color": "color.png", "outline": "outline.png"},
+        "accentColor": "#4464EE",
         "bots": [{"botId": "2f0b7c1e-4a3d-4b8e-9c6f-1a2b3c4d5e6f", "scopes": ["personal"]}],
     })
 }
@@ -104,6 +110,37 @@ async fn packages_are_validated_imported_once_and_overwritten_on_request() {
         .as_str()
         .unwrap()
         .contains("192x192"));
+    // The published schema's rules (microsoft/json-schemas teams/v1.30/
+    // MicrosoftTeams.schema.json): each broken one is a 400 naming the property.
+    let fresh = "5d4c3b2a-1f0e-4d9c-8b7a-6f5e4d3c2b1a";
+    let cases: Vec<(&str, fn(&mut Value))> = vec![
+        ("name.short", |m| m["name"]["short"] = json!("x".repeat(31))),
+        ("description.full", |m| {
+            m["description"].as_object_mut().unwrap().remove("full");
+        }),
+        ("developer.privacyUrl", |m| {
+            m["developer"]["privacyUrl"] = json!("privacy")
+        }),
+        ("accentColor", |m| m["accentColor"] = json!("blue")),
+        ("version", |m| m["version"] = json!("1.0")),
+        ("manifestVersion", |m| m["manifestVersion"] = json!("1.18")),
+        ("scopes", |m| m["bots"][0]["scopes"] = json!(["channel"])),
+    ];
+    for (property, change) in cases {
+        let mut broken = manifest(fresh);
+        change(&mut broken);
+        let refused = import(&env, &token, package(&broken, (192, 192)), false)
+            .await
+            .assert_status(400);
+        assert!(
+            refused.json["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(property),
+            "{property}: {}",
+            refused.json
+        );
+    }
     import(&env, &token, b"not a zip".to_vec(), false)
         .await
         .assert_status(400);
