@@ -2,8 +2,8 @@
 //! needed. Starts the emulator in-process with a demo tenant and app, and points tenantd at it
 //! with an embedded SQLite database under `data/demo/`.
 //!
-//! Owns no tables. Invariants: the demo never talks to Microsoft (both `graph.base_url` and
-//! `identity.authority` point at the loopback emulator); flags given on the command line still
+//! Owns no tables. Invariants: the demo never talks to Microsoft (`graph.base_url`,
+//! `graph.developer_portal_url` and `identity.authority` point at the loopback emulator); flags given on the command line still
 //! win over the demo's settings.
 
 use std::net::SocketAddr;
@@ -172,6 +172,11 @@ impl Demo {
                 key: "identity.authority",
                 flag: "demo",
                 value: self.emulator.base_url(),
+            },
+            FlagOverride {
+                key: "graph.developer_portal_url",
+                flag: "demo",
+                value: self.emulator.devportal_url(),
             },
             // The loopback emulator posts to plain http; Microsoft Graph would not.
             FlagOverride {

@@ -27,6 +27,7 @@ macro_rules! print {
 }
 
 mod attribution;
+mod bot;
 mod heartbeat;
 mod queue;
 mod runs;
@@ -165,6 +166,9 @@ enum Command {
     /// Demo-tenant heartbeat: run a scenario now, list what it created, clean up
     #[command(subcommand)]
     Heartbeat(heartbeat::HeartbeatCommand),
+    /// Teams bot provisioning: check that a user's tenant lets them install custom apps
+    #[command(subcommand)]
+    Bot(bot::BotCommand),
     /// One screen at a glance: per tenant its connections, subscriptions and last heartbeat;
     /// the queue's depth and age by kind, dead letters, the latest failures (reads only)
     Status {
@@ -291,6 +295,10 @@ pub fn main() -> i32 {
         Command::Heartbeat(command) => {
             print_warnings(&loaded);
             runtime.block_on(heartbeat::run(&loaded.config, command))
+        }
+        Command::Bot(command) => {
+            print_warnings(&loaded);
+            runtime.block_on(bot::run(&loaded.config, command))
         }
         Command::Status { watch, json } => {
             print_warnings(&loaded);

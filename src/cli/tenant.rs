@@ -676,7 +676,7 @@ fn granted_permissions(token: &str) -> String {
 }
 
 /// Prints a one-time admin consent link for `client_id` in `tenant_id`, or why there is none.
-async fn print_consent_url(
+pub(crate) async fn print_consent_url(
     store: &Store,
     identity: &IdentityClient,
     config: &Config,

@@ -241,7 +241,10 @@ pub(super) fn fix_for(key: &str) -> String {
         "database.url" => FIX_DATABASE_URL,
         "log.level" => FIX_LOG_LEVEL,
         "log.format" => "use \"pretty\" or \"json\"",
-        "graph.base_url" | "identity.authority" | "listener.public_url" => {
+        "graph.base_url"
+        | "graph.developer_portal_url"
+        | "identity.authority"
+        | "listener.public_url" => {
             "use an absolute https:// URL"
         }
         "database.url_file" => "use a path to a file holding only the URL",

@@ -370,6 +370,10 @@ pub struct GraphConfig {
     pub max_retries: u32,
     /// Longest time one call may spend waiting to retry.
     pub retry_budget_seconds: u64,
+    /// The Teams Developer Portal API (bot provisioning: app package import, bot registration,
+    /// the sideloading policy), without `/api`. Tokens are always asked for the portal's own
+    /// resource, `https://dev.teams.microsoft.com`.
+    pub developer_portal_url: Url,
 }
 
 impl GraphConfig {
@@ -395,6 +399,8 @@ impl Default for GraphConfig {
             request_timeout_seconds: 30,
             max_retries: 3,
             retry_budget_seconds: 60,
+            developer_portal_url: Url::parse("https://dev.teams.microsoft.com")
+                .expect("preset URLs parse"),
         }
     }
 }

@@ -285,6 +285,10 @@ fn cloud_problems(config: &Config, problem: &mut impl FnMut(&str, String, &str))
     }
     for (key, url) in [
         ("graph.base_url", Some(&config.graph.base_url)),
+        (
+            "graph.developer_portal_url",
+            Some(&config.graph.developer_portal_url),
+        ),
         ("identity.authority", Some(&config.identity.authority)),
         ("listener.public_url", config.listener.public_url.as_ref()),
     ] {

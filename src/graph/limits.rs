@@ -76,6 +76,7 @@ pub fn service_of(family: &str) -> &'static str {
         "drive" | "drive_upload" => "files",
         "teams" => "teams",
         "subscriptions" => "subscriptions",
+        "devportal" => "devportal",
         _ => "other",
     }
 }

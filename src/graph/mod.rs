@@ -58,6 +58,19 @@ pub struct GraphRequest {
     /// Sent without `Authorization`: upload URLs are pre-authenticated and may answer 401 to
     /// a bearer token (and must not receive one, being on another host).
     pub anonymous: bool,
+    /// The API the path is relative to.
+    pub api: Api,
+}
+
+/// The APIs the client reaches: Microsoft Graph, and the Teams Developer Portal that bot
+/// provisioning needs (its own base URL and token audience; the same limits, retries and
+/// metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// Microsoft Graph (`graph.base_url`).
+    Graph,
+    /// The Teams Developer Portal (`graph.developer_portal_url`), paths under `/api`.
+    DeveloperPortal,
 }
 
 impl GraphRequest {
@@ -73,6 +86,16 @@ impl GraphRequest {
             mailbox: None,
             content_range: None,
             anonymous: false,
+            api: Api::Graph,
+        }
+    }
+
+    /// A request to the Teams Developer Portal (`path` under its `/api`), counted under the
+    /// `devportal` family.
+    pub fn developer_portal(method: Method, path: impl Into<String>) -> Self {
+        Self {
+            api: Api::DeveloperPortal,
+            ..Self::new(method, path, "devportal")
         }
     }
 
@@ -117,6 +140,7 @@ impl GraphRequest {
 pub struct GraphClient {
     http: reqwest::Client,
     base: Url,
+    portal: Url,
     tokens: Arc<TokenService>,
     limits: Limits,
     max_retries: u32,
@@ -146,6 +170,7 @@ impl GraphClient {
         Self {
             http,
             base: config.base_url.clone(),
+            portal: config.developer_portal_url.clone(),
             tokens,
             limits: Limits::new(
                 config.requests_per_second,
@@ -167,8 +192,11 @@ impl GraphClient {
         &self.limits
     }
 
-    fn url(&self, path: &str) -> Url {
-        let base = self.base.as_str().trim_end_matches('/');
+    fn url(&self, api: Api, path: &str) -> Url {
+        let base = match api {
+            Api::Graph => self.base.as_str().trim_end_matches('/').to_string(),
+            Api::DeveloperPortal => format!("{}/api", self.portal.as_str().trim_end_matches('/')),
+        };
         Url::parse(&format!("{base}{path}")).expect("paths are built by the typed requests")
     }
 
@@ -181,7 +209,7 @@ impl GraphClient {
         connection: &Connection,
         request: &GraphRequest,
     ) -> Result<Value, GraphError> {
-        let mut url = self.url(&request.path);
+        let mut url = self.url(request.api, &request.path);
         if !request.query.is_empty() {
             url.query_pairs_mut().extend_pairs(request.query.iter());
         }
@@ -224,11 +252,11 @@ impl GraphClient {
         let token = if request.anonymous {
             None
         } else {
-            Some(
-                self.tokens
-                    .access_token(connection, self.tokens.graph_resource())
-                    .await?,
-            )
+            let resource = match request.api {
+                Api::Graph => self.tokens.graph_resource(),
+                Api::DeveloperPortal => crate::vault::identity::DEV_PORTAL_RESOURCE,
+            };
+            Some(self.tokens.access_token(connection, resource).await?)
         };
         let service = limits::service_of(request.family);
         let permit = self

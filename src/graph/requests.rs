@@ -983,3 +983,50 @@ impl GraphClient {
         self.collect(connection, &request, max_pages).await
     }
 }
+
+/// The Teams Developer Portal's answers tenantd reads.
+impl GraphClient {
+    /// `GET /api/usersettings/mtUserAppPolicy`: whether the signed-in user may upload custom
+    /// apps (`value.isSideloadingAllowed`, graph-protocol.md §6.2). An answer without the
+    /// field is an error, never a guess.
+    ///
+    /// # Errors
+    /// [`GraphError`]; `Permanent` with code `unrecognised_policy` for an answer of another
+    /// shape.
+    pub async fn sideloading_allowed(&self, connection: &Connection) -> Result<bool, GraphError> {
+        let policy = self
+            .send(
+                connection,
+                &GraphRequest::developer_portal(Method::GET, "/usersettings/mtUserAppPolicy"),
+            )
+            .await?;
+        policy["value"]["isSideloadingAllowed"]
+            .as_bool()
+            .ok_or_else(|| GraphError::Permanent {
+                status: 200,
+                code: "unrecognised_policy".into(),
+            })
+    }
+
+    /// `POST /api/appdefinitions/v2/import` with a Teams app package (`application/zip`);
+    /// `overwrite` replaces an app of the same id in the tenant. Returns the app definition
+    /// (`teamsAppId`, `appId`, `bots`, …).
+    ///
+    /// # Errors
+    /// [`GraphError`]; `Conflict` when the app exists and `overwrite` is false, or exists in
+    /// another tenant.
+    pub async fn import_app_package(
+        &self,
+        connection: &Connection,
+        package: Vec<u8>,
+        overwrite: bool,
+    ) -> Result<Value, GraphError> {
+        self.send(
+            connection,
+            &GraphRequest::developer_portal(Method::POST, "/appdefinitions/v2/import")
+                .query("overwriteIfAppAlreadyExists", overwrite.to_string())
+                .bytes(package, "application/zip"),
+        )
+        .await
+    }
+}

@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod bots;
 mod clouds;
 mod connections;
 mod delegated;
