@@ -1,8 +1,11 @@
-//! Application registrations: create, read, list, delete, `addPassword`, `removePassword`.
+//! Application registrations: create, upsert by `uniqueName`, read, list, delete, `addPassword`,
+//! `removePassword`.
 //! A secret added here authenticates against the emulated identity platform (after the
 //! configured replication delay, as new credentials take seconds to work at Microsoft).
 //!
 //! Sources: https://learn.microsoft.com/graph/api/application-post-applications,
+//! .../application-upsert (`Prefer: create-if-missing`: 201 and the object when new, 204 when
+//! it exists, 404 without the header),
 //! .../application-addpassword (`secretText` returned once; default end two years after start;
 //! published sample 16), .../application-removepassword.
 
@@ -57,6 +60,11 @@ pub fn router() -> Router<AppState> {
             "/v1.0/applications/{id}/removePassword",
             post(remove_password),
         )
+        .route(
+            // `applications(uniqueName='…')`, as `canonical_path` rewrites it.
+            "/v1.0/applications/byUniqueName/{unique_name}",
+            get(read_by_unique_name).patch(upsert),
+        )
 }
 
 fn not_found(id: &str) -> GraphError {
@@ -76,6 +84,88 @@ fn object_id(world: &mut World, caller: &Caller, app_id: &str) -> Result<String,
 async fn create(State(state): State<AppState>, caller: Caller, body: Bytes) -> GraphResult {
     caller.require(Workload::Directory, &WRITE)?;
     let input = json_object(&body)?;
+    let out = insert_app(&state, &caller, &input, None)?;
+    Ok(created(out))
+}
+
+/// `PATCH /applications(uniqueName='…')` (application-upsert.md): with
+/// `Prefer: create-if-missing`, creates the application (201 and the object) when no
+/// application has the unique name; updates it (204) when one has; without the header a
+/// missing one is a 404.
+async fn upsert(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(unique_name): Path<String>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> GraphResult {
+    caller.require(Workload::Directory, &WRITE)?;
+    let input = json_object(&body)?;
+    let existing = unique_object_id(&mut state.world(), &caller, &unique_name)?;
+    if let Some(id) = existing {
+        let mut world = state.world();
+        let tenant = tenant_of(&mut world, &caller)?;
+        let app = tenant
+            .applications
+            .get_mut(&id)
+            .ok_or_else(|| not_found(&id))?;
+        for (key, value) in input {
+            if !matches!(
+                key.as_str(),
+                "id" | "appId" | "uniqueName" | "passwordCredentials"
+            ) {
+                app[key.as_str()] = value;
+            }
+        }
+        return Ok(no_content());
+    }
+    let create = headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|p| p.trim().eq_ignore_ascii_case("create-if-missing"))
+        });
+    if !create {
+        return Err(not_found(&unique_name));
+    }
+    let out = insert_app(&state, &caller, &input, Some(&unique_name))?;
+    Ok(created(out))
+}
+
+async fn read_by_unique_name(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(unique_name): Path<String>,
+) -> GraphResult {
+    caller.require(Workload::Directory, &READ)?;
+    let id = unique_object_id(&mut state.world(), &caller, &unique_name)?
+        .ok_or_else(|| not_found(&unique_name))?;
+    read_object(&state, &caller, &id)
+}
+
+fn unique_object_id(
+    world: &mut World,
+    caller: &Caller,
+    unique_name: &str,
+) -> Result<Option<String>, GraphError> {
+    let tenant = tenant_of(world, caller)?;
+    Ok(tenant
+        .applications
+        .iter()
+        .find(|(_, app)| app["uniqueName"] == json!(unique_name))
+        .map(|(id, _)| id.clone()))
+}
+
+/// Registers a new application from `input` (with `unique_name` when upserted); returns it
+/// as Graph answers it.
+fn insert_app(
+    state: &AppState,
+    caller: &Caller,
+    input: &serde_json::Map<String, Value>,
+    unique_name: Option<&str>,
+) -> Result<Value, GraphError> {
     let display_name = input
         .get("displayName")
         .and_then(Value::as_str)
@@ -98,7 +188,7 @@ async fn create(State(state): State<AppState>, caller: Caller, body: Bytes) -> G
     }
     let now = clock::now();
     let mut world = state.world();
-    let tenant = tenant_of(&mut world, &caller)?;
+    let tenant = tenant_of(&mut world, caller)?;
     let (id, app_id) = (guid(), guid());
     let redirect_uris = input
         .get("web")
@@ -118,6 +208,7 @@ async fn create(State(state): State<AppState>, caller: Caller, body: Bytes) -> G
         "keyCredentials": [],
         "requiredResourceAccess": input.get("requiredResourceAccess").cloned().unwrap_or_else(|| json!([])),
         "web": {"redirectUris": redirect_uris, "homePageUrl": null, "logoutUrl": null},
+        "uniqueName": unique_name,
     });
     tenant.applications.insert(id, app.clone());
     let home = tenant.id.clone();
@@ -141,8 +232,8 @@ async fn create(State(state): State<AppState>, caller: Caller, body: Bytes) -> G
         },
     );
     let mut out = app;
-    out["@odata.context"] = json!(context(&state, "applications/$entity"));
-    Ok(created(out))
+    out["@odata.context"] = json!(context(state, "applications/$entity"));
+    Ok(out)
 }
 
 async fn list(

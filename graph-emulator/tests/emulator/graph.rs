@@ -928,6 +928,48 @@ async fn applications_get_secrets_once_and_the_secret_authenticates() {
     let _ = TENANT;
 }
 
+/// application-upsert.md: `PATCH /applications(uniqueName='…')` with
+/// `Prefer: create-if-missing` creates once (201 with the object), then updates (204); without
+/// the header a missing name is a 404.
+#[tokio::test]
+async fn applications_upsert_by_unique_name_creates_once() {
+    let env = Env::standard().await;
+    let token = env.app_token().await;
+    let path = "/applications(uniqueName='tenantd-bot-7')";
+    let url = format!("{}/v1.0{path}", env.emulator.base_url());
+    let upsert = |prefer: bool, name: &str| {
+        let mut request = env
+            .http
+            .patch(&url)
+            .bearer_auth(&token)
+            .json(&json!({"displayName": name, "signInAudience": "AzureADMultipleOrgs"}));
+        if prefer {
+            request = request.header("Prefer", "create-if-missing");
+        }
+        request.send()
+    };
+    assert_eq!(upsert(false, "Bot").await.unwrap().status(), 404);
+    let created = Answer::from(upsert(true, "Bot").await.unwrap())
+        .await
+        .assert_status(201);
+    assert_eq!(created.json["uniqueName"], "tenantd-bot-7");
+    assert_eq!(created.json["displayName"], "Bot");
+    let again = upsert(true, "Bot renamed").await.unwrap();
+    assert_eq!(again.status(), 204);
+    let read = env.get(path, &token).await.assert_status(200);
+    assert_eq!(read.json["id"], created.json["id"]);
+    assert_eq!(read.json["appId"], created.json["appId"]);
+    assert_eq!(read.json["displayName"], "Bot renamed");
+    let listed = env.get("/applications", &token).await.assert_status(200);
+    let named = listed.json["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|app| app["uniqueName"] == "tenantd-bot-7")
+        .count();
+    assert_eq!(named, 1, "one application, however often upserted");
+}
+
 #[tokio::test]
 async fn batch_runs_up_to_20_requests_with_dependencies_and_per_item_status() {
     let env = Env::standard().await;
