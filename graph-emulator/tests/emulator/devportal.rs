@@ -113,7 +113,8 @@ async fn packages_are_validated_imported_once_and_overwritten_on_request() {
     // The published schema's rules (microsoft/json-schemas teams/v1.30/
     // MicrosoftTeams.schema.json): each broken one is a 400 naming the property.
     let fresh = "5d4c3b2a-1f0e-4d9c-8b7a-6f5e4d3c2b1a";
-    let cases: Vec<(&str, fn(&mut Value))> = vec![
+    type Breaks = fn(&mut Value);
+    let cases: Vec<(&str, Breaks)> = vec![
         ("name.short", |m| m["name"]["short"] = json!("x".repeat(31))),
         ("description.full", |m| {
             m["description"].as_object_mut().unwrap().remove("full");
