@@ -57,6 +57,7 @@ pub async fn sealed_values(store: &Store) -> Result<Vec<SealedValue>, StoreError
     let mut values = crate::vault::connections::sealed_values(store).await?;
     values.extend(crate::subscriptions::sealed_values(store).await?);
     values.extend(crate::oauth::sealed_values(store).await?);
+    values.extend(crate::bots::sealed_values(store).await?);
     Ok(values)
 }
 
@@ -213,6 +214,7 @@ pub async fn rotate(
             "subscriptions" => {
                 crate::subscriptions::replace_sealed(store, &value, &resealed).await?
             }
+            "bots" => crate::bots::replace_sealed(store, &value, &resealed).await?,
             _ => crate::oauth::replace_sealed(store, &value, &resealed).await?,
         };
         if replaced {

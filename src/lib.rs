@@ -11,6 +11,7 @@
 pub mod app;
 pub mod attribution;
 pub mod audit;
+pub mod bots;
 pub mod cli;
 pub mod clock;
 pub mod config;

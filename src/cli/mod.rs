@@ -166,7 +166,7 @@ enum Command {
     /// Demo-tenant heartbeat: run a scenario now, list what it created, clean up
     #[command(subcommand)]
     Heartbeat(heartbeat::HeartbeatCommand),
-    /// Teams bot provisioning: check that a user's tenant lets them install custom apps
+    /// Teams bots: provision one for a signed-in user, list and show them, check sideloading
     #[command(subcommand)]
     Bot(bot::BotCommand),
     /// One screen at a glance: per tenant its connections, subscriptions and last heartbeat;

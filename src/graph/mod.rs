@@ -60,6 +60,8 @@ pub struct GraphRequest {
     pub anonymous: bool,
     /// The API the path is relative to.
     pub api: Api,
+    /// A `Prefer` header (e.g. `create-if-missing` for an upsert).
+    pub prefer: Option<&'static str>,
 }
 
 /// The APIs the client reaches: Microsoft Graph, and the Teams Developer Portal that bot
@@ -87,6 +89,7 @@ impl GraphRequest {
             content_range: None,
             anonymous: false,
             api: Api::Graph,
+            prefer: None,
         }
     }
 
@@ -127,6 +130,12 @@ impl GraphRequest {
     pub fn fragment(mut self, content_range: String) -> Self {
         self.content_range = Some(content_range);
         self.pre_authenticated()
+    }
+
+    /// With a `Prefer` header.
+    pub fn prefer(mut self, preference: &'static str) -> Self {
+        self.prefer = Some(preference);
+        self
     }
 
     /// Touching a mailbox.
@@ -354,6 +363,9 @@ impl GraphClient {
         }
         if let Some(body) = &request.body {
             builder = builder.json(body);
+        }
+        if let Some(preference) = request.prefer {
+            builder = builder.header("Prefer", preference);
         }
         if let Some((body, content_type)) = &request.bytes {
             builder = builder

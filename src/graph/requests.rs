@@ -1029,4 +1029,136 @@ impl GraphClient {
         )
         .await
     }
+
+    /// `PATCH /applications(uniqueName='…')` with `Prefer: create-if-missing`
+    /// (application-upsert.md): creates the application once, whatever how often it is asked
+    /// for; returns it either way (a `204` for an existing one is followed by a read).
+    ///
+    /// # Errors
+    /// [`GraphError`].
+    pub async fn upsert_application(
+        &self,
+        connection: &Connection,
+        unique_name: &str,
+        application: &Value,
+    ) -> Result<Value, GraphError> {
+        let path = format!("/applications(uniqueName='{unique_name}')");
+        let created = self
+            .send(
+                connection,
+                &GraphRequest::new(Method::PATCH, path.clone(), "applications")
+                    .prefer("create-if-missing")
+                    .json(application.clone()),
+            )
+            .await?;
+        if created.get("appId").is_some() {
+            return Ok(created);
+        }
+        self.send(
+            connection,
+            &GraphRequest::new(Method::GET, path, "applications"),
+        )
+        .await
+    }
+
+    /// `POST /applications/{id}/addPassword` (application-addpassword.md): a new client
+    /// secret; `secretText` is in this answer only.
+    ///
+    /// # Errors
+    /// [`GraphError`].
+    pub async fn add_password(
+        &self,
+        connection: &Connection,
+        application_id: &str,
+        display_name: &str,
+    ) -> Result<Value, GraphError> {
+        self.send(
+            connection,
+            &GraphRequest::new(
+                Method::POST,
+                format!("/applications/{application_id}/addPassword"),
+                "applications",
+            )
+            .json(json!({ "passwordCredential": { "displayName": display_name } })),
+        )
+        .await
+    }
+
+    /// `GET /applications/{id}`.
+    ///
+    /// # Errors
+    /// [`GraphError`]; `NotFound` when it does not exist.
+    pub async fn application(
+        &self,
+        connection: &Connection,
+        application_id: &str,
+    ) -> Result<Value, GraphError> {
+        self.send(
+            connection,
+            &GraphRequest::new(
+                Method::GET,
+                format!("/applications/{application_id}"),
+                "applications",
+            ),
+        )
+        .await
+    }
+
+    /// `POST /applications/{id}/removePassword` of the credential `key_id`.
+    ///
+    /// # Errors
+    /// [`GraphError`].
+    pub async fn remove_password(
+        &self,
+        connection: &Connection,
+        application_id: &str,
+        key_id: &str,
+    ) -> Result<(), GraphError> {
+        self.send(
+            connection,
+            &GraphRequest::new(
+                Method::POST,
+                format!("/applications/{application_id}/removePassword"),
+                "applications",
+            )
+            .json(json!({ "keyId": key_id })),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// `POST /api/botframework` (graph-protocol.md §6.2): registers the bot; `Conflict` when
+    /// a bot with its `botId` exists (update it with [`GraphClient::update_bot`]).
+    ///
+    /// # Errors
+    /// [`GraphError`].
+    pub async fn register_bot(
+        &self,
+        connection: &Connection,
+        bot: &Value,
+    ) -> Result<Value, GraphError> {
+        self.send(
+            connection,
+            &GraphRequest::developer_portal(Method::POST, "/botframework").json(bot.clone()),
+        )
+        .await
+    }
+
+    /// `POST /api/botframework/{botId}` with the full registration: updates it.
+    ///
+    /// # Errors
+    /// [`GraphError`].
+    pub async fn update_bot(
+        &self,
+        connection: &Connection,
+        bot_id: &str,
+        bot: &Value,
+    ) -> Result<Value, GraphError> {
+        self.send(
+            connection,
+            &GraphRequest::developer_portal(Method::POST, format!("/botframework/{bot_id}"))
+                .json(bot.clone()),
+        )
+        .await
+    }
 }

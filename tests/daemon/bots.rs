@@ -1,7 +1,9 @@
-//! Teams bot provisioning (seed 004, issue #20), so far: the Teams app package tenantd builds
-//! is taken by the Developer Portal (the emulator checks it by the published manifest schema's
-//! rules on its own), through the Graph client with a delegated Developer Portal token from
-//! the stored refresh token; and the sideloading check, by API and by CLI.
+//! Teams bot provisioning (seed 004, issue #20): the Teams app package tenantd builds is taken
+//! by the Developer Portal (the emulator checks it by the published manifest schema's rules on
+//! its own), through the Graph client with a delegated Developer Portal token from the stored
+//! refresh token; the sideloading check, by API and by CLI; provisioning as an operation run
+//! of recorded steps that stops with the reason a human must act on, resumes without creating
+//! anything twice, and shows the client secret once, never storing it in plaintext.
 
 use std::sync::Arc;
 
@@ -214,7 +216,241 @@ async fn sideloading_is_reported_by_api_and_cli(db: TestDb) {
     assert_eq!(code, Some(2), "{text}");
 }
 
+/// Starts a provisioning run of `bot` and runs the queue until it is done; the run's state.
+async fn provision_run(
+    app: &crate::helpers::TestApp,
+    store: &tenantd::store::Store,
+    bot: &tenantd::bots::Bot,
+) -> tenantd::runs::OperationRun {
+    use tenantd::jobs::bot_provision::BotProvision;
+    use tenantd::jobs::Job as _;
+    let job = BotProvision {
+        bot_id: bot.id.clone(),
+        tenant_id: bot.tenant_id.clone(),
+        run_id: None,
+    };
+    let new = tenantd::queue::NewJob {
+        tenant_id: bot.tenant_id.clone(),
+        dedupe_key: None,
+        ..tenantd::jobs::new_job(&job)
+    };
+    let queue = tenantd::queue::Queue::new(store.clone());
+    let run = match tenantd::runs::start(store, &queue, BotProvision::KIND, &bot.tenant_id, new)
+        .await
+        .unwrap()
+    {
+        tenantd::runs::Started::New(run) => run,
+        other => panic!("{other:?}"),
+    };
+    app.run_queue_until_empty().await;
+    tenantd::runs::get(store, &run.id).await.unwrap().unwrap()
+}
+
+fn new_bot<'a>(megan: &'a Connection, name: &'a str) -> tenantd::bots::NewBot<'a> {
+    tenantd::bots::NewBot {
+        tenant_id: &megan.tenant_id,
+        connection_id: &megan.id,
+        user_name: megan.user_name.as_deref(),
+        name,
+        endpoint: "https://bots.fabrikam.example/api/messages",
+        description: "Answers helpdesk questions in Teams.",
+        single_tenant: false,
+    }
+}
+
+async fn a_bot_is_provisioned_once_and_its_secret_shown_once(db: TestDb) {
+    let env = env(&db).await;
+    let app = crate::helpers::spawn_app_with(env.config.clone()).await;
+    let store = db.store().await;
+    let keys = Keyring::load(&env.config.secrets.key_file).unwrap();
+    // Custom app upload off: the run stops at step 2 with the reason; nothing is created.
+    env.emulator
+        .shared()
+        .world()
+        .tenants
+        .get_mut(TENANT)
+        .unwrap()
+        .sideloading_allowed = false;
+    let bot = tenantd::bots::create_or_resume(&store, &new_bot(&env.megan, "Helpdesk"))
+        .await
+        .unwrap();
+    let run = provision_run(&app, &store, &bot).await;
+    assert_eq!(
+        (run.state.as_str(), run.reason.as_deref()),
+        ("failed", Some("sideloading_disabled")),
+        "{run:?}"
+    );
+    let stopped = tenantd::bots::get(&store, &bot.id).await.unwrap();
+    assert_eq!(stopped.state, "failed");
+    assert!(stopped.application_id.is_none(), "{stopped:?}");
+    assert!(env.emulator.shared().world().tenants[TENANT]
+        .applications
+        .is_empty());
+
+    // Turned on, the same bot resumes and is provisioned.
+    env.emulator
+        .shared()
+        .world()
+        .tenants
+        .get_mut(TENANT)
+        .unwrap()
+        .sideloading_allowed = true;
+    let resumed = tenantd::bots::create_or_resume(&store, &new_bot(&env.megan, "Helpdesk"))
+        .await
+        .unwrap();
+    assert_eq!(resumed.id, bot.id, "the same name resumes the same bot");
+    let run = provision_run(&app, &store, &resumed).await;
+    assert_eq!(run.state, "succeeded", "{run:?}");
+    let ready = tenantd::bots::get(&store, &bot.id).await.unwrap();
+    assert_eq!(
+        (ready.state.as_str(), ready.step.as_deref()),
+        ("ready", Some("bot_registered"))
+    );
+    let app_id = ready.app_id.clone().unwrap();
+    {
+        let world = env.emulator.shared().world();
+        let tenant = &world.tenants[TENANT];
+        assert_eq!(tenant.applications.len(), 1);
+        let application = tenant.applications.values().next().unwrap();
+        assert_eq!(application["uniqueName"], ready.unique_name());
+        assert_eq!(application["signInAudience"], "AzureADMultipleOrgs");
+        assert_eq!(
+            application["passwordCredentials"].as_array().unwrap().len(),
+            1
+        );
+        assert_eq!(tenant.app_definitions.len(), 1);
+        let definition = tenant.app_definitions.values().next().unwrap();
+        assert_eq!(definition["appId"], app_id.as_str());
+        assert_eq!(
+            Some(definition["teamsAppId"].as_str().unwrap()),
+            ready.teams_app_id.as_deref()
+        );
+        let registered = &tenant.bots[&app_id];
+        assert_eq!(
+            registered["messagingEndpoint"],
+            "https://bots.fabrikam.example/api/messages"
+        );
+        assert_eq!(
+            registered["configuredChannels"],
+            serde_json::json!(["msteams"])
+        );
+    }
+    let link = ready.install_link().unwrap();
+    assert!(link.starts_with(&format!("https://teams.microsoft.com/l/app/{}?installAppPackage=true&webjoin=true&appTenantId={TENANT}&login_hint=megan%40fabrikam", ready.teams_app_id.as_deref().unwrap())), "{link}");
+
+    // The secret: sealed in the database, never in plaintext; shown once.
+    let secret = tenantd::bots::take_secret(&store, &keys, &bot.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(secret.expose().len() >= 16);
+    let raw = db.raw_contents().await;
+    assert!(
+        !raw.windows(secret.expose().len())
+            .any(|w| w == secret.expose().as_bytes()),
+        "the client secret is in the database in plaintext"
+    );
+    assert!(
+        tenantd::bots::take_secret(&store, &keys, &bot.id)
+            .await
+            .unwrap()
+            .is_none(),
+        "shown once"
+    );
+    assert!(
+        !tenantd::bots::get(&store, &bot.id)
+            .await
+            .unwrap()
+            .secret_held
+    );
+    app.stop().await.unwrap();
+}
+
+/// An attempt that stopped after Graph and the portal answered but before tenantd recorded it
+/// (a crash): the application, a client secret, the Teams app and the bot registration exist
+/// at Microsoft, tenantd's row knows none of them. The resumed run adopts the application by
+/// its unique name, replaces the unrecorded secret, re-imports the same app id and updates the
+/// existing bot (409): one of each at the end.
+async fn a_resumed_run_creates_nothing_twice(db: TestDb) {
+    let env = env(&db).await;
+    let app = crate::helpers::spawn_app_with(env.config.clone()).await;
+    let store = db.store().await;
+    let bot = tenantd::bots::create_or_resume(&store, &new_bot(&env.megan, "Helpdesk"))
+        .await
+        .unwrap();
+    let application = env
+        .graph
+        .upsert_application(
+            &env.megan,
+            &bot.unique_name(),
+            &serde_json::json!({"displayName": "Helpdesk"}),
+        )
+        .await
+        .unwrap();
+    let (application_id, app_id) = (
+        application["id"].as_str().unwrap().to_string(),
+        application["appId"].as_str().unwrap().to_string(),
+    );
+    let lost = env
+        .graph
+        .add_password(
+            &env.megan,
+            &application_id,
+            tenantd::jobs::bot_provision::SECRET_NAME,
+        )
+        .await
+        .unwrap();
+    env.graph
+        .import_app_package(
+            &env.megan,
+            teams_package::build(&bot_app(&app_id)).unwrap(),
+            false,
+        )
+        .await
+        .unwrap();
+    env.graph
+        .register_bot(&env.megan, &serde_json::json!({"botId": app_id, "name": "Helpdesk", "messagingEndpoint": "https://old.fabrikam.example/api/messages"}))
+        .await
+        .unwrap();
+
+    let run = provision_run(&app, &store, &bot).await;
+    assert_eq!(run.state, "succeeded", "{run:?}");
+    let ready = tenantd::bots::get(&store, &bot.id).await.unwrap();
+    assert_eq!(
+        ready.app_id.as_deref(),
+        Some(app_id.as_str()),
+        "the application was adopted"
+    );
+    {
+        let world = env.emulator.shared().world();
+        let tenant = &world.tenants[TENANT];
+        assert_eq!(tenant.applications.len(), 1);
+        let credentials = tenant.applications[&application_id]["passwordCredentials"]
+            .as_array()
+            .unwrap()
+            .clone();
+        assert_eq!(credentials.len(), 1, "{credentials:?}");
+        assert_ne!(
+            credentials[0]["keyId"], lost["keyId"],
+            "the unrecorded secret was removed"
+        );
+        assert_eq!(
+            Some(credentials[0]["keyId"].as_str().unwrap()),
+            ready.secret_key_id.as_deref()
+        );
+        assert_eq!(tenant.app_definitions.len(), 1);
+        assert_eq!(tenant.bots.len(), 1);
+        assert_eq!(
+            tenant.bots[&app_id]["messagingEndpoint"], "https://bots.fabrikam.example/api/messages",
+            "409 updated the bot"
+        );
+    }
+    app.stop().await.unwrap();
+}
+
 on_both_backends!(
     a_built_package_is_imported_once_and_replaced_on_request,
     sideloading_is_reported_by_api_and_cli,
+    a_bot_is_provisioned_once_and_its_secret_shown_once,
+    a_resumed_run_creates_nothing_twice,
 );

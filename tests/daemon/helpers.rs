@@ -239,7 +239,15 @@ impl TestDb {
                     .await
                     .expect("connect");
                 let mut out = Vec::new();
-                for table in ["connections", "connection_tokens", "audit_log", "instances"] {
+                for table in [
+                    "connections",
+                    "connection_tokens",
+                    "audit_log",
+                    "instances",
+                    "bots",
+                    "jobs",
+                    "operation_runs",
+                ] {
                     let sql = sqlx::AssertSqlSafe(format!("SELECT t::text FROM {table} t"));
                     let rows: Vec<String> = sqlx::query_scalar(sql)
                         .fetch_all(&mut conn)
