@@ -340,7 +340,20 @@ impl GraphClient {
                 "Graph request failed"
             );
         }
-        Err(failure(status, code, signals.retry_after, request, &pace))
+        // Exchange application access policies and RBAC for Applications deny with their own
+        // message (graph-protocol.md §5, auth-limit-mailbox-access.md); the same code with
+        // "Access is denied" is a missing permission, a different fix.
+        let access_policy = body["error"]["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("Access to OData is disabled"));
+        Err(failure(
+            status,
+            code,
+            signals.retry_after,
+            request,
+            &pace,
+            access_policy,
+        ))
     }
 
     /// The HTTP request for `request` at `url`: its `client-request-id`, the token, the body.
@@ -587,6 +600,7 @@ fn failure(
     retry_after: Option<Duration>,
     request: &GraphRequest,
     pace: &limits::TenantRate,
+    access_policy: bool,
 ) -> GraphError {
     match status {
         StatusCode::TOO_MANY_REQUESTS => {
@@ -603,15 +617,10 @@ fn failure(
             retry_after: retry_after.unwrap_or_else(|| IN_REQUEST_RETRY.delay(1)),
         },
         StatusCode::UNAUTHORIZED => GraphError::Unauthorized { code },
-        StatusCode::FORBIDDEN => {
-            // Exchange application access policies and RBAC for Applications answer
-            // ErrorAccessDenied ("Access to OData is disabled.") on mailbox paths.
-            let access_policy = request.mailbox.is_some() && code == "ErrorAccessDenied";
-            GraphError::Forbidden {
-                code,
-                access_policy,
-            }
-        }
+        StatusCode::FORBIDDEN => GraphError::Forbidden {
+            access_policy: access_policy && code == "ErrorAccessDenied",
+            code,
+        },
         StatusCode::NOT_FOUND => GraphError::NotFound { code },
         StatusCode::CONFLICT => GraphError::Conflict { code },
         other => GraphError::Permanent {

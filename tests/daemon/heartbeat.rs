@@ -434,6 +434,42 @@ async fn a_user_without_usage_location_is_located_before_licensing(db: TestDb) {
     app.stop().await.unwrap();
 }
 
+/// A staff user signed in without `Mail.ReadWrite` (a draft needs it): Graph answers
+/// `ErrorAccessDenied` "Access is denied", which is a missing permission, not an Exchange
+/// access policy ("Access to OData is disabled."): the run fails as `forbidden`, the reason
+/// whose fix is a consent, never as `access_policy_denied` (issue #19: true reasons).
+async fn a_missing_delegated_permission_is_not_called_an_access_policy(db: TestDb) {
+    let scopes = ["User.Read", "Mail.Send"];
+    let (emulator, client_id, secret) =
+        crate::helpers::seeded_emulator_with(TENANT, 1, &PERMISSIONS, &scopes).await;
+    let mut config = test_config(&db);
+    config.graph.base_url = url::Url::parse(&emulator.graph_url()).unwrap();
+    config.identity.authority = url::Url::parse(&emulator.base_url()).unwrap();
+    let keys = Keyring::load(&config.secrets.key_file).unwrap();
+    let store = db.store().await;
+    store.migrate().await.unwrap();
+    crate::helpers::default_app(&store, &keys, &emulator, TENANT, &client_id, &secret).await;
+    crate::helpers::sign_in_delegated(
+        &store,
+        &keys,
+        &emulator,
+        TENANT,
+        &client_id,
+        "user0@contoso.onmicrosoft.com",
+        "offline_access User.Read Mail.Send",
+    )
+    .await;
+    let app = spawn_app_with(config).await;
+    let outcome = run(
+        &app,
+        &db,
+        &HeartbeatRun::new(&scenario(1, &[(ActivityKind::Mail, 1)])),
+    )
+    .await;
+    assert_eq!(outcome, "failed forbidden");
+    app.stop().await.unwrap();
+}
+
 /// An Exchange application access policy that leaves the demo users out: the run fails with
 /// `access_policy_denied`, naming the mailbox, and is not retried as if Graph were down.
 async fn an_access_policy_denial_is_reported_with_its_reason_and_mailbox(db: TestDb) {
@@ -744,4 +780,5 @@ on_both_backends!(
     the_schedule_fires_in_the_scenarios_zone_across_a_dst_change,
     a_user_without_usage_location_is_located_before_licensing,
     an_access_policy_denial_is_reported_with_its_reason_and_mailbox,
+    a_missing_delegated_permission_is_not_called_an_access_policy,
 );
