@@ -336,6 +336,75 @@ impl Demo {
         ))
     }
 
+    /// Signs `user` of the demo tenant in with the device code flow (approved in the
+    /// in-process emulator, as the user would in a browser) and keeps the delegated connection:
+    /// what `tenantd bot provision` acts through. Returns the connection id.
+    ///
+    /// # Errors
+    /// A sanitized message with a reason code.
+    pub async fn connect_delegated(&self, app: &Application, user: &str) -> Result<String, String> {
+        use crate::vault::identity::{token_claims, DevicePoll, IdentityClient};
+        let authority = self.emulator.base_url();
+        let url = url::Url::parse(&authority).map_err(|e| e.to_string())?;
+        let identity = IdentityClient::new(url);
+        let tenant = &self.tenant.tenant_id;
+        let client_id = &self.tenant.client_id;
+        // Graph's delegated permissions of the demo app (one request spans one resource; the
+        // Developer Portal's token comes later from the refresh token).
+        let scope = std::iter::once("offline_access")
+            .chain(
+                graph_emulator::control::DEMO_DELEGATED_PERMISSIONS
+                    .iter()
+                    .copied()
+                    .filter(|permission| !permission.contains("://")),
+            )
+            .collect::<Vec<_>>()
+            .join(" ");
+        let code = identity
+            .start_device_code(tenant, client_id, &scope)
+            .await
+            .map_err(|err| format!("{err} ({})", err.reason_code()))?;
+        graph_emulator::identity::approve_device_code(
+            &mut self.emulator.shared().world(),
+            &code.user_code,
+            user,
+        )?;
+        let tokens = loop {
+            match identity
+                .poll_device_code(tenant, client_id, code.device_code.expose())
+                .await
+                .map_err(|err| format!("{err} ({})", err.reason_code()))?
+            {
+                DevicePoll::Done(tokens) => break tokens,
+                DevicePoll::Pending | DevicePoll::SlowDown => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        };
+        let claims =
+            token_claims(tokens.access_token.expose()).ok_or("the access token is unreadable")?;
+        let refresh = tokens
+            .refresh_token
+            .as_ref()
+            .ok_or("the sign-in returned no refresh token")?;
+        let connection = connections::add_delegated(
+            app.store(),
+            app.keys(),
+            connections::NewDelegatedConnection {
+                tenant_id: tenant,
+                client_id,
+                user_id: claims["oid"].as_str().unwrap_or_default(),
+                user_name: claims["upn"].as_str(),
+                authority: &authority,
+                refresh_token: refresh.expose(),
+            },
+            Actor::Daemon,
+        )
+        .await
+        .map_err(|err| format!("{err} ({})", err.reason_code()))?;
+        Ok(connection.id)
+    }
+
     /// What the operator reads first: where everything is, what runs, and the one line that
     /// points the CLI at this demo (`config`, the file [`Demo::write_config`] wrote).
     pub fn banner(

@@ -502,9 +502,12 @@ pub const DEMO_APP_PERMISSIONS: [&str; 9] = [
     "Application.ReadWrite.All",
 ];
 
-/// Delegated permissions the demo app holds.
-pub const DEMO_DELEGATED_PERMISSIONS: [&str; 7] = [
+/// Delegated permissions the demo app holds (`Application.ReadWrite.All` and the Developer
+/// Portal's for bot provisioning).
+pub const DEMO_DELEGATED_PERMISSIONS: [&str; 9] = [
     "User.Read",
+    "Application.ReadWrite.All",
+    "Mail.ReadWrite",
     "Mail.Send",
     "Calendars.ReadWrite",
     "ChatMessage.Send",

@@ -607,6 +607,19 @@ fn run(
                     tracing::error!(error = %message, "demo: connecting the demo tenant failed")
                 }
             }
+            let megan = demo.tenant.users.last().cloned().unwrap_or_default();
+            match demo.connect_delegated(&app, &megan).await {
+                Ok(connection) => {
+                    tracing::info!(connection.id = %connection, user = %megan, "demo: demo user signed in (delegated)");
+                    println!(
+                        "demo: {megan} signed in (delegated connection {connection}); provision a Teams bot for her:\n  tenantd bot provision --connection {connection} --name \"Demo bot\" --endpoint https://bots.example.com/api/messages"
+                    );
+                }
+                Err(message) => tracing::error!(
+                    error = %message,
+                    "demo: signing the demo user in (delegated) failed"
+                ),
+            }
         }
         let (store, keys) = (app.store().clone(), app.keys().clone());
         let public_url = app.reconcile_url();

@@ -419,8 +419,9 @@ async fn migrate_applies_once_then_reports_up_to_date(db: TestDb) {
         "{}",
         String::from_utf8_lossy(&first.stderr)
     );
-    assert!(String::from_utf8_lossy(&first.stdout)
-        .contains("applied migrations [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]"));
+    assert!(String::from_utf8_lossy(&first.stdout).contains(
+        "applied migrations [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17]"
+    ));
     let second = run();
     assert_eq!(second.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&second.stdout).contains("up to date"));
@@ -513,9 +514,14 @@ fn demo_runs_the_daemon_against_the_built_in_emulator() {
         Duration::from_secs(10),
     );
     assert!(cwd.path().join("data/demo/vault.keys").is_file());
+    // Megan signs in too (delegated), for `tenantd bot provision`: two tokens in all.
+    daemon.wait_for_log(
+        "demo: demo user signed in (delegated)",
+        Duration::from_secs(10),
+    );
     let (status, counters) = http_get(&format!("{emulator}/_emulator/counters")).unwrap();
     assert_eq!(status, 200);
-    assert!(counters.contains("\"tokens_issued\":1"), "{counters}");
+    assert!(counters.contains("\"tokens_issued\":2"), "{counters}");
     let (status, tenants) = http_get(&format!("{emulator}/_emulator/tenants")).unwrap();
     assert_eq!(status, 200);
     assert!(
@@ -523,7 +529,8 @@ fn demo_runs_the_daemon_against_the_built_in_emulator() {
         "{tenants}"
     );
     // The demo's heartbeat fires every 30 s: within the first minute the emulated tenant has
-    // demo users with mail in their Inbox, a document in OneDrive and a calendar event.
+    // demo users with mail Megan (signed in, delegated) really sent them, a document in
+    // OneDrive, a calendar event and a Teams chat message.
     let deadline = Instant::now() + Duration::from_secs(60);
     let activity = loop {
         let (_, log) = http_get(&format!("{emulator}/_emulator/requests")).unwrap();
@@ -538,9 +545,10 @@ fn demo_runs_the_daemon_against_the_built_in_emulator() {
             })
         };
         let seen = [
-            created("POST", "/mailFolders/inbox/messages"),
+            created("POST", "/send"),
             created("PUT", "/drive/root:/Heartbeat/"),
             created("POST", "/events"),
+            created("POST", "/chats/"),
         ];
         if seen.iter().all(|s| *s) {
             break seen;
@@ -551,7 +559,7 @@ fn demo_runs_the_daemon_against_the_built_in_emulator() {
         );
         std::thread::sleep(Duration::from_millis(500));
     };
-    assert_eq!(activity, [true, true, true]);
+    assert_eq!(activity, [true, true, true, true]);
     daemon.wait_for_log("heartbeat run finished", Duration::from_secs(20));
     // The webhook pipeline runs in the demo: within the first minute the emulator has
     // handshaken tenantd's subscriptions and delivered notifications of the heartbeat's mail,
