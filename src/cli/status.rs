@@ -1,6 +1,7 @@
 //! `tenantd status [--watch] [--json]`: the one screen an operator reads at a glance, per
 //! tenant: connections with status, reason and token expiry; subscriptions and the soonest
-//! expiry, the ones not active with their reason; the last heartbeat run; then the queue's
+//! expiry, the ones not active with their reason; the last heartbeat run; its Teams bots with
+//! their provisioning state, last step and reason; then the queue's
 //! depth and age by kind, dead letters, and the latest failures. Reads the daemon's database
 //! only (running or stopped); never writes.
 
@@ -34,6 +35,7 @@ struct TenantStatus {
     connections: Vec<Connection>,
     subscriptions: Vec<Subscription>,
     last_heartbeat: Option<JobInfo>,
+    bots: Vec<crate::bots::Bot>,
 }
 
 /// Runs `tenantd status`.
@@ -84,6 +86,7 @@ async fn gather(store: &Store) -> CliResult<Status> {
                 connections: Vec::new(),
                 subscriptions: Vec::new(),
                 last_heartbeat: None,
+                bots: Vec::new(),
             })
             .tenant_id
             .clone()
@@ -107,6 +110,10 @@ async fn gather(store: &Store) -> CliResult<Status> {
     for run in heartbeats {
         let key = entry(&mut tenants, &run.tenant_id);
         tenants.get_mut(&key).expect("added").last_heartbeat = Some(run);
+    }
+    for bot in crate::bots::list(store).await.map_err(|e| failed(&e))? {
+        let key = entry(&mut tenants, &bot.tenant_id);
+        tenants.get_mut(&key).expect("added").bots.push(bot);
     }
     Ok(Status {
         tenants: tenants.into_values().collect(),
@@ -180,6 +187,20 @@ fn render(status: &Status) -> String {
                 );
             }
             None => out.push_str("  heartbeat     no runs\n"),
+        }
+        for bot in &tenant.bots {
+            let _ = writeln!(
+                out,
+                "  bot           {} {:<30} {:<12} step {}{}",
+                bot.id,
+                bot.name,
+                bot.state,
+                bot.step.as_deref().unwrap_or("none"),
+                bot.reason
+                    .as_deref()
+                    .map(|reason| format!(" ({reason})"))
+                    .unwrap_or_default()
+            );
         }
     }
     out.push_str("\nqueue\n");

@@ -633,6 +633,53 @@ fn demo_runs_the_daemon_against_the_built_in_emulator() {
             .is_some_and(|s| s.len() == 4),
         "{status}"
     );
+    // A Teams bot for Megan, who the demo signed in (delegated), as the banner suggests: the
+    // password once, then never again, nowhere in the daemon's log; `status` shows the bot.
+    let listed: serde_json::Value =
+        serde_json::from_str(&cli(&["tenant", "list", "--json"])).unwrap();
+    let megan = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["auth_mode"] == "delegated")
+        .expect("the demo signs Megan in")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let provision = [
+        "bot",
+        "provision",
+        "--connection",
+        megan.as_str(),
+        "--name",
+        "Demo bot",
+        "--endpoint",
+        "https://bots.example.com/api/messages",
+    ];
+    let first = cli(&provision);
+    let password = first
+        .lines()
+        .find_map(|line| line.strip_prefix("BOT_PASSWORD="))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the password is shown")
+        .to_string();
+    assert!(password.len() >= 16, "{first}");
+    assert!(
+        first.contains("TEAMS_APP_ID=") && first.contains("https://teams.microsoft.com/l/app/"),
+        "{first}"
+    );
+    let again = cli(&provision);
+    assert!(!again.contains(&password), "shown once: {again}");
+    assert!(again.contains("tenantd keeps no copy"), "{again}");
+    let status = cli(&["status"]);
+    assert!(
+        status.contains("Demo bot") && status.contains("ready"),
+        "{status}"
+    );
+    assert!(
+        !daemon.output().contains(&password),
+        "the password is in the daemon's log"
+    );
     let objects = cli(&["heartbeat", "list", "--tenant", DEMO_TENANT]);
     assert!(
         objects.contains("demo01@contoso-demo.onmicrosoft.com"),
