@@ -78,6 +78,10 @@ pub mod names {
     pub const SUBSCRIPTION_EXPIRY: &str = "tenantd_subscription_soonest_expiry_seconds";
     /// Counter of webhook validation handshakes answered.
     pub const WEBHOOK_HANDSHAKES: &str = "tenantd_webhook_handshakes_total";
+    /// Counter of bot provisioning attempts by `result` (`succeeded`, `retried`, `failed`) and
+    /// the `step` they ended at (`scopes`, `sideloading`, `app_registration`, `secret`,
+    /// `package`, `bot_registration`).
+    pub const BOT_PROVISIONING_RUNS: &str = "tenantd_bot_provisioning_runs_total";
     /// Counter of heartbeat run attempts by `result` (`succeeded`, `retried`, `failed`).
     pub const HEARTBEAT_RUNS: &str = "tenantd_heartbeat_runs_total";
     /// Counter of objects heartbeat runs created, by `kind`.
@@ -135,6 +139,10 @@ fn describe() {
         "Delegated actions (as a signed-in user), by kind and result."
     );
     metrics::describe_counter!(names::HEARTBEAT_RUNS, "Heartbeat run attempts, by result.");
+    metrics::describe_counter!(
+        names::BOT_PROVISIONING_RUNS,
+        "Teams bot provisioning attempts, by result and the step they ended at."
+    );
     metrics::describe_counter!(
         names::HEARTBEAT_OBJECTS,
         "Objects heartbeat runs created in tenants, by kind."

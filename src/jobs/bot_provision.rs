@@ -20,11 +20,12 @@ use serde_json::json;
 use super::{Job, JobContext, JobError};
 use crate::bots::{self, Bot};
 use crate::graph::GraphError;
+use crate::metrics::names;
 use crate::runs;
 use crate::secret::Secret;
 use crate::teams_package::{self, BotApp};
 use crate::vault::connections::{self, Connection};
-use crate::vault::identity::DEV_PORTAL_RESOURCE;
+use crate::vault::identity::{token_claims, DEV_PORTAL_RESOURCE};
 use crate::vault::tokens::TokenServiceError;
 
 /// The display name of the client secrets tenantd adds (and may remove on a resume).
@@ -64,8 +65,9 @@ impl Job for BotProvision {
         let bot = bots::get(&context.store, &self.bot_id)
             .await
             .map_err(JobError::database)?;
+        let mut step = "scopes";
         let outcome = match connections::get(&context.store, &bot.connection_id).await {
-            Ok(connection) => provision(&context, &connection, bot).await,
+            Ok(connection) => provision(&context, &connection, bot, &mut step).await,
             Err(err) => Err(Err(Stop {
                 reason: err.reason_code(),
                 message: format!(
@@ -74,6 +76,13 @@ impl Job for BotProvision {
                 ),
             })),
         };
+        let result = match &outcome {
+            Ok(()) => "succeeded",
+            Err(Ok(_)) => "retried",
+            Err(Err(_)) => "failed",
+        };
+        metrics::counter!(names::BOT_PROVISIONING_RUNS, "result" => result, "step" => step)
+            .increment(1);
         let (ok, reason, message) = match outcome {
             Ok(()) => (
                 true,
@@ -114,37 +123,64 @@ fn database(err: impl std::fmt::Display) -> StepError {
     Ok(JobError::database(err))
 }
 
+/// Runs the steps not yet recorded; `step` names the one under way (for the metrics).
 async fn provision(
     context: &JobContext,
     connection: &Connection,
     bot: Bot,
+    step: &mut &'static str,
 ) -> Result<(), StepError> {
     let store = &context.store;
-    // 1. Scopes: one token per resource, from the refresh token of one sign-in.
-    for (resource, what) in [
+    // 1. Scopes: one token per resource, from the refresh token of one sign-in; each must
+    // carry the permission its steps need (a token can come without it when only other
+    // permissions of that resource were consented).
+    for (resource, scope, what) in [
         (
             context.tokens.graph_resource(),
-            "Microsoft Graph (Application.ReadWrite.All)",
+            "Application.ReadWrite.All",
+            "Microsoft Graph's Application.ReadWrite.All",
         ),
         (
             DEV_PORTAL_RESOURCE,
-            "the Teams Developer Portal (AppDefinitions.ReadWrite)",
+            "AppDefinitions.ReadWrite",
+            "the Teams Developer Portal's AppDefinitions.ReadWrite",
         ),
     ] {
-        if let Err(err) = context.tokens.access_token(connection, resource).await {
-            return Err(match classify(GraphError::Token(err)) {
-                Err(stop) if stop.reason == "consent_required" || stop.reason == "interaction_required" => Err(Stop {
-                    reason: stop.reason,
-                    message: format!(
-                        "{what} is not consented for this user; an admin grants it (`tenantd tenant consent-url --tenant {}`), then run `tenantd bot provision` again",
-                        bot.tenant_id
-                    ),
-                }),
-                other => other,
-            });
+        let missing = || {
+            Stop {
+            reason: "consent_required",
+            message: format!(
+                "{what} is not consented for this user; an admin grants it (`tenantd tenant consent-url --tenant {}`), then run `tenantd bot provision` again",
+                bot.tenant_id
+            ),
+        }
+        };
+        let token = match context.tokens.access_token(connection, resource).await {
+            Ok(token) => token,
+            Err(err) => {
+                return Err(match classify(GraphError::Token(err)) {
+                    Err(stop) if stop.reason == "consent_required" => Err(missing()),
+                    other => other,
+                })
+            }
+        };
+        let granted = token_claims(token.expose())
+            .and_then(|claims| {
+                claims
+                    .get("scp")
+                    .and_then(|s| s.as_str())
+                    .map(str::to_string)
+            })
+            .unwrap_or_default();
+        if !granted
+            .split(' ')
+            .any(|granted| granted.eq_ignore_ascii_case(scope))
+        {
+            return Err(Err(missing()));
         }
     }
     // 2. Sideloading.
+    *step = "sideloading";
     if !context
         .graph
         .sideloading_allowed(connection)
@@ -157,6 +193,7 @@ async fn provision(
         }));
     }
     // 3. App registration, upserted by its unique name.
+    *step = "app_registration";
     let (application_id, app_id) = match (&bot.application_id, &bot.app_id) {
         (Some(application_id), Some(app_id)) => (application_id.clone(), app_id.clone()),
         _ => {
@@ -188,6 +225,7 @@ async fn provision(
             (application_id.to_string(), app_id.to_string())
         }
     };
+    *step = "secret";
     // 4. The client secret: any of ours not recorded (an attempt that stopped between Graph's
     // answer and the record) is removed first, so exactly one stays.
     if bot.secret_key_id.is_none() {
@@ -230,6 +268,7 @@ async fn provision(
             .map_err(database)?;
     }
     // 5. The Teams app package.
+    *step = "package";
     if bot.teams_app_id.is_none() {
         let package = teams_package::build(&BotApp {
             app_id: app_id.clone(),
@@ -262,6 +301,7 @@ async fn provision(
             .await
             .map_err(database)?;
     }
+    *step = "bot_registration";
     // 6. The bot registration; an existing one (ours, from an attempt that stopped before
     // recording it) is updated.
     if !bot.bot_registered {

@@ -30,6 +30,11 @@ struct Env {
 }
 
 async fn env(db: &TestDb) -> Env {
+    env_with(db, true).await
+}
+
+/// [`env`]; `portal`: whether the app holds the Developer Portal's delegated permission.
+async fn env_with(db: &TestDb, portal: bool) -> Env {
     let emulator = graph_emulator::Emulator::start_local().await.unwrap();
     let now = graph_emulator::clock::now();
     let client_id = {
@@ -65,11 +70,11 @@ async fn env(db: &TestDb) -> Env {
                     display_name: Some("bot provisioning".into()),
                     redirect_uris: vec![],
                     application_permissions: vec![],
-                    delegated_permissions: vec![
-                        "User.Read".into(),
-                        "Application.ReadWrite.All".into(),
-                        PORTAL_SCOPE.into(),
-                    ],
+                    delegated_permissions: ["User.Read", "Application.ReadWrite.All", PORTAL_SCOPE]
+                        .into_iter()
+                        .filter(|permission| portal || *permission != PORTAL_SCOPE)
+                        .map(str::to_string)
+                        .collect(),
                     admin_consented: true,
                 },
                 now,
@@ -338,6 +343,14 @@ async fn a_bot_is_provisioned_once_and_its_secret_shown_once(db: TestDb) {
     let link = ready.install_link().unwrap();
     assert!(link.starts_with(&format!("https://teams.microsoft.com/l/app/{}?installAppPackage=true&webjoin=true&appTenantId={TENANT}&login_hint=megan%40fabrikam", ready.teams_app_id.as_deref().unwrap())), "{link}");
 
+    // Each attempt is counted by result and the step it ended at.
+    let metrics = app.get_admin("/metrics").await.text().await.unwrap();
+    for series in [
+        r#"tenantd_bot_provisioning_runs_total{result="failed",step="sideloading"}"#,
+        r#"tenantd_bot_provisioning_runs_total{result="succeeded",step="bot_registration"}"#,
+    ] {
+        assert!(metrics.contains(series), "{series} missing");
+    }
     // The secret: sealed in the database, never in plaintext; shown once.
     let secret = tenantd::bots::take_secret(&store, &keys, &bot.id)
         .await
@@ -448,9 +461,41 @@ async fn a_resumed_run_creates_nothing_twice(db: TestDb) {
     app.stop().await.unwrap();
 }
 
+/// The Developer Portal's permission not consented: the run stops at step 1 with
+/// `consent_required` and the command that prints the admin consent URL; nothing is created.
+async fn missing_consent_stops_the_run_before_anything_is_created(db: TestDb) {
+    let env = env_with(&db, false).await;
+    let app = crate::helpers::spawn_app_with(env.config.clone()).await;
+    let store = db.store().await;
+    let bot = tenantd::bots::create_or_resume(&store, &new_bot(&env.megan, "Helpdesk"))
+        .await
+        .unwrap();
+    let run = provision_run(&app, &store, &bot).await;
+    assert_eq!(
+        (run.state.as_str(), run.reason.as_deref()),
+        ("failed", Some("consent_required")),
+        "{run:?}"
+    );
+    let message = run.message.unwrap_or_default();
+    assert!(
+        message.contains("Developer Portal") && message.contains("tenantd tenant consent-url"),
+        "{message}"
+    );
+    let stopped = tenantd::bots::get(&store, &bot.id).await.unwrap();
+    assert_eq!(
+        (stopped.state.as_str(), stopped.step.as_deref()),
+        ("failed", None)
+    );
+    assert!(env.emulator.shared().world().tenants[TENANT]
+        .applications
+        .is_empty());
+    app.stop().await.unwrap();
+}
+
 on_both_backends!(
     a_built_package_is_imported_once_and_replaced_on_request,
     sideloading_is_reported_by_api_and_cli,
     a_bot_is_provisioned_once_and_its_secret_shown_once,
     a_resumed_run_creates_nothing_twice,
+    missing_consent_stops_the_run_before_anything_is_created,
 );
