@@ -345,6 +345,42 @@ pub async fn record_ready(store: &Store, id: &str) -> Result<(), BotError> {
     )
 }
 
+/// The bot registration is deleted (step `bot_unregistered`).
+///
+/// # Errors
+/// The database failed.
+pub async fn record_bot_unregistered(store: &Store, id: &str) -> Result<(), BotError> {
+    update!(
+        store,
+        id,
+        "UPDATE bots SET bot_registered = 0, step = 'bot_unregistered', updated_at = $1 WHERE id = $2"
+    )
+}
+
+/// The Teams app is deleted from the catalog (step `package_removed`).
+///
+/// # Errors
+/// The database failed.
+pub async fn record_teams_app_removed(store: &Store, id: &str) -> Result<(), BotError> {
+    update!(
+        store,
+        id,
+        "UPDATE bots SET teams_app_id = NULL, step = 'package_removed', updated_at = $1 WHERE id = $2"
+    )
+}
+
+/// The app registration (with its secret) is deleted: the bot is gone (`deleted`).
+///
+/// # Errors
+/// The database failed.
+pub async fn record_deleted(store: &Store, id: &str) -> Result<(), BotError> {
+    update!(
+        store,
+        id,
+        "UPDATE bots SET application_id = NULL, secret_key_id = NULL, secret_sealed = NULL, step = 'deleted', state = 'deleted', reason = NULL, message = NULL, updated_at = $1 WHERE id = $2"
+    )
+}
+
 /// Provisioning stopped at a step for `reason`; a later `provision` resumes it.
 ///
 /// # Errors

@@ -61,6 +61,15 @@ pub(crate) enum BotCommand {
         /// Bot id (`tenantd bot list`)
         id: String,
     },
+    /// Delete what provisioning created: the bot registration, the Teams app and the app
+    /// registration (with its secret), nothing else; as an operation run the daemon runs
+    Delete {
+        /// Bot id (`tenantd bot list`)
+        id: String,
+        /// Give up waiting after this many seconds (the run goes on in the daemon)
+        #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+        wait_seconds: u64,
+    },
     /// Whether the connection's user may upload custom Teams apps (the Developer Portal's
     /// mtUserAppPolicy); exits 1 with the tenant admin's steps when not
     CheckSideloading {
@@ -113,6 +122,9 @@ pub(crate) async fn run(config: &Config, command: &BotCommand) -> i32 {
         }
         BotCommand::List { json } => list(config, *json).await,
         BotCommand::Show { id } => show(config, id).await,
+        BotCommand::Delete { id, wait_seconds } => {
+            delete(config, id, Duration::from_secs(*wait_seconds)).await
+        }
     })
 }
 
@@ -205,7 +217,6 @@ fn check_endpoint(endpoint: &str) -> Result<(), String> {
 }
 
 async fn provision(config: &Config, asked: &Provision<'_>) -> CliResult {
-    use crate::jobs::Job as _;
     check_endpoint(asked.endpoint).map_err(CliError::usage)?;
     let description = asked
         .description
@@ -252,30 +263,11 @@ async fn provision(config: &Config, asked: &Provision<'_>) -> CliResult {
             tenant_id: bot.tenant_id.clone(),
             run_id: None,
         };
-        let new = crate::queue::NewJob {
-            tenant_id: bot.tenant_id.clone(),
-            dedupe_key: None,
-            priority: 10,
-            ..crate::jobs::new_job(&job)
-        };
-        let queue = crate::queue::Queue::new(store.clone());
-        let run = match crate::runs::start(&store, &queue, crate::jobs::bot_provision::BotProvision::KIND, &bot.tenant_id, new)
-            .await
-            .map_err(CliError::failure)?
-        {
-            crate::runs::Started::New(run) | crate::runs::Started::Existing(run) => run,
-            crate::runs::Started::ScopeBusy(run) => {
-                return Err(CliError::usage(format!(
-                    "scope busy: run {} ({}) is active for tenant {}; wait for it to finish, then run this again",
-                    run.id, run.kind, run.tenant_id
-                )))
-            }
-        };
         eprintln!(
-            "tenantd: provisioning bot {} as run {}; the daemon's workers run it",
-            bot.id, run.id
+            "tenantd: provisioning bot {}; the daemon's workers run it",
+            bot.id
         );
-        let finished = wait_for_run(&store, &run.id, asked.wait).await?;
+        let finished = run_and_wait(&store, &job, &bot.tenant_id, asked.wait).await?;
         if finished.state != "succeeded" {
             return Err(CliError::failure(format!(
                 "provisioning stopped: {} ({}); fix it, then run the same command again to resume (`tenantd bot show {}`)",
@@ -297,6 +289,36 @@ async fn provision(config: &Config, asked: &Provision<'_>) -> CliResult {
         asked.output,
     );
     Ok(())
+}
+
+/// Starts an operation run of `job` for `tenant` (or joins the active one of its kind) and
+/// waits for it to finish, up to `wait`.
+async fn run_and_wait<J: crate::jobs::Job>(
+    store: &crate::store::Store,
+    job: &J,
+    tenant: &str,
+    wait: Duration,
+) -> CliResult<crate::runs::OperationRun> {
+    let new = crate::queue::NewJob {
+        tenant_id: tenant.to_string(),
+        dedupe_key: None,
+        priority: 10,
+        ..crate::jobs::new_job(job)
+    };
+    let queue = crate::queue::Queue::new(store.clone());
+    let run = match crate::runs::start(store, &queue, J::KIND, tenant, new)
+        .await
+        .map_err(CliError::failure)?
+    {
+        crate::runs::Started::New(run) | crate::runs::Started::Existing(run) => run,
+        crate::runs::Started::ScopeBusy(run) => {
+            return Err(CliError::usage(format!(
+                "scope busy: run {} ({}) is active for tenant {}; wait for it to finish, then run this again",
+                run.id, run.kind, run.tenant_id
+            )))
+        }
+    };
+    wait_for_run(store, &run.id, wait).await
 }
 
 /// Waits for a run to finish, up to `wait`.
@@ -466,5 +488,38 @@ async fn show(config: &Config, id: &str) -> CliResult {
     if let Some(link) = bot.install_link() {
         println!("  install: {link}");
     }
+    Ok(())
+}
+
+async fn delete(config: &Config, id: &str, wait: Duration) -> CliResult {
+    let store = super::open_store(config, Access::Write).await?;
+    let bot = crate::bots::get(&store, id)
+        .await
+        .map_err(|err| CliError::usage(format!("{err} ({})", err.reason_code())))?;
+    if bot.state == "deleted" {
+        println!("bot {} ({}) is deleted already", bot.id, bot.name);
+        return Ok(());
+    }
+    let job = crate::jobs::bot_delete::BotDelete {
+        bot_id: bot.id.clone(),
+        tenant_id: bot.tenant_id.clone(),
+        run_id: None,
+    };
+    eprintln!(
+        "tenantd: deleting bot {}; the daemon's workers run it",
+        bot.id
+    );
+    let finished = run_and_wait(&store, &job, &bot.tenant_id, wait).await?;
+    if finished.state != "succeeded" {
+        return Err(CliError::failure(format!(
+            "deleting stopped: {} ({}); fix it, then run the same command again to resume",
+            finished.message.as_deref().unwrap_or("-"),
+            finished.reason.as_deref().unwrap_or("failed"),
+        )));
+    }
+    println!(
+        "bot {} ({}) deleted: its bot registration, Teams app and app registration",
+        bot.id, bot.name
+    );
     Ok(())
 }

@@ -1161,4 +1161,62 @@ impl GraphClient {
         )
         .await
     }
+
+    /// `DELETE /applications/{id}`: the app registration (and its credentials).
+    ///
+    /// # Errors
+    /// [`GraphError`]; `NotFound` when it is gone already.
+    pub async fn delete_application(
+        &self,
+        connection: &Connection,
+        application_id: &str,
+    ) -> Result<(), GraphError> {
+        self.send(
+            connection,
+            &GraphRequest::new(
+                Method::DELETE,
+                format!("/applications/{application_id}"),
+                "applications",
+            ),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// `DELETE /api/appdefinitions/{teamsAppId}`: the Teams app from the tenant's catalog.
+    ///
+    /// # Errors
+    /// [`GraphError`]; `NotFound` when it is gone already.
+    pub async fn delete_app_definition(
+        &self,
+        connection: &Connection,
+        teams_app_id: &str,
+    ) -> Result<(), GraphError> {
+        self.send(
+            connection,
+            &GraphRequest::developer_portal(
+                Method::DELETE,
+                format!("/appdefinitions/{teams_app_id}"),
+            ),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// `DELETE /api/botframework/{botId}`: the bot registration.
+    ///
+    /// # Errors
+    /// [`GraphError`]; `NotFound` when it is gone already.
+    pub async fn delete_bot(
+        &self,
+        connection: &Connection,
+        bot_id: &str,
+    ) -> Result<(), GraphError> {
+        self.send(
+            connection,
+            &GraphRequest::developer_portal(Method::DELETE, format!("/botframework/{bot_id}")),
+        )
+        .await
+        .map(drop)
+    }
 }

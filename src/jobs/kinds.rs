@@ -5,15 +5,17 @@
 //! as `unknown_job_kind`), so every kind of this folder is registered.
 
 use super::{
-    bot_provision, connection_check, delegated_event, delegated_send_mail, graph_lifecycle,
-    graph_notification, heartbeat_cleanup, heartbeat_run, noop, prune_attribution, prune_jobs,
-    reconcile_subscriptions, resync_subscription, sweep_subscriptions, token_sweep, Registry,
+    bot_delete, bot_provision, connection_check, delegated_event, delegated_send_mail,
+    graph_lifecycle, graph_notification, heartbeat_cleanup, heartbeat_run, noop, prune_attribution,
+    prune_jobs, reconcile_subscriptions, resync_subscription, sweep_subscriptions, token_sweep,
+    Registry,
 };
 
 impl Registry {
     /// The one registration list of every job kind.
     pub fn standard() -> Self {
         let mut registry = Self::default();
+        registry.register::<bot_delete::BotDelete>();
         registry.register::<bot_provision::BotProvision>();
         registry.register::<connection_check::ConnectionCheck>();
         registry.register::<delegated_event::DelegatedEvent>();

@@ -5,6 +5,7 @@
 //! once released (rows outlive deployments); a payload deserializes into its kind's type or the
 //! job fails permanently with `job_payload_invalid` instead of looping.
 
+pub mod bot_delete;
 pub mod bot_provision;
 pub mod connection_check;
 pub mod delegated_event;

@@ -492,10 +492,77 @@ async fn missing_consent_stops_the_run_before_anything_is_created(db: TestDb) {
     app.stop().await.unwrap();
 }
 
+/// Delete removes exactly what provisioning made (the bot registration, the Teams app, the app
+/// registration) and leaves another app of the tenant alone; the name is free again.
+async fn delete_removes_exactly_what_was_created(db: TestDb) {
+    use tenantd::jobs::bot_delete::BotDelete;
+    use tenantd::jobs::Job as _;
+    let env = env(&db).await;
+    let app = crate::helpers::spawn_app_with(env.config.clone()).await;
+    let store = db.store().await;
+    // Someone else's app in the tenant.
+    let other = env
+        .graph
+        .upsert_application(
+            &env.megan,
+            "someone-else",
+            &serde_json::json!({"displayName": "Other"}),
+        )
+        .await
+        .unwrap();
+    let bot = tenantd::bots::create_or_resume(&store, &new_bot(&env.megan, "Helpdesk"))
+        .await
+        .unwrap();
+    assert_eq!(provision_run(&app, &store, &bot).await.state, "succeeded");
+    let job = BotDelete {
+        bot_id: bot.id.clone(),
+        tenant_id: bot.tenant_id.clone(),
+        run_id: None,
+    };
+    let new = tenantd::queue::NewJob {
+        tenant_id: bot.tenant_id.clone(),
+        dedupe_key: None,
+        ..tenantd::jobs::new_job(&job)
+    };
+    let queue = tenantd::queue::Queue::new(store.clone());
+    let run = match tenantd::runs::start(&store, &queue, BotDelete::KIND, &bot.tenant_id, new)
+        .await
+        .unwrap()
+    {
+        tenantd::runs::Started::New(run) => run,
+        other => panic!("{other:?}"),
+    };
+    app.run_queue_until_empty().await;
+    let run = tenantd::runs::get(&store, &run.id).await.unwrap().unwrap();
+    assert_eq!(run.state, "succeeded", "{run:?}");
+    let gone = tenantd::bots::get(&store, &bot.id).await.unwrap();
+    assert_eq!(
+        (gone.state.as_str(), gone.step.as_deref()),
+        ("deleted", Some("deleted"))
+    );
+    {
+        let world = env.emulator.shared().world();
+        let tenant = &world.tenants[TENANT];
+        assert!(tenant.bots.is_empty());
+        assert!(tenant.app_definitions.is_empty());
+        assert_eq!(tenant.applications.len(), 1, "only the other app is left");
+        assert!(tenant
+            .applications
+            .contains_key(other["id"].as_str().unwrap()));
+    }
+    assert!(tenantd::bots::list(&store).await.unwrap().is_empty());
+    let again = tenantd::bots::create_or_resume(&store, &new_bot(&env.megan, "Helpdesk"))
+        .await
+        .unwrap();
+    assert_ne!(again.id, bot.id, "a deleted bot's name makes a new bot");
+    app.stop().await.unwrap();
+}
+
 on_both_backends!(
     a_built_package_is_imported_once_and_replaced_on_request,
     sideloading_is_reported_by_api_and_cli,
     a_bot_is_provisioned_once_and_its_secret_shown_once,
     a_resumed_run_creates_nothing_twice,
     missing_consent_stops_the_run_before_anything_is_created,
+    delete_removes_exactly_what_was_created,
 );
