@@ -227,20 +227,28 @@ async fn provision_run(
     store: &tenantd::store::Store,
     bot: &tenantd::bots::Bot,
 ) -> tenantd::runs::OperationRun {
-    use tenantd::jobs::bot_provision::BotProvision;
-    use tenantd::jobs::Job as _;
-    let job = BotProvision {
+    let job = tenantd::jobs::bot_provision::BotProvision {
         bot_id: bot.id.clone(),
         tenant_id: bot.tenant_id.clone(),
         run_id: None,
     };
+    run_to_end(app, store, &job, &bot.tenant_id).await
+}
+
+/// Starts an operation run of `job` for `tenant`, runs the queue until it is done; the run.
+async fn run_to_end<J: tenantd::jobs::Job>(
+    app: &crate::helpers::TestApp,
+    store: &tenantd::store::Store,
+    job: &J,
+    tenant: &str,
+) -> tenantd::runs::OperationRun {
     let new = tenantd::queue::NewJob {
-        tenant_id: bot.tenant_id.clone(),
+        tenant_id: tenant.to_string(),
         dedupe_key: None,
-        ..tenantd::jobs::new_job(&job)
+        ..tenantd::jobs::new_job(job)
     };
     let queue = tenantd::queue::Queue::new(store.clone());
-    let run = match tenantd::runs::start(store, &queue, BotProvision::KIND, &bot.tenant_id, new)
+    let run = match tenantd::runs::start(store, &queue, J::KIND, tenant, new)
         .await
         .unwrap()
     {
@@ -496,7 +504,6 @@ async fn missing_consent_stops_the_run_before_anything_is_created(db: TestDb) {
 /// registration) and leaves another app of the tenant alone; the name is free again.
 async fn delete_removes_exactly_what_was_created(db: TestDb) {
     use tenantd::jobs::bot_delete::BotDelete;
-    use tenantd::jobs::Job as _;
     let env = env(&db).await;
     let app = crate::helpers::spawn_app_with(env.config.clone()).await;
     let store = db.store().await;
@@ -519,21 +526,7 @@ async fn delete_removes_exactly_what_was_created(db: TestDb) {
         tenant_id: bot.tenant_id.clone(),
         run_id: None,
     };
-    let new = tenantd::queue::NewJob {
-        tenant_id: bot.tenant_id.clone(),
-        dedupe_key: None,
-        ..tenantd::jobs::new_job(&job)
-    };
-    let queue = tenantd::queue::Queue::new(store.clone());
-    let run = match tenantd::runs::start(&store, &queue, BotDelete::KIND, &bot.tenant_id, new)
-        .await
-        .unwrap()
-    {
-        tenantd::runs::Started::New(run) => run,
-        other => panic!("{other:?}"),
-    };
-    app.run_queue_until_empty().await;
-    let run = tenantd::runs::get(&store, &run.id).await.unwrap().unwrap();
+    let run = run_to_end(&app, &store, &job, &bot.tenant_id).await;
     assert_eq!(run.state, "succeeded", "{run:?}");
     let gone = tenantd::bots::get(&store, &bot.id).await.unwrap();
     assert_eq!(
