@@ -115,6 +115,17 @@ async fn env_with(db: &TestDb, portal: bool) -> Env {
     }
 }
 
+/// Turns the tenant's custom app upload (`mtUserAppPolicy`) on or off in the emulator.
+fn set_sideloading(env: &Env, allowed: bool) {
+    env.emulator
+        .shared()
+        .world()
+        .tenants
+        .get_mut(TENANT)
+        .unwrap()
+        .sideloading_allowed = allowed;
+}
+
 fn bot_app(app_id: &str) -> BotApp {
     BotApp {
         app_id: app_id.into(),
@@ -193,13 +204,7 @@ async fn sideloading_is_reported_by_api_and_cli(db: TestDb) {
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("custom app upload is allowed"), "{text}");
 
-    env.emulator
-        .shared()
-        .world()
-        .tenants
-        .get_mut(TENANT)
-        .unwrap()
-        .sideloading_allowed = false;
+    set_sideloading(&env, false);
     assert!(!env.graph.sideloading_allowed(&env.megan).await.unwrap());
     let (config, id) = (env.config.clone(), env.megan.id.clone());
     let (code, text) = tokio::task::spawn_blocking({
@@ -277,13 +282,7 @@ async fn a_bot_is_provisioned_once_and_its_secret_shown_once(db: TestDb) {
     let store = db.store().await;
     let keys = Keyring::load(&env.config.secrets.key_file).unwrap();
     // Custom app upload off: the run stops at step 2 with the reason; nothing is created.
-    env.emulator
-        .shared()
-        .world()
-        .tenants
-        .get_mut(TENANT)
-        .unwrap()
-        .sideloading_allowed = false;
+    set_sideloading(&env, false);
     let bot = tenantd::bots::create_or_resume(&store, &new_bot(&env.megan, "Helpdesk"))
         .await
         .unwrap();
@@ -301,13 +300,7 @@ async fn a_bot_is_provisioned_once_and_its_secret_shown_once(db: TestDb) {
         .is_empty());
 
     // Turned on, the same bot resumes and is provisioned.
-    env.emulator
-        .shared()
-        .world()
-        .tenants
-        .get_mut(TENANT)
-        .unwrap()
-        .sideloading_allowed = true;
+    set_sideloading(&env, true);
     let resumed = tenantd::bots::create_or_resume(&store, &new_bot(&env.megan, "Helpdesk"))
         .await
         .unwrap();
