@@ -101,6 +101,8 @@ pub struct NewBot<'a> {
     pub description: &'a str,
     /// Single-tenant registration.
     pub single_tenant: bool,
+    /// The operator's own Teams app package (zip); `None`: generated.
+    pub package: Option<&'a [u8]>,
 }
 
 /// Why a bot operation failed.
@@ -206,10 +208,11 @@ impl From<sqlx::Error> for BotError {
 pub async fn create_or_resume(store: &Store, new: &NewBot<'_>) -> Result<Bot, BotError> {
     let now = now_unix();
     let id = uuid::Uuid::new_v4().simple().to_string();
-    const INSERT: &str = "INSERT INTO bots (id, tenant_id, connection_id, name, endpoint, description, single_tenant, user_name, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) \
+    const INSERT: &str = "INSERT INTO bots (id, tenant_id, connection_id, name, endpoint, description, single_tenant, user_name, package, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) \
          ON CONFLICT (connection_id, name) WHERE state <> 'deleted' DO UPDATE SET \
          endpoint = excluded.endpoint, description = excluded.description, single_tenant = excluded.single_tenant, \
+         package = excluded.package, \
          state = CASE WHEN bots.state = 'ready' THEN 'ready' ELSE 'provisioning' END, \
          reason = NULL, message = NULL, updated_at = excluded.updated_at";
     write_tx!(store, |pool| sqlx::query(INSERT)
@@ -221,6 +224,7 @@ pub async fn create_or_resume(store: &Store, new: &NewBot<'_>) -> Result<Bot, Bo
         .bind(new.description)
         .bind(i64::from(new.single_tenant))
         .bind(new.user_name)
+        .bind(new.package)
         .bind(now)
         .execute(pool)
         .await?
@@ -250,6 +254,21 @@ pub async fn get(store: &Store, id: &str) -> Result<Bot, BotError> {
         .map_err(StoreError::from)?);
     row.map(from_row)
         .ok_or_else(|| BotError::NotFound(id.to_string()))
+}
+
+/// The operator's own Teams app package of a bot, if it was given one.
+///
+/// # Errors
+/// The database failed.
+pub async fn package(store: &Store, id: &str) -> Result<Option<Vec<u8>>, BotError> {
+    let row: Option<(Option<Vec<u8>>,)> = with_pool!(store, |pool| sqlx::query_as(
+        "SELECT package FROM bots WHERE id = $1"
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+    .map_err(StoreError::from)?);
+    Ok(row.and_then(|(package,)| package))
 }
 
 /// Every bot not deleted, newest first.

@@ -28,7 +28,7 @@ pub enum PackageError {
     #[error("the app package is not a readable zip archive: {0}")]
     NotZip(String),
     /// The manifest breaks a schema rule: the property and what it must be.
-    #[error("manifest.json: `{property}` {rule}")]
+    #[error("{}", manifest_message(property, rule))]
     Manifest {
         /// JSON path of the property, e.g. `name.short`.
         property: String,
@@ -53,6 +53,14 @@ impl PackageError {
             PackageError::Manifest { .. } => "manifest_invalid",
             PackageError::Icon { .. } => "icon_invalid",
         }
+    }
+}
+
+fn manifest_message(property: &str, rule: &str) -> String {
+    if property.is_empty() {
+        format!("manifest.json {rule}")
+    } else {
+        format!("manifest.json: `{property}` {rule}")
     }
 }
 
@@ -131,6 +139,35 @@ pub fn build(app: &BotApp) -> Result<Vec<u8>, PackageError> {
         (COLOR_ICON.to_string(), color_icon(accent)),
         (OUTLINE_ICON.to_string(), outline_icon()),
     ]);
+    validate(&files)?;
+    zip(&files)
+}
+
+/// A given package made the bot's: its manifest's `id` and its bot's `botId` set to `app_id`
+/// (a bot is added, in the personal scope, when the manifest has none), then checked and
+/// zipped again. The operator's package cannot know the app id, which step 3 makes.
+///
+/// # Errors
+/// [`PackageError`] naming the first rule the result breaks.
+pub fn rebind(package: &[u8], app_id: &str) -> Result<Vec<u8>, PackageError> {
+    let mut files = unzip(package)?;
+    let mut manifest: Value = files
+        .get("manifest.json")
+        .and_then(|bytes| serde_json::from_slice(bytes).ok())
+        .ok_or_else(|| manifest_error("", "is missing at the package's root, or not JSON"))?;
+    manifest["id"] = json!(app_id);
+    match manifest.get_mut("bots").and_then(Value::as_array_mut) {
+        Some(bots) if !bots.is_empty() => {
+            for bot in bots {
+                bot["botId"] = json!(app_id);
+            }
+        }
+        _ => manifest["bots"] = json!([{ "botId": app_id, "scopes": ["personal"] }]),
+    }
+    files.insert(
+        "manifest.json".into(),
+        serde_json::to_vec_pretty(&manifest).expect("a manifest serializes"),
+    );
     validate(&files)?;
     zip(&files)
 }
@@ -641,6 +678,34 @@ mod tests {
         let mut missing = files;
         missing.remove("color.png");
         assert!(matches!(validate(&missing), Err(PackageError::Icon { .. })));
+    }
+
+    #[test]
+    fn a_given_package_is_made_the_bots_and_still_checked() {
+        let given = build(&app()).expect("builds");
+        let app_id = "9b8a7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d";
+        let bound = read_and_validate(&rebind(&given, app_id).expect("rebinds")).expect("valid");
+        let manifest: Value = serde_json::from_slice(&bound["manifest.json"]).expect("json");
+        assert_eq!(manifest["id"], app_id);
+        assert_eq!(manifest["bots"][0]["botId"], app_id);
+        // Without bots, one is added.
+        let botless = zip(&with_manifest(&files_of(&app()), |m| {
+            m.as_object_mut().expect("object").remove("bots");
+        }))
+        .expect("zips");
+        let bound = unzip(&rebind(&botless, app_id).expect("rebinds")).expect("zip");
+        let manifest: Value = serde_json::from_slice(&bound["manifest.json"]).expect("json");
+        assert_eq!(manifest["bots"][0]["botId"], app_id);
+        assert_eq!(manifest["bots"][0]["scopes"], json!(["personal"]));
+        // A broken rule stays broken.
+        let files = with_manifest(&files_of(&app()), |m| {
+            m["name"]["short"] = json!("x".repeat(31));
+        });
+        let broken = zip(&files).expect("zips");
+        assert!(matches!(
+            rebind(&broken, app_id),
+            Err(PackageError::Manifest { property, .. }) if property == "name.short"
+        ));
     }
 
     #[test]

@@ -2,7 +2,8 @@
 -- result is recorded as it lands, so a run that failed at a step resumes there and nothing is
 -- created twice: the app registration is upserted by its uniqueName (`tenantd-bot-{id}`), the
 -- package import replaces the same app id, the bot registration updates on 409. The client
--- secret is sealed by the vault and erased once shown.
+-- secret is sealed by the vault and erased once shown. `package` holds an operator's own Teams
+-- app package (its manifest's ids are set to the bot's when it is imported); none: generated.
 CREATE TABLE bots (
     id                TEXT PRIMARY KEY NOT NULL,
     tenant_id         TEXT NOT NULL,
@@ -22,6 +23,7 @@ CREATE TABLE bots (
     secret_key_id     TEXT,
     secret_sealed     TEXT,
     teams_app_id      TEXT,
+    package           BLOB,
     bot_registered    INTEGER NOT NULL DEFAULT 0 CHECK (bot_registered IN (0, 1)),
     created_at        INTEGER NOT NULL,
     updated_at        INTEGER NOT NULL

@@ -40,6 +40,11 @@ pub(crate) enum BotCommand {
         /// Register the app and the bot for this tenant only
         #[arg(long)]
         single_tenant: bool,
+        /// Your own Teams app package (zip with manifest.json and the two icons); its `id`
+        /// and `botId` are set to the bot's. Checked by the manifest schema's rules first.
+        /// Without it, one is generated
+        #[arg(long, value_name = "ZIP")]
+        package: Option<std::path::PathBuf>,
         /// Print JSON instead of text
         #[arg(long, conflicts_with = "env")]
         json: bool,
@@ -99,11 +104,13 @@ pub(crate) async fn run(config: &Config, command: &BotCommand) -> i32 {
             endpoint,
             description,
             single_tenant,
+            package,
             json,
             env,
             wait_seconds,
         } => {
             let asked = Provision {
+                package: package.as_deref(),
                 connection,
                 name,
                 endpoint,
@@ -195,6 +202,7 @@ struct Provision<'a> {
     endpoint: &'a str,
     description: Option<&'a str>,
     single_tenant: bool,
+    package: Option<&'a std::path::Path>,
     output: Output,
     wait: Duration,
 }
@@ -233,6 +241,19 @@ async fn provision(config: &Config, asked: &Provision<'_>) -> CliResult {
         scopes: vec!["personal".into()],
     })
     .map_err(|err| CliError::usage(format!("--name/--description: {err}")))?;
+    // A given package: readable and valid once its ids are the bot's (checked with a stand-in
+    // id now; the real one exists after step 3).
+    let package = match asked.package {
+        Some(path) => {
+            let bytes = std::fs::read(path).map_err(|err| {
+                CliError::usage(format!("--package {}: {}", path.display(), err.kind()))
+            })?;
+            crate::teams_package::rebind(&bytes, "00000000-0000-0000-0000-000000000000")
+                .map_err(|err| CliError::usage(format!("--package {}: {err}", path.display())))?;
+            Some(bytes)
+        }
+        None => None,
+    };
     let (store, keys) = open(config, Access::Write).await?;
     let connection = connections::get(&store, asked.connection)
         .await
@@ -253,6 +274,7 @@ async fn provision(config: &Config, asked: &Provision<'_>) -> CliResult {
             endpoint: asked.endpoint,
             description: &description,
             single_tenant: asked.single_tenant,
+            package: package.as_deref(),
         },
     )
     .await

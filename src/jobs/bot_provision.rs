@@ -270,16 +270,21 @@ async fn provision(
     // 5. The Teams app package.
     *step = "package";
     if bot.teams_app_id.is_none() {
-        let package = teams_package::build(&BotApp {
-            app_id: app_id.clone(),
-            name: bot.name.clone(),
-            description: bot.description.clone(),
-            description_full: None,
-            developer_name: "tenantd".into(),
-            developer_url: origin_of(&bot.endpoint),
-            accent_color: "#4464ee".into(),
-            scopes: vec!["personal".into(), "team".into(), "groupChat".into()],
-        })
+        let given = bots::package(store, &bot.id).await.map_err(database)?;
+        let package = match given {
+            // The operator's own package, its ids set to this bot's.
+            Some(given) => teams_package::rebind(&given, &app_id),
+            None => teams_package::build(&BotApp {
+                app_id: app_id.clone(),
+                name: bot.name.clone(),
+                description: bot.description.clone(),
+                description_full: None,
+                developer_name: "tenantd".into(),
+                developer_url: origin_of(&bot.endpoint),
+                accent_color: "#4464ee".into(),
+                scopes: vec!["personal".into(), "team".into(), "groupChat".into()],
+            }),
+        }
         .map_err(|err| {
             Err(Stop {
                 reason: err.reason_code(),

@@ -273,6 +273,7 @@ fn new_bot<'a>(megan: &'a Connection, name: &'a str) -> tenantd::bots::NewBot<'a
         endpoint: "https://bots.fabrikam.example/api/messages",
         description: "Answers helpdesk questions in Teams.",
         single_tenant: false,
+        package: None,
     }
 }
 
@@ -544,6 +545,44 @@ async fn delete_removes_exactly_what_was_created(db: TestDb) {
     app.stop().await.unwrap();
 }
 
+/// The operator's own package: imported with its ids set to the bot's, its own name kept.
+async fn a_given_package_is_imported_as_the_bots(db: TestDb) {
+    let env = env(&db).await;
+    let app = crate::helpers::spawn_app_with(env.config.clone()).await;
+    let store = db.store().await;
+    let mut own = bot_app("11111111-2222-4333-8444-555555555555");
+    own.name = "Fabrikam Desk".into();
+    let given = teams_package::build(&own).unwrap();
+    let bot = tenantd::bots::create_or_resume(
+        &store,
+        &tenantd::bots::NewBot {
+            package: Some(&given),
+            ..new_bot(&env.megan, "Helpdesk")
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(provision_run(&app, &store, &bot).await.state, "succeeded");
+    let ready = tenantd::bots::get(&store, &bot.id).await.unwrap();
+    let app_id = ready.app_id.unwrap();
+    {
+        let world = env.emulator.shared().world();
+        let definition = world.tenants[TENANT]
+            .app_definitions
+            .values()
+            .next()
+            .unwrap()
+            .clone();
+        assert_eq!(definition["appId"], app_id.as_str());
+        assert_eq!(definition["bots"][0]["botId"], app_id.as_str());
+        assert_eq!(
+            definition["shortName"], "Fabrikam Desk",
+            "the package's own name"
+        );
+    }
+    app.stop().await.unwrap();
+}
+
 on_both_backends!(
     a_built_package_is_imported_once_and_replaced_on_request,
     sideloading_is_reported_by_api_and_cli,
@@ -551,4 +590,5 @@ on_both_backends!(
     a_resumed_run_creates_nothing_twice,
     missing_consent_stops_the_run_before_anything_is_created,
     delete_removes_exactly_what_was_created,
+    a_given_package_is_imported_as_the_bots,
 );
