@@ -48,6 +48,10 @@ pub struct Bot {
     pub secret_key_id: Option<String>,
     /// Whether the secret is still held (sealed) for its one showing.
     pub secret_held: bool,
+    /// The client secret's display name.
+    pub secret_name: String,
+    /// The client secret's lifetime in days.
+    pub secret_days: i64,
     /// The Teams app's id in the tenant's catalog (`TEAMS_APP_ID`).
     pub teams_app_id: Option<String>,
     /// Whether the bot registration exists.
@@ -103,6 +107,11 @@ pub struct NewBot<'a> {
     pub single_tenant: bool,
     /// The operator's own Teams app package (zip); `None`: generated.
     pub package: Option<&'a [u8]>,
+    /// The client secret's display name (credentials of this name an interrupted attempt
+    /// left unrecorded are removed before a new one is added).
+    pub secret_name: &'a str,
+    /// The client secret's lifetime in days.
+    pub secret_days: u32,
 }
 
 /// Why a bot operation failed.
@@ -147,7 +156,7 @@ macro_rules! select_bots {
             "SELECT id, tenant_id, connection_id, name, endpoint, description, single_tenant, state, step, ",
             "reason, message, user_name, application_id, app_id, secret_key_id, ",
             "CAST(CASE WHEN secret_sealed IS NULL THEN 0 ELSE 1 END AS BIGINT), ",
-            "teams_app_id, bot_registered, created_at, updated_at FROM bots ",
+            "teams_app_id, bot_registered, created_at, updated_at, secret_name, secret_days FROM bots ",
             $tail
         )
     };
@@ -182,6 +191,8 @@ macro_rules! row_from {
                     bot_registered: row.try_get::<i64, _>(17)? != 0,
                     created_at: row.try_get(18)?,
                     updated_at: row.try_get(19)?,
+                    secret_name: row.try_get(20)?,
+                    secret_days: row.try_get(21)?,
                 }))
             }
         }
@@ -208,11 +219,11 @@ impl From<sqlx::Error> for BotError {
 pub async fn create_or_resume(store: &Store, new: &NewBot<'_>) -> Result<Bot, BotError> {
     let now = now_unix();
     let id = uuid::Uuid::new_v4().simple().to_string();
-    const INSERT: &str = "INSERT INTO bots (id, tenant_id, connection_id, name, endpoint, description, single_tenant, user_name, package, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) \
+    const INSERT: &str = "INSERT INTO bots (id, tenant_id, connection_id, name, endpoint, description, single_tenant, user_name, package, secret_name, secret_days, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) \
          ON CONFLICT (connection_id, name) WHERE state <> 'deleted' DO UPDATE SET \
          endpoint = excluded.endpoint, description = excluded.description, single_tenant = excluded.single_tenant, \
-         package = excluded.package, \
+         package = excluded.package, secret_name = excluded.secret_name, secret_days = excluded.secret_days, \
          state = CASE WHEN bots.state = 'ready' THEN 'ready' ELSE 'provisioning' END, \
          reason = NULL, message = NULL, updated_at = excluded.updated_at";
     write_tx!(store, |pool| sqlx::query(INSERT)
@@ -225,6 +236,8 @@ pub async fn create_or_resume(store: &Store, new: &NewBot<'_>) -> Result<Bot, Bo
         .bind(i64::from(new.single_tenant))
         .bind(new.user_name)
         .bind(new.package)
+        .bind(new.secret_name)
+        .bind(i64::from(new.secret_days))
         .bind(now)
         .execute(pool)
         .await?

@@ -23,6 +23,8 @@ CREATE TABLE bots (
     secret_key_id     TEXT,
     secret_sealed     TEXT,
     teams_app_id      TEXT,
+    secret_name       TEXT NOT NULL DEFAULT 'tenantd bot',
+    secret_days       INTEGER NOT NULL DEFAULT 730,
     package           BLOB,
     bot_registered    INTEGER NOT NULL DEFAULT 0 CHECK (bot_registered IN (0, 1)),
     created_at        INTEGER NOT NULL,

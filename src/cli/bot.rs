@@ -45,6 +45,12 @@ pub(crate) enum BotCommand {
         /// Without it, one is generated
         #[arg(long, value_name = "ZIP")]
         package: Option<std::path::PathBuf>,
+        /// The client secret's display name in the app registration
+        #[arg(long, default_value = "tenantd bot", value_name = "NAME")]
+        secret_name: String,
+        /// The client secret's lifetime in days (Graph's default: two years)
+        #[arg(long, default_value_t = 730, value_name = "DAYS", value_parser = clap::value_parser!(u32).range(1..=3650))]
+        secret_days: u32,
         /// Print JSON instead of text
         #[arg(long, conflicts_with = "env")]
         json: bool,
@@ -105,11 +111,15 @@ pub(crate) async fn run(config: &Config, command: &BotCommand) -> i32 {
             description,
             single_tenant,
             package,
+            secret_name,
+            secret_days,
             json,
             env,
             wait_seconds,
         } => {
             let asked = Provision {
+                secret_name,
+                secret_days: *secret_days,
                 package: package.as_deref(),
                 connection,
                 name,
@@ -203,6 +213,8 @@ struct Provision<'a> {
     description: Option<&'a str>,
     single_tenant: bool,
     package: Option<&'a std::path::Path>,
+    secret_name: &'a str,
+    secret_days: u32,
     output: Output,
     wait: Duration,
 }
@@ -275,6 +287,8 @@ async fn provision(config: &Config, asked: &Provision<'_>) -> CliResult {
             description: &description,
             single_tenant: asked.single_tenant,
             package: package.as_deref(),
+            secret_name: asked.secret_name,
+            secret_days: asked.secret_days,
         },
     )
     .await

@@ -1062,7 +1062,8 @@ impl GraphClient {
     }
 
     /// `POST /applications/{id}/addPassword` (application-addpassword.md): a new client
-    /// secret; `secretText` is in this answer only.
+    /// secret ending at `end` (RFC 3339; Graph's default is two years); `secretText` is in
+    /// this answer only.
     ///
     /// # Errors
     /// [`GraphError`].
@@ -1071,7 +1072,12 @@ impl GraphClient {
         connection: &Connection,
         application_id: &str,
         display_name: &str,
+        end: Option<&str>,
     ) -> Result<Value, GraphError> {
+        let mut credential = json!({ "displayName": display_name });
+        if let Some(end) = end {
+            credential["endDateTime"] = json!(end);
+        }
         self.send(
             connection,
             &GraphRequest::new(
@@ -1079,7 +1085,7 @@ impl GraphClient {
                 format!("/applications/{application_id}/addPassword"),
                 "applications",
             )
-            .json(json!({ "passwordCredential": { "displayName": display_name } })),
+            .json(json!({ "passwordCredential": credential })),
         )
         .await
     }

@@ -28,9 +28,6 @@ use crate::vault::connections::{self, Connection};
 use crate::vault::identity::{token_claims, DEV_PORTAL_RESOURCE};
 use crate::vault::tokens::TokenServiceError;
 
-/// The display name of the client secrets tenantd adds (and may remove on a resume).
-pub const SECRET_NAME: &str = "tenantd bot";
-
 /// Provision one bot.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BotProvision {
@@ -239,7 +236,7 @@ async fn provision(
             .into_iter()
             .flatten()
         {
-            if credential["displayName"] == SECRET_NAME {
+            if credential["displayName"] == bot.secret_name.as_str() {
                 if let Some(key_id) = credential["keyId"].as_str() {
                     context
                         .graph
@@ -251,7 +248,12 @@ async fn provision(
         }
         let password = context
             .graph
-            .add_password(connection, &application_id, SECRET_NAME)
+            .add_password(
+                connection,
+                &application_id,
+                &bot.secret_name,
+                Some(&secret_end(bot.secret_days)),
+            )
             .await
             .map_err(classify)?;
         let (Some(key_id), Some(secret)) =
@@ -333,6 +335,11 @@ async fn provision(
     }
     bots::record_ready(store, &bot.id).await.map_err(database)?;
     Ok(())
+}
+
+/// The end of a secret that lives `days` days from now, as Graph takes it (RFC 3339).
+fn secret_end(days: i64) -> String {
+    super::subscription_steps::rfc3339(crate::clock::now_unix() + days.max(1) * 86_400)
 }
 
 /// `https://host` of an endpoint URL, for the manifest's developer pages.

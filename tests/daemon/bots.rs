@@ -274,6 +274,8 @@ fn new_bot<'a>(megan: &'a Connection, name: &'a str) -> tenantd::bots::NewBot<'a
         description: "Answers helpdesk questions in Teams.",
         single_tenant: false,
         package: None,
+        secret_name: "tenantd bot",
+        secret_days: 30,
     }
 }
 
@@ -321,10 +323,15 @@ async fn a_bot_is_provisioned_once_and_its_secret_shown_once(db: TestDb) {
         let application = tenant.applications.values().next().unwrap();
         assert_eq!(application["uniqueName"], ready.unique_name());
         assert_eq!(application["signInAudience"], "AzureADMultipleOrgs");
-        assert_eq!(
-            application["passwordCredentials"].as_array().unwrap().len(),
-            1
-        );
+        let credentials = application["passwordCredentials"].as_array().unwrap();
+        assert_eq!(credentials.len(), 1);
+        // The name and lifetime asked for (30 days here).
+        assert_eq!(credentials[0]["displayName"], "tenantd bot");
+        let end =
+            chrono::DateTime::parse_from_rfc3339(credentials[0]["endDateTime"].as_str().unwrap())
+                .unwrap();
+        let days = (end.timestamp() - chrono::Utc::now().timestamp()) / 86_400;
+        assert!((29..=30).contains(&days), "{end}");
         assert_eq!(tenant.app_definitions.len(), 1);
         let definition = tenant.app_definitions.values().next().unwrap();
         assert_eq!(definition["appId"], app_id.as_str());
@@ -408,11 +415,7 @@ async fn a_resumed_run_creates_nothing_twice(db: TestDb) {
     );
     let lost = env
         .graph
-        .add_password(
-            &env.megan,
-            &application_id,
-            tenantd::jobs::bot_provision::SECRET_NAME,
-        )
+        .add_password(&env.megan, &application_id, "tenantd bot", None)
         .await
         .unwrap();
     env.graph
