@@ -138,6 +138,50 @@ fn describe() {
         names::DELEGATED_ACTIONS,
         "Delegated actions (as a signed-in user), by kind and result."
     );
+    metrics::describe_gauge!(names::CONNECTIONS, "Tenant connections, by status.");
+    metrics::describe_histogram!(
+        names::GRAPH_LIMITER_WAIT,
+        metrics::Unit::Seconds,
+        "Time Graph requests waited in the client-side limits, by endpoint family."
+    );
+    metrics::describe_counter!(
+        names::GRAPH_REQUESTS,
+        "Graph requests answered (or failed before an answer), by endpoint family and status."
+    );
+    metrics::describe_counter!(
+        names::GRAPH_RETRIES,
+        "Graph requests retried inside one call, by endpoint family."
+    );
+    metrics::describe_counter!(
+        names::GRAPH_THROTTLED,
+        "Graph answers 429 (throttled), by endpoint family."
+    );
+    metrics::describe_counter!(names::JOBS, "Finished job attempts, by kind and outcome.");
+    metrics::describe_histogram!(
+        names::JOB_DURATION,
+        metrics::Unit::Seconds,
+        "Job attempt durations, by kind."
+    );
+    metrics::describe_gauge!(names::QUEUE_JOBS, "Jobs in the queue, by state.");
+    metrics::describe_gauge!(names::SUBSCRIPTIONS, "Graph subscriptions, by status.");
+    metrics::describe_gauge!(
+        names::SUBSCRIPTION_EXPIRY,
+        metrics::Unit::Seconds,
+        "Seconds until the soonest expiry of an active subscription."
+    );
+    metrics::describe_counter!(
+        names::SUBSCRIPTION_RENEWALS,
+        "Subscription reconcile actions, by result."
+    );
+    metrics::describe_counter!(
+        names::SUBSCRIPTION_RESYNCS,
+        "Resource resyncs after missed notifications, by result."
+    );
+    metrics::describe_gauge!(
+        names::TOKEN_EXPIRY,
+        metrics::Unit::Seconds,
+        "Seconds until the soonest cached access token of an active connection expires."
+    );
     metrics::describe_counter!(names::HEARTBEAT_RUNS, "Heartbeat run attempts, by result.");
     metrics::describe_counter!(
         names::BOT_PROVISIONING_RUNS,

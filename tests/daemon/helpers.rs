@@ -639,10 +639,12 @@ fn parse_value(raw: &str) -> Result<f64, String> {
 }
 
 /// Parses the Prometheus text exposition format (0.0.4) strictly: names, labels and values
-/// well-formed; every sample's family declared by one `# TYPE` line before it; histogram buckets
-/// cumulative and ending in `+Inf` equal to `_count`.
+/// well-formed; every sample's family declared by one `# TYPE` line before it and described by
+/// a `# HELP` line (`promtool check metrics` asks for both); histogram buckets cumulative and
+/// ending in `+Inf` equal to `_count`.
 pub(crate) fn parse_prometheus(text: &str) -> Result<Vec<Sample>, String> {
     let mut types: std::collections::HashMap<String, String> = Default::default();
+    let mut helps: std::collections::HashSet<String> = Default::default();
     let mut samples = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         if let Some(comment) = line.strip_prefix('#') {
@@ -656,7 +658,11 @@ pub(crate) fn parse_prometheus(text: &str) -> Result<Vec<Sample>, String> {
                         return Err(format!("TYPE repeated for {name}"));
                     }
                 }
-                (Some("HELP"), Some(name), _) if valid_metric_name(name) => {}
+                (Some("HELP"), Some(name), Some(help))
+                    if valid_metric_name(name) && !help.trim().is_empty() =>
+                {
+                    helps.insert(name.to_string());
+                }
                 (Some("HELP" | "TYPE"), _, _) => return Err(format!("malformed line {line:?}")),
                 _ => {}
             }
@@ -698,6 +704,12 @@ pub(crate) fn parse_prometheus(text: &str) -> Result<Vec<Sample>, String> {
         });
     }
     check_histograms(&samples, &types)?;
+    let mut undescribed: Vec<&String> =
+        types.keys().filter(|name| !helps.contains(*name)).collect();
+    undescribed.sort();
+    if !undescribed.is_empty() {
+        return Err(format!("families without HELP: {undescribed:?}"));
+    }
     Ok(samples)
 }
 
