@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -155,7 +155,6 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: WebhookState) -> Router<S
             "/webhooks/graph/lifecycle",
             post(lifecycle_notifications).get(handshake_only),
         )
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         // One reference count per request instead of one per field.
         .with_state(Arc::new(state))
 }

@@ -175,55 +175,48 @@ async fn a_built_package_is_imported_once_and_replaced_on_request(db: TestDb) {
 async fn sideloading_is_reported_by_api_and_cli(db: TestDb) {
     let env = env(&db).await;
     assert!(env.graph.sideloading_allowed(&env.megan).await.unwrap());
-    let database_url = db.url().to_string();
-    let cli = move |config: &tenantd::config::Config, connection: &str| {
-        let output = tenantd_command()
-            .args(["--database-url", &database_url])
-            .args(["bot", "check-sideloading", "--connection", connection])
-            .env("TENANTD_SECRETS__KEY_FILE", &config.secrets.key_file)
-            .env(
-                "TENANTD_IDENTITY__AUTHORITY",
-                config.identity.authority.as_str(),
-            )
-            .env("TENANTD_GRAPH__BASE_URL", config.graph.base_url.as_str())
-            .env(
-                "TENANTD_GRAPH__DEVELOPER_PORTAL_URL",
-                config.graph.developer_portal_url.as_str(),
-            )
-            .output()
-            .unwrap();
-        (output.status.code(), combined_output(&output))
-    };
-    let (config, id) = (env.config.clone(), env.megan.id.clone());
-    let (code, text) = tokio::task::spawn_blocking({
-        let cli = cli.clone();
-        move || cli(&config, &id)
-    })
-    .await
-    .unwrap();
+    let (code, text) = check_sideloading_cli(&db, &env.config, &env.megan.id).await;
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("custom app upload is allowed"), "{text}");
 
     set_sideloading(&env, false);
     assert!(!env.graph.sideloading_allowed(&env.megan).await.unwrap());
-    let (config, id) = (env.config.clone(), env.megan.id.clone());
-    let (code, text) = tokio::task::spawn_blocking({
-        let cli = cli.clone();
-        move || cli(&config, &id)
-    })
-    .await
-    .unwrap();
+    let (code, text) = check_sideloading_cli(&db, &env.config, &env.megan.id).await;
     assert_eq!(code, Some(1), "{text}");
     assert!(
         text.contains("custom app upload is off") && text.contains("Setup policies"),
         "the tenant admin's steps: {text}"
     );
     // A connection that does not exist is a usage error naming it.
-    let config = env.config.clone();
-    let (code, text) = tokio::task::spawn_blocking(move || cli(&config, "no-such-connection"))
+    let (code, text) = check_sideloading_cli(&db, &env.config, "no-such-connection").await;
+    assert_eq!(code, Some(2), "{text}");
+}
+
+/// `tenantd bot check-sideloading --connection ID` against `config`'s emulator, off the
+/// async threads (the emulator answers on them); its exit code and output.
+async fn check_sideloading_cli(
+    db: &TestDb,
+    config: &tenantd::config::Config,
+    connection: &str,
+) -> (Option<i32>, String) {
+    let mut command = tenantd_command();
+    command
+        .args(["--database-url", db.url()])
+        .args(["bot", "check-sideloading", "--connection", connection])
+        .env("TENANTD_SECRETS__KEY_FILE", &config.secrets.key_file)
+        .env(
+            "TENANTD_IDENTITY__AUTHORITY",
+            config.identity.authority.as_str(),
+        )
+        .env("TENANTD_GRAPH__BASE_URL", config.graph.base_url.as_str())
+        .env(
+            "TENANTD_GRAPH__DEVELOPER_PORTAL_URL",
+            config.graph.developer_portal_url.as_str(),
+        );
+    let output = tokio::task::spawn_blocking(move || command.output().unwrap())
         .await
         .unwrap();
-    assert_eq!(code, Some(2), "{text}");
+    (output.status.code(), combined_output(&output))
 }
 
 /// Starts a provisioning run of `bot` and runs the queue until it is done; the run's state.
